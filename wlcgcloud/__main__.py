@@ -1,0 +1,103 @@
+"""The CLI edge: fast paths, global options anywhere, and exceptions turned into exit codes.
+
+Kept cheap on purpose: `--version` and shell completion are answered here before Typer, Rich
+or any cloud SDK is imported (start-up budget, see bench/startup.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+# Global options of the contract: accepted before or after the command. Those in the first set
+# take a value.
+GLOBAL_VALUE_OPTIONS = frozenset({"-p", "--profile", "-o", "--output", "--query", "--config"})
+GLOBAL_FLAGS = frozenset({"-y", "--yes", "-v", "--verbose", "--debug", "--no-color", "--version"})
+COMPLETE_VAR = "_WLCGCLOUD_COMPLETE"
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Move global options (with their values) in front of the command, where Typer expects them.
+
+    `wlcgcloud instance list -o json` becomes `wlcgcloud -o json instance list`. Everything after
+    `--` is left alone. Forms understood: `-o json`, `-ojson`, `--output json`, `--output=json`.
+    """
+    hoisted: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+        if arg in GLOBAL_FLAGS:
+            hoisted.append(arg)
+        elif arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(argv):
+            hoisted += [arg, argv[i + 1]]
+            i += 1
+        elif name in GLOBAL_VALUE_OPTIONS and arg != name:  # --output=json, -ojson
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return hoisted + rest
+
+
+def _print_error(message: str) -> None:
+    color = sys.stderr.isatty() and "NO_COLOR" not in os.environ and "--no-color" not in sys.argv
+    prefix = "\x1b[31merror:\x1b[0m" if color else "error:"
+    print(f"{prefix} {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run wlcgcloud with `argv` (default: the process arguments) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    before_dashdash = args[: args.index("--")] if "--" in args else args
+    if "--version" in before_dashdash:
+        from wlcgcloud import __version__
+
+        print(f"wlcgcloud {__version__}")
+        return 0
+    if os.environ.get(COMPLETE_VAR):
+        from wlcgcloud.completion import complete_from_environment
+
+        return complete_from_environment()
+
+    debug = "--debug" in before_dashdash
+    try:
+        from wlcgcloud.cli import run
+
+        return run(hoist_global_options(args))
+    except KeyboardInterrupt:
+        _print_error("interrupted.")
+        return 130
+    except BrokenPipeError:
+        # `wlcgcloud ... | head`: the reader went away; not an error worth a traceback.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # the last line of defence: a bug, never a traceback by default
+        from wlcgcloud.errors import WlcgError
+
+        if isinstance(exc, WlcgError):
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            _print_error(str(exc))
+            return exc.exit_code
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc}. This is a bug; "
+            "run again with --debug for a traceback and report it."
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The command tree of the contract: one Typer sub-app per noun, global options on the root.
+
+Thin by design: each command parses, calls one domain function, renders. No cloud SDK is
+imported here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wlcgcloud import __version__
+from wlcgcloud.cli import later, profile
+from wlcgcloud.cli.common import Globals
+from wlcgcloud.errors import UsageError
+
+OUTPUTS = ("table", "json", "yaml", "csv", "apel")
+
+app = typer.Typer(
+    name="wlcgcloud",
+    help=(
+        "Launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and "
+        "OpenNebula; list, resize and account for the fleets.\n\n"
+        "Global options may also be given after the command."
+    ),
+    epilog=(
+        "Examples:  wlcgcloud profile import  ·  wlcgcloud profile list -o json  ·  "
+        "wlcgcloud instance list -p cern-atlas --query '[].id'\n\n"
+        "Exit codes: 0 ok, 2 usage, 3 configuration, 4 authentication, 5 refused by policy, "
+        "6 cloud unreachable, 7 partial success, 130 interrupted."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:  # normally answered earlier by wlcgcloud.__main__, before Typer is imported
+        print(f"wlcgcloud {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profile", "-p", help="Profile(s) to use; repeatable. [env: WLCGCLOUD_PROFILE, comma-separated]"
+        ),
+    ] = None,
+    output: Annotated[
+        str,
+        typer.Option("--output", "-o", envvar="WLCGCLOUD_OUTPUT", help="table | json | yaml | csv (usage: apel)"),
+    ] = "table",
+    query: Annotated[str | None, typer.Option("--query", help="JMESPath applied to the JSON form.")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", envvar="WLCGCLOUD_CONFIG", help="Config file.", show_default=False)
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="Tracebacks on errors (never secrets).")] = False,
+    no_color: Annotated[bool, typer.Option("--no-color", help="Plain output. [env: NO_COLOR]")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    if output not in OUTPUTS:
+        raise UsageError(f"unknown output format '{output}'; use one of {', '.join(OUTPUTS)}.")
+    profiles = list(profile or [])
+    if not profiles and os.environ.get("WLCGCLOUD_PROFILE"):
+        profiles = [p for p in re.split(r"[,\s]+", os.environ["WLCGCLOUD_PROFILE"]) if p]
+    g = Globals(profiles=profiles, output=output, query=query, yes=yes, verbose=verbose, debug=debug)
+    g.no_color = no_color or "NO_COLOR" in os.environ
+    if config is not None:
+        g.config_path = config.expanduser()
+    ctx.obj = g
+
+
+app.add_typer(profile.app, name="profile")
+later.register(app)
+
+
+def run(argv: list[str]) -> int:
+    """Run the command tree on `argv` (global options already hoisted); return the exit code.
+
+    Click's own usage errors become one line with a pointer to `--help`; our WlcgError and
+    anything unexpected propagate to `wlcgcloud.__main__`, which owns the messages.
+    """
+    from typer._click import exceptions as click_exc  # vendored click in Typer 0.28
+
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="wlcgcloud", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError:
+        return 2  # Typer has already printed the help
+    except click_exc.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "wlcgcloud"
+        raise UsageError(exc.format_message().rstrip(".") + ".", f"Run '{where} --help'.") from None
+    except click_exc.ClickException as exc:
+        raise UsageError(exc.format_message()) from None
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    return result if isinstance(result, int) else 0

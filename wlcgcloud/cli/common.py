@@ -1,0 +1,106 @@
+"""What every command shares: the global options, rendering to stdout, messages to stderr, prompts."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from wlcgcloud import output
+from wlcgcloud.config import Config, default_config_path, load_config
+from wlcgcloud.errors import UsageError
+
+
+@dataclass
+class Globals:
+    """The global options of the contract, after environment defaults are applied."""
+
+    profiles: list[str] = field(default_factory=list)
+    output: str = "table"
+    query: str | None = None
+    config_path: Path = field(default_factory=default_config_path)
+    yes: bool = False
+    verbose: int = 0
+    debug: bool = False
+    no_color: bool = False
+    _config: Config | None = None
+
+    def config(self) -> Config:
+        """The loaded config (read once per invocation)."""
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+    def forget_config(self) -> None:
+        self._config = None
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Globals):  # a command invoked without the root callback (never in normal use)
+        obj = Globals()
+        ctx.find_root().obj = obj
+    return obj
+
+
+def emit(ctx: typer.Context, data: Any, columns: Sequence[output.Column] | None = None) -> None:
+    """Render a command's result to stdout in the format and with the query the user chose."""
+    g = globals_of(ctx)
+    output.render(data, fmt=g.output, query=g.query, columns=columns, color=not g.no_color)
+
+
+def _stderr_color(g: Globals | None) -> bool:
+    return sys.stderr.isatty() and "NO_COLOR" not in os.environ and not (g and g.no_color)
+
+
+def info(message: str) -> None:
+    """A progress or confirmation line for people: stderr, never stdout."""
+    print(message, file=sys.stderr)
+
+
+def warn(message: str, g: Globals | None = None) -> None:
+    prefix = "\x1b[33mwarning:\x1b[0m" if _stderr_color(g) else "warning:"
+    print(f"{prefix} {message}", file=sys.stderr)
+
+
+def verbose(g: Globals, message: str) -> None:
+    if g.verbose:
+        print(message, file=sys.stderr)
+
+
+def interactive() -> bool:
+    """True when a person can answer a prompt: stdin and stderr are terminals."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm(g: Globals, action: str) -> None:
+    """Ask before `action` (e.g. "remove profile 'x'"); `--yes` skips it; no terminal and no `--yes`: exit 2."""
+    if g.yes:
+        return
+    if not interactive():
+        raise UsageError(f"to {action}, confirmation is needed and stdin is not a terminal.", "Pass --yes.")
+    print(f"Really {action}? [y/N] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline().strip().lower()
+    if answer not in ("y", "yes"):
+        info("Nothing done.")
+        raise typer.Exit(1)
+
+
+def read_secret(label: str, from_stdin: bool) -> str | None:
+    """A secret from `--secret-stdin`, else a hidden prompt on a terminal, else none."""
+    if from_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+        if not value:
+            raise UsageError("--secret-stdin was given but standard input was empty.")
+        return value
+    if not interactive():
+        return None
+    import getpass
+
+    value = getpass.getpass(f"{label} (input hidden; empty to skip): ")
+    return value or None

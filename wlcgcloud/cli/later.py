@@ -1,0 +1,81 @@
+"""Commands of the contract whose issues have not landed yet.
+
+Each one is in the command tree (so help, completion and man pages show the whole contract)
+and says plainly that it is not yet available, with exit code 2. An issue that implements a
+command moves it out of here into its own module.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from wlcgcloud.errors import NotYetAvailable
+
+PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+NOUNS: dict[str, tuple[str, dict[str, str]]] = {
+    "image": (
+        "Endorsed images: subscribe to signed HEPiX image lists, verify and register them.",
+        {
+            "subscribe": "Subscribe to a signed HEPiX image list (file or https URL).",
+            "list": "List endorsed images of every subscribed list.",
+            "show": "Show one endorsed image.",
+            "verify": "Find the cloud image that carries an endorsed image, and say how it matched.",
+            "register": "Download an endorsed image, check it and upload it to a cloud.",
+            "refresh": "Fetch subscribed lists again, under the same checks.",
+            "unsubscribe": "Forget a subscribed image list.",
+        },
+    ),
+    "fleet": (
+        "Fleets: named groups of instances from one launch, across clouds.",
+        {
+            "list": "One row per fleet and profile, with counts by state.",
+            "show": "A fleet's instances, where, since when, endorsement and credential.",
+            "terminate": "Terminate whole fleets.",
+            "scale": "Grow or shrink a fleet to --count instances.",
+            "reconcile": "Compare the local ledger with what the clouds report.",
+            "reap": "Terminate instances past their lease on every cloud.",
+        },
+    ),
+    "instance": (
+        "Instances across every profile at once.",
+        {
+            "list": "Instances that belong to fleets (--all: every instance).",
+            "show": "One instance.",
+            "console-log": "An instance's console log.",
+            "terminate": "Terminate instances by id.",
+        },
+    ),
+    "completion": (
+        "Shell completion scripts for bash, zsh and fish.",
+        {"show": "Print the completion script for a shell.", "install": "Install the completion script."},
+    ),
+}
+
+COMMANDS = {
+    "launch": "Launch a fleet of an endorsed image, with a forwarded X.509 proxy or token.",
+    "usage": "Usage summaries (core-hours by profile, fleet, experiment, flavor, day) and APEL records.",
+    "doctor": "Check each profile end to end and say why a site does not work.",
+}
+ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor", "completion")  # the contract's
+
+
+def _pending(name: str, help_text: str) -> typer.models.CommandFunctionType:
+    def command(ctx: typer.Context) -> None:
+        raise NotYetAvailable(name)
+
+    command.__doc__ = help_text + "\n\n(Not yet available in this version.)"
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    """Add the pending nouns and commands to the root app, in the contract's order."""
+    for name in ORDER:
+        if name in COMMANDS:
+            app.command(name, context_settings=PENDING)(_pending(name, COMMANDS[name]))
+            continue
+        help_text, verbs = NOUNS[name]
+        sub = typer.Typer(help=help_text, no_args_is_help=True)
+        for verb, verb_help in verbs.items():
+            sub.command(verb, context_settings=PENDING)(_pending(f"{name} {verb}", verb_help))
+        app.add_typer(sub, name=name)

@@ -1,0 +1,434 @@
+"""`wlcgcloud profile ...`: add, list, show, edit, remove and import cloud profiles."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wlcgcloud import config as cfg
+from wlcgcloud import importers, secretstore
+from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, interactive, read_secret, warn
+from wlcgcloud.errors import ConfigError, NotYetAvailable, UsageError
+from wlcgcloud.output import Column
+
+KEY_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _keys_help() -> str:
+    lines = []
+    for provider in cfg.PROVIDERS:
+        keys = [k for k in cfg.keys_for(provider) if k.name != "provider"]
+        names = ", ".join(k.option + (" (required)" if provider in k.required_for else "") for k in keys)
+        lines.append(f"[bold]{provider}[/bold]: {names}")
+    return "\n\n".join(lines)
+
+
+app = typer.Typer(
+    help="Cloud profiles: one per cloud account (EC2, OpenStack, OpenNebula), in config.toml.",
+    no_args_is_help=True,
+)
+
+# ----------------------------------------------------------------------------- key options
+
+
+def parse_key_options(words: list[str], provider: str, *, allow_unset: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """Turn `--region eu-west-1 --public-ip --security-groups a,b ...` into settings by the schema.
+
+    Returns the settings and, with `allow_unset`, the keys named by `--unset KEY`. A key that is
+    unknown, or not a setting of this provider, is a usage error naming the provider's keys.
+    """
+    allowed = {k.name: k for k in cfg.keys_for(provider) if k.name != "provider"}
+    settings: dict[str, Any] = {}
+    unset: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if not word.startswith("--"):
+            raise UsageError(f"unexpected argument '{word}'.", "Settings are given as --KEY VALUE.")
+        name, eq, inline = word[2:].partition("=")
+        key = name.replace("-", "_")
+        negated = key.startswith("no_") and key[3:] in allowed and allowed[key[3:]].kind == "bool"
+        if negated:
+            key = key[3:]
+        if allow_unset and key == "unset":
+            value, i = (inline, i) if eq else _next_value(words, i, word)
+            unset.append(value.replace("-", "_"))
+            i += 1
+            continue
+        spec = allowed.get(key)
+        if spec is None:
+            known = ", ".join(k.option for k in allowed.values())
+            why = f"not a setting of provider '{provider}'" if key in cfg.KEYS_BY_NAME else "unknown setting"
+            match = cfg.closest(key, list(allowed))
+            if match:
+                why += f" (did you mean {allowed[match].option}?)"
+            raise UsageError(f"--{name}: {why}.", f"Settings of {provider}: {known}.")
+        if spec.kind == "bool":
+            if eq:
+                settings[key] = _parse_bool(inline, word)
+            elif not negated and i + 1 < len(words) and words[i + 1].lower() in ("true", "false", "yes", "no"):
+                settings[key] = _parse_bool(words[i + 1], word)
+                i += 1
+            else:
+                settings[key] = not negated
+            i += 1
+            continue
+        value, i = (inline, i) if eq else _next_value(words, i, word)
+        settings[key] = _parse_value(spec, value, settings.get(key), word)
+        i += 1
+    return settings, unset
+
+
+def _next_value(words: list[str], i: int, word: str) -> tuple[str, int]:
+    if i + 1 >= len(words):
+        raise UsageError(f"{word} needs a value.")
+    return words[i + 1], i + 1
+
+
+def _parse_bool(text: str, word: str) -> bool:
+    low = text.lower()
+    if low in ("true", "yes", "1"):
+        return True
+    if low in ("false", "no", "0"):
+        return False
+    raise UsageError(f"{word}: expected true or false, got '{text}'.")
+
+
+def _parse_value(spec: cfg.Key, text: str, previous: Any, word: str) -> Any:
+    if spec.kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"{word}: expected a whole number, got '{text}'.") from None
+    if spec.kind == "list":  # repeatable and comma-separated
+        return [*(previous or []), *(v.strip() for v in text.split(",") if v.strip())]
+    if spec.kind == "benchmarks":  # type=HEPscore23,m1.large=41.2
+        table = dict(previous or {})
+        for pair in text.split(","):
+            k, sep, v = pair.partition("=")
+            if not sep:
+                raise UsageError(f"{word}: expected type=NAME,FLAVOR=SCORE,..., got '{pair}'.")
+            try:
+                table[k.strip()] = v.strip() if k.strip() == "type" else float(v)
+            except ValueError:
+                raise UsageError(f"{word}: score for '{k}' is not a number: '{v}'.") from None
+        return table
+    return text
+
+
+def _store_secret(g: Globals, profile: cfg.Profile, from_stdin: bool) -> bool:
+    """Take a secret from stdin or a hidden prompt and put it in the keyring. False if none given."""
+    secret = read_secret(secretstore.secret_label(profile), from_stdin)
+    if secret is None:
+        return False
+    secretstore.keyring_set(profile.name, secret)
+    return True
+
+
+def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
+    try:
+        secret, notes = secretstore.find_secret(profile)
+    except ConfigError as exc:
+        return {"found": False, "source": None, "problem": exc.message}
+    if secret is None:
+        return {"found": False, "source": None, "problem": "; ".join(["none found", *notes])}
+    return {"found": True, "source": secret.source}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command(
+    "add",
+    context_settings=KEY_OPTIONS,
+    epilog=(
+        "Examples:\n\n"
+        "  wlcgcloud profile add cern-atlas --provider openstack --auth-url https://keystone.example.org:5000/v3 "
+        "--auth-type v3applicationcredential --application-credential-id 4f3c... --secret-stdin < secret\n\n"
+        "  wlcgcloud profile add aws-atlas --provider ec2 --region eu-west-1 --access-key-id AKIA... --default\n\n"
+        "Settings per provider:\n\n" + _keys_help()
+    ),
+)
+def add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile name, e.g. cern-atlas.", show_default=False, metavar="NAME")],
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="ec2 | openstack | opennebula", show_default=False)
+    ] = None,
+    secret_stdin: Annotated[
+        bool, typer.Option("--secret-stdin", help="Read the secret from the first line of stdin.")
+    ] = False,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default profile.")] = False,
+) -> None:
+    """Add a profile. The secret goes to the system keyring, never to config.toml.
+
+    On a terminal the secret is asked for with a hidden prompt; in scripts use --secret-stdin, or give it at run time as WLCGCLOUD_SECRET_<PROFILE> or the cloud's own variables.
+    """
+    g = globals_of(ctx)
+    if provider is None:
+        raise UsageError("--provider is required.", f"One of {', '.join(cfg.PROVIDERS)}.")
+    if provider not in cfg.PROVIDERS:
+        raise UsageError(f"--provider must be one of {', '.join(cfg.PROVIDERS)}, got '{provider}'.")
+    conf = g.config()
+    if name in conf.profiles:
+        raise UsageError(f"profile '{name}' already exists.", f"Change it with 'wlcgcloud profile edit {name}'.")
+    settings, _ = parse_key_options(list(ctx.args), provider)
+    settings = {"provider": provider, **settings}
+    profile = cfg.validate_profile(name, settings, conf.path)
+    stored = _store_secret(g, profile, secret_stdin)
+    cfg.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
+    info(f"Added profile '{name}' ({provider}) to {conf.path}" + ("; secret stored in the keyring." if stored else "."))
+    if not stored:
+        status = _secret_status(profile)
+        if not status["found"]:
+            info(
+                f"No secret stored. Give it at run time as {secretstore.env_name(name)} or "
+                f"{' / '.join(secretstore.ecosystem_variables(profile))}, or run "
+                f"'wlcgcloud profile edit {name} --secret-stdin'."
+            )
+
+
+def _add_to(doc: Any, name: str, settings: dict[str, Any], make_default: bool) -> None:
+    cfg.set_profile(doc, name, settings)
+    if make_default:
+        cfg.set_default(doc, name)
+
+
+PROFILE_COLUMNS = [
+    Column("name", "NAME"),
+    Column("provider", "PROVIDER"),
+    Column("default", "DEFAULT"),
+    Column("where", "WHERE"),
+    Column("experiment", "EXPERIMENT"),
+    Column("site_name", "SITE"),
+]
+
+
+def _where(p: cfg.Profile) -> str:
+    if p.provider == "openstack":
+        return str(p.get("auth_url"))
+    if p.provider == "opennebula":
+        return str(p.get("endpoint"))
+    return str(p.get("region")) + (f" @ {p.get('endpoint_url')}" if p.get("endpoint_url") else "")
+
+
+@app.command("list", epilog="Examples:\n\n  wlcgcloud profile list\n\n  wlcgcloud profile list -o json --query '[].name'")
+def list_(ctx: typer.Context) -> None:
+    """List profiles (no secrets). `ls` is an alias."""
+    g = globals_of(ctx)
+    profiles = g.config().profiles.values()
+    if g.output == "table" and not g.query:
+        rows = [{**p.to_dict(), "where": _where(p), "default": "*" if p.is_default else ""} for p in profiles]
+        emit(ctx, rows, PROFILE_COLUMNS)
+        if not rows:
+            info(f"No profiles in {g.config_path}. Add one with 'wlcgcloud profile add' or 'wlcgcloud profile import'.")
+        return
+    emit(ctx, [p.to_dict() for p in profiles])
+
+
+app.command("ls", hidden=True)(list_)
+
+
+@app.command("show", epilog="Examples:\n\n  wlcgcloud profile show cern-atlas\n\n  wlcgcloud profile show cern-atlas -o json")
+def show(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="Profile name (default: -p or default_profile).", metavar="NAME")] = None,
+) -> None:
+    """Show one profile's settings and where its secret comes from (never the secret itself)."""
+    g = globals_of(ctx)
+    conf = g.config()
+    profile = conf.profile(name) if name else conf.select(g.profiles[:1], all_when_empty=False)[0]
+    data = profile.to_dict()
+    data["secret"] = _secret_status(profile)
+    data["config"] = str(conf.path)
+    if g.output in ("table", "csv") and not g.query:
+        status = data["secret"]
+        data["secret"] = f"from {status['source']}" if status["found"] else f"missing: {status['problem']}"
+    emit(ctx, data)
+
+
+@app.command(
+    "edit",
+    context_settings=KEY_OPTIONS,
+    epilog=(
+        "Examples:\n\n"
+        "  wlcgcloud profile edit cern-atlas --flavor m1.xlarge --unset key-name\n\n"
+        "  wlcgcloud profile edit aws-atlas --secret-stdin < new-secret\n\n"
+        "  wlcgcloud profile edit cern-atlas        (opens $EDITOR on the config file)"
+    ),
+)
+def edit(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile name.", show_default=False, metavar="NAME")],
+    secret_stdin: Annotated[bool, typer.Option("--secret-stdin", help="Replace the stored secret from stdin.")] = False,
+    secret: Annotated[bool, typer.Option("--secret", help="Replace the stored secret (hidden prompt).")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default profile.")] = False,
+) -> None:
+    """Change a profile's settings (--KEY VALUE, --unset KEY), its secret, or edit it in $EDITOR.
+
+    Settings are those of `profile add`. With nothing to change, on a terminal, the config file is opened in $VISUAL/$EDITOR; it is saved only if it still parses and validates.
+    """
+    g = globals_of(ctx)
+    conf = g.config()
+    profile = conf.profile(name)
+    settings, unset = parse_key_options(list(ctx.args), profile.provider, allow_unset=True)
+    if not (settings or unset or secret_stdin or secret or default):
+        _edit_in_editor(g, conf.path)
+        return
+    for key in unset:
+        if key == "provider" or key not in cfg.KEYS_BY_NAME:
+            raise UsageError(f"--unset {key}: not a setting that can be removed.")
+    new = {k: v for k, v in profile.settings.items() if k not in unset}
+    new.update(settings)
+    updated = cfg.validate_profile(name, new, conf.path)
+    stored = _store_secret(g, updated, secret_stdin) if (secret_stdin or secret) else False
+    if settings or unset or default:
+        cfg.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
+    info(f"Updated profile '{name}'" + (" and its secret in the keyring." if stored else "."))
+
+
+def _edit_in_editor(g: Globals, path: Path) -> None:
+    if not interactive():
+        raise UsageError("nothing to change.", "Give settings as --KEY VALUE, or run on a terminal to use $EDITOR.")
+    text = cfg.read_text(path) or ""
+    fd, tmp = tempfile.mkstemp(prefix="wlcgcloud-config.", suffix=".toml")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    if subprocess.call([*shlex.split(editor), tmp]) != 0:
+        raise UsageError(f"the editor '{editor}' failed; your edit is kept in {tmp}.")
+    new_text = Path(tmp).read_text(encoding="utf-8")
+    if new_text == text:
+        os.unlink(tmp)
+        info("No change.")
+        return
+    try:
+        cfg.parse_config(new_text, Path(tmp))
+    except ConfigError as exc:
+        raise ConfigError(exc.message, f"Nothing was saved; your edit is kept in {tmp}.") from None
+    cfg.replace_config(path, new_text)
+    os.unlink(tmp)
+    info(f"Saved {path}.")
+
+
+@app.command("remove", epilog="Examples:\n\n  wlcgcloud profile remove old-site --yes")
+def remove(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Profile name.", show_default=False, metavar="NAME")],
+) -> None:
+    """Remove a profile and its secret in the keyring. `rm` is an alias."""
+    g = globals_of(ctx)
+    conf = g.config()
+    conf.profile(name)
+    confirm(g, f"remove profile '{name}' and its stored secret")
+    cfg.update_config(conf.path, lambda doc: cfg.remove_profile(doc, name))
+    forgot = secretstore.keyring_delete(name)
+    info(f"Removed profile '{name}'" + (" and its secret in the keyring." if forgot else "."))
+
+
+app.command("rm", hidden=True)(remove)
+
+
+IMPORT_COLUMNS = [
+    Column("name", "NAME"),
+    Column("provider", "PROVIDER"),
+    Column("action", "ACTION"),
+    Column("secret", "SECRET"),
+    Column("source", "SOURCE"),
+]
+
+
+@app.command(
+    "import",
+    epilog=(
+        "Examples:\n\n"
+        "  wlcgcloud profile import                       (every source found)\n\n"
+        "  wlcgcloud profile import --from clouds.yaml --file ./clouds.yaml --overwrite\n\n"
+        "  ONE_AUTH=~/.one/one_auth ONE_XMLRPC=https://one.example.org:2633/RPC2 wlcgcloud profile import --from one"
+    ),
+)
+def import_(
+    ctx: typer.Context,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--from", help="clouds.yaml | aws | one; repeatable (default: all found).", show_default=False),
+    ] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A clouds.yaml to read instead of searching.")] = None,
+    one_name: Annotated[str | None, typer.Option("--name", help="Name of the OpenNebula profile.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace profiles that exist.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be imported; write nothing.")] = False,
+) -> None:
+    """Import profiles from OpenStack clouds.yaml, ~/.aws/config + credentials, and ONE_AUTH/ONE_XMLRPC.
+
+    Secrets found there go to the system keyring, never into config.toml. Existing profiles are skipped unless --overwrite.
+    """
+    g = globals_of(ctx)
+    sources = list(dict.fromkeys(source or importers.SOURCES))
+    for s in sources:
+        if s not in importers.SOURCES:
+            raise UsageError(f"--from {s}: unknown source; use one of {', '.join(importers.SOURCES)}.")
+    conf = g.config()
+    candidates = importers.gather(sources, file.expanduser() if file else None, one_name)
+    if not candidates:
+        raise ConfigError(
+            f"nothing to import from {', '.join(sources)}.",
+            "Looked for clouds.yaml where the OpenStack client does, ~/.aws/config and credentials "
+            "(AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE), and ONE_AUTH / ~/.one/one_auth.",
+        )
+    rows: list[dict[str, Any]] = []
+    accepted: dict[str, dict[str, Any]] = {}
+    for cand in candidates:
+        row = {"name": cand.name, "provider": cand.settings["provider"], "source": cand.source, "secret": "-"}
+        rows.append(row)
+        for note in cand.notes:
+            warn(f"{cand.source}: '{cand.name}': {note}.", g)
+        if importers.skipped(cand):
+            row["action"] = "skipped"
+            continue
+        try:
+            cfg.validate_profile(cand.name, cand.settings, conf.path)
+        except ConfigError as exc:
+            warn(f"{cand.source}: '{cand.name}': {exc.message.split(': ', 2)[-1]} Skipped.", g)
+            row["action"] = "skipped"
+            continue
+        if cand.name in accepted:
+            row["action"] = "skipped (duplicate name)"
+            continue
+        if cand.name in conf.profiles and not overwrite:
+            row["action"] = "skipped (exists; --overwrite replaces it)"
+            continue
+        row["action"] = ("would " if dry_run else "") + ("overwrite" if cand.name in conf.profiles else "add")
+        accepted[cand.name] = cand.settings
+        if cand.secret and not dry_run:
+            try:
+                secretstore.keyring_set(cand.name, cand.secret)
+                row["secret"] = "stored in keyring"
+            except ConfigError as exc:
+                row["secret"] = "not stored"
+                warn(f"'{cand.name}': secret not stored: {exc}", g)
+        elif cand.secret:
+            row["secret"] = "would store in keyring"
+    if accepted and not dry_run:
+        first_profiles = not conf.profiles
+
+        def change(doc: Any) -> None:
+            for name, settings in accepted.items():
+                cfg.set_profile(doc, name, settings)
+            if first_profiles and len(accepted) == 1:
+                cfg.set_default(doc, next(iter(accepted)))
+
+        cfg.update_config(conf.path, change)
+    emit(ctx, rows, IMPORT_COLUMNS)
+    info(f"{'Would import' if dry_run else 'Imported'} {len(accepted)} of {len(candidates)} profile(s) into {conf.path}.")
+
+
+@app.command("test")
+def test(ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()] = None) -> None:
+    """Check profiles end to end (the same checks as `wlcgcloud doctor`). Not yet available."""
+    raise NotYetAvailable("profile test")

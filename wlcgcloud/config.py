@@ -1,0 +1,450 @@
+"""Profiles: the schema, loading and validating config.toml, and saving it atomically.
+
+Reading uses the standard library's `tomllib` (fast, exact line/column on errors). Writing goes
+through `tomlkit`, so that a file an operator wrote by hand keeps its comments and layout when
+`profile add` or `profile edit` changes one table. A file that does not parse is never written.
+Secrets are not here: see `wlcgcloud.secretstore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wlcgcloud.errors import ConfigError
+
+PROVIDERS = ("ec2", "openstack", "opennebula")
+ALL = frozenset(PROVIDERS)
+AUTH_TYPES = ("password", "v3applicationcredential", "v3oidcaccesstoken")
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DEFAULT_TIMEOUT = 30
+DEFAULT_ONE_USER_DATA_LIMIT = 65536
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting a profile may carry: its TOML type, which clouds accept it, and what it means."""
+
+    name: str
+    kind: str  # "str" | "int" | "bool" | "list" | "benchmarks"
+    providers: frozenset[str]
+    help: str
+    required_for: frozenset[str] = frozenset()
+    choices: tuple[str, ...] = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _k(name: str, kind: str, providers: frozenset[str] | str, help: str, **kw: Any) -> Key:
+    provs = frozenset({providers}) if isinstance(providers, str) else providers
+    return Key(name, kind, provs, help, **kw)
+
+
+OS, EC2, ONE = "openstack", "ec2", "opennebula"
+
+# The profile schema of the contract (design/cli-contract.md, "Profiles"), in the order shown
+# by `profile show`. Keys marked "(extension)" in README.md are our additions to the contract.
+KEYS: tuple[Key, ...] = (
+    _k("provider", "str", ALL, "cloud kind", choices=PROVIDERS, required_for=ALL),
+    _k("auth_url", "str", OS, "Keystone v3 URL", required_for=frozenset({OS})),
+    _k("region", "str", frozenset({OS, EC2}), "cloud region", required_for=frozenset({EC2})),
+    _k("endpoint", "str", ONE, "OpenNebula XML-RPC URL", required_for=frozenset({ONE})),
+    _k("endpoint_url", "str", EC2, "EC2-compatible endpoint URL"),
+    _k("auth_type", "str", OS, "Keystone auth method", choices=AUTH_TYPES),
+    _k("application_credential_id", "str", OS, "application credential id (secret is in the store)"),
+    _k("username", "str", frozenset({OS, ONE}), "user name"),
+    _k("user_domain", "str", OS, "user's Keystone domain (password auth)"),
+    _k("project", "str", OS, "project name"),
+    _k("project_id", "str", OS, "project id, instead of project (extension)"),
+    _k("project_domain", "str", OS, "project's Keystone domain (password auth)"),
+    _k("identity_provider", "str", OS, "federated identity provider (OIDC, extension)"),
+    _k("protocol", "str", OS, "federation protocol (OIDC, extension)"),
+    _k("access_key_id", "str", EC2, "access key id (secret key is in the store)"),
+    _k("subnet", "str", EC2, "VPC subnet id"),
+    _k("availability_zone", "str", EC2, "availability zone"),
+    _k("public_ip", "bool", EC2, "associate a public IP address"),
+    _k("image_owners", "list", EC2, "accounts whose AMIs may carry endorsement tags"),
+    _k("vm_template", "str", ONE, "VM template to instantiate"),
+    _k("user_data_limit", "int", ONE, "largest user-data in bytes (default 65536)"),
+    _k("network", "str", frozenset({OS, ONE}), "network to attach"),
+    _k("security_groups", "list", frozenset({OS, EC2}), "security groups"),
+    _k("image", "str", ALL, "default endorsed image for launch (extension)"),
+    _k("flavor", "str", ALL, "default flavor / instance type"),
+    _k("key_name", "str", frozenset({OS, EC2}), "SSH key pair name"),
+    _k("experiment", "str", ALL, "experiment (atlas, cms, alice, lhcb, ...)"),
+    _k("site_name", "str", ALL, "APEL SiteName (GOCDB)"),
+    _k("compute_service", "str", ALL, "APEL CloudComputeService"),
+    _k("publish_apel", "bool", ALL, "write APEL records for this profile"),
+    _k("ca_bundle", "str", ALL, "CA bundle file or directory for TLS"),
+    _k("timeout", "int", ALL, "seconds per API call (default 30)"),
+    _k("secret_file", "str", ALL, "file holding the secret, readable only by its owner"),
+    _k("benchmarks", "benchmarks", ALL, "APEL benchmark per flavor: type = \"...\", \"<flavor>\" = value"),
+)
+KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
+
+
+def keys_for(provider: str) -> list[Key]:
+    """The settings a profile of `provider` may carry."""
+    return [k for k in KEYS if provider in k.providers]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated profile: its name, cloud kind and non-secret settings."""
+
+    name: str
+    provider: str
+    settings: Mapping[str, Any]
+    is_default: bool = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.settings.get(key, default)
+
+    @property
+    def timeout(self) -> int:
+        return int(self.settings.get("timeout", DEFAULT_TIMEOUT))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of `profile list`: name, provider, default, then the settings."""
+        out: dict[str, Any] = {"name": self.name, "provider": self.provider, "default": self.is_default}
+        out.update({k: v for k, v in self.settings.items() if k != "provider"})
+        return out
+
+
+@dataclass
+class Config:
+    """The parsed config file. A missing file is an empty config."""
+
+    path: Path
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    default_profile: str | None = None
+    exists: bool = False
+
+    def profile(self, name: str) -> Profile:
+        """The profile `name`, or a configuration error naming the known ones."""
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise ConfigError(f"unknown profile '{name}' in {self.path}.", self.known_hint()) from None
+
+    def known_hint(self) -> str:
+        if not self.profiles:
+            return "No profiles are configured: add one with 'wlcgcloud profile add' or 'wlcgcloud profile import'."
+        return "Known profiles: " + ", ".join(sorted(self.profiles)) + "."
+
+    def select(self, requested: list[str], *, all_when_empty: bool) -> list[Profile]:
+        """Profiles a command acts on: the requested ones, else every one (read commands) or the default."""
+        if requested:
+            return [self.profile(n) for n in dict.fromkeys(requested)]
+        if all_when_empty:
+            if not self.profiles:
+                raise ConfigError(f"no profiles in {self.path}.", self.known_hint())
+            return list(self.profiles.values())
+        if self.default_profile:
+            return [self.profile(self.default_profile)]
+        from wlcgcloud.errors import UsageError
+
+        raise UsageError("no profile given and no default_profile set.", "Pass -p PROFILE.")
+
+
+def default_config_path() -> Path:
+    """`WLCGCLOUD_CONFIG`, else config.toml in the XDG config directory."""
+    env = os.environ.get("WLCGCLOUD_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_config_path
+
+    return user_config_path("wlcgcloud") / "config.toml"
+
+
+def state_dir() -> Path:
+    """`WLCGCLOUD_STATE_DIR`, else the XDG state directory: ledger, caches, image lists."""
+    env = os.environ.get("WLCGCLOUD_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_state_path
+
+    return user_state_path("wlcgcloud")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _where(path: Path, profile: str | None, key: str | None) -> str:
+    where = str(path)
+    if profile is not None:
+        where += f": profile '{profile}'"
+    if key is not None:
+        where += f": key '{key}'"
+    return where
+
+
+def closest(word: str, options: list[str]) -> str | None:
+    """The option `word` was probably meant to be, for "did you mean" hints."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return close[0] if close else None
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    match = closest(word, options)
+    return f" (did you mean '{match}'?)" if match else ""
+
+
+def check_value(key: Key, value: Any, where: str) -> Any:
+    """Check one value against its key's type; return it normalised (lists of str, etc.)."""
+    kind = key.kind
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: expected a non-empty string, got {_show(value)}.")
+        if key.choices and value not in key.choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(key.choices)}, got '{value}'.")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{where}: expected a positive integer, got {_show(value)}.")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}.")
+        return value
+    if kind == "list":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{where}: expected a list of strings, got {_show(value)}.")
+        return list(value)
+    if kind == "benchmarks":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table (type = \"HEPscore23\", \"<flavor>\" = number).")
+        out: dict[str, Any] = {}
+        for flavor, score in value.items():
+            if flavor == "type":
+                if not isinstance(score, str) or not score:
+                    raise ConfigError(f"{where}.type: expected the benchmark name, e.g. \"HEPscore23\".")
+            elif isinstance(score, bool) or not isinstance(score, int | float) or score <= 0:
+                raise ConfigError(f"{where}.\"{flavor}\": expected a positive number, got {_show(score)}.")
+            out[str(flavor)] = score
+        if len(out) > 0 and "type" not in out:
+            raise ConfigError(f"{where}: needs type = \"<benchmark name>\" beside the per-flavor values.")
+        return out
+    raise AssertionError(kind)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def validate_profile(name: str, table: Any, path: Path) -> Profile:
+    """Validate one `[profiles.NAME]` table: provider, its required key, known keys, types."""
+    where = _where(path, name, None)
+    if not PROFILE_NAME.match(name):
+        raise ConfigError(
+            f"{where}: invalid profile name; use letters, digits, '-', '_' or '.', starting with a letter or digit."
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table.")
+    provider = table.get("provider")
+    if provider is None:
+        raise ConfigError(f"{where}: missing key 'provider' (one of {', '.join(PROVIDERS)}).")
+    provider = check_value(KEYS_BY_NAME["provider"], provider, _where(path, name, "provider"))
+    allowed = {k.name: k for k in keys_for(provider)}
+    settings: dict[str, Any] = {}
+    for key, value in table.items():
+        spec = allowed.get(key)
+        if spec is None:
+            if key in KEYS_BY_NAME:
+                raise ConfigError(f"{_where(path, name, key)}: not a setting of provider '{provider}'.")
+            raise ConfigError(f"{_where(path, name, key)}: unknown key{_did_you_mean(key, list(allowed))}.")
+        settings[key] = check_value(spec, value, _where(path, name, key))
+    for spec in allowed.values():
+        if provider in spec.required_for and spec.name not in settings:
+            raise ConfigError(f"{where}: missing key '{spec.name}', required for provider '{provider}'.")
+    return Profile(name=name, provider=provider, settings=settings)
+
+
+def validate_document(data: Mapping[str, Any], path: Path) -> Config:
+    """Validate a parsed config document into a Config."""
+    for key in data:
+        if key not in ("default_profile", "profiles"):
+            raise ConfigError(
+                f"{_where(path, None, key)}: unknown top-level key{_did_you_mean(key, ['default_profile', 'profiles'])}."
+            )
+    tables = data.get("profiles", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{_where(path, None, 'profiles')}: expected tables [profiles.NAME].")
+    profiles = {name: validate_profile(name, table, path) for name, table in tables.items()}
+    default = data.get("default_profile")
+    if default is not None:
+        if not isinstance(default, str) or default not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(
+                f"{_where(path, None, 'default_profile')}: names no profile ({_show(default)}); known: {known}."
+            )
+        profiles[default] = Profile(default, profiles[default].provider, profiles[default].settings, True)
+    return Config(path=path, profiles=profiles, default_profile=default, exists=True)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _parse_error(path: Path, source: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    # Python 3.11-3.13 put the position only in the message: "Invalid value (at line 3, column 9)".
+    text = str(exc)
+    m = re.search(r"\(at line (\d+), column (\d+)\)", text)
+    if m:
+        line, col = int(m.group(1)), int(m.group(2))
+    elif "(at end of document)" in text:
+        lines = source.split("\n")
+        line, col = len(lines), len(lines[-1]) + 1
+    else:
+        line, col = getattr(exc, "lineno", 0), getattr(exc, "colno", 0)
+    reason = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", text)
+    at = f"{path}:{line}:{col}" if line else str(path)
+    return ConfigError(f"{at}: TOML syntax error: {reason}.", "The file was left as it is; fix it and run again.")
+
+
+def read_text(path: Path) -> str | None:
+    """The config file's text, or None when it does not exist."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}.") from None
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Parse and validate config text; errors name `path`, with line and column for syntax."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _parse_error(path, text, exc) from None
+    return validate_document(data, path)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load and validate the config file; a missing file is an empty config."""
+    path = path or default_config_path()
+    text = read_text(path)
+    if text is None:
+        return Config(path=path)
+    return parse_config(text, path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise read-modify-write cycles of two wlcgcloud processes on the same config."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def update_config(path: Path, change: Callable[[Any], None]) -> Config:
+    """Apply `change` to the config document and save it atomically; return the new Config.
+
+    `change` receives a tomlkit document (a dict-like that keeps comments) and edits it in place.
+    The current file must parse and the result must validate, or nothing is written.
+    """
+    import tomlkit
+
+    with _locked(path):
+        text = read_text(path)
+        if text is not None:
+            parse_config(text, path)  # a broken file is reported, never overwritten
+        doc = tomlkit.parse(text or "")
+        change(doc)
+        new_text = tomlkit.dumps(doc)
+        config = parse_config(new_text, path)
+        atomic_write(path, new_text)
+        return config
+
+
+def replace_config(path: Path, new_text: str) -> Config:
+    """Save a whole new config text (from $EDITOR) if it validates; else raise and write nothing."""
+    config = parse_config(new_text, path)
+    with _locked(path):
+        atomic_write(path, new_text)
+    return config
+
+
+def set_profile(doc: Any, name: str, settings: Mapping[str, Any]) -> None:
+    """Make `[profiles.NAME]` in a tomlkit document hold exactly `settings`.
+
+    An existing table is edited key by key, so comments on the keys that stay are kept.
+    """
+    import tomlkit
+
+    if "profiles" not in doc:
+        doc["profiles"] = tomlkit.table(is_super_table=True)
+    if name not in doc["profiles"]:
+        doc["profiles"][name] = tomlkit.table()
+    _sync_table(doc["profiles"][name], settings)
+
+
+def _sync_table(table: Any, values: Mapping[str, Any]) -> None:
+    import tomlkit
+
+    for key in [k for k in table if k not in values]:
+        del table[key]
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            if not isinstance(table.get(key), Mapping):
+                table[key] = tomlkit.table()
+            _sync_table(table[key], value)
+        elif key not in table or table[key] != value:
+            table[key] = value
+
+
+def set_default(doc: Any, name: str) -> None:
+    """Set `default_profile` (tomlkit keeps a new top-level key above the tables)."""
+    doc["default_profile"] = name
+
+
+def remove_profile(doc: Any, name: str) -> None:
+    """Drop `[profiles.NAME]`, and default_profile when it named it."""
+    if "profiles" in doc and name in doc["profiles"]:
+        del doc["profiles"][name]
+    if doc.get("default_profile") == name:
+        del doc["default_profile"]

@@ -1,0 +1,151 @@
+"""One renderer for every listing: table, json, yaml, csv, and `--query` (JMESPath on the JSON form).
+
+stdout carries only what is rendered here; messages go to stderr through `wlcgcloud.cli.common`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from wlcgcloud.errors import UsageError
+
+FORMATS = ("table", "json", "yaml", "csv")
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the JSON key it shows and its heading."""
+
+    key: str
+    header: str
+
+
+def apply_query(data: Any, query: str | None) -> Any:
+    """Apply a JMESPath expression to the JSON form of `data` (as `aws --query` does)."""
+    if not query:
+        return data
+    import jmespath
+    import jmespath.exceptions
+
+    try:
+        return jmespath.search(query, json.loads(to_json(data)))
+    except jmespath.exceptions.JMESPathError as exc:
+        raise UsageError(f"invalid --query expression {query!r}: {exc}".replace("\n", " ")) from None
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def cell(value: Any) -> str:
+    """How one value reads in a table or CSV cell."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
+def _rows_and_columns(data: Any, columns: Sequence[Column] | None) -> tuple[list[dict[str, Any]], list[Column]]:
+    rows = data if isinstance(data, list) else [data]
+    if not all(isinstance(r, dict) for r in rows):
+        rows = [{"value": r} for r in rows]
+    if columns is None:
+        keys: dict[str, None] = {}
+        for row in rows:
+            keys.update(dict.fromkeys(row))
+        columns = [Column(k, k.upper().replace("_", " ")) for k in keys]
+    return rows, list(columns)
+
+
+def render(
+    data: Any,
+    *,
+    fmt: str,
+    query: str | None = None,
+    columns: Sequence[Column] | None = None,
+    stream: TextIO | None = None,
+    color: bool = True,
+) -> None:
+    """Write `data` (a list of dicts, a dict, or a scalar) to stdout in the requested format.
+
+    `columns` chooses and names table/CSV columns; after a `--query` that reshapes the data,
+    the columns are taken from the result instead.
+    """
+    out = stream or sys.stdout
+    if query:
+        data, columns = apply_query(data, query), None  # the query reshapes: columns follow the result
+    if fmt == "json":
+        out.write(to_json(data) + "\n")
+    elif fmt == "yaml":
+        import yaml
+
+        out.write(yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True))
+    elif fmt == "csv":
+        _render_csv(data, columns, out)
+    elif fmt == "table":
+        _render_table(data, columns, out, color)
+    else:
+        raise UsageError(f"output format '{fmt}' is not available here; use one of {', '.join(FORMATS)}.")
+
+
+def _render_csv(data: Any, columns: Sequence[Column] | None, out: TextIO) -> None:
+    if data is None:
+        return
+    if not isinstance(data, list | dict):
+        out.write(cell(data) + "\n")
+        return
+    rows, cols = _rows_and_columns(data, columns)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([c.key for c in cols])
+    for row in rows:
+        writer.writerow([cell(row.get(c.key)) for c in cols])
+    out.write(buf.getvalue())
+
+
+def _render_table(data: Any, columns: Sequence[Column] | None, out: TextIO, color: bool) -> None:
+    if data is None:
+        return
+    if not isinstance(data, list | dict):
+        out.write(cell(data) + "\n")
+        return
+    if isinstance(data, list) and not data:
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    tty = out.isatty()
+    table = Table(box=box.SIMPLE_HEAD if tty else None, show_edge=False, pad_edge=False, header_style="bold")
+    if isinstance(data, dict) and columns is None:
+        table.add_column("KEY")
+        table.add_column("VALUE", overflow="fold")
+        for key, value in data.items():
+            table.add_row(key, cell(value))
+    else:
+        rows, cols = _rows_and_columns(data, columns)
+        for col in cols:
+            table.add_column(col.header, overflow="fold")
+        for row in rows:
+            table.add_row(*(cell(row.get(c.key)) for c in cols))
+    if tty:
+        no_color = not color or "NO_COLOR" in os.environ
+        Console(file=out, no_color=no_color, highlight=False, force_terminal=True).print(table)
+        return
+    # Off a terminal: no colour, no box, no wrapping, so `| grep` and `| awk` see whole rows.
+    capture = io.StringIO()
+    Console(file=capture, no_color=True, width=100_000, highlight=False).print(table)
+    for line in capture.getvalue().splitlines():
+        out.write(line.rstrip() + "\n")

@@ -1,0 +1,233 @@
+"""Where a profile's secret comes from, and where `profile add` puts it.
+
+Resolution order, first match wins:
+  1. `WLCGCLOUD_SECRET_<PROFILE>` (this profile only);
+  2. the cloud's own environment (`AWS_SECRET_ACCESS_KEY`, `OS_PASSWORD`,
+     `OS_APPLICATION_CREDENTIAL_SECRET`, `OS_ACCESS_TOKEN`, the `ONE_AUTH` file), used only when
+     the identity it belongs to is the profile's or the profile names none;
+  3. the system keyring (service "wlcgcloud", user = profile name);
+  4. the profile's `secret_file`, refused unless only its owner can read it.
+There is no plaintext fallback: on a machine without a keyring backend we say so and name 1 and 4.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wlcgcloud.config import Profile
+from wlcgcloud.errors import ConfigError
+
+SERVICE = "wlcgcloud"
+
+# What the secret is, per cloud kind and auth type: shown in prompts and hints, never the value.
+SECRET_LABELS = {
+    "ec2": "EC2 secret access key",
+    "password": "OpenStack password",
+    "v3applicationcredential": "OpenStack application credential secret",
+    "v3oidcaccesstoken": "OIDC access token",
+    "opennebula": "OpenNebula password or login token",
+}
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret and where it came from. Its repr and str never show the value."""
+
+    value: str = field(repr=False)
+    source: str
+    username: str | None = None  # an identity that came with it (the ONE_AUTH file holds user:password)
+
+    def __str__(self) -> str:
+        return f"<secret from {self.source}>"
+
+
+def env_name(profile_name: str) -> str:
+    """`cern-atlas` -> `WLCGCLOUD_SECRET_CERN_ATLAS`."""
+    return "WLCGCLOUD_SECRET_" + re.sub(r"[^A-Z0-9]", "_", profile_name.upper())
+
+
+def auth_type(profile: Profile) -> str:
+    """The OpenStack auth type: explicit, else implied by an application credential id."""
+    explicit = profile.get("auth_type")
+    if explicit:
+        return str(explicit)
+    if profile.get("application_credential_id") or os.environ.get("OS_APPLICATION_CREDENTIAL_ID"):
+        return "v3applicationcredential"
+    return "password"
+
+
+def secret_label(profile: Profile) -> str:
+    key = auth_type(profile) if profile.provider == "openstack" else profile.provider
+    return SECRET_LABELS[key]
+
+
+def _same_or_unset(ours: object, theirs: str | None) -> bool:
+    return ours is None or theirs is None or ours == theirs
+
+
+def ecosystem_variables(profile: Profile) -> list[str]:
+    """The cloud's own environment variable(s) that can carry this profile's secret."""
+    if profile.provider == "ec2":
+        return ["AWS_SECRET_ACCESS_KEY"]
+    if profile.provider == "opennebula":
+        return ["ONE_AUTH"]
+    return {
+        "password": ["OS_PASSWORD"],
+        "v3applicationcredential": ["OS_APPLICATION_CREDENTIAL_SECRET"],
+        "v3oidcaccesstoken": ["OS_ACCESS_TOKEN"],
+    }[auth_type(profile)]
+
+
+def _from_ecosystem(profile: Profile) -> Secret | None:
+    env = os.environ
+    if profile.provider == "ec2":
+        value = env.get("AWS_SECRET_ACCESS_KEY")
+        if value and _same_or_unset(profile.get("access_key_id"), env.get("AWS_ACCESS_KEY_ID")):
+            return Secret(value, "environment AWS_SECRET_ACCESS_KEY")
+        return None
+    if profile.provider == "opennebula":
+        path = env.get("ONE_AUTH")
+        if not path:
+            return None
+        secret = read_secret_file(Path(path).expanduser(), profile, "ONE_AUTH")
+        if _same_or_unset(profile.get("username"), secret.username):
+            return Secret(secret.value, f"ONE_AUTH file {path}", secret.username)
+        return None
+    kind = auth_type(profile)
+    if kind == "password":
+        value = env.get("OS_PASSWORD")
+        if value and _same_or_unset(profile.get("username"), env.get("OS_USERNAME")):
+            return Secret(value, "environment OS_PASSWORD")
+    elif kind == "v3applicationcredential":
+        value = env.get("OS_APPLICATION_CREDENTIAL_SECRET")
+        if value and _same_or_unset(
+            profile.get("application_credential_id"), env.get("OS_APPLICATION_CREDENTIAL_ID")
+        ):
+            return Secret(value, "environment OS_APPLICATION_CREDENTIAL_SECRET")
+    elif kind == "v3oidcaccesstoken":
+        value = env.get("OS_ACCESS_TOKEN")
+        if value:
+            return Secret(value, "environment OS_ACCESS_TOKEN")
+    return None
+
+
+def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") -> Secret:
+    """Read a secret file that only its owner may read. OpenNebula files hold `user:password`."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {exc.strerror}.") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"profile '{profile.name}': {what} {path} is readable by others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}); refused.",
+            f"Run 'chmod 600 {path}' as its owner.",
+        )
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {exc}.") from None
+    if not text:
+        raise ConfigError(f"profile '{profile.name}': {what} {path} is empty.")
+    if profile.provider == "opennebula" and ":" in text:
+        user, _, password = text.partition(":")
+        return Secret(password, f"{what} {path}", user)
+    return Secret(text, f"{what} {path}")
+
+
+# ----------------------------------------------------------------------------- keyring
+
+
+class KeyringUnavailable(ConfigError):
+    """The system keyring has no usable backend (a headless machine)."""
+
+
+def _no_keyring(profile_name: str) -> KeyringUnavailable:
+    return KeyringUnavailable(
+        "this machine has no system keyring (keyring found no backend), so the secret cannot be stored.",
+        f"Give it in the environment as {env_name(profile_name)}, or put it in a file only you can read "
+        f"and set it as the profile's secret_file (wlcgcloud profile edit {profile_name} --secret-file PATH).",
+    )
+
+
+def keyring_get(profile_name: str) -> str | None:
+    """The keyring's secret for a profile; None when there is none. Raises KeyringUnavailable."""
+    import keyring
+    import keyring.errors
+
+    try:
+        return keyring.get_password(SERVICE, profile_name)
+    except keyring.errors.NoKeyringError:
+        raise _no_keyring(profile_name) from None
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(f"profile '{profile_name}': the system keyring failed: {exc}.") from None
+
+
+def keyring_set(profile_name: str, value: str) -> None:
+    """Store a profile's secret in the system keyring. Raises KeyringUnavailable on a headless machine."""
+    import keyring
+    import keyring.errors
+
+    try:
+        keyring.set_password(SERVICE, profile_name, value)
+    except keyring.errors.NoKeyringError:
+        raise _no_keyring(profile_name) from None
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(f"profile '{profile_name}': the system keyring refused the secret: {exc}.") from None
+
+
+def keyring_delete(profile_name: str) -> bool:
+    """Forget a profile's secret; False when there was none or no keyring exists."""
+    import keyring
+    import keyring.errors
+
+    try:
+        keyring.delete_password(SERVICE, profile_name)
+    except keyring.errors.PasswordDeleteError:
+        return False
+    except keyring.errors.KeyringError:  # NoKeyringError included: nothing could have been stored
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- resolution
+
+
+def find_secret(profile: Profile) -> tuple[Secret | None, list[str]]:
+    """The profile's secret by the documented order, and notes on the places that were not usable."""
+    notes: list[str] = []
+    value = os.environ.get(env_name(profile.name))
+    if value:
+        return Secret(value, f"environment {env_name(profile.name)}"), notes
+    found = _from_ecosystem(profile)
+    if found:
+        return found, notes
+    try:
+        value = keyring_get(profile.name)
+    except KeyringUnavailable:
+        notes.append("this machine has no system keyring")
+    else:
+        if value:
+            return Secret(value, "system keyring"), notes
+    path = profile.get("secret_file")
+    if path:
+        return read_secret_file(Path(path).expanduser(), profile), notes
+    return None, notes
+
+
+def require_secret(profile: Profile) -> Secret:
+    """The profile's secret, or a configuration error that names every way to give one."""
+    secret, notes = find_secret(profile)
+    if secret is not None:
+        return secret
+    ways = [env_name(profile.name), *ecosystem_variables(profile)]
+    why = f" ({'; '.join(notes)})" if notes else ""
+    raise ConfigError(
+        f"profile '{profile.name}': no {secret_label(profile)} found{why}.",
+        f"Set {' or '.join(ways)}, store it with 'wlcgcloud profile edit {profile.name} --secret-stdin', "
+        "or name a secret_file.",
+    )
