@@ -88,7 +88,7 @@ KEYS: tuple[Key, ...] = (
     _k("ca_bundle", "str", ALL, "CA bundle file or directory for TLS"),
     _k("timeout", "int", ALL, "seconds per API call (default 30)"),
     _k("secret_file", "str", ALL, "file holding the secret, readable only by its owner"),
-    _k("benchmarks", "benchmarks", ALL, "APEL benchmark per flavor: type = \"...\", \"<flavor>\" = value"),
+    _k("benchmarks", "benchmarks", ALL, 'APEL benchmark per flavor: type = "...", "<flavor>" = value'),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
@@ -225,17 +225,17 @@ def check_value(key: Key, value: Any, where: str) -> Any:
         return list(value)
     if kind == "benchmarks":
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a table (type = \"HEPscore23\", \"<flavor>\" = number).")
+            raise ConfigError(f'{where}: expected a table (type = "HEPscore23", "<flavor>" = number).')
         out: dict[str, Any] = {}
         for flavor, score in value.items():
             if flavor == "type":
                 if not isinstance(score, str) or not score:
-                    raise ConfigError(f"{where}.type: expected the benchmark name, e.g. \"HEPscore23\".")
+                    raise ConfigError(f'{where}.type: expected the benchmark name, e.g. "HEPscore23".')
             elif isinstance(score, bool) or not isinstance(score, int | float) or score <= 0:
-                raise ConfigError(f"{where}.\"{flavor}\": expected a positive number, got {_show(score)}.")
+                raise ConfigError(f'{where}."{flavor}": expected a positive number, got {_show(score)}.')
             out[str(flavor)] = score
         if len(out) > 0 and "type" not in out:
-            raise ConfigError(f"{where}: needs type = \"<benchmark name>\" beside the per-flavor values.")
+            raise ConfigError(f'{where}: needs type = "<benchmark name>" beside the per-flavor values.')
         return out
     raise AssertionError(kind)
 
@@ -278,7 +278,8 @@ def validate_document(data: Mapping[str, Any], path: Path) -> Config:
     for key in data:
         if key not in ("default_profile", "profiles"):
             raise ConfigError(
-                f"{_where(path, None, key)}: unknown top-level key{_did_you_mean(key, ['default_profile', 'profiles'])}."
+                f"{_where(path, None, key)}: unknown top-level key"
+                f"{_did_you_mean(key, ['default_profile', 'profiles'])}."
             )
     tables = data.get("profiles", {})
     if not isinstance(tables, dict):

@@ -273,8 +273,11 @@ def from_one(name: str | None = None) -> list[Candidate]:
     """One OpenNebula profile from ONE_AUTH and ONE_XMLRPC (or the files the ONE CLI falls back to)."""
     env_auth = os.environ.get("ONE_AUTH")
     auth_path = _first_file(
-        [*([Path(env_auth).expanduser()] if env_auth else []),
-         Path.home() / ".one" / "one_auth", Path("/var/lib/one/.one/one_auth")]
+        [
+            *([Path(env_auth).expanduser()] if env_auth else []),
+            Path.home() / ".one" / "one_auth",
+            Path("/var/lib/one/.one/one_auth"),
+        ]
     )
     if auth_path is None:
         return []

@@ -104,9 +104,7 @@ def _from_ecosystem(profile: Profile) -> Secret | None:
             return Secret(value, "environment OS_PASSWORD")
     elif kind == "v3applicationcredential":
         value = env.get("OS_APPLICATION_CREDENTIAL_SECRET")
-        if value and _same_or_unset(
-            profile.get("application_credential_id"), env.get("OS_APPLICATION_CREDENTIAL_ID")
-        ):
+        if value and _same_or_unset(profile.get("application_credential_id"), env.get("OS_APPLICATION_CREDENTIAL_ID")):
             return Secret(value, "environment OS_APPLICATION_CREDENTIAL_SECRET")
     elif kind == "v3oidcaccesstoken":
         value = env.get("OS_ACCESS_TOKEN")

@@ -14,30 +14,25 @@ from typing import Annotated
 import typer
 
 from wlcgcloud import __version__
-from wlcgcloud.cli import later, profile
-from wlcgcloud.cli.common import Globals
+from wlcgcloud.cli import completion, later, profile
+from wlcgcloud.cli.common import Globals, new_app
 from wlcgcloud.errors import UsageError
 
 OUTPUTS = ("table", "json", "yaml", "csv", "apel")
 
-app = typer.Typer(
+app = new_app(
+    "Launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and "
+    "OpenNebula; list, resize and account for the fleets.\n\n"
+    "Global options may also be given after the command.",
     name="wlcgcloud",
-    help=(
-        "Launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and "
-        "OpenNebula; list, resize and account for the fleets.\n\n"
-        "Global options may also be given after the command."
-    ),
     epilog=(
-        "Examples:  wlcgcloud profile import  ·  wlcgcloud profile list -o json  ·  "
-        "wlcgcloud instance list -p cern-atlas --query '[].id'\n\n"
-        "Exit codes: 0 ok, 2 usage, 3 configuration, 4 authentication, 5 refused by policy, "
+        "\b\nExamples:\n"
+        "  wlcgcloud profile import\n"
+        "  wlcgcloud profile list -o json\n"
+        "  wlcgcloud instance list -p cern-atlas --query '[].id'\n\n"
+        "\b\nExit codes: 0 ok, 2 usage, 3 configuration, 4 authentication, 5 refused by policy,\n"
         "6 cloud unreachable, 7 partial success, 130 interrupted."
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -86,6 +81,7 @@ def root(
 
 app.add_typer(profile.app, name="profile")
 later.register(app)
+app.add_typer(completion.app, name="completion")
 
 
 def run(argv: list[str]) -> int:

@@ -7,8 +7,11 @@ command moves it out of here into its own module.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
+from wlcgcloud.cli.common import new_app
 from wlcgcloud.errors import NotYetAvailable
 
 PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -46,10 +49,6 @@ NOUNS: dict[str, tuple[str, dict[str, str]]] = {
             "terminate": "Terminate instances by id.",
         },
     ),
-    "completion": (
-        "Shell completion scripts for bash, zsh and fish.",
-        {"show": "Print the completion script for a shell.", "install": "Install the completion script."},
-    ),
 }
 
 COMMANDS = {
@@ -57,10 +56,10 @@ COMMANDS = {
     "usage": "Usage summaries (core-hours by profile, fleet, experiment, flavor, day) and APEL records.",
     "doctor": "Check each profile end to end and say why a site does not work.",
 }
-ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor", "completion")  # the contract's
+ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor")  # the contract's
 
 
-def _pending(name: str, help_text: str) -> typer.models.CommandFunctionType:
+def _pending(name: str, help_text: str) -> Callable[[typer.Context], None]:
     def command(ctx: typer.Context) -> None:
         raise NotYetAvailable(name)
 
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
             app.command(name, context_settings=PENDING)(_pending(name, COMMANDS[name]))
             continue
         help_text, verbs = NOUNS[name]
-        sub = typer.Typer(help=help_text, no_args_is_help=True)
+        sub = new_app(help_text)
         for verb, verb_help in verbs.items():
             sub.command(verb, context_settings=PENDING)(_pending(f"{name} {verb}", verb_help))
         app.add_typer(sub, name=name)

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from wlcgcloud import config as cfg
-from wlcgcloud import importers, secretstore
-from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, interactive, read_secret, warn
+from wlcgcloud import secretstore
+from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, interactive, new_app, read_secret, warn
 from wlcgcloud.errors import ConfigError, NotYetAvailable, UsageError
 from wlcgcloud.output import Column
 
@@ -25,19 +25,18 @@ def _keys_help() -> str:
     for provider in cfg.PROVIDERS:
         keys = [k for k in cfg.keys_for(provider) if k.name != "provider"]
         names = ", ".join(k.option + (" (required)" if provider in k.required_for else "") for k in keys)
-        lines.append(f"[bold]{provider}[/bold]: {names}")
+        lines.append(f"{provider}: {names}")
     return "\n\n".join(lines)
 
 
-app = typer.Typer(
-    help="Cloud profiles: one per cloud account (EC2, OpenStack, OpenNebula), in config.toml.",
-    no_args_is_help=True,
-)
+app = new_app("Cloud profiles: one per cloud account (EC2, OpenStack, OpenNebula), in config.toml.")
 
 # ----------------------------------------------------------------------------- key options
 
 
-def parse_key_options(words: list[str], provider: str, *, allow_unset: bool = False) -> tuple[dict[str, Any], list[str]]:
+def parse_key_options(
+    words: list[str], provider: str, *, allow_unset: bool = False
+) -> tuple[dict[str, Any], list[str]]:
     """Turn `--region eu-west-1 --public-ip --security-groups a,b ...` into settings by the schema.
 
     Returns the settings and, with `allow_unset`, the keys named by `--unset KEY`. A key that is
@@ -148,11 +147,12 @@ def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
     "add",
     context_settings=KEY_OPTIONS,
     epilog=(
-        "Examples:\n\n"
-        "  wlcgcloud profile add cern-atlas --provider openstack --auth-url https://keystone.example.org:5000/v3 "
-        "--auth-type v3applicationcredential --application-credential-id 4f3c... --secret-stdin < secret\n\n"
+        "\b\nExamples:\n"
+        "  wlcgcloud profile add cern-atlas --provider openstack \\\n"
+        "      --auth-url https://keystone.example.org:5000/v3 --auth-type v3applicationcredential \\\n"
+        "      --application-credential-id 4f3c... --secret-stdin < secret\n"
         "  wlcgcloud profile add aws-atlas --provider ec2 --region eu-west-1 --access-key-id AKIA... --default\n\n"
-        "Settings per provider:\n\n" + _keys_help()
+        "Settings per provider (--KEY VALUE; lists comma-separated or repeated; --no-KEY for false):\n\n" + _keys_help()
     ),
 )
 def add(
@@ -168,7 +168,8 @@ def add(
 ) -> None:
     """Add a profile. The secret goes to the system keyring, never to config.toml.
 
-    On a terminal the secret is asked for with a hidden prompt; in scripts use --secret-stdin, or give it at run time as WLCGCLOUD_SECRET_<PROFILE> or the cloud's own variables.
+    On a terminal the secret is asked for with a hidden prompt; in scripts use --secret-stdin,
+    or give it at run time as WLCGCLOUD_SECRET_<PROFILE> or the cloud's own variables.
     """
     g = globals_of(ctx)
     if provider is None:
@@ -218,7 +219,9 @@ def _where(p: cfg.Profile) -> str:
     return str(p.get("region")) + (f" @ {p.get('endpoint_url')}" if p.get("endpoint_url") else "")
 
 
-@app.command("list", epilog="Examples:\n\n  wlcgcloud profile list\n\n  wlcgcloud profile list -o json --query '[].name'")
+@app.command(
+    "list", epilog="\b\nExamples:\n  wlcgcloud profile list\n  wlcgcloud profile list -o json --query '[].name'"
+)
 def list_(ctx: typer.Context) -> None:
     """List profiles (no secrets). `ls` is an alias."""
     g = globals_of(ctx)
@@ -235,10 +238,14 @@ def list_(ctx: typer.Context) -> None:
 app.command("ls", hidden=True)(list_)
 
 
-@app.command("show", epilog="Examples:\n\n  wlcgcloud profile show cern-atlas\n\n  wlcgcloud profile show cern-atlas -o json")
+@app.command(
+    "show", epilog="\b\nExamples:\n  wlcgcloud profile show cern-atlas\n  wlcgcloud profile show cern-atlas -o json"
+)
 def show(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="Profile name (default: -p or default_profile).", metavar="NAME")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Profile name (default: -p or default_profile).", metavar="NAME")
+    ] = None,
 ) -> None:
     """Show one profile's settings and where its secret comes from (never the secret itself)."""
     g = globals_of(ctx)
@@ -257,9 +264,9 @@ def show(
     "edit",
     context_settings=KEY_OPTIONS,
     epilog=(
-        "Examples:\n\n"
-        "  wlcgcloud profile edit cern-atlas --flavor m1.xlarge --unset key-name\n\n"
-        "  wlcgcloud profile edit aws-atlas --secret-stdin < new-secret\n\n"
+        "\b\nExamples:\n"
+        "  wlcgcloud profile edit cern-atlas --flavor m1.xlarge --unset key-name\n"
+        "  wlcgcloud profile edit aws-atlas --secret-stdin < new-secret\n"
         "  wlcgcloud profile edit cern-atlas        (opens $EDITOR on the config file)"
     ),
 )
@@ -272,7 +279,8 @@ def edit(
 ) -> None:
     """Change a profile's settings (--KEY VALUE, --unset KEY), its secret, or edit it in $EDITOR.
 
-    Settings are those of `profile add`. With nothing to change, on a terminal, the config file is opened in $VISUAL/$EDITOR; it is saved only if it still parses and validates.
+    Settings are those of `profile add`. With nothing to change, on a terminal, the config file
+    is opened in $VISUAL/$EDITOR; it is saved only if it still parses and validates.
     """
     g = globals_of(ctx)
     conf = g.config()
@@ -317,7 +325,7 @@ def _edit_in_editor(g: Globals, path: Path) -> None:
     info(f"Saved {path}.")
 
 
-@app.command("remove", epilog="Examples:\n\n  wlcgcloud profile remove old-site --yes")
+@app.command("remove", epilog="\b\nExamples:\n  wlcgcloud profile remove old-site --yes")
 def remove(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Profile name.", show_default=False, metavar="NAME")],
@@ -347,10 +355,11 @@ IMPORT_COLUMNS = [
 @app.command(
     "import",
     epilog=(
-        "Examples:\n\n"
-        "  wlcgcloud profile import                       (every source found)\n\n"
-        "  wlcgcloud profile import --from clouds.yaml --file ./clouds.yaml --overwrite\n\n"
-        "  ONE_AUTH=~/.one/one_auth ONE_XMLRPC=https://one.example.org:2633/RPC2 wlcgcloud profile import --from one"
+        "\b\nExamples:\n"
+        "  wlcgcloud profile import                       (every source found)\n"
+        "  wlcgcloud profile import --from clouds.yaml --file ./clouds.yaml --overwrite\n"
+        "  ONE_AUTH=~/.one/one_auth ONE_XMLRPC=https://one.example.org:2633/RPC2 \\\n"
+        "      wlcgcloud profile import --from one --name lal-one"
     ),
 )
 def import_(
@@ -366,8 +375,11 @@ def import_(
 ) -> None:
     """Import profiles from OpenStack clouds.yaml, ~/.aws/config + credentials, and ONE_AUTH/ONE_XMLRPC.
 
-    Secrets found there go to the system keyring, never into config.toml. Existing profiles are skipped unless --overwrite.
+    Secrets found there go to the system keyring, never into config.toml. Existing profiles
+    are skipped unless --overwrite.
     """
+    from wlcgcloud import importers
+
     g = globals_of(ctx)
     sources = list(dict.fromkeys(source or importers.SOURCES))
     for s in sources:
@@ -425,7 +437,9 @@ def import_(
 
         cfg.update_config(conf.path, change)
     emit(ctx, rows, IMPORT_COLUMNS)
-    info(f"{'Would import' if dry_run else 'Imported'} {len(accepted)} of {len(candidates)} profile(s) into {conf.path}.")
+    info(
+        f"{'Would import' if dry_run else 'Imported'} {len(accepted)} of {len(candidates)} profile(s) into {conf.path}."
+    )
 
 
 @app.command("test")

@@ -1,0 +1,87 @@
+"""Completion through a real bash, from the committed tree; the tree must match the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from wlcgcloud.completion import TREE_PATH, build_tree, complete
+
+from conftest import Run, World
+
+BASH = shutil.which("bash")
+
+
+def test_committed_tree_matches_the_cli() -> None:
+    committed = json.loads(TREE_PATH.read_text())
+    assert committed == build_tree(), (
+        "wlcgcloud/cli/tree.json is stale: run  .venv/bin/python -m wlcgcloud.completion > wlcgcloud/cli/tree.json"
+    )
+
+
+def bash_complete(world: World, line: str) -> list[str]:
+    """Type `line` in bash and press TAB: source the script, call its function, read COMPREPLY."""
+    assert BASH
+    script = subprocess.run(
+        [sys.executable, "-m", "wlcgcloud", "completion", "show", "bash"],
+        capture_output=True,
+        text=True,
+        env=world.env(),
+        check=True,
+    ).stdout
+    (world.root / "wlcgcloud.bash").write_text(script)
+    words = line.split(" ")
+    program = f"""
+source {world.root / "wlcgcloud.bash"}
+fn=$(complete -p wlcgcloud | sed -E 's/.*-F ([^ ]+) .*/\\1/')
+COMP_WORDS=({" ".join(repr(w) for w in words)})
+COMP_CWORD={len(words) - 1}
+COMP_LINE={line!r}
+$fn wlcgcloud "${{COMP_WORDS[COMP_CWORD]}}" "${{COMP_WORDS[COMP_CWORD-1]}}"
+printf '%s\\n' "${{COMPREPLY[@]}}"
+"""
+    env = {**world.env(), "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    out = subprocess.run([BASH, "--norc", "-c", program], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [w for w in out.stdout.splitlines() if w]
+
+
+@pytest.fixture
+def two_profiles(run: Run) -> None:
+    assert run("profile", "add", "cern-atlas", "--provider", "openstack", "--auth-url", "https://k/v3").code == 0
+    assert run("profile", "add", "aws-cms", "--provider", "ec2", "--region", "eu-west-1").code == 0
+
+
+@pytest.mark.usefixtures("two_profiles")
+def test_bash_completes_commands_options_and_profile_names(world: World) -> None:
+    assert bash_complete(world, "wlcgcloud pro") == ["profile"]
+    assert bash_complete(world, "wlcgcloud profile s") == ["show"]
+    assert bash_complete(world, "wlcgcloud profile show ") == ["aws-cms", "cern-atlas"]
+    assert bash_complete(world, "wlcgcloud profile show cern-") == ["cern-atlas"]  # a name with a dash
+    assert bash_complete(world, "wlcgcloud -p ") == ["aws-cms", "cern-atlas"]
+    assert bash_complete(world, "wlcgcloud profile list -o ") == ["table", "json", "yaml", "csv", "apel"]
+    assert bash_complete(world, "wlcgcloud profile add x --prov") == ["--provider"]
+    assert bash_complete(world, "wlcgcloud profile add x --provider o") == ["openstack", "opennebula"]
+    assert "--auth-url" in bash_complete(world, "wlcgcloud profile add x --au")
+
+
+def test_complete_function_directly(two_profiles: None) -> None:
+    assert complete(["wlcgcloud", "profile", "edit", "cern-atlas", "--unset", "key"], 5) == ["key-name"]
+    assert complete(["wlcgcloud", "--config"], 1) == ["--config"]
+    assert "launch" in complete(["wlcgcloud", ""], 1)
+
+
+def test_completion_survives_a_broken_config(world: World) -> None:
+    world.config.parent.mkdir(parents=True)
+    world.config.write_text("[profiles.a\n")
+    assert complete(["wlcgcloud", "profile", "show", ""], 3) == []
+
+
+def test_completion_show_other_shells_not_yet(run: Run) -> None:
+    assert run("completion", "show", "zsh").code == 2
+    assert run("completion", "show", "tcsh").code == 2

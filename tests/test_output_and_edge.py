@@ -1,0 +1,216 @@
+"""The renderer, global options anywhere, streams, exit codes, and the real installed command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from wlcgcloud.__main__ import hoist_global_options
+from wlcgcloud.output import Column, render
+
+from conftest import Run, World
+
+ROWS = [
+    {"id": "i-1", "state": "running", "vcpus": 4, "addresses": ["10.0.0.1", "10.0.0.2"], "ok": True, "x": None},
+    {"id": "i-2", "state": "pending", "vcpus": 2, "addresses": [], "ok": False, "x": {"a": 1}},
+]
+
+
+def rendered(fmt: str, data: object = ROWS, **kw: object) -> str:
+    buf = io.StringIO()
+    render(data, fmt=fmt, stream=buf, **kw)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def test_json_yaml_csv_table_carry_the_same_rows() -> None:
+    import json
+
+    assert json.loads(rendered("json")) == ROWS
+    assert yaml.safe_load(rendered("yaml")) == ROWS
+    rows = list(csv.DictReader(io.StringIO(rendered("csv"))))
+    assert [r["id"] for r in rows] == ["i-1", "i-2"]
+    assert rows[0]["addresses"] == "10.0.0.1, 10.0.0.2"
+    table = rendered("table", columns=[Column("id", "ID"), Column("state", "STATE"), Column("vcpus", "VCPUS")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["ID", "STATE", "VCPUS"]
+    assert lines[1].split() == ["i-1", "running", "4"]
+    assert all(line == line.rstrip() for line in lines)  # no trailing padding off a terminal
+    assert "\x1b[" not in table
+
+
+def test_query_applies_to_the_json_form_in_every_format() -> None:
+    assert rendered("json", query="[?state=='running'].id") == '[\n  "i-1"\n]\n'
+    assert rendered("table", query="[0].vcpus") == "4\n"
+    assert rendered("csv", query="[].{id: id, n: vcpus}") == "id,n\ni-1,4\ni-2,2\n"
+
+
+def test_wide_rows_are_not_wrapped_off_a_terminal() -> None:
+    long = "x" * 300
+    out = rendered("table", data=[{"id": long, "other": "y"}])
+    assert long in out
+
+
+def test_hoisting_global_options() -> None:
+    assert hoist_global_options(["profile", "list", "-o", "json", "--query", "[0]", "-p", "a", "-y"]) == [
+        "-o",
+        "json",
+        "--query",
+        "[0]",
+        "-p",
+        "a",
+        "-y",
+        "profile",
+        "list",
+    ]
+    assert hoist_global_options(["profile", "show", "x", "--output=yaml", "-pa"]) == [
+        "--output=yaml",
+        "-pa",
+        "profile",
+        "show",
+        "x",
+    ]
+    assert hoist_global_options(["launch", "--", "-o", "json"]) == ["launch", "--", "-o", "json"]
+
+
+def test_global_options_after_the_command(run: Run) -> None:
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r").code == 0
+    before = run("-o", "json", "profile", "list")
+    after = run("profile", "list", "-o", "json")
+    assert before.code == after.code == 0
+    assert before.out == after.out
+    assert run("profile", "list", "--query", "[0].name", "-o", "json").out == '"a"\n'
+
+
+def test_output_from_environment_and_bad_values(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r").code == 0
+    monkeypatch.setenv("WLCGCLOUD_OUTPUT", "yaml")
+    assert yaml.safe_load(run("profile", "list").out)[0]["name"] == "a"
+    r = run("profile", "list", "-o", "xml")
+    assert r.code == 2 and "unknown output format 'xml'" in r.err
+    r = run("profile", "list", "--query", "[?", "-o", "json")
+    assert r.code == 2 and "invalid --query" in r.err
+
+
+def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r").code == 0
+    assert run("profile", "add", "b", "--provider", "ec2", "--region", "s").code == 0
+    assert run("profile", "show", "-o", "json").json()["name"] == "a"  # type: ignore[index]
+    monkeypatch.setenv("WLCGCLOUD_PROFILE", "b")
+    assert run("profile", "show", "-o", "json").json()["name"] == "b"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("launch", "atlas-wn", "--count", "3"),
+        ("image", "list"),
+        ("fleet", "list"),
+        ("instance", "list"),
+        ("usage",),
+        ("doctor",),
+        ("completion", "install"),
+        ("profile", "test"),
+    ],
+)
+def test_later_commands_say_not_yet_available(run: Run, args: tuple[str, ...]) -> None:
+    r = run(*args)
+    assert r.code == 2
+    assert "not yet available" in r.err
+    assert r.out == ""
+
+
+def test_usage_errors_are_one_line(run: Run) -> None:
+    r = run("profile", "list", "--bogus")
+    assert r.code == 2
+    assert r.err.strip().splitlines() == ["error: No such option: --bogus. Run 'wlcgcloud profile list --help'."]
+    r = run("nosuchcommand")
+    assert r.code == 2 and "No such command" in r.err
+
+
+def test_internal_error_is_one_line_and_traceback_only_with_debug(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wlcgcloud.cli
+
+    def broken(argv: list[str]) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(wlcgcloud.cli, "run", broken)
+    r = run("profile", "list")
+    assert r.code == 1
+    assert "internal error: RuntimeError: boom" in r.err and "Traceback" not in r.err
+    r = run("profile", "list", "--debug")
+    assert r.code == 1 and "Traceback" in r.err
+
+
+# ----------------------------------------------------------------------------- the installed command
+
+WLCGCLOUD = shutil.which("wlcgcloud", path=os.path.dirname(sys.executable))
+SDKS = ("boto3", "botocore", "openstack", "keystoneauth1", "pyone", "libcloud")
+
+
+def installed(world: World, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    assert WLCGCLOUD, "the console script is installed next to the interpreter"
+    return subprocess.run(
+        [WLCGCLOUD, *args],
+        env={**world.env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+
+
+def test_console_script_and_module_entry_points(world: World) -> None:
+    from wlcgcloud import __version__
+
+    assert installed(world, "--version").stdout == f"wlcgcloud {__version__}\n"
+    module = subprocess.run(
+        [sys.executable, "-m", "wlcgcloud", "--version"], capture_output=True, text=True, env=world.env(), timeout=60
+    )
+    assert module.stdout == f"wlcgcloud {__version__}\n"
+
+
+def test_subprocess_round_trip_uses_the_keyring_backend(world: World) -> None:
+    p = subprocess.run(
+        [WLCGCLOUD or "wlcgcloud", "profile", "add", "a", "--provider", "ec2", "--region", "r", "--secret-stdin"],
+        input="sub-secret\n",
+        env=world.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 0, p.stderr
+    assert world.secrets() == {"wlcgcloud/a": "sub-secret"}
+    out = installed(world, "profile", "list", "-o", "json")
+    assert out.returncode == 0 and '"name": "a"' in out.stdout
+    assert "sub-secret" not in world.config.read_text()
+
+
+def test_subprocess_exit_codes_and_streams(world: World) -> None:
+    r = installed(world, "profile", "show", "nope")
+    assert r.returncode == 3 and r.stdout == "" and r.stderr.startswith("error: ")
+    r = installed(world, "profile", "list", "--nope")
+    assert r.returncode == 2 and r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "args", [("--version",), ("--help",), ("profile", "list", "-o", "json"), ("profile", "--help")]
+)
+def test_start_up_imports_no_cloud_sdk(world: World, args: tuple[str, ...]) -> None:
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wlcgcloud", *args],
+        env=world.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr[-500:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    assert "wlcgcloud" in imported
+    assert not imported & set(SDKS), imported & set(SDKS)

@@ -1,0 +1,159 @@
+"""Shell completion answered without Typer, Rich or any cloud SDK.
+
+The command tree is generated from the CLI itself into `cli/tree.json` (`python -m
+wlcgcloud.completion > wlcgcloud/cli/tree.json`; a test fails when it is stale). Completing reads
+that file and, for dynamic values such as profile names, the config file: never the network.
+
+Protocol: the shell script sets `_WLCGCLOUD_COMPLETE=bash`, `COMP_WORDS` (the words, joined by
+newlines) and `COMP_CWORD` (the index of the word being completed), runs `wlcgcloud`, and reads
+one candidate per line from stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TREE_PATH = Path(__file__).parent / "cli" / "tree.json"
+FLAG, VALUE = 0, 1  # option kinds in the tree; a list is a choice, "@kind" a dynamic value
+
+BASH_SCRIPT = """\
+# bash completion for wlcgcloud; load with: source <(wlcgcloud completion show bash)
+_wlcgcloud_complete() {
+    local IFS=$'\\n'
+    local words
+    printf -v words '%s\\n' "${COMP_WORDS[@]}"
+    COMPREPLY=( $(COMP_WORDS="$words" COMP_CWORD="$COMP_CWORD" _WLCGCLOUD_COMPLETE=bash \\
+                  "${COMP_WORDS[0]}" 2>/dev/null) )
+}
+complete -o default -F _wlcgcloud_complete wlcgcloud
+"""
+
+
+def _profiles() -> list[str]:
+    """Profile names from the config file; nothing when it is missing or broken."""
+    import tomllib
+
+    path = os.environ.get("WLCGCLOUD_CONFIG")
+    if path:
+        config = Path(path).expanduser()
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        config = Path(base) / "wlcgcloud" / "config.toml"
+    try:
+        profiles = tomllib.loads(config.read_text(encoding="utf-8")).get("profiles", {})
+    except (OSError, ValueError):
+        return []
+    return sorted(profiles) if isinstance(profiles, dict) else []
+
+
+DYNAMIC = {"@profile": _profiles}
+
+
+def _values(spec: Any) -> list[str]:
+    if isinstance(spec, list):
+        return [str(v) for v in spec]
+    if isinstance(spec, str) and spec in DYNAMIC:
+        return DYNAMIC[spec]()
+    return []
+
+
+def complete(words: list[str], cword: int) -> list[str]:
+    """Candidates for `words[cword]`, given the words before it (words[0] is the program)."""
+    tree: dict[str, Any] = json.loads(TREE_PATH.read_text(encoding="utf-8"))
+    node = tree
+    options: dict[str, Any] = dict(tree["options"])  # global options work at every level
+    positional = 0
+    i = 1
+    while i < cword:
+        word = words[i]
+        if word.startswith("-"):
+            if "=" not in word and options.get(word, FLAG) != FLAG:
+                i += 1  # skip the option's value
+        elif word in node.get("commands", {}):
+            node = node["commands"][word]
+            options.update(node.get("options", {}))
+            positional = 0
+        else:
+            positional += 1
+        i += 1
+    current = words[cword] if cword < len(words) else ""
+    previous = words[cword - 1] if cword >= 1 else ""
+    if cword > 1 and previous.startswith("-") and options.get(previous, FLAG) != FLAG:
+        candidates = _values(options[previous])
+    elif current.startswith("-"):
+        candidates = sorted(options)
+    elif node.get("commands"):
+        candidates = list(node["commands"])
+    else:
+        args = node.get("args", [])
+        candidates = _values(args[min(positional, len(args) - 1)]) if args else []
+    return [c for c in candidates if c.startswith(current)]
+
+
+def complete_from_environment() -> int:
+    """Answer one completion request from the shell script (see the module docstring)."""
+    words = os.environ.get("COMP_WORDS", "").split("\n")
+    if words and words[-1] == "":
+        words.pop()
+    try:
+        cword = int(os.environ.get("COMP_CWORD", "0"))
+    except ValueError:
+        return 1
+    for candidate in complete(words, cword):
+        print(candidate)
+    return 0
+
+
+def build_tree() -> dict[str, Any]:
+    """Walk the Typer app (imports it) and describe commands, options and argument kinds."""
+    import typer
+
+    from wlcgcloud.cli import app
+    from wlcgcloud.config import KEYS, PROVIDERS
+
+    def option_spec(param: Any) -> Any:
+        if param.is_flag or param.count:
+            return FLAG
+        if param.name in ("profile",):
+            return "@profile"
+        if param.name == "output":
+            return ["table", "json", "yaml", "csv", "apel"]
+        if param.name == "provider":
+            return list(PROVIDERS)
+        if param.name == "source":
+            return ["clouds.yaml", "aws", "one"]
+        return VALUE
+
+    def describe(cmd: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        node: dict[str, Any] = {"options": {}}
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                for name in [*param.opts, *param.secondary_opts]:
+                    node["options"][name] = option_spec(param)
+            elif param.param_type_name == "argument":
+                is_profile = path[:1] == ("profile",) and path[-1] != "add" and param.name in ("name", "names")
+                node.setdefault("args", []).append("@profile" if is_profile else "")
+        if path in (("profile", "add"), ("profile", "edit")):
+            for key in KEYS:
+                if key.name == "provider":
+                    continue
+                node["options"][key.option] = FLAG if key.kind == "bool" else (list(key.choices) or VALUE)
+                if key.kind == "bool":
+                    node["options"]["--no-" + key.option[2:]] = FLAG
+            if path == ("profile", "edit"):
+                node["options"]["--unset"] = [k.name.replace("_", "-") for k in KEYS if k.name != "provider"]
+        commands = getattr(cmd, "commands", None)
+        if commands:
+            node["commands"] = {name: describe(sub, (*path, name)) for name, sub in commands.items() if not sub.hidden}
+        return node
+
+    return describe(typer.main.get_command(app), ())
+
+
+if __name__ == "__main__":
+    json.dump(build_tree(), sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
