@@ -200,17 +200,42 @@ def test_subprocess_exit_codes_and_streams(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [("--version",), ("--help",), ("profile", "list", "-o", "json"), ("profile", "--help")]
+    ("args", "extra_env"),
+    [
+        (("--version",), {}),
+        (("--help",), {}),
+        (("profile", "--help"), {}),
+        (("profile", "list", "-o", "json"), {}),
+        ((), {"_WLCGCLOUD_COMPLETE": "bash", "COMP_WORDS": "wlcgcloud\npro\n", "COMP_CWORD": "1"}),
+    ],
 )
-def test_start_up_imports_no_cloud_sdk(world: World, args: tuple[str, ...]) -> None:
+def test_start_up_imports_no_cloud_sdk(world: World, args: tuple[str, ...], extra_env: dict[str, str]) -> None:
+    """Cloud SDKs are shadowed by packages that fail on import, so importing one fails the command."""
+    trap = world.root / "sdk-trap"
+    for sdk in SDKS:
+        (trap / sdk).mkdir(parents=True)
+        (trap / sdk / "__init__.py").write_text(f"raise ImportError('{sdk} imported at start-up')\n")
+    env = {**world.env(), **extra_env}
+    env["PYTHONPATH"] = f"{trap}{os.pathsep}{env['PYTHONPATH']}"
     r = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "wlcgcloud", *args],
-        env=world.env(),
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode == 0, r.stderr[-500:]
+    assert "imported at start-up" not in r.stderr
     imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
     assert "wlcgcloud" in imported
     assert not imported & set(SDKS), imported & set(SDKS)
+
+
+def test_the_sdk_trap_works(world: World) -> None:
+    """The trap above must catch an import: prove it with one."""
+    trap = world.root / "sdk-trap"
+    (trap / "boto3").mkdir(parents=True)
+    (trap / "boto3" / "__init__.py").write_text("raise ImportError('boto3 imported at start-up')\n")
+    r = subprocess.run([sys.executable, "-c", "import boto3"], env={**world.env(), "PYTHONPATH": str(trap)},
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode != 0 and "imported at start-up" in r.stderr

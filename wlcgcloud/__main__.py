@@ -20,9 +20,14 @@ COMPLETE_VAR = "_WLCGCLOUD_COMPLETE"
 def hoist_global_options(argv: Sequence[str]) -> list[str]:
     """Move global options (with their values) in front of the command, where Typer expects them.
 
-    `wlcgcloud instance list -o json` becomes `wlcgcloud -o json instance list`. Everything after
-    `--` is left alone. Forms understood: `-o json`, `-ojson`, `--output json`, `--output=json`.
+    `wlcgcloud instance list -o json` becomes `wlcgcloud -o json instance list`. The command tree
+    (wlcgcloud/cli/tree.json) tells which of a command's own options take a value, so a value
+    that looks like an option (`--username -p`) stays where it is. Everything after `--` is left
+    alone. Forms understood: `-o json`, `-ojson`, `--output json`, `--output=json`, `-vv`, `-yv`.
     """
+    from wlcgcloud.completion import FLAG, child, load_tree
+
+    node = load_tree()
     hoisted: list[str] = []
     rest: list[str] = []
     i = 0
@@ -34,12 +39,20 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
         name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
         if arg in GLOBAL_FLAGS:
             hoisted.append(arg)
+        elif len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and all(f"-{c}" in GLOBAL_FLAGS for c in arg[1:]):
+            hoisted += [f"-{c}" for c in arg[1:]]  # -vv, -yv
         elif arg in GLOBAL_VALUE_OPTIONS and i + 1 < len(argv):
             hoisted += [arg, argv[i + 1]]
             i += 1
         elif name in GLOBAL_VALUE_OPTIONS and arg != name:  # --output=json, -ojson
             hoisted.append(arg)
+        elif arg.startswith("-"):
+            rest.append(arg)
+            if "=" not in arg and node.get("options", {}).get(arg, FLAG) != FLAG and i + 1 < len(argv):
+                rest.append(argv[i + 1])  # this command's own option takes the next word as its value
+                i += 1
         else:
+            node = child(node, arg) or node
             rest.append(arg)
         i += 1
     return hoisted + rest
@@ -74,10 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error("interrupted.")
         return 130
     except BrokenPipeError:
-        # `wlcgcloud ... | head`: the reader went away; not an error worth a traceback.
+        # `wlcgcloud ... | head`: the reader went away; exit as a process killed by SIGPIPE would.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        return 141
     except Exception as exc:  # the last line of defence: a bug, never a traceback by default
         from wlcgcloud.errors import WlcgError
 

@@ -19,6 +19,7 @@ from typing import Any
 
 TREE_PATH = Path(__file__).parent / "cli" / "tree.json"
 FLAG, VALUE = 0, 1  # option kinds in the tree; a list is a choice, "@kind" a dynamic value
+ALIASES = {"ls": "list", "rm": "remove"}  # hidden short forms of the contract's verbs
 
 BASH_SCRIPT = """\
 # bash completion for wlcgcloud; load with: source <(wlcgcloud completion show bash)
@@ -33,11 +34,29 @@ complete -o default -F _wlcgcloud_complete wlcgcloud
 """
 
 
-def _profiles() -> list[str]:
-    """Profile names from the config file; nothing when it is missing or broken."""
+def load_tree() -> dict[str, Any]:
+    """The generated command tree: options (with their kinds), arguments and subcommands."""
+    tree: dict[str, Any] = json.loads(TREE_PATH.read_text(encoding="utf-8"))
+    return tree
+
+
+def child(node: dict[str, Any], word: str) -> dict[str, Any] | None:
+    """The subcommand node `word` names under `node` (aliases included), or None."""
+    name = node.get("aliases", {}).get(word, word)
+    sub: dict[str, Any] | None = node.get("commands", {}).get(name)
+    return sub
+
+
+def _profiles(words: list[str]) -> list[str]:
+    """Profile names from the config file (`--config` on the line wins); nothing when it is broken."""
     import tomllib
 
     path = os.environ.get("WLCGCLOUD_CONFIG")
+    for i, word in enumerate(words[:-1]):
+        if word == "--config":
+            path = words[i + 1]
+        elif word.startswith("--config="):
+            path = word.split("=", 1)[1]
     if path:
         config = Path(path).expanduser()
     else:
@@ -53,17 +72,17 @@ def _profiles() -> list[str]:
 DYNAMIC = {"@profile": _profiles}
 
 
-def _values(spec: Any) -> list[str]:
+def _values(spec: Any, words: list[str]) -> list[str]:
     if isinstance(spec, list):
         return [str(v) for v in spec]
     if isinstance(spec, str) and spec in DYNAMIC:
-        return DYNAMIC[spec]()
+        return DYNAMIC[spec](words)
     return []
 
 
 def complete(words: list[str], cword: int) -> list[str]:
     """Candidates for `words[cword]`, given the words before it (words[0] is the program)."""
-    tree: dict[str, Any] = json.loads(TREE_PATH.read_text(encoding="utf-8"))
+    tree = load_tree()
     node = tree
     options: dict[str, Any] = dict(tree["options"])  # global options work at every level
     positional = 0
@@ -73,8 +92,8 @@ def complete(words: list[str], cword: int) -> list[str]:
         if word.startswith("-"):
             if "=" not in word and options.get(word, FLAG) != FLAG:
                 i += 1  # skip the option's value
-        elif word in node.get("commands", {}):
-            node = node["commands"][word]
+        elif (sub := child(node, word)) is not None:
+            node = sub
             options.update(node.get("options", {}))
             positional = 0
         else:
@@ -82,15 +101,17 @@ def complete(words: list[str], cword: int) -> list[str]:
         i += 1
     current = words[cword] if cword < len(words) else ""
     previous = words[cword - 1] if cword >= 1 else ""
+    if previous == "=" and cword >= 2:  # bash splits `--output=` at "=" (COMP_WORDBREAKS)
+        previous = words[cword - 2]
     if cword > 1 and previous.startswith("-") and options.get(previous, FLAG) != FLAG:
-        candidates = _values(options[previous])
+        candidates = _values(options[previous], words)
     elif current.startswith("-"):
         candidates = sorted(options)
     elif node.get("commands"):
         candidates = list(node["commands"])
     else:
         args = node.get("args", [])
-        candidates = _values(args[min(positional, len(args) - 1)]) if args else []
+        candidates = _values(args[min(positional, len(args) - 1)], words) if args else []
     return [c for c in candidates if c.startswith(current)]
 
 
@@ -136,7 +157,10 @@ def build_tree() -> dict[str, Any]:
                     node["options"][name] = option_spec(param)
             elif param.param_type_name == "argument":
                 is_profile = path[:1] == ("profile",) and path[-1] != "add" and param.name in ("name", "names")
-                node.setdefault("args", []).append("@profile" if is_profile else "")
+                kind: Any = "@profile" if is_profile else ""
+                if path[:1] == ("completion",) and param.name == "shell":
+                    kind = ["bash", "zsh", "fish"]
+                node.setdefault("args", []).append(kind)
         if path in (("profile", "add"), ("profile", "edit")):
             for key in KEYS:
                 if key.name == "provider":
@@ -149,6 +173,9 @@ def build_tree() -> dict[str, Any]:
         commands = getattr(cmd, "commands", None)
         if commands:
             node["commands"] = {name: describe(sub, (*path, name)) for name, sub in commands.items() if not sub.hidden}
+            aliases = {name: ALIASES[name] for name, sub in commands.items() if sub.hidden and name in ALIASES}
+            if aliases:
+                node["aliases"] = aliases
         return node
 
     return describe(typer.main.get_command(app), ())

@@ -93,6 +93,11 @@ KEYS: tuple[Key, ...] = (
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 
 
+def secret_variable(profile_name: str) -> str:
+    """The variable that gives one profile its secret: `cern-atlas` -> `WLCGCLOUD_SECRET_CERN_ATLAS`."""
+    return "WLCGCLOUD_SECRET_" + re.sub(r"[^A-Z0-9]", "_", profile_name.upper())
+
+
 def keys_for(provider: str) -> list[Key]:
     """The settings a profile of `provider` may carry."""
     return [k for k in KEYS if provider in k.providers]
@@ -285,6 +290,15 @@ def validate_document(data: Mapping[str, Any], path: Path) -> Config:
     if not isinstance(tables, dict):
         raise ConfigError(f"{_where(path, None, 'profiles')}: expected tables [profiles.NAME].")
     profiles = {name: validate_profile(name, table, path) for name, table in tables.items()}
+    by_variable: dict[str, str] = {}
+    for name in profiles:
+        variable = secret_variable(name)
+        if variable in by_variable:
+            raise ConfigError(
+                f"{path}: profiles '{by_variable[variable]}' and '{name}' would share the secret variable "
+                f"{variable}; rename one of them."
+            )
+        by_variable[variable] = name
     default = data.get("default_profile")
     if default is not None:
         if not isinstance(default, str) or default not in profiles:
@@ -321,8 +335,10 @@ def read_text(path: Path) -> str | None:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc}.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read the config file: it is not UTF-8 text.") from None
 
 
 def parse_config(text: str, path: Path) -> Config:
@@ -351,8 +367,11 @@ def _locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write cycles of two wlcgcloud processes on the same config."""
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -361,9 +380,16 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half.
+
+    A symlinked file is written where the link points, so the link stays.
+    """
+    path = path.resolve() if path.is_symlink() else path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -371,9 +397,11 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
         raise
     dirfd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -413,15 +441,42 @@ def replace_config(path: Path, new_text: str) -> Config:
 def set_profile(doc: Any, name: str, settings: Mapping[str, Any]) -> None:
     """Make `[profiles.NAME]` in a tomlkit document hold exactly `settings`.
 
-    An existing table is edited key by key, so comments on the keys that stay are kept.
+    An existing table is edited key by key, so comments on the keys that stay are kept. A profile
+    written as an inline table or with dotted keys cannot be edited that way: the document is
+    then rebuilt with ordinary `[profiles.NAME]` tables (its comments are lost, its values kept).
     """
     import tomlkit
 
-    if "profiles" not in doc:
-        doc["profiles"] = tomlkit.table(is_super_table=True)
-    if name not in doc["profiles"]:
-        doc["profiles"][name] = tomlkit.table()
-    _sync_table(doc["profiles"][name], settings)
+    before = tomlkit.dumps(doc)
+    try:
+        if "profiles" not in doc:
+            doc["profiles"] = tomlkit.table(is_super_table=True)
+        if name not in doc["profiles"]:
+            doc["profiles"][name] = tomlkit.table()
+        _sync_table(doc["profiles"][name], settings)
+        ok = tomllib.loads(tomlkit.dumps(doc)).get("profiles", {}).get(name) == dict(settings)
+    except (ValueError, TypeError, KeyError, tomllib.TOMLDecodeError):
+        ok = False
+    if not ok:
+        data = tomllib.loads(before)
+        data.setdefault("profiles", {})[name] = dict(settings)
+        _rebuild(doc, data)
+
+
+def _rebuild(doc: Any, data: Mapping[str, Any]) -> None:
+    import tomlkit
+
+    doc.clear()
+    if "default_profile" in data:
+        doc["default_profile"] = data["default_profile"]
+    profiles = tomlkit.table(is_super_table=True)
+    for pname, table in data.get("profiles", {}).items():
+        profiles[pname] = tomlkit.table()
+        _sync_table(profiles[pname], table)
+    doc["profiles"] = profiles
+    for key, value in data.items():
+        if key not in ("default_profile", "profiles"):
+            doc[key] = value  # validation will name it
 
 
 def _sync_table(table: Any, values: Mapping[str, Any]) -> None:
@@ -444,8 +499,20 @@ def set_default(doc: Any, name: str) -> None:
 
 
 def remove_profile(doc: Any, name: str) -> None:
-    """Drop `[profiles.NAME]`, and default_profile when it named it."""
-    if "profiles" in doc and name in doc["profiles"]:
-        del doc["profiles"][name]
-    if doc.get("default_profile") == name:
-        del doc["default_profile"]
+    """Drop `[profiles.NAME]`, and default_profile when it named it (rebuilding as set_profile does)."""
+    import tomlkit
+
+    data = tomllib.loads(tomlkit.dumps(doc))
+    data.get("profiles", {}).pop(name, None)
+    if data.get("default_profile") == name:
+        del data["default_profile"]
+    try:
+        if "profiles" in doc and name in doc["profiles"]:
+            del doc["profiles"][name]
+        if doc.get("default_profile") == name:
+            del doc["default_profile"]
+        ok = tomllib.loads(tomlkit.dumps(doc)) == data
+    except (ValueError, TypeError, KeyError, tomllib.TOMLDecodeError):
+        ok = False
+    if not ok:
+        _rebuild(doc, data)

@@ -74,12 +74,16 @@ def _load_yaml_or_json(path: Path) -> Mapping[str, Any]:
             import yaml
 
             data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read: {exc}".replace("\n", " ")) from None
-    except Exception as exc:  # yaml.YAMLError, imported lazily
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}.") from None
+    except ValueError as exc:  # JSON, or text that is not UTF-8; the message would quote the file
+        raise ConfigError(
+            f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({type(exc).__name__})."
+        ) from None
+    except Exception as exc:  # yaml.YAMLError, imported lazily; its text can quote the file: say only where
         mark = getattr(exc, "problem_mark", None)
         at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{at}: not valid YAML: {getattr(exc, 'problem', exc)}.") from None
+        raise ConfigError(f"{at}: not valid YAML.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'clouds' key.")
     return data
@@ -136,11 +140,14 @@ def _openstack_candidate(name: str, entry: Any, source: str) -> Candidate:
     if kind != "password":
         s["auth_type"] = kind
     _put(s, "username", auth.get("username"))
-    _put(s, "user_domain", auth.get("user_domain_name") or auth.get("user_domain_id") or auth.get("domain_name"))
+    _put(s, "user_domain", auth.get("user_domain_name") or auth.get("domain_name"))
     _put(s, "project", auth.get("project_name"))
     if "project" not in s:
         _put(s, "project_id", auth.get("project_id"))
-    _put(s, "project_domain", auth.get("project_domain_name") or auth.get("project_domain_id"))
+    _put(s, "project_domain", auth.get("project_domain_name"))
+    for id_key in ("user_domain_id", "project_domain_id", "domain_id"):
+        if auth.get(id_key) and id_key.replace("_id", "_name") not in auth:
+            cand.notes.append(f"{id_key} is not imported (wlcgcloud names domains); set it with profile edit")
     if kind == "password":
         cand.secret = auth.get("password")
     elif kind == "v3applicationcredential":
@@ -169,6 +176,8 @@ def _openstack_candidate(name: str, entry: Any, source: str) -> Candidate:
 
 
 def _put(settings: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # YAML reads an unquoted numeric id as a number
     if isinstance(value, str) and value.strip():
         settings[key] = value.strip()
 
@@ -181,7 +190,12 @@ def _read_ini(path: Path) -> configparser.RawConfigParser:
     try:
         parser.read(path, encoding="utf-8")
     except (configparser.Error, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot parse: {exc}".replace("\n", " ")) from None
+        # configparser quotes the offending line, which may hold a secret key: say only where.
+        line = getattr(exc, "lineno", None) or next(iter(getattr(exc, "errors", [])), (None,))[0]
+        at = f"{path}:{line}" if line else str(path)
+        raise ConfigError(
+            f"{at}: cannot parse ({type(exc).__name__}); the line is not shown, it may hold a secret."
+        ) from None
     return parser
 
 

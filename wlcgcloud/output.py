@@ -126,20 +126,24 @@ def _render_table(data: Any, columns: Sequence[Column] | None, out: TextIO, colo
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # plain text: a value like "atlas[x]" is not Rich markup
 
     tty = out.isatty()
-    table = Table(box=box.SIMPLE_HEAD if tty else None, show_edge=False, pad_edge=False, header_style="bold")
+    plain = not tty or not color or "NO_COLOR" in os.environ
+    table = Table(
+        box=box.SIMPLE_HEAD if tty else None, show_edge=False, pad_edge=False, header_style="" if plain else "bold"
+    )
     if isinstance(data, dict) and columns is None:
         table.add_column("KEY")
         table.add_column("VALUE", overflow="fold")
         for key, value in data.items():
-            table.add_row(key, cell(value))
+            table.add_row(Text(key), Text(cell(value)))
     else:
         rows, cols = _rows_and_columns(data, columns)
         for col in cols:
             table.add_column(col.header, overflow="fold")
         for row in rows:
-            table.add_row(*(cell(row.get(c.key)) for c in cols))
+            table.add_row(*(Text(cell(row.get(c.key))) for c in cols))
     if tty:
         no_color = not color or "NO_COLOR" in os.environ
         Console(file=out, no_color=no_color, highlight=False, force_terminal=True).print(table)

@@ -13,12 +13,11 @@ There is no plaintext fallback: on a machine without a keyring backend we say so
 from __future__ import annotations
 
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wlcgcloud.config import Profile
+from wlcgcloud.config import Profile, secret_variable
 from wlcgcloud.errors import ConfigError
 
 SERVICE = "wlcgcloud"
@@ -47,15 +46,26 @@ class Secret:
 
 def env_name(profile_name: str) -> str:
     """`cern-atlas` -> `WLCGCLOUD_SECRET_CERN_ATLAS`."""
-    return "WLCGCLOUD_SECRET_" + re.sub(r"[^A-Z0-9]", "_", profile_name.upper())
+    return secret_variable(profile_name)
 
 
 def auth_type(profile: Profile) -> str:
-    """The OpenStack auth type: explicit, else implied by an application credential id."""
+    """The OpenStack auth type: the profile's own, implied by its identity, else OS_AUTH_TYPE.
+
+    The environment decides only for a profile that names no identity of its own, so an
+    application credential in the environment never displaces a password profile's login.
+    """
     explicit = profile.get("auth_type")
     if explicit:
         return str(explicit)
-    if profile.get("application_credential_id") or os.environ.get("OS_APPLICATION_CREDENTIAL_ID"):
+    if profile.get("application_credential_id"):
+        return "v3applicationcredential"
+    if profile.get("username"):
+        return "password"
+    env = os.environ.get("OS_AUTH_TYPE", "")
+    if env in ("v3applicationcredential", "v3oidcaccesstoken"):
+        return env
+    if os.environ.get("OS_APPLICATION_CREDENTIAL_ID") and not os.environ.get("OS_USERNAME"):
         return "v3applicationcredential"
     return "password"
 
@@ -82,7 +92,7 @@ def ecosystem_variables(profile: Profile) -> list[str]:
     }[auth_type(profile)]
 
 
-def _from_ecosystem(profile: Profile) -> Secret | None:
+def _from_ecosystem(profile: Profile, notes: list[str]) -> Secret | None:
     env = os.environ
     if profile.provider == "ec2":
         value = env.get("AWS_SECRET_ACCESS_KEY")
@@ -93,7 +103,11 @@ def _from_ecosystem(profile: Profile) -> Secret | None:
         path = env.get("ONE_AUTH")
         if not path:
             return None
-        secret = read_secret_file(Path(path).expanduser(), profile, "ONE_AUTH")
+        try:
+            secret = read_secret_file(Path(path).expanduser(), profile, "ONE_AUTH")
+        except ConfigError as exc:
+            notes.append(f"ONE_AUTH not used: {exc}")
+            return None
         if _same_or_unset(profile.get("username"), secret.username):
             return Secret(secret.value, f"ONE_AUTH file {path}", secret.username)
         return None
@@ -201,7 +215,7 @@ def find_secret(profile: Profile) -> tuple[Secret | None, list[str]]:
     value = os.environ.get(env_name(profile.name))
     if value:
         return Secret(value, f"environment {env_name(profile.name)}"), notes
-    found = _from_ecosystem(profile)
+    found = _from_ecosystem(profile, notes)
     if found:
         return found, notes
     try:

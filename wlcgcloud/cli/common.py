@@ -104,18 +104,22 @@ def confirm(g: Globals, action: str) -> None:
     print(f"Really {action}? [y/N] ", end="", file=sys.stderr, flush=True)
     answer = sys.stdin.readline().strip().lower()
     if answer not in ("y", "yes"):
-        info("Nothing done.")
-        raise typer.Exit(1)
+        raise UsageError(f"not confirmed; did not {action}.")
 
 
-def read_secret(label: str, from_stdin: bool) -> str | None:
-    """A secret from `--secret-stdin`, else a hidden prompt on a terminal, else none."""
+def read_secret(label: str, from_stdin: bool, required: bool = False) -> str | None:
+    """A secret from `--secret-stdin`, else a hidden prompt on a terminal, else none.
+
+    With `required` (the user asked to be prompted), no terminal is a usage error, not a silent skip.
+    """
     if from_stdin:
         value = sys.stdin.readline().rstrip("\r\n")
         if not value:
             raise UsageError("--secret-stdin was given but standard input was empty.")
         return value
     if not interactive():
+        if required:
+            raise UsageError("cannot prompt for the secret: stdin is not a terminal.", "Use --secret-stdin.")
         return None
     import getpass
 

@@ -121,13 +121,12 @@ def _parse_value(spec: cfg.Key, text: str, previous: Any, word: str) -> Any:
     return text
 
 
-def _store_secret(g: Globals, profile: cfg.Profile, from_stdin: bool) -> bool:
-    """Take a secret from stdin or a hidden prompt and put it in the keyring. False if none given."""
-    secret = read_secret(secretstore.secret_label(profile), from_stdin)
-    if secret is None:
-        return False
-    secretstore.keyring_set(profile.name, secret)
-    return True
+def _take_secret(profile: cfg.Profile, from_stdin: bool, required: bool = False) -> str | None:
+    """Read a secret (stdin or hidden prompt) and check the keyring can hold it, before any write."""
+    secret = read_secret(secretstore.secret_label(profile), from_stdin, required)
+    if secret is not None:
+        secretstore.keyring_get(profile.name)  # raises KeyringUnavailable on a headless machine
+    return secret
 
 
 def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
@@ -182,8 +181,11 @@ def add(
     settings, _ = parse_key_options(list(ctx.args), provider)
     settings = {"provider": provider, **settings}
     profile = cfg.validate_profile(name, settings, conf.path)
-    stored = _store_secret(g, profile, secret_stdin)
+    secret = _take_secret(profile, secret_stdin)
     cfg.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
+    stored = secret is not None
+    if secret is not None:
+        secretstore.keyring_set(name, secret)
     info(f"Added profile '{name}' ({provider}) to {conf.path}" + ("; secret stored in the keyring." if stored else "."))
     if not stored:
         status = _secret_status(profile)
@@ -295,9 +297,12 @@ def edit(
     new = {k: v for k, v in profile.settings.items() if k not in unset}
     new.update(settings)
     updated = cfg.validate_profile(name, new, conf.path)
-    stored = _store_secret(g, updated, secret_stdin) if (secret_stdin or secret) else False
+    new_secret = _take_secret(updated, secret_stdin, required=secret) if (secret_stdin or secret) else None
     if settings or unset or default:
         cfg.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
+    stored = new_secret is not None
+    if new_secret is not None:
+        secretstore.keyring_set(name, new_secret)
     info(f"Updated profile '{name}'" + (" and its secret in the keyring." if stored else "."))
 
 
@@ -411,6 +416,12 @@ def import_(
             continue
         if cand.name in accepted:
             row["action"] = "skipped (duplicate name)"
+            continue
+        variable = cfg.secret_variable(cand.name)
+        clash = [n for n in [*conf.profiles, *accepted] if n != cand.name and cfg.secret_variable(n) == variable]
+        if clash:
+            warn(f"'{cand.name}': its secret variable {variable} is '{clash[0]}''s already; skipped.", g)
+            row["action"] = "skipped (name clash)"
             continue
         if cand.name in conf.profiles and not overwrite:
             row["action"] = "skipped (exists; --overwrite replaces it)"
