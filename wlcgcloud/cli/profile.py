@@ -13,7 +13,7 @@ import typer
 
 from wlcgcloud import config as cfg
 from wlcgcloud import secretstore
-from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, interactive, new_app, read_secret, warn
+from wlcgcloud.cli.common import confirm, emit, globals_of, info, interactive, new_app, read_secret, warn
 from wlcgcloud.errors import ConfigError, NotYetAvailable, UsageError
 from wlcgcloud.output import Column
 
@@ -183,11 +183,11 @@ def add(
     profile = cfg.validate_profile(name, settings, conf.path)
     secret = _take_secret(profile, secret_stdin)
     cfg.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
-    stored = secret is not None
     if secret is not None:
         secretstore.keyring_set(name, secret)
-    info(f"Added profile '{name}' ({provider}) to {conf.path}" + ("; secret stored in the keyring." if stored else "."))
-    if not stored:
+    stored = "; secret stored in the keyring." if secret is not None else "."
+    info(f"Added profile '{name}' ({provider}) to {conf.path}{stored}")
+    if secret is None:
         status = _secret_status(profile)
         if not status["found"]:
             info(
@@ -289,7 +289,7 @@ def edit(
     profile = conf.profile(name)
     settings, unset = parse_key_options(list(ctx.args), profile.provider, allow_unset=True)
     if not (settings or unset or secret_stdin or secret or default):
-        _edit_in_editor(g, conf.path)
+        _edit_in_editor(conf.path)
         return
     for key in unset:
         if key == "provider" or key not in cfg.KEYS_BY_NAME:
@@ -300,13 +300,12 @@ def edit(
     new_secret = _take_secret(updated, secret_stdin, required=secret) if (secret_stdin or secret) else None
     if settings or unset or default:
         cfg.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
-    stored = new_secret is not None
     if new_secret is not None:
         secretstore.keyring_set(name, new_secret)
-    info(f"Updated profile '{name}'" + (" and its secret in the keyring." if stored else "."))
+    info(f"Updated profile '{name}'" + (" and its secret in the keyring." if new_secret is not None else "."))
 
 
-def _edit_in_editor(g: Globals, path: Path) -> None:
+def _edit_in_editor(path: Path) -> None:
     if not interactive():
         raise UsageError("nothing to change.", "Give settings as --KEY VALUE, or run on a terminal to use $EDITOR.")
     text = cfg.read_text(path) or ""
