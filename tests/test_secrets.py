@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wlcgcloud import secretstore
-from wlcgcloud.config import load_config
+from wlcgcloud.config import load_config, secret_variable
 from wlcgcloud.errors import ConfigError
 
 from conftest import Run, World
@@ -140,9 +140,9 @@ def test_headless_keyring_still_resolves_env_and_file(run: Run, world: World, mo
     assert source(world, "a") == "environment WLCGCLOUD_SECRET_A=envsecret"
 
 
-def test_env_name_mapping() -> None:
-    assert secretstore.env_name("cern-atlas") == "WLCGCLOUD_SECRET_CERN_ATLAS"
-    assert secretstore.env_name("lal.one_2") == "WLCGCLOUD_SECRET_LAL_ONE_2"
+def test_secret_variable_mapping() -> None:
+    assert secret_variable("cern-atlas") == "WLCGCLOUD_SECRET_CERN_ATLAS"
+    assert secret_variable("lal.one_2") == "WLCGCLOUD_SECRET_LAL_ONE_2"
 
 
 def test_secret_file_path_expands_home(run: Run, world: World) -> None:

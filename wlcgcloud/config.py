@@ -447,20 +447,29 @@ def set_profile(doc: Any, name: str, settings: Mapping[str, Any]) -> None:
     """
     import tomlkit
 
-    before = tomlkit.dumps(doc)
-    try:
+    def edit() -> None:
         if "profiles" not in doc:
             doc["profiles"] = tomlkit.table(is_super_table=True)
         if name not in doc["profiles"]:
             doc["profiles"][name] = tomlkit.table()
         _sync_table(doc["profiles"][name], settings)
-        ok = tomllib.loads(tomlkit.dumps(doc)).get("profiles", {}).get(name) == dict(settings)
+
+    expected = tomllib.loads(tomlkit.dumps(doc))
+    expected.setdefault("profiles", {})[name] = dict(settings)
+    _edit_or_rebuild(doc, expected, edit)
+
+
+def _edit_or_rebuild(doc: Any, expected: Mapping[str, Any], edit: Callable[[], None]) -> None:
+    """Run `edit` on the document; if it fails or the result does not read back as `expected`, rebuild."""
+    import tomlkit
+
+    try:
+        edit()
+        ok = tomllib.loads(tomlkit.dumps(doc)) == expected
     except (ValueError, TypeError, KeyError, tomllib.TOMLDecodeError):
         ok = False
     if not ok:
-        data = tomllib.loads(before)
-        data.setdefault("profiles", {})[name] = dict(settings)
-        _rebuild(doc, data)
+        _rebuild(doc, expected)
 
 
 def _rebuild(doc: Any, data: Mapping[str, Any]) -> None:
@@ -502,17 +511,14 @@ def remove_profile(doc: Any, name: str) -> None:
     """Drop `[profiles.NAME]`, and default_profile when it named it (rebuilding as set_profile does)."""
     import tomlkit
 
-    data = tomllib.loads(tomlkit.dumps(doc))
-    data.get("profiles", {}).pop(name, None)
-    if data.get("default_profile") == name:
-        del data["default_profile"]
-    try:
+    def edit() -> None:
         if "profiles" in doc and name in doc["profiles"]:
             del doc["profiles"][name]
         if doc.get("default_profile") == name:
             del doc["default_profile"]
-        ok = tomllib.loads(tomlkit.dumps(doc)) == data
-    except (ValueError, TypeError, KeyError, tomllib.TOMLDecodeError):
-        ok = False
-    if not ok:
-        _rebuild(doc, data)
+
+    expected = tomllib.loads(tomlkit.dumps(doc))
+    expected.get("profiles", {}).pop(name, None)
+    if expected.get("default_profile") == name:
+        del expected["default_profile"]
+    _edit_or_rebuild(doc, expected, edit)

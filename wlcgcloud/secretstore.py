@@ -44,11 +44,6 @@ class Secret:
         return f"<secret from {self.source}>"
 
 
-def env_name(profile_name: str) -> str:
-    """`cern-atlas` -> `WLCGCLOUD_SECRET_CERN_ATLAS`."""
-    return secret_variable(profile_name)
-
-
 def auth_type(profile: Profile) -> str:
     """The OpenStack auth type: the profile's own, implied by its identity, else OS_AUTH_TYPE.
 
@@ -161,7 +156,7 @@ class KeyringUnavailable(ConfigError):
 def _no_keyring(profile_name: str) -> KeyringUnavailable:
     return KeyringUnavailable(
         "this machine has no system keyring (keyring found no backend), so the secret cannot be stored.",
-        f"Give it in the environment as {env_name(profile_name)}, or put it in a file only you can read "
+        f"Give it in the environment as {secret_variable(profile_name)}, or put it in a file only you can read "
         f"and set it as the profile's secret_file (wlcgcloud profile edit {profile_name} --secret-file PATH).",
     )
 
@@ -212,9 +207,9 @@ def keyring_delete(profile_name: str) -> bool:
 def find_secret(profile: Profile) -> tuple[Secret | None, list[str]]:
     """The profile's secret by the documented order, and notes on the places that were not usable."""
     notes: list[str] = []
-    value = os.environ.get(env_name(profile.name))
+    value = os.environ.get(secret_variable(profile.name))
     if value:
-        return Secret(value, f"environment {env_name(profile.name)}"), notes
+        return Secret(value, f"environment {secret_variable(profile.name)}"), notes
     found = _from_ecosystem(profile, notes)
     if found:
         return found, notes
@@ -236,7 +231,7 @@ def require_secret(profile: Profile) -> Secret:
     secret, notes = find_secret(profile)
     if secret is not None:
         return secret
-    ways = [env_name(profile.name), *ecosystem_variables(profile)]
+    ways = [secret_variable(profile.name), *ecosystem_variables(profile)]
     why = f" ({'; '.join(notes)})" if notes else ""
     raise ConfigError(
         f"profile '{profile.name}': no {secret_label(profile)} found{why}.",

@@ -191,7 +191,7 @@ def add(
         status = _secret_status(profile)
         if not status["found"]:
             info(
-                f"No secret stored. Give it at run time as {secretstore.env_name(name)} or "
+                f"No secret stored. Give it at run time as {cfg.secret_variable(name)} or "
                 f"{' / '.join(secretstore.ecosystem_variables(profile))}, or run "
                 f"'wlcgcloud profile edit {name} --secret-stdin'."
             )
