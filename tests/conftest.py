@@ -102,3 +102,133 @@ def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
         return Result(code, captured.out, captured.err)
 
     return _run
+
+
+# ----------------------------------------------------------------------------- cloud peers
+#
+# Real protocol peers on 127.0.0.1, started once per test session: moto_server for EC2, the
+# real OpenStack of ../shared/peers/openstack (brought up by dev/test, see README), and the
+# OpenNebula XML-RPC peer of tests/peers/opennebula.py. Tests reach them only through
+# profiles in the throwaway config, exactly as a user would.
+
+OSK_DIR = Path(os.environ.get("OSK_DIR", "/tmp/osk"))
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`export A=b` lines of the OpenStack peer's openrc files."""
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.removeprefix("export ").strip()
+        if "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            out[key] = value.strip("'\"")
+    return out
+
+
+@pytest.fixture(scope="session")
+def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from peers import ec2
+
+    server = ec2.start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@dataclass
+class OpenStackPeer:
+    """The running OpenStack peer: its credentials files, read at session start."""
+
+    appcred: dict[str, str]
+    password: dict[str, str]
+    admin: dict[str, str]
+    image_id: str
+    image_sha512: str
+
+
+@pytest.fixture(scope="session")
+def openstack_peer() -> OpenStackPeer:
+    import urllib.request
+
+    appcred = OSK_DIR / "appcred.env"
+    hint = "Start it with 'sudo ../shared/peers/openstack/up.sh' (dev/test does this when run as root)."
+    if not appcred.exists():
+        pytest.fail(f"the OpenStack peer is not set up ({appcred} is missing). {hint}", pytrace=False)
+    creds = read_env_file(appcred)
+    try:
+        urllib.request.urlopen(creds["OS_AUTH_URL"], timeout=5).read()
+    except OSError as exc:
+        pytest.fail(f"the OpenStack peer does not answer at {creds['OS_AUTH_URL']} ({exc}). {hint}", pytrace=False)
+    image = read_env_file(OSK_DIR / "image.env")
+    return OpenStackPeer(
+        appcred=creds,
+        password=read_env_file(OSK_DIR / "openrc"),
+        admin=read_env_file(OSK_DIR / "admin-openrc"),
+        image_id=image["OSK_IMAGE_ID"],
+        image_sha512=image["OSK_IMAGE_SHA512"],
+    )
+
+
+def write_profiles(world: World, profiles: dict[str, dict[str, object]]) -> None:
+    """Write a config.toml holding exactly these profiles."""
+    import tomlkit
+
+    doc = tomlkit.document()
+    table = tomlkit.table()
+    for name, settings in profiles.items():
+        table[name] = settings
+    doc["profiles"] = table
+    world.config.parent.mkdir(parents=True, exist_ok=True)
+    world.config.write_text(tomlkit.dumps(doc))
+    world.config.chmod(0o600)
+
+
+def ec2_profile(server: object, **extra: object) -> dict[str, object]:
+    return {
+        "provider": "ec2",
+        "region": "eu-west-1",
+        "endpoint_url": server.url,  # type: ignore[attr-defined]
+        "access_key_id": server.access_key,  # type: ignore[attr-defined]
+        "timeout": 10,
+        **extra,
+    }
+
+
+def openstack_profile(peer: OpenStackPeer, **extra: object) -> dict[str, object]:
+    return {
+        "provider": "openstack",
+        "auth_url": peer.appcred["OS_AUTH_URL"],
+        "application_credential_id": peer.appcred["OS_APPLICATION_CREDENTIAL_ID"],
+        "region": peer.appcred.get("OS_REGION_NAME", "RegionOne"),
+        "network": "osk-net",
+        "timeout": 20,
+        **extra,
+    }
+
+
+def create_instances(world: World, profile: str, image: str, flavor: str, count: int, fleet: str) -> list[str]:
+    """Create `count` fleet instances through our provider layer (what `launch` will call); their ids."""
+    from wlcgcloud.config import load_config
+    from wlcgcloud.providers import connect
+    from wlcgcloud.providers.base import LaunchRequest
+
+    provider = connect(load_config(world.config).profile(profile))
+    tags = {"wlcg:fleet": fleet, "wlcg:profile": profile, "wlcg:experiment": "atlas"}
+    made = provider.create(LaunchRequest(f"{fleet}-vm", image, flavor, count, b"#cloud-config\n{}\n", tags))
+    return [i.id for i in made]
+
+
+INSTANCE_KEYS = {
+    "id",
+    "name",
+    "fleet",
+    "profile",
+    "provider",
+    "state",
+    "provider_state",
+    "flavor",
+    "vcpus",
+    "memory_mb",
+    "image",
+    "launched_at",
+    "addresses",
+}

@@ -40,15 +40,6 @@ NOUNS: dict[str, tuple[str, dict[str, str]]] = {
             "reap": "Terminate instances past their lease on every cloud.",
         },
     ),
-    "instance": (
-        "Instances across every profile at once.",
-        {
-            "list": "Instances that belong to fleets (--all: every instance).",
-            "show": "One instance.",
-            "console-log": "An instance's console log.",
-            "terminate": "Terminate instances by id.",
-        },
-    ),
 }
 
 COMMANDS = {
@@ -67,9 +58,12 @@ def _pending(name: str, help_text: str) -> Callable[[typer.Context], None]:
     return command
 
 
-def register(app: typer.Typer) -> None:
-    """Add the pending nouns and commands to the root app, in the contract's order."""
+def register(app: typer.Typer, ready: dict[str, typer.Typer]) -> None:
+    """Add the pending nouns and commands, and the `ready` sub-apps, to the root app in the contract's order."""
     for name in ORDER:
+        if name in ready:
+            app.add_typer(ready[name], name=name)
+            continue
         if name in COMMANDS:
             app.command(name, context_settings=PENDING)(_pending(name, COMMANDS[name]))
             continue

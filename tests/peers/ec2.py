@@ -1,0 +1,85 @@
+"""A moto EC2 server on 127.0.0.1, as a separate process, with credential checking switched on.
+
+moto accepts any credentials unless `INITIAL_NO_AUTH_ACTION_COUNT` is set: then only the first
+N requests go unchecked. We spend exactly those on creating one IAM user with an access key
+and an allow-all policy, so every later request is signed and checked like on AWS, and a
+wrong secret gets AuthFailure (HTTP 401).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+
+BOOTSTRAP_REQUESTS = 3  # create_user, create_access_key, put_user_policy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class MotoEC2:
+    url: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+    def client(self, region: str = "eu-west-1") -> object:
+        return boto3.client(
+            "ec2",
+            endpoint_url=self.url,
+            region_name=region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+
+
+def start(log: Path) -> MotoEC2:
+    """Start moto_server on a free port and create the one IAM user every test signs as."""
+    port = free_port()
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(BOOTSTRAP_REQUESTS), AWS_EC2_METADATA_DISABLED="true")
+    moto = Path(sys.executable).with_name("moto_server")
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start: see {log}") from None
+            time.sleep(0.1)
+    iam = boto3.client(
+        "iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap", aws_secret_access_key="x"
+    )
+    iam.create_user(UserName="operator")
+    key = iam.create_access_key(UserName="operator")["AccessKey"]
+    iam.put_user_policy(
+        UserName="operator",
+        PolicyName="everything",
+        PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}',
+    )
+    return MotoEC2(url, key["AccessKeyId"], key["SecretAccessKey"], proc)

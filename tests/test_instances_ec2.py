@@ -1,0 +1,155 @@
+"""`instance` commands on EC2, against a moto_server with credential checking on."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from peers.faultproxy import Fault, FaultProxy
+
+from conftest import INSTANCE_KEYS, Run, World, create_instances, ec2_profile, write_profiles
+
+IMAGE = "ami-03cf127a"  # one of moto's built-in AMIs
+
+
+@pytest.fixture
+def aws(world: World, moto_ec2: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    write_profiles(world, {"aws": ec2_profile(moto_ec2)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    return moto_ec2
+
+
+def fleet_name(request: pytest.FixtureRequest) -> str:
+    """A fleet no other test uses: the moto server lives for the whole session."""
+    return "t-" + uuid.uuid4().hex[:10]
+
+
+def test_twenty_instances_launch_list_by_fleet_and_terminate(run: Run, world: World, aws: Any, request: Any) -> None:
+    fleet = fleet_name(request)
+    ids = create_instances(world, "aws", IMAGE, "m5.xlarge", 20, fleet)
+    assert len(set(ids)) == 20
+
+    listed = run("instance", "list", "--fleet", fleet, "-o", "json")
+    assert listed.code == 0, listed.err
+    rows = listed.json()
+    assert isinstance(rows, list)
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    for row in rows:
+        assert set(row) >= INSTANCE_KEYS
+        assert (row["fleet"], row["profile"], row["provider"]) == (fleet, "aws", "ec2")
+        assert (row["vcpus"], row["memory_mb"], row["flavor"]) == (4, 16384, "m5.xlarge")
+        assert row["state"] in ("pending", "running") and row["provider_state"] in ("pending", "running")
+        assert row["launched_at"].endswith("Z") and row["addresses"]
+
+    done = run("instance", "terminate", *ids, "--yes", "-o", "json")
+    assert done.code == 0, done.err
+    assert all(r["terminated"] for r in done.json())  # type: ignore[union-attr]
+    after = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+    assert {r["state"] for r in after} == {"terminated"}  # type: ignore[union-attr]
+    assert {r["provider_state"] for r in after} == {"terminated"}  # type: ignore[union-attr]
+
+
+def test_list_shows_fleets_only_unless_all(run: Run, world: World, aws: Any, request: Any) -> None:
+    fleet = fleet_name(request)
+    ours = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
+    theirs = aws.client().run_instances(ImageId=IMAGE, InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    stranger = theirs["Instances"][0]["InstanceId"]
+    plain = [r["id"] for r in run("instance", "list", "-o", "json").json()]  # type: ignore[union-attr]
+    everything = [r["id"] for r in run("instance", "list", "--all", "-o", "json").json()]  # type: ignore[union-attr]
+    assert ours[0] in plain and stranger not in plain
+    assert ours[0] in everything and stranger in everything
+    running = run("instance", "list", "--all", "--state", "terminated", "-o", "json").json()
+    assert stranger not in [r["id"] for r in running]  # type: ignore[union-attr]
+    bad = run("instance", "list", "--state", "sleeping")
+    assert bad.code == 2 and "pending running" in bad.err.replace(",", "")
+
+
+def test_show_console_log_and_unknown_id(run: Run, world: World, aws: Any, request: Any) -> None:
+    [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet_name(request))
+    shown = run("instance", "show", iid, "-o", "json")
+    assert shown.code == 0, shown.err
+    data = shown.json()
+    assert isinstance(data, dict) and data["id"] == iid and data["tags"]["wlcg:experiment"] == "atlas"
+    table = run("instance", "show", iid)
+    assert "wlcg:fleet" in table.out and iid in table.out
+    log = run("instance", "console-log", iid, "-n", "2")
+    assert log.code == 0 and 1 <= len(log.out.splitlines()) <= 2
+    missing = run("instance", "show", "i-0123456789abcdef0")
+    assert missing.code == 6 and "no instance 'i-0123456789abcdef0'" in missing.err
+
+
+def test_terminate_needs_confirmation_and_refuses_unknown_ids(run: Run, world: World, aws: Any, request: Any) -> None:
+    fleet = fleet_name(request)
+    [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
+    asked = run("instance", "terminate", iid)
+    assert asked.code == 2 and "--yes" in asked.err
+    dry = run("instance", "terminate", iid, "--dry-run", "-o", "json")
+    assert dry.code == 0 and dry.json()[0]["terminated"] is False  # type: ignore[index]
+    mixed = run("instance", "terminate", iid, "i-0123456789abcdef0", "--yes")
+    assert mixed.code == 6 and "nothing was terminated" in mixed.err
+    state = run("instance", "show", iid, "-o", "json").json()
+    assert state["state"] in ("pending", "running")  # type: ignore[index]
+
+
+def test_wrong_secret_is_exit_4_naming_the_profile(run: Run, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", "not-the-secret")
+    result = run("instance", "list")
+    assert result.code == 4
+    assert "profile 'aws'" in result.err and "AuthFailure" in result.err
+    assert "not-the-secret" not in result.err + result.out
+
+
+def test_one_profile_down_is_partial_exit_7(
+    run: Run, world: World, aws: Any, monkeypatch: pytest.MonkeyPatch, request: Any
+) -> None:
+    fleet = fleet_name(request)
+    create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
+    write_profiles(world, {"aws": ec2_profile(aws), "gone": ec2_profile(aws, endpoint_url="http://127.0.0.1:9")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_GONE", "x")
+    result = run("instance", "list", "--fleet", fleet, "-o", "json")
+    assert result.code == 7
+    assert [r["profile"] for r in result.json()] == ["aws"]  # type: ignore[union-attr]
+    assert result.err.count("\n") == 1 and "profile 'gone'" in result.err and "cannot reach" in result.err
+    only_gone = run("instance", "list", "-p", "gone")
+    assert only_gone.code == 6 and only_gone.err.startswith("error: profile 'gone'")
+
+
+def test_throttled_launch_retries_and_launches_once(world: World, aws: Any, request: Any) -> None:
+    with FaultProxy(aws.url, preserve_host=True) as proxy:
+        write_profiles(world, {"aws": ec2_profile(aws, endpoint_url=proxy.url)})
+        proxy.plan(
+            Fault("ec2_throttle", match="Action=RunInstances"), Fault("ec2_throttle", match="Action=RunInstances")
+        )
+        started = time.monotonic()
+        ids = create_instances(world, "aws", IMAGE, "t3.micro", 3, fleet_name(request))
+        took = time.monotonic() - started
+        throttled = [s for s in proxy.requests if s.fault == "ec2_throttle"]
+        assert len(throttled) == 2 and proxy.forwarded("Action=RunInstances") == 1
+        assert len(ids) == 3
+        assert took < 10  # standard mode: full-jitter backoff of at most 1 s then 2 s
+
+
+def test_stalled_endpoint_fails_within_timeout(run: Run, world: World, aws: Any) -> None:
+    with FaultProxy(aws.url, preserve_host=True) as proxy:
+        write_profiles(world, {"aws": ec2_profile(aws, endpoint_url=proxy.url, timeout=2)})
+        proxy.always(Fault("stall"))
+        started = time.monotonic()
+        result = run("instance", "list")
+        took = time.monotonic() - started
+    assert result.code == 6
+    assert "profile 'aws'" in result.err and "no answer within 2 s" in result.err
+    assert "Traceback" not in result.err and result.err.count("\n") == 1
+    assert took < 4
+
+
+def test_reset_connection_is_retried(run: Run, world: World, aws: Any, request: Any) -> None:
+    fleet = fleet_name(request)
+    create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
+    with FaultProxy(aws.url, preserve_host=True) as proxy:
+        write_profiles(world, {"aws": ec2_profile(aws, endpoint_url=proxy.url)})
+        proxy.plan(Fault("reset", match="Action=DescribeInstances"), Fault("status", status=500))
+        result = run("instance", "list", "--fleet", fleet, "-o", "json")
+    assert result.code == 0, result.err
+    assert len(result.json()) == 1  # type: ignore[arg-type]

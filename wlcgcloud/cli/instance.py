@@ -1,0 +1,170 @@
+"""`wlcgcloud instance ...`: list, show, console-log and terminate instances on every cloud at once."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from wlcgcloud import fleet
+from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn
+from wlcgcloud.config import Profile
+from wlcgcloud.output import Column
+from wlcgcloud.providers.base import STATES
+
+app = new_app("Instances across every profile at once.")
+
+COLUMNS = [
+    Column("id", "ID"),
+    Column("name", "NAME"),
+    Column("fleet", "FLEET"),
+    Column("profile", "PROFILE"),
+    Column("state", "STATE"),
+    Column("flavor", "FLAVOR"),
+    Column("vcpus", "VCPUS"),
+    Column("memory_mb", "MEMORY MB"),
+    Column("addresses", "ADDRESSES"),
+    Column("launched_at", "LAUNCHED"),
+]
+TERMINATE_COLUMNS = [
+    Column("id", "ID"),
+    Column("name", "NAME"),
+    Column("profile", "PROFILE"),
+    Column("terminated", "TERMINATED"),
+    Column("error", "ERROR"),
+]
+
+
+def _read_profiles(g: Globals) -> list[Profile]:
+    """Read commands use every profile unless -p or WLCGCLOUD_PROFILE narrows them."""
+    return g.config().select(g.profiles, all_when_empty=True)
+
+
+def _report(g: Globals, gathered: fleet.Gathered) -> None:
+    """Each profile that failed, one line on stderr; when none answered, the first one is the error."""
+    failures = list(gathered.failures)
+    if failures and len(failures) == gathered.asked:
+        first = failures.pop(0)[1]
+        for _, error in failures:
+            warn(str(error), g)
+        raise first
+    for _, error in failures:
+        warn(str(error), g)
+
+
+@app.command("list")
+@app.command("ls", hidden=True)
+def list_(
+    ctx: typer.Context,
+    fleet_name: Annotated[str | None, typer.Option("--fleet", "-f", help="Only this fleet's instances.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", "-s", help=f"Only instances in this state: {', '.join(STATES)}.")
+    ] = None,
+    everything: Annotated[
+        bool, typer.Option("--all", "-a", help="Every instance the credentials can see, not only fleets'.")
+    ] = False,
+) -> None:
+    """List instances of fleets on every profile at once (-p narrows).
+
+    Profiles that do not answer are named on stderr; the others still answer and the exit code is 7.
+
+    \b
+    Examples:
+      wlcgcloud instance list
+      wlcgcloud instance list --fleet atlas-20261124-1a2b -o json
+      wlcgcloud instance list --all --state error -p cern-atlas
+      wlcgcloud instance list -o json --query '[?state==`running`].id'
+    """
+    g = globals_of(ctx)
+    profiles = _read_profiles(g)
+    gathered = fleet.list_instances(profiles, fleet=fleet_name, everything=everything, state=state)
+    _report(g, gathered)
+    if not gathered.instances and g.output == "table":
+        info("No instances." if everything else "No fleet instances. Use --all to see every instance.")
+    emit(ctx, [i.to_dict() for i in gathered.instances], COLUMNS)
+    raise typer.Exit(gathered.exit_code())
+
+
+@app.command("show")
+def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="Instance id.")]) -> None:
+    """Show one instance, wherever it lives (-p narrows where to look).
+
+    \b
+    Examples:
+      wlcgcloud instance show i-0a1b2c3d4e5f67890
+      wlcgcloud instance show 42 -p lal-one -o json
+    """
+    g = globals_of(ctx)
+    inst, gathered = fleet.find_instance(_read_profiles(g), instance_id)
+    _report(g, gathered)
+    data = inst.to_dict()
+    data["extra"] = {k: v for k, v in inst.extra.items() if v is not None}
+    emit(ctx, data if g.output != "table" else _as_rows(data))
+
+
+def _as_rows(data: dict[str, object]) -> list[dict[str, object]]:
+    flat = {k: v for k, v in data.items() if k not in ("tags", "extra")}
+    flat.update({k: v for k, v in dict(data.get("tags") or {}).items()})  # type: ignore[call-overload]
+    flat.update({k: v for k, v in dict(data.get("extra") or {}).items()})  # type: ignore[call-overload]
+    return [{"field": k, "value": v} for k, v in flat.items()]
+
+
+@app.command("console-log")
+def console_log(
+    ctx: typer.Context,
+    instance_id: Annotated[str, typer.Argument(help="Instance id.")],
+    lines: Annotated[int | None, typer.Option("--lines", "-n", help="Only the last N lines.")] = None,
+) -> None:
+    """Print an instance's console log (the cloud's serial console output).
+
+    OpenNebula has no console-log call in its API; for its instances this says so.
+
+    \b
+    Examples:
+      wlcgcloud instance console-log i-0a1b2c3d4e5f67890 -n 50
+      wlcgcloud instance console-log 6f1c... -p cern-atlas
+    """
+    g = globals_of(ctx)
+    inst, text = fleet.console_log(_read_profiles(g), instance_id, lines)
+    if g.output == "table":
+        sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    else:
+        emit(ctx, {"id": inst.id, "profile": inst.profile, "output": text})
+
+
+@app.command("terminate")
+def terminate(
+    ctx: typer.Context,
+    instance_ids: Annotated[list[str], typer.Argument(help="Instance ids.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be terminated; do nothing.")] = False,
+) -> None:
+    """Terminate instances by id, wherever they live (-p narrows where to look).
+
+    Every id is looked up first; if one is unknown or ambiguous nothing is terminated. Asks for
+    confirmation unless --yes; without a terminal, --yes is required.
+
+    \b
+    Examples:
+      wlcgcloud instance terminate i-0a1b2c3d4e5f67890 i-0fedcba987654321f --yes
+      wlcgcloud instance terminate 42 43 -p lal-one --dry-run
+    """
+    g = globals_of(ctx)
+    profiles = _read_profiles(g)
+    targets, gathered = fleet.resolve_instances(profiles, instance_ids)
+    _report(g, gathered)
+    chosen = [i for batch in targets.values() for i in batch]
+    for inst in chosen:
+        info(f"  {inst.id}  {inst.name}  profile {inst.profile}  {inst.state}")
+    if dry_run:
+        info(f"dry run: would terminate {len(chosen)} instance(s).")
+        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in chosen], TERMINATE_COLUMNS)
+        return
+    confirm(g, f"terminate {len(chosen)} instance(s)")
+    results = fleet.terminate(profiles, targets)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {r.error}", g)
+    emit(ctx, [r.to_dict() for r in results], TERMINATE_COLUMNS)
+    if failed:
+        raise typer.Exit(7 if len(failed) < len(results) else failed[0].code)

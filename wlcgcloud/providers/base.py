@@ -1,0 +1,355 @@
+"""The one interface every cloud is driven through, and the small value objects it returns.
+
+Providers return these objects and raise only `wlcgcloud.errors` exceptions; nothing from an
+SDK crosses this line. Provider-specific detail goes in `extra`. This module imports no SDK.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from wlcgcloud.config import Profile
+from wlcgcloud.errors import CloudError, PolicyError, WlcgError
+from wlcgcloud.secretstore import Secret
+
+T = TypeVar("T")
+
+# Normalised instance states of the contract, in lifecycle order.
+STATES = ("pending", "running", "stopping", "stopped", "terminated", "error", "unknown")
+
+# Our identity on cloud resources (contract, "Fleets"). EC2 tags and OpenStack metadata use
+# these keys; OpenNebula upper-cases them with "_" (see `one_attribute`).
+TAG_PREFIX = "wlcg:"
+FLEET_TAG = "wlcg:fleet"
+TAG_KEYS = (
+    "wlcg:fleet",
+    "wlcg:profile",
+    "wlcg:experiment",
+    "wlcg:image",
+    "wlcg:endorsement",
+    "wlcg:launched-by",
+    "wlcg:created",
+    "wlcg:lease-until",
+    "wlcg:request",
+)
+ENDORSED_ID_TAG = "wlcg:endorsed-id"
+
+
+def one_attribute(tag: str) -> str:
+    """`wlcg:launched-by` -> `WLCG_LAUNCHED_BY`: how OpenNebula USER_TEMPLATE spells our tags."""
+    return re.sub(r"[^A-Za-z0-9]", "_", tag).upper()
+
+
+def utc(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with `Z`, as every JSON shape of the contract writes times."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One virtual machine as every cloud reports it."""
+
+    id: str
+    name: str
+    profile: str
+    provider: str
+    state: str  # one of STATES
+    provider_state: str  # the cloud's own words, e.g. "ACTIVE", "ACTIVE/BOOT_FAILURE", "running"
+    flavor: str | None = None
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    image: str | None = None
+    launched_at: datetime | None = None
+    addresses: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)  # our wlcg:* tags, contract spelling
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def fleet(self) -> str | None:
+        return self.tags.get(FLEET_TAG)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `instance list -o json` shape of the contract, plus our tags."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "fleet": self.fleet,
+            "profile": self.profile,
+            "provider": self.provider,
+            "state": self.state,
+            "provider_state": self.provider_state,
+            "flavor": self.flavor,
+            "vcpus": self.vcpus,
+            "memory_mb": self.memory_mb,
+            "image": self.image,
+            "launched_at": utc(self.launched_at),
+            "addresses": list(self.addresses),
+            "tags": dict(self.tags),
+        }
+
+
+@dataclass(frozen=True)
+class Image:
+    """A cloud image (AMI, Glance image, OpenNebula image)."""
+
+    id: str
+    name: str
+    profile: str
+    provider: str
+    size_bytes: int | None = None
+    checksum: tuple[str, str] | None = None  # (algorithm, hex value) where the cloud keeps one
+    endorsed_id: str | None = None  # the wlcg:endorsed-id mark, if any
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "profile": self.profile,
+            "provider": self.provider,
+            "size_bytes": self.size_bytes,
+            "checksum": f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None,
+            "endorsed_id": self.endorsed_id,
+        }
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """An instance size: EC2 instance type, Nova flavor, OpenNebula VM template."""
+
+    name: str
+    id: str
+    vcpus: int | None
+    memory_mb: int | None
+    disk_gb: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "id": self.id,
+            "vcpus": self.vcpus,
+            "memory_mb": self.memory_mb,
+            "disk_gb": self.disk_gb,
+        }
+
+
+@dataclass(frozen=True)
+class Quota:
+    """Limits and current use; None where the cloud sets no limit or cannot tell."""
+
+    instances: int | None = None
+    instances_used: int | None = None
+    cores: int | None = None
+    cores_used: int | None = None
+    memory_mb: int | None = None
+    memory_mb_used: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    """How long one instance ran inside a time window, and how big it was."""
+
+    instance_id: str
+    name: str
+    profile: str
+    provider: str
+    started_at: datetime
+    ended_at: datetime | None  # None while it runs
+    flavor: str | None = None
+    vcpus: int | None = None
+    memory_mb: int | None = None
+    image: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    """The answer to "can I use this profile?": ok, and why not in the user's words."""
+
+    ok: bool
+    reason: str
+    exit_code: int = 0  # the class of failure (4 auth, 6 unreachable) when not ok
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """N instances from one request. `token` makes a retry find what a first attempt made."""
+
+    name: str
+    image: str
+    flavor: str
+    count: int = 1
+    user_data: bytes | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    key_name: str | None = None
+    network: str | None = None  # overrides the profile's
+
+    @property
+    def token(self) -> str:
+        """A 32-hex idempotency key derived from everything that defines the request."""
+        body = {
+            "name": self.name,
+            "image": self.image,
+            "flavor": self.flavor,
+            "count": self.count,
+            "user_data": hashlib.sha256(self.user_data or b"").hexdigest(),
+            "tags": {k: v for k, v in sorted(self.tags.items()) if k != "wlcg:created"},
+            "key": self.key_name,
+            "network": self.network,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one instance of a batch action (terminate): error None means done."""
+
+    id: str
+    error: str | None = None
+
+
+class Provider(ABC):
+    """One cloud account (a profile) behind the operations wlcgcloud needs.
+
+    Every method honours the profile's `timeout` per API call, retries throttling within a
+    bounded total time, and raises AuthError (4), CloudError (6) or PolicyError (5) naming
+    the profile; nothing else escapes.
+    """
+
+    kind: str = ""
+    # Largest user-data the cloud accepts, in bytes before any encoding.
+    user_data_limit: int = 65536
+
+    def __init__(self, profile: Profile, secret: Secret) -> None:
+        self.profile = profile
+        self.secret = secret
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @abstractmethod
+    def check(self) -> Check:
+        """Authenticate and reach the API; a reason in words when that fails."""
+
+    @abstractmethod
+    def images(self) -> list[Image]:
+        """Images the credentials may launch."""
+
+    @abstractmethod
+    def flavors(self) -> list[Flavor]:
+        """Instance sizes with vCPUs, memory and disk."""
+
+    @abstractmethod
+    def quota(self) -> Quota:
+        """Limits and current use."""
+
+    @abstractmethod
+    def create(self, request: LaunchRequest) -> list[Instance]:
+        """Create `request.count` instances in one request where the cloud allows it."""
+
+    @abstractmethod
+    def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
+        """Our instances (those with wlcg:fleet), one fleet's, or with `everything` all visible ones."""
+
+    @abstractmethod
+    def instance(self, instance_id: str) -> Instance | None:
+        """One instance, or None if the cloud does not know it."""
+
+    @abstractmethod
+    def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
+        """Terminate instances; one outcome per id, in order."""
+
+    @abstractmethod
+    def console_log(self, instance_id: str, lines: int | None = None) -> str:
+        """The instance's console output (the last `lines` lines if given)."""
+
+    @abstractmethod
+    def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        """Per-instance run time that overlaps [since, until)."""
+
+    @abstractmethod
+    def translate(self, what: str, exc: Exception) -> WlcgError:
+        """Turn an SDK exception raised while doing `what` into one of ours, naming the profile."""
+
+    # Shared helpers for the concrete providers.
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """One API call, retries included, bounded by the profile's `timeout`; errors become ours.
+
+        The SDKs' own timeouts bound each socket operation, but a call that keeps trickling,
+        retries for long, or (pyone) shares a process-global socket timeout could outlive it;
+        this deadline is what makes `timeout` hold for every cloud alike.
+        """
+        try:
+            return within(self.profile.timeout, lambda: fn(*args, **kwargs))
+        except WlcgError:
+            raise
+        except TimeoutError:
+            raise self.cloud_error(
+                what,
+                f"no answer within {self.profile.timeout} s",
+                f"Check that the endpoint is up, or raise 'timeout' with 'wlcgcloud profile edit {self.name}'.",
+            ) from None
+        except Exception as exc:
+            raise self.translate(what, exc) from exc
+
+    def check_user_data(self, data: bytes | None) -> None:
+        """Refuse user-data the cloud would refuse, before anything is created."""
+        if data is not None and len(data) > self.user_data_limit:
+            raise PolicyError(
+                f"profile '{self.name}': user-data is {len(data)} bytes; {self.kind} accepts at most "
+                f"{self.user_data_limit}.",
+                "Compress it (cloud-init accepts gzip) or ship less.",
+            )
+
+    def cloud_error(self, what: str, detail: str, hint: str | None = None) -> CloudError:
+        return CloudError(f"profile '{self.name}': {what}: {detail}", hint)
+
+
+def within(seconds: float, fn: Callable[[], T]) -> T:
+    """`fn()`, or TimeoutError after `seconds`; a call still running then is left to its own socket timeout.
+
+    The worker is a daemon thread, so an abandoned call never keeps the command from exiting.
+    """
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="cloud-call").start()
+    if not done.wait(seconds):
+        raise TimeoutError(seconds)
+    if "error" in box:
+        raise box["error"]
+    result: T = box["value"]
+    return result
+
+
+def tail(text: str, lines: int | None) -> str:
+    """The last `lines` lines of a console log (all with None)."""
+    if lines is None or lines <= 0:
+        return text
+    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")

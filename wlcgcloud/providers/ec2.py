@@ -1,0 +1,364 @@
+"""Amazon EC2 and EC2-compatible clouds, through boto3.
+
+Imported only when an EC2 profile is used (boto3 costs ~200 ms to import). Throttling and
+transient errors are retried by botocore's `standard` mode; `Provider.call` bounds the whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from wlcgcloud import __version__
+from wlcgcloud.errors import AuthError, WlcgError
+from wlcgcloud.providers.base import (
+    ENDORSED_ID_TAG,
+    FLEET_TAG,
+    TAG_PREFIX,
+    Check,
+    Flavor,
+    Image,
+    Instance,
+    LaunchRequest,
+    Outcome,
+    Provider,
+    Quota,
+    UsageRecord,
+    tail,
+)
+
+# EC2's own state names -> ours.
+STATES = {
+    "pending": "pending",
+    "running": "running",
+    "shutting-down": "stopping",
+    "stopping": "stopping",
+    "stopped": "stopped",
+    "terminated": "terminated",
+}
+# Error codes that mean "these credentials are not accepted" rather than "the call failed".
+AUTH_CODES = {
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+    "InvalidAccessKeyId",
+    "ExpiredToken",
+    "RequestExpired",
+    "UnauthorizedOperation",
+    "OptInRequired",
+}
+NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
+MAX_ATTEMPTS = 5  # standard mode: exponential backoff with full jitter, capped at 20 s a wait
+USER_DATA_LIMIT = 16384  # bytes before base64 (RunInstances)
+
+
+def _tags(raw: Iterable[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in raw or () if t["Key"].startswith(TAG_PREFIX) or t["Key"] == "Name"}
+
+
+class EC2Provider(Provider):
+    kind = "EC2"
+    user_data_limit = USER_DATA_LIMIT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Never let botocore probe the instance metadata address for credentials or region.
+        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+        p = self.profile
+        access_key = p.get("access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID")
+        session = boto3.session.Session(
+            aws_access_key_id=access_key,
+            aws_secret_access_key=self.secret.value,
+            aws_session_token=os.environ.get("AWS_SESSION_TOKEN") if not p.get("access_key_id") else None,
+            region_name=p.get("region"),
+        )
+        config = botocore.config.Config(
+            connect_timeout=p.timeout,
+            read_timeout=p.timeout,
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            user_agent_appid=f"wlcgcloud-{__version__}",
+        )
+        verify: str | bool | None = p.get("ca_bundle")
+        self.client = session.client("ec2", endpoint_url=p.get("endpoint_url"), config=config, verify=verify)
+        self._types: dict[str, Flavor] = {}
+
+    # Errors
+
+    def translate(self, what: str, exc: Exception) -> WlcgError:
+        where = self.profile.get("endpoint_url") or f"EC2 region {self.profile.get('region')}"
+        if isinstance(exc, botocore.exceptions.ClientError):
+            error = exc.response.get("Error", {})
+            code = _code(exc)
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?")
+            if code in AUTH_CODES:
+                return AuthError(
+                    f"profile '{self.name}': EC2 refused the credentials ({code}, HTTP {status}).",
+                    f"Check the access key and secret; run 'wlcgcloud profile test {self.name}'.",
+                )
+            return self.cloud_error(what, f"EC2 said {code} (HTTP {status}): {error.get('Message', '')}".rstrip(": "))
+        if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+            return AuthError(
+                f"profile '{self.name}': no EC2 access key id.",
+                f"Set access_key_id with 'wlcgcloud profile edit {self.name}' or AWS_ACCESS_KEY_ID.",
+            )
+        if isinstance(exc, botocore.exceptions.BotoCoreError):
+            return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
+        return self.cloud_error(what, f"{type(exc).__name__}: {exc}")
+
+    # Reading
+
+    def check(self) -> Check:
+        try:
+            zones = self.call("describe availability zones", self.client.describe_availability_zones)
+        except WlcgError as exc:
+            return Check(False, exc.message, exc.exit_code)
+        names = [z["ZoneName"] for z in zones.get("AvailabilityZones", [])]
+        return Check(True, f"EC2 answered; {len(names)} availability zones")
+
+    def images(self) -> list[Image]:
+        owners = self.profile.get("image_owners") or ["self"]
+        reply = self.call("list images", self.client.describe_images, Owners=list(owners))
+        return [self._image(i) for i in reply.get("Images", [])]
+
+    def _image(self, raw: dict[str, Any]) -> Image:
+        tags = {t["Key"]: t["Value"] for t in raw.get("Tags") or ()}
+        return Image(
+            id=raw["ImageId"],
+            name=raw.get("Name") or raw["ImageId"],
+            profile=self.name,
+            provider="ec2",
+            endorsed_id=tags.get(ENDORSED_ID_TAG),
+            extra={"owner": raw.get("OwnerId"), "state": raw.get("State"), "architecture": raw.get("Architecture")},
+        )
+
+    def flavors(self) -> list[Flavor]:
+        return list(self._describe_types(None))
+
+    def _describe_types(self, names: Sequence[str] | None) -> Iterator[Flavor]:
+        kwargs: dict[str, Any] = {"InstanceTypes": list(names)} if names else {"MaxResults": 100}
+        while True:
+            reply = self.call("describe instance types", self.client.describe_instance_types, **kwargs)
+            for raw in reply.get("InstanceTypes", []):
+                flavor = Flavor(
+                    name=raw["InstanceType"],
+                    id=raw["InstanceType"],
+                    vcpus=raw.get("VCpuInfo", {}).get("DefaultVCpus"),
+                    memory_mb=raw.get("MemoryInfo", {}).get("SizeInMiB"),
+                    disk_gb=raw.get("InstanceStorageInfo", {}).get("TotalSizeInGB"),
+                )
+                self._types[flavor.name] = flavor
+                yield flavor
+            token = reply.get("NextToken")
+            if names or not token:
+                return
+            kwargs["NextToken"] = token
+
+    def _type(self, name: str | None) -> Flavor | None:
+        return self._types.get(name) if name else None
+
+    def _learn_types(self, names: Iterable[str | None]) -> None:
+        """Look up vCPUs and memory of the instance types in `names`, 100 at a time."""
+        missing = sorted({n for n in names if n and n not in self._types})
+        for start in range(0, len(missing), 100):
+            # Unknown to this endpoint (EC2-compatible clouds): vcpus/memory stay null, as the contract allows.
+            with contextlib.suppress(WlcgError):
+                list(self._describe_types(missing[start : start + 100]))
+
+    def quota(self) -> Quota:
+        reply = self.call(
+            "read account limits", self.client.describe_account_attributes, AttributeNames=["max-instances"]
+        )
+        limit = None
+        for attr in reply.get("AccountAttributes", []):
+            if attr["AttributeName"] == "max-instances":
+                limit = int(attr["AttributeValues"][0]["AttributeValue"])
+        live = [i for i in self.instances(everything=True) if i.state in ("pending", "running")]
+        cores = sum(i.vcpus or 0 for i in live)
+        memory = sum(i.memory_mb or 0 for i in live)
+        return Quota(instances=limit, instances_used=len(live), cores_used=cores, memory_mb_used=memory)
+
+    def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
+        filters = []
+        if fleet:
+            filters.append({"Name": f"tag:{FLEET_TAG}", "Values": [fleet]})
+        elif not everything:
+            filters.append({"Name": "tag-key", "Values": [FLEET_TAG]})
+        raws: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"Filters": filters, "MaxResults": 1000} if filters else {"MaxResults": 1000}
+        while True:
+            reply = self.call("list instances", self.client.describe_instances, **kwargs)
+            for reservation in reply.get("Reservations", []):
+                raws.extend(reservation.get("Instances", []))
+            token = reply.get("NextToken")
+            if not token:
+                break
+            kwargs["NextToken"] = token
+        self._learn_types(r.get("InstanceType") for r in raws)
+        return [self._instance(r) for r in raws]
+
+    def instance(self, instance_id: str) -> Instance | None:
+        if not re.fullmatch(r"i-[0-9a-f]{8,17}", instance_id):
+            return None
+        try:
+            reply = self.call("show instance", self.client.describe_instances, InstanceIds=[instance_id])
+        except WlcgError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, botocore.exceptions.ClientError) and _code(cause) in NOT_FOUND_CODES:
+                return None
+            raise
+        raws = [i for r in reply.get("Reservations", []) for i in r.get("Instances", [])]
+        if not raws:
+            return None
+        self._learn_types([raws[0].get("InstanceType")])
+        return self._instance(raws[0])
+
+    def _instance(self, raw: dict[str, Any]) -> Instance:
+        state = raw.get("State", {}).get("Name", "unknown")
+        tags = {t["Key"]: t["Value"] for t in raw.get("Tags") or ()}
+        flavor = self._type(raw.get("InstanceType"))
+        addresses = [a for a in (raw.get("PrivateIpAddress"), raw.get("PublicIpAddress")) if a]
+        return Instance(
+            id=raw["InstanceId"],
+            name=tags.get("Name", raw["InstanceId"]),
+            profile=self.name,
+            provider="ec2",
+            state=STATES.get(state, "unknown"),
+            provider_state=state,
+            flavor=raw.get("InstanceType"),
+            vcpus=flavor.vcpus if flavor else None,
+            memory_mb=flavor.memory_mb if flavor else None,
+            image=raw.get("ImageId"),
+            launched_at=raw.get("LaunchTime"),
+            addresses=tuple(addresses),
+            tags={k: v for k, v in tags.items() if k.startswith(TAG_PREFIX)},
+            extra={
+                "availability_zone": raw.get("Placement", {}).get("AvailabilityZone"),
+                "state_reason": raw.get("StateTransitionReason") or None,
+                "lifecycle": raw.get("InstanceLifecycle", "on-demand"),
+            },
+        )
+
+    def console_log(self, instance_id: str, lines: int | None = None) -> str:
+        reply = self.call("read console log", self.client.get_console_output, InstanceId=instance_id)
+        return tail(reply.get("Output") or "", lines)  # botocore has already decoded the base64
+
+    def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        """EC2 has no usage API: run times come from launch times and termination reasons.
+
+        Terminated instances stay visible for about an hour only; the ledger covers the rest.
+        """
+        records = []
+        for inst in self.instances(everything=True):
+            if inst.launched_at is None:
+                continue
+            ended = _ended_at(inst)
+            if inst.launched_at >= until or (ended is not None and ended <= since):
+                continue
+            records.append(
+                UsageRecord(
+                    instance_id=inst.id,
+                    name=inst.name,
+                    profile=self.name,
+                    provider="ec2",
+                    started_at=inst.launched_at,
+                    ended_at=ended,
+                    flavor=inst.flavor,
+                    vcpus=inst.vcpus,
+                    memory_mb=inst.memory_mb,
+                    image=inst.image,
+                    tags=inst.tags,
+                )
+            )
+        return records
+
+    # Changing
+
+    def create(self, request: LaunchRequest) -> list[Instance]:
+        self.check_user_data(request.user_data)
+        p = self.profile
+        tags = [{"Key": k, "Value": v} for k, v in request.tags.items()]
+        tags.append({"Key": "Name", "Value": request.name})
+        kwargs: dict[str, Any] = {
+            "ImageId": request.image,
+            "InstanceType": request.flavor,
+            "MinCount": request.count,
+            "MaxCount": request.count,
+            # The same request after a crash or timeout re-uses the token, so EC2 returns the
+            # first reservation instead of launching again.
+            "ClientToken": request.token,
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tags},
+                {"ResourceType": "volume", "Tags": tags},
+            ],
+        }
+        if request.user_data:
+            kwargs["UserData"] = request.user_data  # boto3 base64-encodes it
+        key = request.key_name or p.get("key_name")
+        if key:
+            kwargs["KeyName"] = key
+        if p.get("availability_zone"):
+            kwargs["Placement"] = {"AvailabilityZone": p.get("availability_zone")}
+        subnet = request.network or p.get("subnet")
+        groups = list(p.get("security_groups") or [])
+        if p.get("public_ip") is not None:
+            nic: dict[str, Any] = {"DeviceIndex": 0, "AssociatePublicIpAddress": bool(p.get("public_ip"))}
+            if subnet:
+                nic["SubnetId"] = subnet
+            if groups:
+                nic["Groups"] = groups
+            kwargs["NetworkInterfaces"] = [nic]
+        else:
+            if subnet:
+                kwargs["SubnetId"] = subnet
+            if groups:
+                kwargs["SecurityGroupIds"] = groups
+        reply = self.call("launch instances", self.client.run_instances, **kwargs)
+        raws = reply.get("Instances", [])
+        self._learn_types(r.get("InstanceType") for r in raws)
+        return [self._instance(r) for r in raws]
+
+    def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
+        ids = list(instance_ids)
+        try:
+            for start in range(0, len(ids), 1000):
+                self.call("terminate instances", self.client.terminate_instances, InstanceIds=ids[start : start + 1000])
+            return [Outcome(i) for i in ids]
+        except WlcgError:
+            if len(ids) == 1:
+                raise
+        # EC2 refuses the whole batch for one bad id: try each alone to say which one failed.
+        outcomes = []
+        for one in ids:
+            try:
+                self.call("terminate instance", self.client.terminate_instances, InstanceIds=[one])
+                outcomes.append(Outcome(one))
+            except WlcgError as exc:
+                outcomes.append(Outcome(one, exc.message))
+        return outcomes
+
+
+def _code(exc: botocore.exceptions.ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "?"))
+
+
+def _ended_at(inst: Instance) -> datetime | None:
+    """When a stopped or terminated instance ended, from EC2's "User initiated (… GMT)" reason."""
+    if inst.state not in ("stopped", "terminated"):
+        return None
+    reason = str(inst.extra.get("state_reason") or "")
+    found = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)", reason)
+    if not found:
+        return inst.launched_at  # unknown end: count nothing rather than guess
+    return datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
+
+
+PROVIDER = EC2Provider

@@ -1,0 +1,359 @@
+"""OpenStack (Keystone v3, Nova, Glance) through openstacksdk.
+
+Imported only when an OpenStack profile is used (openstacksdk costs ~380 ms to import).
+keystoneauth retries 429 and 503 answers, honouring Retry-After; it never retries a request
+whose connection broke, because a POST /servers that reached Nova must not be sent twice.
+Instead, every create carries a `wlcg:request=<token>` server tag, and a create first looks
+for servers with that tag, so a retried launch finds what the first attempt made.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import keystoneauth1.exceptions as ksa
+import openstack.config
+import openstack.connection
+import openstack.exceptions as sdk
+
+from wlcgcloud import __version__
+from wlcgcloud.errors import AuthError, WlcgError
+from wlcgcloud.providers.base import (
+    ENDORSED_ID_TAG,
+    FLEET_TAG,
+    TAG_PREFIX,
+    Check,
+    Flavor,
+    Image,
+    Instance,
+    LaunchRequest,
+    Outcome,
+    Provider,
+    Quota,
+    UsageRecord,
+    tail,
+)
+from wlcgcloud.secretstore import auth_type
+
+# Nova server status -> ours (Compute API reference, "Server Status").
+STATES = {
+    "BUILD": "pending",
+    "ACTIVE": "running",
+    "REBOOT": "running",
+    "HARD_REBOOT": "running",
+    "REBUILD": "pending",
+    "RESIZE": "running",
+    "VERIFY_RESIZE": "running",
+    "REVERT_RESIZE": "running",
+    "MIGRATING": "running",
+    "PASSWORD": "running",
+    "RESCUE": "running",
+    "PAUSED": "stopped",
+    "SUSPENDED": "stopped",
+    "SHUTOFF": "stopped",
+    "SHELVED": "stopped",
+    "SHELVED_OFFLOADED": "stopped",
+    "SOFT_DELETED": "terminated",
+    "DELETED": "terminated",
+    "ERROR": "error",
+    "UNKNOWN": "unknown",
+}
+STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
+USER_DATA_LIMIT = 65535 * 3 // 4  # Nova keeps at most 65535 bytes of base64
+REQUEST_TAG = "wlcg:request"
+METHODS = {
+    "password": "password",
+    "v3applicationcredential": "application credential",
+    "v3oidcaccesstoken": "OIDC access token",
+}
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class OpenStackProvider(Provider):
+    kind = "OpenStack"
+    user_data_limit = USER_DATA_LIMIT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.profile
+        self.auth_type = auth_type(p)
+        auth: dict[str, Any] = {"auth_url": p.get("auth_url")}
+        env = os.environ
+        named = p.get("username") or p.get("application_credential_id")
+
+        def setting(key: str, variable: str) -> Any:
+            # The OS_* environment fills in only for a profile that names no identity of its own.
+            return p.get(key) or (None if named else env.get(variable))
+
+        if self.auth_type == "v3applicationcredential":
+            auth["application_credential_id"] = setting("application_credential_id", "OS_APPLICATION_CREDENTIAL_ID")
+            auth["application_credential_secret"] = self.secret.value
+        else:
+            if self.auth_type == "password":
+                auth["username"] = setting("username", "OS_USERNAME")
+                auth["password"] = self.secret.value
+                auth["user_domain_name"] = setting("user_domain", "OS_USER_DOMAIN_NAME") or "Default"
+            else:  # v3oidcaccesstoken
+                auth["identity_provider"] = p.get("identity_provider")
+                auth["protocol"] = p.get("protocol") or "openid"
+                auth["access_token"] = self.secret.value
+            if p.get("project_id"):
+                auth["project_id"] = p.get("project_id")
+            else:
+                auth["project_name"] = setting("project", "OS_PROJECT_NAME")
+                auth["project_domain_name"] = setting("project_domain", "OS_PROJECT_DOMAIN_NAME") or "Default"
+        region = openstack.config.get_cloud_region(
+            load_yaml_config=False,
+            load_envvars=False,
+            app_name="wlcgcloud",
+            app_version=__version__,
+            auth_type=self.auth_type,
+            auth=auth,
+            region_name=p.get("region") or env.get("OS_REGION_NAME"),
+            cacert=p.get("ca_bundle"),
+            api_timeout=p.timeout,
+            connect_retries=0,
+            status_code_retries=STATUS_RETRIES,
+        )
+        self.conn = openstack.connection.Connection(config=region)
+
+    @property
+    def method(self) -> str:
+        return METHODS.get(self.auth_type, self.auth_type)
+
+    # Errors
+
+    def translate(self, what: str, exc: Exception) -> WlcgError:
+        status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
+        text = str(getattr(exc, "details", None) or getattr(exc, "message", None) or exc).strip()
+        if isinstance(exc, ksa.Unauthorized) or status == 401:
+            return AuthError(
+                f"profile '{self.name}': Keystone refused the {self.method} (HTTP 401).",
+                f"Run 'wlcgcloud profile test {self.name}'.",
+            )
+        if status == 403 and "quota" not in text.lower():
+            return AuthError(f"profile '{self.name}': {what}: OpenStack refused it (HTTP 403): {text}")
+        if isinstance(exc, ksa.ConnectFailure | ksa.ConnectTimeout | ksa.DiscoveryFailure | ksa.UnknownConnectionError):
+            return self.cloud_error(what, f"cannot reach {self.profile.get('auth_url')} ({type(exc).__name__})")
+        if isinstance(exc, ksa.EndpointNotFound | sdk.EndpointNotFound):
+            return self.cloud_error(what, f"the catalog has no such service in this region: {text}")
+        if status:
+            return self.cloud_error(what, f"HTTP {status}: {text}")
+        return self.cloud_error(what, f"{type(exc).__name__}: {text}")
+
+    # Reading
+
+    def check(self) -> Check:
+        try:
+            project = self.call("authenticate", lambda: self.conn.current_project_id)
+            self.call("reach Nova", lambda: self.conn.compute.get_limits())
+        except WlcgError as exc:
+            return Check(False, exc.message, exc.exit_code)
+        return Check(
+            True,
+            f"Keystone accepted the {self.method}; Nova answered for project {project}",
+        )
+
+    def images(self) -> list[Image]:
+        raws = self.call("list images", lambda: list(self.conn.image.images()))
+        return [self._image(i) for i in raws]
+
+    def _image(self, raw: Any) -> Image:
+        props = dict(raw.properties or {})
+        algo, value = raw.hash_algo, raw.hash_value
+        return Image(
+            id=raw.id,
+            name=raw.name or raw.id,
+            profile=self.name,
+            provider="openstack",
+            size_bytes=raw.size,
+            checksum=(algo, value) if algo and value else None,
+            endorsed_id=props.get(ENDORSED_ID_TAG),
+            extra={
+                "status": raw.status,
+                "visibility": raw.visibility,
+                "min_ram": raw.min_ram,
+                "min_disk": raw.min_disk,
+            },
+        )
+
+    def flavors(self) -> list[Flavor]:
+        raws = self.call("list flavors", lambda: list(self.conn.compute.flavors(details=True)))
+        return [Flavor(name=f.name, id=f.id, vcpus=f.vcpus, memory_mb=f.ram, disk_gb=f.disk) for f in raws]
+
+    def quota(self) -> Quota:
+        limits = self.call("read limits", lambda: self.conn.compute.get_limits()).absolute
+
+        def limit(value: int | None) -> int | None:
+            return None if value is None or value < 0 else value
+
+        return Quota(
+            instances=limit(limits.instances),
+            instances_used=limits.instances_used,
+            cores=limit(limits.total_cores),
+            cores_used=limits.total_cores_used,
+            memory_mb=limit(limits.total_ram),
+            memory_mb_used=limits.total_ram_used,
+        )
+
+    def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
+        # Listed in full and filtered here: a server that carries our metadata without the
+        # mirrored tags (made by another tool) must still be found.
+        raws = self.call("list servers", lambda: list(self.conn.compute.servers(details=True)))
+        found = [self._instance(r) for r in raws]
+        if fleet:
+            return [i for i in found if i.fleet == fleet]
+        return found if everything else [i for i in found if i.fleet]
+
+    def instance(self, instance_id: str) -> Instance | None:
+        raw = self.call("show server", lambda: self.conn.compute.find_server(instance_id, ignore_missing=True))
+        if raw is None:
+            return None
+        if raw.status is None:  # find_server by name returns a summary
+            server_id = raw.id
+            raw = self.call("show server", lambda: self.conn.compute.get_server(server_id))
+        return self._instance(raw)
+
+    def _instance(self, raw: Any) -> Instance:
+        status = (raw.status or "UNKNOWN").upper()
+        task = raw.task_state
+        state = STATES.get(status, "unknown")
+        if task == "deleting":
+            state = "stopping"
+        flavor = raw.flavor  # embedded since microversion 2.47
+        addresses = [a["addr"] for net in (raw.addresses or {}).values() for a in net if a.get("addr")]
+        metadata = dict(raw.metadata or {})
+        image = raw.image.id if raw.image is not None else None
+        return Instance(
+            id=raw.id,
+            name=raw.name or raw.id,
+            profile=self.name,
+            provider="openstack",
+            state=state,
+            provider_state=status + (f"/{task}" if task else ""),
+            flavor=(flavor.original_name or flavor.name) if flavor is not None else None,
+            vcpus=flavor.vcpus if flavor is not None else None,
+            memory_mb=flavor.ram if flavor is not None else None,
+            image=image,
+            launched_at=_parse_time(raw.launched_at) or _parse_time(raw.created_at),
+            addresses=tuple(addresses),
+            tags={k: v for k, v in metadata.items() if k.startswith(TAG_PREFIX)},
+            extra={"fault": (raw.fault or {}).get("message"), "availability_zone": raw.availability_zone},
+        )
+
+    def console_log(self, instance_id: str, lines: int | None = None) -> str:
+        reply = self.call(
+            "read console log", lambda: self.conn.compute.get_server_console_output(instance_id, length=lines)
+        )
+        return tail(str(reply.get("output") or ""), lines)
+
+    def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        project = str(self.call("authenticate", lambda: self.conn.current_project_id))
+        records: list[UsageRecord] = []
+        marker: str | None = None
+        while True:  # os-simple-tenant-usage pages with limit/marker from microversion 2.40
+            query: dict[str, Any] = {"limit": 1000}
+            if marker:
+                query["marker"] = marker
+            page = self.call(
+                "read usage",
+                lambda q=query: self.conn.compute.get_usage(project, _naive_utc(since), _naive_utc(until), **q),
+            )
+            servers = list(page.server_usages or [])
+            for s in servers:
+                records.append(
+                    UsageRecord(
+                        instance_id=s.instance_id,
+                        name=s.name or s.instance_id,
+                        profile=self.name,
+                        provider="openstack",
+                        started_at=_parse_time(s.started_at) or since,
+                        ended_at=_parse_time(s.ended_at),
+                        flavor=s.flavor,
+                        vcpus=s.vcpus,
+                        memory_mb=s.memory_mb,
+                    )
+                )
+            if len(servers) < 1000:
+                return records
+            marker = servers[-1].instance_id
+
+    # Changing
+
+    def _by_request(self, token: str) -> list[Any]:
+        tag = f"{REQUEST_TAG}={token}"
+        return self.call("look for an earlier attempt", lambda: list(self.conn.compute.servers(details=True, tags=tag)))
+
+    def create(self, request: LaunchRequest) -> list[Instance]:
+        self.check_user_data(request.user_data)
+        earlier = self._by_request(request.token)
+        if earlier:
+            return [self._instance(r) for r in earlier]
+        p = self.profile
+        metadata = {k: v[:255] for k, v in request.tags.items()}
+        metadata[REQUEST_TAG] = request.token
+        tags = [f"{k}={v}"[:60] for k, v in (("wlcg:fleet", request.tags.get(FLEET_TAG)),) if v]
+        tags.append(f"{REQUEST_TAG}={request.token}")
+        flavor = self.call("find flavor", lambda: self.conn.compute.find_flavor(request.flavor, ignore_missing=False))
+        attrs: dict[str, Any] = {
+            "name": request.name,
+            "image_id": request.image,
+            "flavor_id": flavor.id,
+            "min_count": request.count,
+            "max_count": request.count,
+            "metadata": metadata,
+            "tags": tags,
+        }
+        network = request.network or p.get("network")
+        if network:
+            net = self.call("find network", lambda: self.conn.network.find_network(network, ignore_missing=False))
+            attrs["networks"] = [{"uuid": net.id}]
+        else:
+            attrs["networks"] = "auto"  # required from microversion 2.37
+        if p.get("security_groups"):
+            attrs["security_groups"] = [{"name": g} for g in p.get("security_groups")]
+        key = request.key_name or p.get("key_name")
+        if key:
+            attrs["key_name"] = key
+        if request.user_data:
+            attrs["user_data"] = base64.b64encode(request.user_data).decode()  # the SDK wants it encoded
+        try:
+            self.call("create servers", lambda: self.conn.compute.create_server(**attrs))
+        except WlcgError:
+            # The POST may have reached Nova before the connection broke: adopt what it made.
+            earlier = self._by_request(request.token)
+            if earlier:
+                return [self._instance(r) for r in earlier]
+            raise
+        # Nova answers a multi-create with the first server only; the request tag finds them all.
+        return [self._instance(r) for r in self._by_request(request.token)]
+
+    def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
+        outcomes = []
+        for one in instance_ids:
+            try:
+                self.call("delete server", lambda i=one: self.conn.compute.delete_server(i, ignore_missing=False))
+                outcomes.append(Outcome(one))
+            except WlcgError as exc:
+                if isinstance(exc.__cause__, sdk.NotFoundException):
+                    outcomes.append(Outcome(one, f"no server {one}"))
+                else:
+                    outcomes.append(Outcome(one, exc.message))
+        return outcomes
+
+
+PROVIDER = OpenStackProvider
