@@ -175,7 +175,7 @@ def write_profiles(world: World, profiles: dict[str, dict[str, object]]) -> None
     doc = tomlkit.document()
     table = tomlkit.table()
     for name, settings in profiles.items():
-        table[name] = settings
+        table[name] = {k: v for k, v in settings.items() if v is not None}
     doc["profiles"] = table
     world.config.parent.mkdir(parents=True, exist_ok=True)
     world.config.write_text(tomlkit.dumps(doc))

@@ -38,9 +38,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-Kind = Literal["status", "ec2_throttle", "xmlrpc_fault", "reset", "stall", "delay"]
+Kind = Literal["status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay"]
 Matcher = str | Callable[[str, str, bytes], bool] | None
-KINDS = frozenset(("status", "ec2_throttle", "xmlrpc_fault", "reset", "stall", "delay"))
+KINDS = frozenset(("status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay"))
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones the proxy sets itself: never copied across.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te"}
@@ -248,15 +248,22 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "delay":
             if not proxy._stopping.wait(fault.seconds):
                 self._forward(body, entry)
+        elif fault.kind == "lose_answer":
+            # The request reaches the peer and is acted on; its answer never reaches the client.
+            self._forward(body, entry, answer=False)
+            self._reset()
         elif fault.kind == "reset":
-            # SO_LINGER on with timeout 0 makes close() send RST instead of FIN: a connection reset.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()  # the makefile() reader holds a reference that would postpone the close
-            self.connection.close()
+            self._reset()
         elif fault.kind == "stall":
             proxy._stopping.wait(fault.seconds)  # then close without answering
         else:
             self._answer(*fault.response())
+
+    def _reset(self) -> None:
+        # SO_LINGER on with timeout 0 makes close() send RST instead of FIN: a connection reset.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # the makefile() reader holds a reference that would postpone the close
+        self.connection.close()
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve
 
@@ -271,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         return b"".join(chunks)
 
-    def _forward(self, body: bytes, entry: _Entry) -> None:
+    def _forward(self, body: bytes, entry: _Entry, answer: bool = True) -> None:
         proxy = self.server.proxy
         dropped = _NOT_COPIED | {h.strip().lower() for h in self.headers.get("Connection", "").split(",")}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
@@ -291,6 +298,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         finally:
             conn.close()
+        if not answer:
+            return
         # send_response_only: the upstream's own Date and Server headers are passed on, not doubled.
         self.send_response_only(resp.status, resp.reason)
         for k, v in resp.getheaders():

@@ -220,9 +220,12 @@ class OpenStackProvider(Provider):
         return found if everything else [i for i in found if i.fleet]
 
     def instance(self, instance_id: str) -> Instance | None:
-        raw = self.call("show server", lambda: self.conn.compute.find_server(instance_id, ignore_missing=True))
-        if raw is None:
-            return None
+        try:
+            raw = self.call("show server", lambda: self.conn.compute.find_server(instance_id, ignore_missing=False))
+        except WlcgError as exc:
+            if isinstance(exc.__cause__, sdk.NotFoundException):
+                return None
+            raise
         if raw.status is None:  # find_server by name returns a summary
             server_id = raw.id
             raw = self.call("show server", lambda: self.conn.compute.get_server(server_id))

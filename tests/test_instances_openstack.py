@@ -1,0 +1,259 @@
+"""`instance` commands on OpenStack, against the real Keystone + Nova + Glance + Neutron peer."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from peers.faultproxy import Fault, FaultProxy
+
+from wlcgcloud.config import load_config
+from wlcgcloud.errors import WlcgError
+from wlcgcloud.providers import connect
+
+from conftest import (
+    INSTANCE_KEYS,
+    OpenStackPeer,
+    Run,
+    World,
+    create_instances,
+    openstack_profile,
+    write_profiles,
+)
+
+pytestmark = pytest.mark.openstack
+
+
+def sdk(creds: dict[str, str]) -> Any:
+    """An openstacksdk connection for test setup (the admin, or the operator behind our back)."""
+    import openstack
+
+    if creds.get("OS_AUTH_TYPE") == "v3applicationcredential":
+        auth = {
+            "auth_url": creds["OS_AUTH_URL"],
+            "application_credential_id": creds["OS_APPLICATION_CREDENTIAL_ID"],
+            "application_credential_secret": creds["OS_APPLICATION_CREDENTIAL_SECRET"],
+        }
+        kind = "v3applicationcredential"
+    else:
+        auth = {
+            "auth_url": creds["OS_AUTH_URL"],
+            "username": creds["OS_USERNAME"],
+            "password": creds["OS_PASSWORD"],
+            "project_name": creds["OS_PROJECT_NAME"],
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+        kind = "password"
+    return openstack.connect(
+        auth_type=kind, auth=auth, region_name="RegionOne", load_yaml_config=False, load_envvars=False
+    )
+
+
+@pytest.fixture
+def osk(world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenStackPeer]:
+    write_profiles(world, {"osk": openstack_profile(openstack_peer)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    yield openstack_peer
+
+
+@pytest.fixture
+def fleet(osk: OpenStackPeer) -> Iterator[str]:
+    """A fresh fleet name; whatever is left of it is deleted afterwards (the peer's quota is 100)."""
+    name = "t-" + uuid.uuid4().hex[:10]
+    yield name
+    conn = sdk(osk.appcred)
+    for server in conn.compute.servers(details=True):
+        if (server.metadata or {}).get("wlcg:fleet") == name:
+            conn.compute.delete_server(server.id, ignore_missing=True)
+
+
+def wait_for(run: Run, fleet: str, done: Any, seconds: float = 90) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+        assert isinstance(rows, list)
+        if done(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(2)
+
+
+def test_twenty_servers_in_one_request_listed_by_fleet_then_terminated(
+    run: Run, world: World, osk: OpenStackPeer, fleet: str
+) -> None:
+    ids = create_instances(world, "osk", osk.image_id, "m1.small", 20, fleet)
+    assert len(set(ids)) == 20
+    rows = wait_for(run, fleet, lambda rows: len(rows) == 20 and all(r["state"] == "running" for r in rows))
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    for row in rows:
+        assert set(row) >= INSTANCE_KEYS
+        assert (row["fleet"], row["profile"], row["provider"], row["flavor"]) == (fleet, "osk", "openstack", "m1.small")
+        assert (row["vcpus"], row["memory_mb"], row["image"]) == (1, 2048, osk.image_id)
+        assert row["state"] == "running" and row["provider_state"] == "ACTIVE"
+        assert row["addresses"] and row["addresses"][0].startswith("198.51.100.")
+    assert {r["name"] for r in rows} == {f"{fleet}-vm-{n}" for n in range(1, 21)}  # Nova numbers a multi-create
+
+    done = run("instance", "terminate", *ids, "--yes", "-o", "json")
+    assert done.code == 0, done.err
+    assert len(done.json()) == 20  # type: ignore[arg-type]
+    assert wait_for(run, fleet, lambda rows: not rows) == []
+
+
+def test_same_request_twice_creates_once(world: World, osk: OpenStackPeer, fleet: str) -> None:
+    first = create_instances(world, "osk", osk.image_id, "m1.tiny", 2, fleet)
+    again = create_instances(world, "osk", osk.image_id, "m1.tiny", 2, fleet)
+    assert sorted(first) == sorted(again)
+    mine = [s for s in sdk(osk.appcred).compute.servers() if s.id in first]
+    assert len(mine) == 2
+
+
+def test_nova_error_state_and_metadata_only_servers(run: Run, world: World, osk: OpenStackPeer, fleet: str) -> None:
+    admin = sdk(osk.admin)
+    nowhere = admin.compute.find_flavor("osk-nowhere") or admin.compute.create_flavor(
+        name="osk-nowhere", ram=512, vcpus=1, disk=1
+    )
+    # Asks Placement for a resource no host has: the scheduler finds no valid host -> ERROR.
+    admin.compute.create_flavor_extra_specs(nowhere, {"resources:CUSTOM_WLCG_NOWHERE": "1"})
+    create_instances(world, "osk", osk.image_id, "osk-nowhere", 1, fleet)
+    # A server made by another tool, with our metadata and no server tags, belongs to the fleet too.
+    operator = sdk(osk.appcred)
+    net = operator.network.find_network("osk-net")
+    stranger = operator.compute.create_server(
+        name="by-hand",
+        image_id=osk.image_id,
+        flavor_id=operator.compute.find_flavor("m1.tiny").id,
+        networks=[{"uuid": net.id}],
+        metadata={"wlcg:fleet": fleet},
+    )
+    rows = wait_for(run, fleet, lambda rows: {r["state"] for r in rows} == {"error", "running"})
+    by_name = {r["name"]: r for r in rows}
+    assert by_name[f"{fleet}-vm"]["state"] == "error" and by_name[f"{fleet}-vm"]["provider_state"] == "ERROR"
+    assert by_name["by-hand"]["id"] == stranger.id and by_name["by-hand"]["state"] == "running"
+    log = run("instance", "console-log", stranger.id)
+    assert log.code == 0 and "LAST LINE" in log.out  # what Nova's fake driver returns
+
+
+def test_password_auth_and_usage_records(
+    run: Run, world: World, osk: OpenStackPeer, fleet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pw = osk.password
+    write_profiles(
+        world,
+        {
+            "osk": openstack_profile(osk),
+            "osk-pw": openstack_profile(
+                osk, application_credential_id=None, username=pw["OS_USERNAME"], project=pw["OS_PROJECT_NAME"]
+            ),
+        },
+    )
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK_PW", pw["OS_PASSWORD"])
+    ids = create_instances(world, "osk-pw", osk.image_id, "m1.large", 1, fleet)
+    rows = wait_for(run, fleet, lambda rows: bool(rows) and rows[0]["state"] == "running")
+    listed = run("instance", "list", "-p", "osk-pw", "--fleet", fleet, "-o", "json")
+    assert listed.code == 0 and [r["id"] for r in listed.json()] == ids  # type: ignore[union-attr]
+    assert rows[0]["vcpus"] == 4
+    provider = connect(load_config(world.config).profile("osk"))
+    now = datetime.now(UTC)
+    records = [r for r in provider.usage(now - timedelta(hours=1), now + timedelta(minutes=1)) if r.instance_id in ids]
+    assert len(records) == 1 and records[0].vcpus == 4 and records[0].ended_at is None
+
+
+def test_wrong_application_credential_is_exit_4(run: Run, osk: OpenStackPeer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", "wrong-secret-value")
+    result = run("instance", "list")
+    assert result.code == 4
+    assert result.err.startswith("error: profile 'osk': Keystone refused the application credential (HTTP 401).")
+    assert "wrong-secret-value" not in result.err
+
+
+def test_unreachable_keystone_is_exit_6_quickly(
+    run: Run, world: World, osk: OpenStackPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_profiles(world, {"osk": openstack_profile(osk, auth_url="http://127.0.0.1:9/v3")})
+    started = time.monotonic()
+    result = run("instance", "list")
+    assert result.code == 6 and "profile 'osk'" in result.err and "cannot reach" in result.err
+    assert "Traceback" not in result.err and result.err.count("\n") == 1
+    assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def nova_behind_proxy(osk: OpenStackPeer) -> Iterator[tuple[FaultProxy, str]]:
+    """A fault proxy in front of Nova, published in the catalog as its own region.
+
+    Our code finds Nova through the Keystone catalog, as it would on any cloud: so the test
+    registers a region whose compute endpoint is the proxy, and the profile names that region.
+    """
+    admin = sdk(osk.admin)
+    region = "WlcgFaults"
+    if admin.identity.find_region(region) is None:
+        admin.identity.create_region(id=region)
+    public = [e for e in admin.identity.endpoints(interface="public") if e.region_id != region]
+    nova = next(e for e in public if ":8774" in e.url)
+    with FaultProxy(nova.url.split("/v2.1")[0], preserve_host=True) as proxy:
+        # Nova through the proxy; the other services of the region point at the real ones.
+        made = [
+            admin.identity.create_endpoint(
+                service_id=e.service_id,
+                interface="public",
+                url=proxy.url + "/v2.1" if e is nova else e.url,
+                region_id=region,
+            )
+            for e in public
+        ]
+        try:
+            yield proxy, region
+        finally:
+            for endpoint in made:
+                admin.identity.delete_endpoint(endpoint)
+
+
+def test_nova_throttling_honours_retry_after(
+    run: Run, world: World, osk: OpenStackPeer, nova_behind_proxy: tuple[FaultProxy, str]
+) -> None:
+    proxy, region = nova_behind_proxy
+    write_profiles(world, {"osk": openstack_profile(osk, region=region)})
+    proxy.plan(Fault("status", status=503, headers={"Retry-After": "1"}, match="GET /v2.1/servers/detail"))
+    started = time.monotonic()
+    result = run("instance", "list", "-o", "json")
+    took = time.monotonic() - started
+    assert result.code == 0, result.err
+    assert [s.fault for s in proxy.requests if "/servers/detail" in s.path] == ["status", None]
+    assert 1 <= took < 10
+
+
+def test_reset_during_create_launches_nothing_twice(
+    world: World, osk: OpenStackPeer, fleet: str, nova_behind_proxy: tuple[FaultProxy, str]
+) -> None:
+    """A POST that never arrives is safe to repeat; one whose answer is lost must not be repeated."""
+    proxy, region = nova_behind_proxy
+    write_profiles(world, {"osk": openstack_profile(osk, region=region)})
+    proxy.plan(Fault("reset", match="POST /v2.1/servers"))  # the request itself is lost
+    with pytest.raises(WlcgError):
+        create_instances(world, "osk", osk.image_id, "m1.tiny", 3, fleet)
+    assert proxy.forwarded("POST /v2.1/servers") == 0
+    proxy.plan(Fault("lose_answer", match="POST /v2.1/servers"))  # Nova creates; the answer is lost
+    made = create_instances(world, "osk", osk.image_id, "m1.tiny", 3, fleet)
+    assert len(made) == 3  # found through the request tag, not created again
+    again = create_instances(world, "osk", osk.image_id, "m1.tiny", 3, fleet)
+    assert sorted(again) == sorted(made)
+    assert proxy.forwarded("POST /v2.1/servers") == 1
+    on_nova = [
+        s for s in sdk(osk.appcred).compute.servers(details=True) if (s.metadata or {}).get("wlcg:fleet") == fleet
+    ]
+    assert len(on_nova) == 3
+
+
+def test_stalled_keystone_fails_within_timeout(run: Run, world: World, osk: OpenStackPeer) -> None:
+    with FaultProxy(osk.appcred["OS_AUTH_URL"].rsplit("/v3", 1)[0], preserve_host=True) as proxy:
+        write_profiles(world, {"osk": openstack_profile(osk, auth_url=proxy.url + "/v3", timeout=2)})
+        proxy.always(Fault("stall"))
+        started = time.monotonic()
+        result = run("instance", "list")
+        took = time.monotonic() - started
+    assert result.code == 6 and "no answer within 2 s" in result.err and "profile 'osk'" in result.err
+    assert took < 4
