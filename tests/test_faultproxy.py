@@ -254,7 +254,6 @@ def test_bad_faults_are_refused() -> None:
 
 @pytest.fixture
 def ec2(proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> Any:
-    pytest.importorskip("boto3")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

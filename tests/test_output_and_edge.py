@@ -112,7 +112,6 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
         ("launch", "atlas-wn", "--count", "3"),
         ("image", "list"),
         ("fleet", "list"),
-        ("instance", "list"),
         ("usage",),
         ("doctor",),
         ("completion", "install"),

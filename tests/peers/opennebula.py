@@ -19,8 +19,17 @@ becomes ACTIVE/RUNNING ``deploy_delay`` seconds after it became pending (compute
 timestamps); asynchronous actions (poweroff, terminate, ...) take effect at once.  Group quotas,
 ACL rules, locks and encryption are not modelled.
 
+oned behaviour a client must cope with (reproduced on purpose): pool listings are ORDER BY id DESC
+(API_LIST_ORDER); start/end are an ID range when end >= -1, else LIMIT start,-end; the search
+argument matches "contains" (LIKE %v%); an extra template in instantiate/update-merge replaces
+same-name attributes whole (a CONTEXT in it drops the template's CONTEXT); VM names may not contain
+&|:\\";/'#{}$<>; NIC leases are taken at allocation; unknown attributes land in USER_TEMPLATE;
+quota excess is AUTHORIZATION (0x200), not ALLOCATE; vmpool.info's USER_TEMPLATE holds only
+LABELS/ERROR/SCHED_MESSAGE.
+
 Test control lives in the ``peer.`` namespace (no session): peer.reset, peer.calls, peer.set_state,
-peer.add_vm, peer.add_vms, peer.set_time_offset, peer.now, peer.set_deploy_delay.
+peer.add_vm, peer.add_vms, peer.set_time_offset (peer clock = wall clock + offset), peer.now,
+peer.set_deploy_delay.
 
 Run it: ``python tests/peers/opennebula.py --port 0 [--user NAME:PASSWORD]... [--config world.json]``
 prints ``READY http://127.0.0.1:<port>/RPC2``; or in-process ``with OpenNebulaPeer() as peer: peer.url``.
