@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keyring
 import keyring.backends.fail
@@ -232,3 +233,34 @@ INSTANCE_KEYS = {
     "launched_at",
     "addresses",
 }
+
+
+@dataclass
+class OneNebulaPeer:
+    """The OpenNebula XML-RPC peer process: its URL, and its `peer.*` control calls."""
+
+    url: str
+    control: Any  # xmlrpc.client.ServerProxy: peer.set_state, peer.calls, peer.add_vm, ...
+
+
+@pytest.fixture(scope="session")
+def one_peer() -> Iterator[OneNebulaPeer]:
+    import xmlrpc.client
+
+    from peers import opennebula
+
+    url, proc = opennebula.spawn()
+    yield OneNebulaPeer(url, xmlrpc.client.ServerProxy(url, allow_none=True))
+    proc.terminate()
+    proc.wait(10)
+
+
+def one_profile(peer: OneNebulaPeer, **extra: object) -> dict[str, object]:
+    return {
+        "provider": "opennebula",
+        "endpoint": peer.url,
+        "username": "atlas",
+        "vm_template": "atlas-wn",
+        "timeout": 10,
+        **extra,
+    }

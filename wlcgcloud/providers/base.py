@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from wlcgcloud.config import Profile
-from wlcgcloud.errors import CloudError, PolicyError, WlcgError
+from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.secretstore import Secret
 
 T = TypeVar("T")
@@ -222,6 +222,14 @@ class Outcome:
 
     id: str
     error: str | None = None
+
+
+class PartialLaunch(PartialFailure):
+    """Some instances of one request were created and others were not; `instances` are the created ones."""
+
+    def __init__(self, message: str, instances: list[Instance]) -> None:
+        super().__init__(message)
+        self.instances = instances
 
 
 class Provider(ABC):

@@ -1,0 +1,462 @@
+"""OpenNebula over its XML-RPC API, through pyone.
+
+Imported only when an OpenNebula profile is used. Facts we rely on (OpenNebula 7.0 API):
+- one instantiate per VM (`one.template.instantiate`), run with bounded parallelism; our tags
+  go in the same call as USER_TEMPLATE attributes (`WLCG_FLEET=...`: attributes OpenNebula does
+  not know land there), so a VM never exists without them;
+- an attribute of the extra template replaces the template's attribute of that name whole, so
+  the user-data is added to a copy of the template's own CONTEXT, never sent alone;
+- pools page as LIMIT start,-end when end < -1, newest first;
+- the search argument of `one.vmpool.infoextended` matches "contains": the fleet is re-checked;
+- quota excess is refused as AUTHORIZATION (0x200), which is not a credential problem.
+pyone has no timeout of its own but the process-wide socket default; `Provider.call` bounds
+every call, and the socket default is raised to the largest OpenNebula timeout in use.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import random
+import socket
+import threading
+import time
+import xmlrpc.client
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import pyone
+import requests
+
+from wlcgcloud.errors import AuthError, UsageError, WlcgError
+from wlcgcloud.providers.base import (
+    ENDORSED_ID_TAG,
+    FLEET_TAG,
+    TAG_KEYS,
+    Check,
+    Flavor,
+    Image,
+    Instance,
+    LaunchRequest,
+    Outcome,
+    PartialLaunch,
+    Provider,
+    Quota,
+    UsageRecord,
+    one_attribute,
+)
+
+OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their group
+ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates and images)
+ANY_BUT_DONE = -1  # VM pool state filter
+PAGE = 500
+PARALLEL_CREATES = 8
+RETRIES = 4  # answers of HTTP 429/503 (a proxy or load balancer in front of oned)
+DEFAULT_USER_DATA_LIMIT = 65536
+ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
+
+_socket_timeout_lock = threading.Lock()
+
+
+def _state(state: int, lcm: int) -> tuple[str, str]:
+    """(ours, OpenNebula's words) for a VM's STATE and LCM_STATE."""
+    try:
+        name = pyone.VM_STATE(state).name
+    except ValueError:
+        return "unknown", str(state)
+    if name == "ACTIVE":
+        try:
+            sub = pyone.LCM_STATE(lcm).name
+        except ValueError:
+            return "unknown", f"ACTIVE/{lcm}"
+        words = f"ACTIVE/{sub}"
+        if "FAILURE" in sub or sub == "FAILURE":
+            return "error", words
+        if sub in ("RUNNING", "MIGRATE", "SAVE_MIGRATE", "PROLOG_MIGRATE", "BOOT_MIGRATE") or sub.startswith("HOTPLUG"):
+            return "running", words
+        if sub.startswith(("SAVE_", "EPILOG", "SHUTDOWN", "CLEANUP_DELETE", "CANCEL")):
+            return "stopping", words
+        if sub == "UNKNOWN":
+            return "unknown", words
+        return "pending", words  # LCM_INIT, PROLOG*, BOOT*, CLEANUP_RESUBMIT
+    return {
+        "INIT": "pending",
+        "PENDING": "pending",
+        "HOLD": "pending",
+        "CLONING": "pending",
+        "STOPPED": "stopped",
+        "SUSPENDED": "stopped",
+        "POWEROFF": "stopped",
+        "UNDEPLOYED": "stopped",
+        "DONE": "terminated",
+        "FAILED": "error",
+        "CLONING_FAILURE": "error",
+    }.get(name, "unknown"), name
+
+
+def _as_list(value: Any) -> list[Any]:
+    """pyone gives one NIC/DISK as a dict and several as a list."""
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _quoted(value: str) -> str:
+    """A value in OpenNebula template syntax: double quotes, with `"` and `\\` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _vector(values: dict[str, Any]) -> str:
+    return "[" + ",".join(f"{k}={_quoted(str(v))}" for k, v in values.items()) + "]"
+
+
+class OpenNebulaProvider(Provider):
+    kind = "OpenNebula"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        p = self.profile
+        self.user_data_limit = int(p.get("user_data_limit") or DEFAULT_USER_DATA_LIMIT)
+        user = p.get("username") or self.secret.username
+        session = f"{user}:{self.secret.value}" if user else self.secret.value
+        with _socket_timeout_lock:
+            # Process-wide (pyone's only timeout): never lower it below another profile's.
+            current = socket.getdefaulttimeout() or 0
+            timeout = max(current, float(p.timeout))
+        ca = p.get("ca_bundle")
+        self.one = pyone.OneServer(p.get("endpoint"), session=session, timeout=timeout, https_verify=ca or True)
+        self._templates: dict[str, Any] | None = None
+
+    # Errors and calls
+
+    def translate(self, what: str, exc: Exception) -> WlcgError:
+        text = str(exc)
+        if isinstance(exc, pyone.OneAuthenticationException):
+            return AuthError(
+                f"profile '{self.name}': OpenNebula refused the login (AUTHENTICATION, 0x100).",
+                f"Check the user name and password; run 'wlcgcloud profile test {self.name}'.",
+            )
+        if isinstance(exc, pyone.OneAuthorizationException):
+            if "limit of" in text and "quota" in text.lower():
+                return self.cloud_error(what, f"over quota: {text}", "See 'wlcgcloud instance list' or ask for more.")
+            return AuthError(f"profile '{self.name}': {what}: OpenNebula refused it (AUTHORIZATION, 0x200): {text}")
+        if isinstance(exc, pyone.OneNoExistsException):
+            return self.cloud_error(what, f"not found (NO_EXISTS, 0x400): {text}")
+        if isinstance(exc, pyone.OneException):
+            return self.cloud_error(what, f"OpenNebula said: {text}")
+        if isinstance(exc, xmlrpc.client.ProtocolError):
+            return self.cloud_error(what, f"HTTP {exc.errcode} from {self.profile.get('endpoint')}")
+        if isinstance(exc, requests.RequestException | OSError):
+            return self.cloud_error(what, f"cannot reach {self.profile.get('endpoint')} ({type(exc).__name__})")
+        return self.cloud_error(what, f"{type(exc).__name__}: {text}")
+
+    def rpc(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """One XML-RPC call within the profile's timeout; 429/503 answers are retried with full jitter.
+
+        Only answers that say the request was not processed are retried: oned applies a call
+        before it answers, so a broken connection is never resent blindly.
+        """
+
+        def attempt() -> Any:
+            for n in range(RETRIES + 1):
+                try:
+                    return fn(*args)
+                except xmlrpc.client.ProtocolError as exc:
+                    if exc.errcode not in (429, 503) or n == RETRIES:
+                        raise
+                    after = (exc.headers or {}).get("Retry-After") if hasattr(exc, "headers") else None
+                    wait = float(after) if after and str(after).isdigit() else random.uniform(0, 0.5 * 2**n)
+                    time.sleep(min(wait, 8.0))
+            raise AssertionError("unreachable")
+
+        return self.call(what, attempt)
+
+    # Reading
+
+    def check(self) -> Check:
+        try:
+            user = self.rpc("log in", self.one.user.info, -1)
+        except WlcgError as exc:
+            return Check(False, exc.message, exc.exit_code)
+        return Check(True, f"OpenNebula accepted user {user.NAME} (id {user.ID}, group {user.GNAME})")
+
+    def templates(self) -> dict[str, Any]:
+        """VM templates the user may instantiate, by name (and by id as a string)."""
+        if self._templates is None:
+            pool = self.rpc("list templates", self.one.templatepool.info, ALL_VISIBLE, -1, -1)
+            found: dict[str, Any] = {}
+            for t in pool.VMTEMPLATE or []:
+                found[str(t.ID)] = t
+                found.setdefault(t.NAME, t)
+            self._templates = found
+        return self._templates
+
+    def flavors(self) -> list[Flavor]:
+        unique = {t.ID: t for t in self.templates().values()}
+        return [self._flavor(t) for t in sorted(unique.values(), key=lambda t: t.NAME)]
+
+    def _flavor(self, t: Any) -> Flavor:
+        body = t.TEMPLATE or {}
+        disk = sum(_int(d.get("SIZE")) or 0 for d in _as_list(body.get("DISK")))
+        return Flavor(
+            name=t.NAME,
+            id=str(t.ID),
+            vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+            memory_mb=_int(body.get("MEMORY")),
+            disk_gb=disk // 1024 if disk else None,
+            extra={"cpu": body.get("CPU")},
+        )
+
+    def images(self) -> list[Image]:
+        pool = self.rpc("list images", self.one.imagepool.info, ALL_VISIBLE, -1, -1)
+        out = []
+        for im in pool.IMAGE or []:
+            attrs = dict(im.TEMPLATE or {})
+            out.append(
+                Image(
+                    id=str(im.ID),
+                    name=im.NAME,
+                    profile=self.name,
+                    provider="opennebula",
+                    size_bytes=(_int(im.SIZE) or 0) * 1024 * 1024 or None,
+                    endorsed_id=attrs.get(one_attribute(ENDORSED_ID_TAG)),
+                    extra={"owner": im.UNAME, "state": im.STATE},
+                )
+            )
+        return out
+
+    def quota(self) -> Quota:
+        user = self.rpc("read quotas", self.one.user.info, -1)
+        mine = _first(user.VM_QUOTA)
+        default = _first(user.DEFAULT_USER_QUOTAS.VM_QUOTA if user.DEFAULT_USER_QUOTAS else None)
+
+        def limit(key: str) -> int | None:
+            value = _int(getattr(mine, key, None)) if mine is not None else -1
+            if value == -1 or value is None:  # -1: the default quota applies
+                value = _int(getattr(default, key, None)) if default is not None else None
+            return None if value is None or value < 0 else value  # -2: unlimited
+
+        def used(key: str) -> int | None:
+            return _int(getattr(mine, key + "_USED", None)) if mine is not None else 0
+
+        return Quota(
+            instances=limit("VMS"),
+            instances_used=used("VMS"),
+            cores=limit("CPU"),
+            cores_used=used("CPU"),
+            memory_mb=limit("MEMORY"),
+            memory_mb_used=used("MEMORY"),
+        )
+
+    def _pool(self, search: str | None) -> list[Any]:
+        vms: list[Any] = []
+        start = 0
+        while True:  # LIMIT start,PAGE: end < -1 means "page size -end from offset start"
+            args: list[Any] = [OWN_AND_GROUP, start, -PAGE, ANY_BUT_DONE]
+            if search:
+                args.append(search)
+            page = self.rpc("list VMs", self.one.vmpool.infoextended, *args)
+            got = list(page.VM or [])
+            vms.extend(got)
+            if len(got) < PAGE:
+                return vms
+            start += PAGE
+
+    def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
+        attr = one_attribute(FLEET_TAG)
+        search = f"VM.USER_TEMPLATE.{attr}={fleet}" if fleet else None
+        vms = self._pool(search)
+        with contextlib.suppress(WlcgError):
+            self.templates()  # names the flavor of each VM; without it the template id stands in
+        found = [self._instance(vm) for vm in vms]
+        if fleet:
+            return [i for i in found if i.fleet == fleet]  # the search matches "contains"
+        return found if everything else [i for i in found if i.fleet]
+
+    def instance(self, instance_id: str) -> Instance | None:
+        if not instance_id.isdigit():
+            return None
+        try:
+            vm = self.rpc("show VM", self.one.vm.info, int(instance_id))
+        except WlcgError as exc:
+            if isinstance(exc.__cause__, pyone.OneNoExistsException):
+                return None
+            raise
+        return self._instance(vm)
+
+    def _instance(self, vm: Any) -> Instance:
+        body = vm.TEMPLATE or {}
+        user = dict(vm.USER_TEMPLATE or {})
+        state, words = _state(int(vm.STATE), int(vm.LCM_STATE))
+        templates = self._templates or {}
+        template = templates.get(str(body.get("TEMPLATE_ID")))
+        disks = _as_list(body.get("DISK"))
+        return Instance(
+            id=str(vm.ID),
+            name=vm.NAME,
+            profile=self.name,
+            provider="opennebula",
+            state=state,
+            provider_state=words,
+            flavor=template.NAME if template is not None else user.get("WLCG_FLAVOR") or body.get("TEMPLATE_ID"),
+            vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+            memory_mb=_int(body.get("MEMORY")),
+            image=disks[0].get("IMAGE") or disks[0].get("IMAGE_ID") if disks else None,
+            launched_at=datetime.fromtimestamp(int(vm.STIME), UTC) if vm.STIME else None,
+            addresses=tuple(n["IP"] for n in _as_list(body.get("NIC")) if n.get("IP")),
+            tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
+            extra={"owner": vm.UNAME, "group": vm.GNAME, "error": user.get("ERROR")},
+        )
+
+    def console_log(self, instance_id: str, lines: int | None = None) -> str:
+        raise UsageError(
+            f"profile '{self.name}': OpenNebula has no console-log call in its API.",
+            "Use the VNC console in Sunstone, or read the VM's log on its host (/var/log/one/<id>.log).",
+        )
+
+    def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        history = self.rpc(
+            "read accounting",
+            self.one.vmpool.accounting,
+            OWN_AND_GROUP,
+            int(since.timestamp()),
+            int(until.timestamp()),
+        )
+        records = []
+        for h in history.HISTORY or []:
+            vm = h.VM
+            body = (vm.TEMPLATE if vm is not None else None) or {}
+            user = dict((vm.USER_TEMPLATE if vm is not None else None) or {})
+            disks = _as_list(body.get("DISK"))
+            records.append(
+                UsageRecord(
+                    instance_id=str(h.OID),
+                    name=vm.NAME if vm is not None else str(h.OID),
+                    profile=self.name,
+                    provider="opennebula",
+                    started_at=datetime.fromtimestamp(int(h.STIME), UTC),
+                    ended_at=datetime.fromtimestamp(int(h.ETIME), UTC) if int(h.ETIME) else None,
+                    vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+                    memory_mb=_int(body.get("MEMORY")),
+                    image=(disks[0].get("IMAGE") if disks else None),
+                    tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
+                )
+            )
+        return records
+
+    # Changing
+
+    def create(self, request: LaunchRequest) -> list[Instance]:
+        self.check_user_data(request.user_data)
+        name = request.flavor or self.profile.get("vm_template")
+        if not name:
+            raise UsageError(
+                f"profile '{self.name}': no VM template to instantiate.",
+                f"Pass --flavor TEMPLATE or set vm_template with 'wlcgcloud profile edit {self.name}'.",
+            )
+        template = self.templates().get(str(name))
+        if template is None:
+            known = ", ".join(sorted({t.NAME for t in self.templates().values()})) or "none"
+            raise UsageError(f"profile '{self.name}': no VM template '{name}' (templates: {known}).")
+        extra = self._extra_template(request, template)
+        wanted = [f"{request.name}-{n}" for n in range(1, request.count + 1)]
+        done = {i.name: i for i in self._made_by(request.token)}  # a retry adopts what exists
+
+        def make(vm_name: str) -> Instance:
+            vm_id = self.rpc(
+                "instantiate", self.one.template.instantiate, int(template.ID), vm_name, False, extra, False
+            )
+            return self._instance(self.rpc("show VM", self.one.vm.info, int(vm_id)))
+
+        missing = [n for n in wanted if n not in done]
+        errors: list[str] = []
+        first_error: WlcgError | None = None
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_CREATES, len(missing)), thread_name_prefix="one") as pool:
+                futures = {n: pool.submit(make, n) for n in missing}
+            for vm_name, future in futures.items():
+                try:
+                    done[vm_name] = future.result()
+                except WlcgError as exc:
+                    errors.append(exc.message.removeprefix(f"profile '{self.name}': "))
+                    first_error = first_error or exc
+        if errors:  # an instantiate whose answer was lost may still have made its VM
+            done.update({i.name: i for i in self._made_by(request.token) if i.name not in done})
+        made = [done[n] for n in wanted if n in done]
+        if len(made) < len(wanted):
+            why = errors[0] if errors else "not found after creation"
+            if not made:
+                raise first_error or self.cloud_error("instantiate", why)
+            raise PartialLaunch(
+                f"profile '{self.name}': {len(made)} of {request.count} VMs created; the others failed: {why}", made
+            )
+        return made
+
+    def _made_by(self, token: str) -> list[Instance]:
+        attr = one_attribute("wlcg:request")
+        return [i for i in (self._instance(vm) for vm in self._pool(f"VM.USER_TEMPLATE.{attr}={token}"))
+                if i.tags.get("wlcg:request") == token]  # fmt: skip
+
+    def _extra_template(self, request: LaunchRequest, template: Any) -> str:
+        body = template.TEMPLATE or {}
+        lines = [f"{one_attribute(k)}={_quoted(v)}" for k, v in request.tags.items()]
+        lines.append(f"{one_attribute('wlcg:request')}={_quoted(request.token)}")
+        if request.user_data:
+            context = dict(body.get("CONTEXT") or {})  # replaced whole by ours: keep its settings
+            context["USER_DATA"] = base64.b64encode(request.user_data).decode()
+            context["USER_DATA_ENCODING"] = "base64"
+            lines.append(f"CONTEXT={_vector(context)}")
+        if request.image:  # the endorsed image replaces the template's disk; empty keeps it
+            lines.append(f"DISK={_vector({'IMAGE_ID': self._image_id(request.image)})}")
+        network = request.network or self.profile.get("network")
+        if network:
+            key = "NETWORK_ID" if str(network).isdigit() else "NETWORK"
+            lines.append(f"NIC={_vector({key: network})}")
+        return "\n".join(lines)
+
+    def _image_id(self, image: str) -> str:
+        """An image id from an id or a name (a name alone would need its owner: IMAGE_UNAME)."""
+        if image.isdigit():
+            return image
+        matches = [i for i in self.images() if i.name == image]
+        if len(matches) != 1:
+            why = "no image" if not matches else f"{len(matches)} images"
+            raise UsageError(f"profile '{self.name}': {why} named '{image}' visible to this user.", "Give its id.")
+        return matches[0].id
+
+    def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
+        def one(vm_id: str) -> Outcome:
+            try:
+                self.rpc("terminate VM", self.one.vm.action, "terminate", int(vm_id))
+                return Outcome(vm_id)
+            except WlcgError as exc:
+                return Outcome(vm_id, exc.message)
+            except ValueError:
+                return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id")
+
+        if not instance_ids:
+            return []
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_CREATES, len(instance_ids))) as pool:
+            return list(pool.map(one, instance_ids))
+
+
+def _first(quota: Any) -> Any:
+    """The VM quota entry of a VM_QUOTA element (pyone gives a list of one), or None."""
+    if quota is None:
+        return None
+    entries = getattr(quota, "VM", None)
+    if isinstance(entries, list):
+        return entries[0] if entries else None
+    return entries
+
+
+PROVIDER = OpenNebulaProvider
