@@ -85,3 +85,8 @@ def test_completion_survives_a_broken_config(world: World) -> None:
 def test_completion_show_other_shells_not_yet(run: Run) -> None:
     assert run("completion", "show", "zsh").code == 2
     assert run("completion", "show", "tcsh").code == 2
+
+
+def test_instance_state_values_complete() -> None:
+    assert complete(["wlcgcloud", "instance", "list", "--state", "st"], 4) == ["stopping", "stopped"]
+    assert "--fleet" in complete(["wlcgcloud", "instance", "list", "--f"], 3)

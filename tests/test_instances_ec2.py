@@ -153,3 +153,10 @@ def test_reset_connection_is_retried(run: Run, world: World, aws: Any, request: 
         result = run("instance", "list", "--fleet", fleet, "-o", "json")
     assert result.code == 0, result.err
     assert len(result.json()) == 1  # type: ignore[arg-type]
+
+
+def test_help_names_the_contracts_states() -> None:
+    from wlcgcloud.cli import instance
+    from wlcgcloud.providers import base
+
+    assert instance.STATES == base.STATES

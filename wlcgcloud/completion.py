@@ -147,6 +147,10 @@ def build_tree() -> dict[str, Any]:
             return list(PROVIDERS)
         if param.name == "source":
             return ["clouds.yaml", "aws", "one"]
+        if param.name == "state":
+            from wlcgcloud.cli.instance import STATES
+
+            return list(STATES)
         return VALUE
 
     def describe(cmd: Any, path: tuple[str, ...]) -> dict[str, Any]:

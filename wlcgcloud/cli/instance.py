@@ -1,17 +1,25 @@
-"""`wlcgcloud instance ...`: list, show, console-log and terminate instances on every cloud at once."""
+"""`wlcgcloud instance ...`: list, show, console-log and terminate instances on every cloud at once.
+
+The domain layer (`wlcgcloud.fleet`, and through it the providers) is imported inside each
+command, so `--help` and completion never pay for it.
+"""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wlcgcloud import fleet
 from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn
 from wlcgcloud.config import Profile
 from wlcgcloud.output import Column
-from wlcgcloud.providers.base import STATES
+
+if TYPE_CHECKING:
+    from wlcgcloud.fleet import Gathered
+
+# The contract's normalised states (wlcgcloud.providers.base.STATES; a test keeps them equal).
+STATES = ("pending", "running", "stopping", "stopped", "terminated", "error", "unknown")
 
 app = new_app("Instances across every profile at once.")
 
@@ -41,7 +49,7 @@ def _read_profiles(g: Globals) -> list[Profile]:
     return g.config().select(g.profiles, all_when_empty=True)
 
 
-def _report(g: Globals, gathered: fleet.Gathered) -> None:
+def _report(g: Globals, gathered: Gathered) -> None:
     """Each profile that failed, one line on stderr; when none answered, the first one is the error."""
     failures = list(gathered.failures)
     if failures and len(failures) == gathered.asked:
@@ -76,6 +84,8 @@ def list_(
       wlcgcloud instance list --all --state error -p cern-atlas
       wlcgcloud instance list -o json --query '[?state==`running`].id'
     """
+    from wlcgcloud import fleet
+
     g = globals_of(ctx)
     profiles = _read_profiles(g)
     gathered = fleet.list_instances(profiles, fleet=fleet_name, everything=everything, state=state)
@@ -95,6 +105,8 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
       wlcgcloud instance show i-0a1b2c3d4e5f67890
       wlcgcloud instance show 42 -p lal-one -o json
     """
+    from wlcgcloud import fleet
+
     g = globals_of(ctx)
     inst, gathered = fleet.find_instance(_read_profiles(g), instance_id)
     _report(g, gathered)
@@ -125,6 +137,8 @@ def console_log(
       wlcgcloud instance console-log i-0a1b2c3d4e5f67890 -n 50
       wlcgcloud instance console-log 6f1c... -p cern-atlas
     """
+    from wlcgcloud import fleet
+
     g = globals_of(ctx)
     inst, text = fleet.console_log(_read_profiles(g), instance_id, lines)
     if g.output == "table":
@@ -149,6 +163,8 @@ def terminate(
       wlcgcloud instance terminate i-0a1b2c3d4e5f67890 i-0fedcba987654321f --yes
       wlcgcloud instance terminate 42 43 -p lal-one --dry-run
     """
+    from wlcgcloud import fleet
+
     g = globals_of(ctx)
     profiles = _read_profiles(g)
     targets, gathered = fleet.resolve_instances(profiles, instance_ids)
