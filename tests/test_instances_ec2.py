@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from peers.faultproxy import Fault, FaultProxy
@@ -21,13 +22,13 @@ def aws(world: World, moto_ec2: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return moto_ec2
 
 
-def fleet_name(request: pytest.FixtureRequest) -> str:
+def fleet_name() -> str:
     """A fleet no other test uses: the moto server lives for the whole session."""
     return "t-" + uuid.uuid4().hex[:10]
 
 
-def test_twenty_instances_launch_list_by_fleet_and_terminate(run: Run, world: World, aws: Any, request: Any) -> None:
-    fleet = fleet_name(request)
+def test_twenty_instances_launch_list_by_fleet_and_terminate(run: Run, world: World, aws: Any) -> None:
+    fleet = fleet_name()
     ids = create_instances(world, "aws", IMAGE, "m5.xlarge", 20, fleet)
     assert len(set(ids)) == 20
 
@@ -51,8 +52,8 @@ def test_twenty_instances_launch_list_by_fleet_and_terminate(run: Run, world: Wo
     assert {r["provider_state"] for r in after} == {"terminated"}  # type: ignore[union-attr]
 
 
-def test_list_shows_fleets_only_unless_all(run: Run, world: World, aws: Any, request: Any) -> None:
-    fleet = fleet_name(request)
+def test_list_shows_fleets_only_unless_all(run: Run, world: World, aws: Any) -> None:
+    fleet = fleet_name()
     ours = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
     theirs = aws.client().run_instances(ImageId=IMAGE, InstanceType="t3.micro", MinCount=1, MaxCount=1)
     stranger = theirs["Instances"][0]["InstanceId"]
@@ -66,8 +67,8 @@ def test_list_shows_fleets_only_unless_all(run: Run, world: World, aws: Any, req
     assert bad.code == 2 and "pending running" in bad.err.replace(",", "")
 
 
-def test_show_console_log_and_unknown_id(run: Run, world: World, aws: Any, request: Any) -> None:
-    [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet_name(request))
+def test_show_console_log_and_unknown_id(run: Run, world: World, aws: Any) -> None:
+    [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet_name())
     shown = run("instance", "show", iid, "-o", "json")
     assert shown.code == 0, shown.err
     data = shown.json()
@@ -80,8 +81,8 @@ def test_show_console_log_and_unknown_id(run: Run, world: World, aws: Any, reque
     assert missing.code == 6 and "no instance 'i-0123456789abcdef0'" in missing.err
 
 
-def test_terminate_needs_confirmation_and_refuses_unknown_ids(run: Run, world: World, aws: Any, request: Any) -> None:
-    fleet = fleet_name(request)
+def test_terminate_needs_confirmation_and_refuses_unknown_ids(run: Run, world: World, aws: Any) -> None:
+    fleet = fleet_name()
     [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
     asked = run("instance", "terminate", iid)
     assert asked.code == 2 and "--yes" in asked.err
@@ -101,10 +102,8 @@ def test_wrong_secret_is_exit_4_naming_the_profile(run: Run, aws: Any, monkeypat
     assert "not-the-secret" not in result.err + result.out
 
 
-def test_one_profile_down_is_partial_exit_7(
-    run: Run, world: World, aws: Any, monkeypatch: pytest.MonkeyPatch, request: Any
-) -> None:
-    fleet = fleet_name(request)
+def test_one_profile_down_is_partial_exit_7(run: Run, world: World, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = fleet_name()
     create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
     write_profiles(world, {"aws": ec2_profile(aws), "gone": ec2_profile(aws, endpoint_url="http://127.0.0.1:9")})
     monkeypatch.setenv("WLCGCLOUD_SECRET_GONE", "x")
@@ -116,18 +115,21 @@ def test_one_profile_down_is_partial_exit_7(
     assert only_gone.code == 6 and only_gone.err.startswith("error: profile 'gone'")
 
 
-def test_throttled_launch_retries_and_launches_once(world: World, aws: Any, request: Any) -> None:
+def test_throttled_launch_retries_and_launches_once(world: World, aws: Any) -> None:
     with FaultProxy(aws.url, preserve_host=True) as proxy:
         write_profiles(world, {"aws": ec2_profile(aws, endpoint_url=proxy.url)})
         proxy.plan(
             Fault("ec2_throttle", match="Action=RunInstances"), Fault("ec2_throttle", match="Action=RunInstances")
         )
         started = time.monotonic()
-        ids = create_instances(world, "aws", IMAGE, "t3.micro", 3, fleet_name(request))
+        ids = create_instances(world, "aws", IMAGE, "t3.micro", 3, fleet_name())
         took = time.monotonic() - started
         throttled = [s for s in proxy.requests if s.fault == "ec2_throttle"]
         assert len(throttled) == 2 and proxy.forwarded("Action=RunInstances") == 1
         assert len(ids) == 3
+        # moto ignores ClientToken, so prove what EC2 needs: every attempt carried the same token.
+        tokens = {parse_qs(b.decode())["ClientToken"][0] for b in proxy.bodies("Action=RunInstances")}
+        assert len(tokens) == 1 and len(tokens.pop()) == 32
         assert took < 10  # standard mode: full-jitter backoff of at most 1 s then 2 s
 
 
@@ -144,8 +146,8 @@ def test_stalled_endpoint_fails_within_timeout(run: Run, world: World, aws: Any)
     assert took < 4
 
 
-def test_reset_connection_is_retried(run: Run, world: World, aws: Any, request: Any) -> None:
-    fleet = fleet_name(request)
+def test_reset_connection_is_retried(run: Run, world: World, aws: Any) -> None:
+    fleet = fleet_name()
     create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
     with FaultProxy(aws.url, preserve_host=True) as proxy:
         write_profiles(world, {"aws": ec2_profile(aws, endpoint_url=proxy.url)})
@@ -160,3 +162,25 @@ def test_help_names_the_contracts_states() -> None:
     from wlcgcloud.providers import base
 
     assert instance.STATES == base.STATES
+
+
+def test_user_data_over_ec2s_limit_is_refused_before_launch(world: World, aws: Any) -> None:
+    from wlcgcloud.config import load_config
+    from wlcgcloud.errors import PolicyError
+    from wlcgcloud.providers import connect
+    from wlcgcloud.providers.base import LaunchRequest
+
+    provider = connect(load_config(world.config).profile("aws"))
+    fleet = fleet_name()
+    big = LaunchRequest("x", IMAGE, "t3.micro", 1, b"A" * 16385, {"wlcg:fleet": fleet})
+    with pytest.raises(PolicyError, match="16385 bytes; EC2 accepts at most 16384"):
+        provider.create(big)
+    assert provider.instances(fleet=fleet) == []
+    fits = LaunchRequest("x", IMAGE, "t3.micro", 1, b"A" * 16384, {"wlcg:fleet": fleet})
+    assert len(provider.create(fits)) == 1
+
+
+def test_profile_without_access_key_is_a_config_error(run: Run, world: World, aws: Any) -> None:
+    write_profiles(world, {"aws": {k: v for k, v in ec2_profile(aws).items() if k != "access_key_id"}})
+    result = run("instance", "list")
+    assert result.code == 3 and "no EC2 access key id" in result.err and "AWS_ACCESS_KEY_ID" in result.err

@@ -12,8 +12,9 @@ import pytest
 from peers.faultproxy import Fault, FaultProxy
 
 from wlcgcloud.config import load_config
-from wlcgcloud.errors import PartialFailure
+from wlcgcloud.errors import PartialFailure, PolicyError, UsageError
 from wlcgcloud.providers import connect
+from wlcgcloud.providers.base import LaunchRequest
 
 from conftest import INSTANCE_KEYS, OneNebulaPeer, Run, World, create_instances, one_profile, write_profiles
 
@@ -47,6 +48,7 @@ def test_twenty_vms_from_one_request_listed_by_fleet_then_terminated(
     before = one.control.peer.calls().get("one.template.instantiate", 0)
     ids = create_instances(world, "one", "cernvm-4", "atlas-wn", 20, fleet)
     assert len(set(ids)) == 20
+    [image_id] = [i.id for i in connect(load_config(world.config).profile("one")).images() if i.name == "cernvm-4"]
     assert one.control.peer.calls()["one.template.instantiate"] - before == 20
     time.sleep(0.3)  # the peer deploys a pending VM after 0.2 s
     rows = listed(run, fleet)
@@ -59,7 +61,7 @@ def test_twenty_vms_from_one_request_listed_by_fleet_then_terminated(
             "opennebula",
             "atlas-wn",
         )
-        assert (row["vcpus"], row["memory_mb"], row["image"]) == (2, 4096, "cernvm-4")
+        assert (row["vcpus"], row["memory_mb"], row["image"]) == (2, 4096, image_id)
         assert (row["state"], row["provider_state"]) == ("running", "ACTIVE/RUNNING")
         assert row["addresses"][0].startswith("10.10.")
     assert {r["name"] for r in rows} == {f"{fleet}-vm-{n}" for n in range(1, 21)}
@@ -68,6 +70,54 @@ def test_twenty_vms_from_one_request_listed_by_fleet_then_terminated(
     assert done.code == 0, done.err
     assert all(r["terminated"] for r in done.json())  # type: ignore[union-attr]
     assert listed(run, fleet) == []  # DONE VMs leave the pool listing
+
+
+@pytest.mark.parametrize(
+    ("state", "lcm", "ours", "words"),
+    [
+        (3, 18, "stopping", "ACTIVE/SHUTDOWN_POWEROFF"),
+        (3, 16, "unknown", "ACTIVE/UNKNOWN"),
+        (3, 51, "stopped", "ACTIVE/DISK_SNAPSHOT_POWEROFF"),
+        (3, 57, "running", "ACTIVE/DISK_SNAPSHOT"),
+        (3, 2, "pending", "ACTIVE/BOOT"),
+        (3, 14, "error", "ACTIVE/FAILURE"),
+        (3, 44, "error", "ACTIVE/PROLOG_MIGRATE_POWEROFF_FAILURE"),
+        (3, 43, "stopped", "ACTIVE/PROLOG_MIGRATE_POWEROFF"),
+        (2, 0, "pending", "HOLD"),
+        (9, 0, "stopped", "UNDEPLOYED"),
+    ],
+)
+def test_more_states_map(
+    run: Run, world: World, one: OneNebulaPeer, fleet: str, state: int, lcm: int, ours: str, words: str
+) -> None:
+    [vm_id] = create_instances(world, "one", "cernvm-4", "atlas-wn", 1, fleet)
+    one.control.peer.set_state(int(vm_id), state, lcm)
+    [row] = listed(run, fleet)
+    assert (row["state"], row["provider_state"]) == (ours, words)
+
+
+def test_tag_values_round_trip_and_unwritable_ones_are_refused(world: World, one: OneNebulaPeer, fleet: str) -> None:
+    provider = connect(load_config(world.config).profile("one"))
+    tags = {"wlcg:fleet": fleet, "wlcg:launched-by": 'CERN\\op "night shift"'}
+    [made] = provider.create(LaunchRequest(f"{fleet}-q", "cernvm-4", "atlas-wn", 1, None, tags))
+    assert made.tags["wlcg:launched-by"] == 'CERN\\op "night shift"'
+    raw = pyone.OneServer(one.url, session="atlas:secret").vm.info(int(made.id))
+    assert raw.USER_TEMPLATE["WLCG_LAUNCHED_BY"] == 'CERN\\op "night shift"'
+    assert raw.TEMPLATE["DISK"]["SIZE"] == "20480"  # the template's disk kept its size
+    for bad in ("ends-in\\", "has]]>cdata"):
+        with pytest.raises(UsageError, match="cannot be written in an OpenNebula template"):
+            provider.create(
+                LaunchRequest(f"{fleet}-b", "cernvm-4", "atlas-wn", 1, None, {**tags, "wlcg:experiment": bad})
+            )
+    assert [i.id for i in provider.instances(fleet=fleet)] == [made.id]
+
+
+def test_user_data_over_the_profiles_limit_is_refused(world: World, one: OneNebulaPeer, fleet: str) -> None:
+    write_profiles(world, {"one": one_profile(one, user_data_limit=1000)})
+    provider = connect(load_config(world.config).profile("one"))
+    with pytest.raises(PolicyError, match="1001 bytes; OpenNebula accepts at most 1000"):
+        provider.create(LaunchRequest(fleet, "cernvm-4", "atlas-wn", 1, b"x" * 1001, {"wlcg:fleet": fleet}))
+    assert provider.instances(fleet=fleet) == []
 
 
 def test_lcm_failure_and_other_states_map(run: Run, world: World, one: OneNebulaPeer, fleet: str) -> None:

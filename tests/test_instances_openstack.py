@@ -257,3 +257,19 @@ def test_stalled_keystone_fails_within_timeout(run: Run, world: World, osk: Open
         took = time.monotonic() - started
     assert result.code == 6 and "no answer within 2 s" in result.err and "profile 'osk'" in result.err
     assert took < 4
+
+
+def test_user_data_up_to_novas_limit(world: World, osk: OpenStackPeer, fleet: str) -> None:
+    """Nova keeps 65535 characters of base64: 49149 bytes fit, 49150 are refused before any call."""
+    from wlcgcloud.errors import PolicyError
+    from wlcgcloud.providers.base import LaunchRequest
+
+    provider = connect(load_config(world.config).profile("osk"))
+    secret_looking = b"PASSWORD=hunter2\n"
+    fits = secret_looking + b"#" * (49149 - len(secret_looking))
+    made = provider.create(LaunchRequest(fleet, osk.image_id, "m1.tiny", 1, fits, {"wlcg:fleet": fleet}))
+    assert len(made) == 1
+    with pytest.raises(PolicyError) as refused:
+        provider.create(LaunchRequest(fleet + "-x", osk.image_id, "m1.tiny", 1, fits + b"#", {"wlcg:fleet": fleet}))
+    assert "49150 bytes; OpenStack accepts at most 49149" in str(refused.value)
+    assert "hunter2" not in str(refused.value)

@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if debug:
                 import traceback
 
-                traceback.print_exc()
+                # Our frames only: a cloud SDK's exception behind ours may quote a request
+                # (user-data, a secret) back at us, so the chain is not printed.
+                traceback.print_exception(exc, chain=False)
             _print_error(str(exc))
             return exc.exit_code
         if debug:

@@ -126,7 +126,9 @@ def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]]) -
             results.extend(Terminated(i, answer.error.message, answer.error.exit_code) for i in batch)
             continue
         outcomes: dict[str, Outcome] = {o.id: o for o in answer.value or []}
-        results.extend(Terminated(i, outcomes[i.id].error if i.id in outcomes else "no answer") for i in batch)
+        for inst in batch:
+            outcome = outcomes.get(inst.id, Outcome(inst.id, "no answer from the cloud", 6))
+            results.append(Terminated(inst, outcome.error, outcome.exit_code or 6))
     return results
 
 

@@ -197,6 +197,11 @@ class FaultProxy:
         with self._lock:
             return [e.seen for e in self._log]
 
+    def bodies(self, match: Matcher = None) -> list[bytes]:
+        """The bodies of the matching requests received, forwarded or not, in order."""
+        with self._lock:
+            return [e.body for e in self._log if _matches(match, e.seen.method, e.seen.path, e.body)]
+
     def forwarded(self, match: Matcher = None) -> int:
         """How many matching requests actually reached the upstream."""
         with self._lock:

@@ -120,7 +120,8 @@ class OneError(Exception):
 
 # ---- OpenNebula template syntax:  KEY = "value" | KEY = value | VEC = [ K = "v", K2 = v2 ] | # comment
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]+")
-_QUOTED_RE = re.compile(r'"((?:[^"\\]+|\\.)*)"', re.DOTALL)  # linear: chunks of plain text or one escape
+# oned's template lexer knows one escape inside double quotes, \" for "; any other backslash is literal.
+_QUOTED_RE = re.compile(r'"((?:[^"\\]+|\\"|\\(?!"))*)"', re.DOTALL)
 _SPACE_RE = re.compile(r"(?:\s+|#[^\n]*)*")
 
 

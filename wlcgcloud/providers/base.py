@@ -7,11 +7,12 @@ SDK crosses this line. Provider-specific detail goes in `extra`. This module imp
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -46,6 +47,25 @@ ENDORSED_ID_TAG = "wlcg:endorsed-id"
 def one_attribute(tag: str) -> str:
     """`wlcg:launched-by` -> `WLCG_LAUNCHED_BY`: how OpenNebula USER_TEMPLATE spells our tags."""
     return re.sub(r"[^A-Za-z0-9]", "_", tag).upper()
+
+
+def aware(moment: datetime) -> datetime:
+    """A datetime with a timezone: naive ones are taken as UTC, as the contract says of every time."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# What an error text from a cloud may carry that we must never show: Nova and JSON-schema
+# validators echo the offending value ("Value: <the user-data>"), botocore's parameter checks
+# too ("value: ...").
+_ECHOED_VALUE = re.compile(r"(?is)\b(value|user_data|userdata)\s*[:=].*")
+MAX_DETAIL = 300
+
+
+def clean(text: str) -> str:
+    """A cloud's error text fit for a one-line message: no echoed values, one line, bounded."""
+    text = _ECHOED_VALUE.sub(r"\1: (not shown)", str(text))
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
 
 def utc(value: datetime | None) -> str | None:
@@ -209,7 +229,8 @@ class LaunchRequest:
             "flavor": self.flavor,
             "count": self.count,
             "user_data": hashlib.sha256(self.user_data or b"").hexdigest(),
-            "tags": {k: v for k, v in sorted(self.tags.items()) if k != "wlcg:created"},
+            # Tags that name the moment of the attempt differ between a launch and its retry.
+            "tags": {k: v for k, v in sorted(self.tags.items()) if k not in ("wlcg:created", "wlcg:lease-until")},
             "key": self.key_name,
             "network": self.network,
         }
@@ -222,6 +243,11 @@ class Outcome:
 
     id: str
     error: str | None = None
+    exit_code: int = 0  # the class of the failure (4 refused, 6 cloud error) when there is one
+
+    @classmethod
+    def failed(cls, instance_id: str, error: WlcgError) -> Outcome:
+        return cls(instance_id, error.message, error.exit_code)
 
 
 class PartialLaunch(PartialFailure):
@@ -328,7 +354,21 @@ class Provider(ABC):
             )
 
     def cloud_error(self, what: str, detail: str, hint: str | None = None) -> CloudError:
-        return CloudError(f"profile '{self.name}': {what}: {detail}", hint)
+        return CloudError(f"profile '{self.name}': {what}: {clean(detail)}", hint)
+
+    def fetch_all(self, what: str, items: Callable[[], Iterable[T]], chunk: int = 500) -> list[T]:
+        """Everything a paging SDK iterator yields, each chunk of `chunk` items within the timeout.
+
+        The SDKs fetch pages lazily inside the iterator, so bounding chunks (not the whole
+        listing) keeps `timeout` a bound per API call even for a project of thousands.
+        """
+        iterator = iter(self.call(what, items))
+        out: list[T] = []
+        while True:
+            part = self.call(what, lambda: list(itertools.islice(iterator, chunk)))
+            out.extend(part)
+            if len(part) < chunk:
+                return out
 
 
 def within(seconds: float, fn: Callable[[], T]) -> T:

@@ -18,7 +18,7 @@ import botocore.config
 import botocore.exceptions
 
 from wlcgcloud import __version__
-from wlcgcloud.errors import AuthError, WlcgError
+from wlcgcloud.errors import AuthError, ConfigError, WlcgError
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
     FLEET_TAG,
@@ -32,6 +32,8 @@ from wlcgcloud.providers.base import (
     Provider,
     Quota,
     UsageRecord,
+    aware,
+    clean,
     tail,
 )
 
@@ -59,6 +61,17 @@ AUTH_CODES = {
 NOT_FOUND_CODES = {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}
 MAX_ATTEMPTS = 5  # standard mode: exponential backoff with full jitter, capped at 20 s a wait
 USER_DATA_LIMIT = 16384  # bytes before base64 (RunInstances)
+# Unreachable, in botocore's words; every other BotoCoreError is a local or protocol problem.
+UNREACHABLE = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+)
+
+# Never let botocore probe the instance metadata address for credentials or region. Set once,
+# at import (under the import lock), not from the threads that use the provider.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def _tags(raw: Iterable[dict[str, str]] | None) -> dict[str, str]:
@@ -71,10 +84,13 @@ class EC2Provider(Provider):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Never let botocore probe the instance metadata address for credentials or region.
-        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
         p = self.profile
         access_key = p.get("access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID")
+        if not access_key:
+            raise ConfigError(
+                f"profile '{self.name}': no EC2 access key id.",
+                f"Set access_key_id with 'wlcgcloud profile edit {self.name}' or AWS_ACCESS_KEY_ID.",
+            )
         session = boto3.session.Session(
             aws_access_key_id=access_key,
             aws_secret_access_key=self.secret.value,
@@ -105,14 +121,9 @@ class EC2Provider(Provider):
                     f"Check the access key and secret; run 'wlcgcloud profile test {self.name}'.",
                 )
             return self.cloud_error(what, f"EC2 said {code} (HTTP {status}): {error.get('Message', '')}".rstrip(": "))
-        if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
-            return AuthError(
-                f"profile '{self.name}': no EC2 access key id.",
-                f"Set access_key_id with 'wlcgcloud profile edit {self.name}' or AWS_ACCESS_KEY_ID.",
-            )
-        if isinstance(exc, botocore.exceptions.BotoCoreError):
+        if isinstance(exc, UNREACHABLE):
             return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
-        return self.cloud_error(what, f"{type(exc).__name__}: {exc}")
+        return self.cloud_error(what, f"{type(exc).__name__}: {clean(str(exc))}")
 
     # Reading
 
@@ -256,6 +267,7 @@ class EC2Provider(Provider):
 
         Terminated instances stay visible for about an hour only; the ledger covers the rest.
         """
+        since, until = aware(since), aware(until)
         records = []
         for inst in self.instances(everything=True):
             if inst.launched_at is None:
@@ -327,22 +339,29 @@ class EC2Provider(Provider):
         return [self._instance(r) for r in raws]
 
     def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
         ids = list(instance_ids)
+        for start in range(0, len(ids), 1000):
+            outcomes.extend(self._terminate_batch(ids[start : start + 1000]))
+        return outcomes
+
+    def _terminate_batch(self, ids: list[str]) -> list[Outcome]:
         try:
-            for start in range(0, len(ids), 1000):
-                self.call("terminate instances", self.client.terminate_instances, InstanceIds=ids[start : start + 1000])
+            self.call("terminate instances", self.client.terminate_instances, InstanceIds=ids)
             return [Outcome(i) for i in ids]
-        except WlcgError:
-            if len(ids) == 1:
-                raise
-        # EC2 refuses the whole batch for one bad id: try each alone to say which one failed.
+        except WlcgError as exc:
+            cause = exc.__cause__
+            bad_id = isinstance(cause, botocore.exceptions.ClientError) and _code(cause) in NOT_FOUND_CODES
+            if len(ids) == 1 or not bad_id:
+                return [Outcome.failed(i, exc) for i in ids]
+        # EC2 refuses a whole batch for one unknown id: try each alone to say which one it was.
         outcomes = []
         for one in ids:
             try:
                 self.call("terminate instance", self.client.terminate_instances, InstanceIds=[one])
                 outcomes.append(Outcome(one))
             except WlcgError as exc:
-                outcomes.append(Outcome(one, exc.message))
+                outcomes.append(Outcome.failed(one, exc))
         return outcomes
 
 

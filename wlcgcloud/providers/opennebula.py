@@ -45,6 +45,8 @@ from wlcgcloud.providers.base import (
     Provider,
     Quota,
     UsageRecord,
+    aware,
+    clean,
     one_attribute,
 )
 
@@ -52,7 +54,7 @@ OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their gro
 ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates and images)
 ANY_BUT_DONE = -1  # VM pool state filter
 PAGE = 500
-PARALLEL_CREATES = 8
+PARALLEL_CALLS = 8  # instantiate and terminate calls in flight at once, per profile
 RETRIES = 4  # answers of HTTP 429/503 (a proxy or load balancer in front of oned)
 DEFAULT_USER_DATA_LIMIT = 65536
 ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
@@ -60,40 +62,62 @@ ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
 _socket_timeout_lock = threading.Lock()
 
 
+# VM STATE and, while ACTIVE, LCM_STATE, by number (OpenNebula 7.0 "Virtual Machine States").
+VM_STATES = ("INIT", "PENDING", "HOLD", "ACTIVE", "STOPPED", "SUSPENDED", "DONE", "FAILED", "POWEROFF",
+             "UNDEPLOYED", "CLONING", "CLONING_FAILURE")  # fmt: skip
+LCM_STATES = (
+    "LCM_INIT", "PROLOG", "BOOT", "RUNNING", "MIGRATE", "SAVE_STOP", "SAVE_SUSPEND", "SAVE_MIGRATE",
+    "PROLOG_MIGRATE", "PROLOG_RESUME", "EPILOG_STOP", "EPILOG", "SHUTDOWN", "CANCEL", "FAILURE",
+    "CLEANUP_RESUBMIT", "UNKNOWN", "HOTPLUG", "SHUTDOWN_POWEROFF", "BOOT_UNKNOWN", "BOOT_POWEROFF",
+    "BOOT_SUSPENDED", "BOOT_STOPPED", "CLEANUP_DELETE", "HOTPLUG_SNAPSHOT", "HOTPLUG_NIC", "HOTPLUG_SAVEAS",
+    "HOTPLUG_SAVEAS_POWEROFF", "HOTPLUG_SAVEAS_SUSPENDED", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY",
+    "PROLOG_UNDEPLOY", "BOOT_UNDEPLOY", "HOTPLUG_PROLOG_POWEROFF", "HOTPLUG_EPILOG_POWEROFF", "BOOT_MIGRATE",
+    "BOOT_FAILURE", "BOOT_MIGRATE_FAILURE", "PROLOG_MIGRATE_FAILURE", "PROLOG_FAILURE", "EPILOG_FAILURE",
+    "EPILOG_STOP_FAILURE", "EPILOG_UNDEPLOY_FAILURE", "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_POWEROFF_FAILURE",
+    "PROLOG_MIGRATE_SUSPEND", "PROLOG_MIGRATE_SUSPEND_FAILURE", "BOOT_UNDEPLOY_FAILURE", "BOOT_STOPPED_FAILURE",
+    "PROLOG_RESUME_FAILURE", "PROLOG_UNDEPLOY_FAILURE", "DISK_SNAPSHOT_POWEROFF", "DISK_SNAPSHOT_REVERT_POWEROFF",
+    "DISK_SNAPSHOT_DELETE_POWEROFF", "DISK_SNAPSHOT_SUSPENDED", "DISK_SNAPSHOT_REVERT_SUSPENDED",
+    "DISK_SNAPSHOT_DELETE_SUSPENDED", "DISK_SNAPSHOT", "DISK_SNAPSHOT_REVERT", "DISK_SNAPSHOT_DELETE",
+    "PROLOG_MIGRATE_UNKNOWN", "PROLOG_MIGRATE_UNKNOWN_FAILURE", "DISK_RESIZE", "DISK_RESIZE_POWEROFF",
+    "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF", "HOTPLUG_RESIZE", "HOTPLUG_SAVEAS_UNDEPLOYED",
+    "HOTPLUG_SAVEAS_STOPPED", "BACKUP", "BACKUP_POWEROFF", "RESTORE",
+)  # fmt: skip
+# Ours, for the states that are not plain "running while ACTIVE": what the VM is doing from
+# its user's point of view (a snapshot of a powered-off VM leaves it stopped, a boot is pending).
+VM_STATE_OURS = {"INIT": "pending", "PENDING": "pending", "HOLD": "pending", "CLONING": "pending",
+                 "STOPPED": "stopped", "SUSPENDED": "stopped", "POWEROFF": "stopped", "UNDEPLOYED": "stopped",
+                 "DONE": "terminated", "FAILED": "error", "CLONING_FAILURE": "error"}  # fmt: skip
+LCM_PENDING = {"LCM_INIT", "PROLOG", "BOOT", "PROLOG_RESUME", "CLEANUP_RESUBMIT", "BOOT_UNKNOWN", "BOOT_POWEROFF",
+               "BOOT_SUSPENDED", "BOOT_STOPPED", "PROLOG_UNDEPLOY", "BOOT_UNDEPLOY"}  # fmt: skip
+LCM_STOPPING = {"SAVE_STOP", "SAVE_SUSPEND", "EPILOG_STOP", "EPILOG", "SHUTDOWN", "CANCEL", "SHUTDOWN_POWEROFF",
+                "CLEANUP_DELETE", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY"}  # fmt: skip
+LCM_STOPPED = {"HOTPLUG_SAVEAS_POWEROFF", "HOTPLUG_SAVEAS_SUSPENDED", "HOTPLUG_PROLOG_POWEROFF",
+               "HOTPLUG_EPILOG_POWEROFF", "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_SUSPEND",
+               "DISK_SNAPSHOT_POWEROFF", "DISK_SNAPSHOT_REVERT_POWEROFF", "DISK_SNAPSHOT_DELETE_POWEROFF",
+               "DISK_SNAPSHOT_SUSPENDED", "DISK_SNAPSHOT_REVERT_SUSPENDED", "DISK_SNAPSHOT_DELETE_SUSPENDED",
+               "DISK_RESIZE_POWEROFF", "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF", "HOTPLUG_SAVEAS_UNDEPLOYED",
+               "HOTPLUG_SAVEAS_STOPPED", "BACKUP_POWEROFF", "RESTORE"}  # fmt: skip
+LCM_UNKNOWN = {"UNKNOWN", "PROLOG_MIGRATE_UNKNOWN"}
+
+
 def _state(state: int, lcm: int) -> tuple[str, str]:
     """(ours, OpenNebula's words) for a VM's STATE and LCM_STATE."""
-    try:
-        name = pyone.VM_STATE(state).name
-    except ValueError:
+    if not 0 <= state < len(VM_STATES):
         return "unknown", str(state)
-    if name == "ACTIVE":
-        try:
-            sub = pyone.LCM_STATE(lcm).name
-        except ValueError:
-            return "unknown", f"ACTIVE/{lcm}"
-        words = f"ACTIVE/{sub}"
-        if "FAILURE" in sub or sub == "FAILURE":
-            return "error", words
-        if sub in ("RUNNING", "MIGRATE", "SAVE_MIGRATE", "PROLOG_MIGRATE", "BOOT_MIGRATE") or sub.startswith("HOTPLUG"):
-            return "running", words
-        if sub.startswith(("SAVE_", "EPILOG", "SHUTDOWN", "CLEANUP_DELETE", "CANCEL")):
-            return "stopping", words
-        if sub == "UNKNOWN":
-            return "unknown", words
-        return "pending", words  # LCM_INIT, PROLOG*, BOOT*, CLEANUP_RESUBMIT
-    return {
-        "INIT": "pending",
-        "PENDING": "pending",
-        "HOLD": "pending",
-        "CLONING": "pending",
-        "STOPPED": "stopped",
-        "SUSPENDED": "stopped",
-        "POWEROFF": "stopped",
-        "UNDEPLOYED": "stopped",
-        "DONE": "terminated",
-        "FAILED": "error",
-        "CLONING_FAILURE": "error",
-    }.get(name, "unknown"), name
+    name = VM_STATES[state]
+    if name != "ACTIVE":
+        return VM_STATE_OURS.get(name, "unknown"), name
+    if not 0 <= lcm < len(LCM_STATES):
+        return "unknown", f"ACTIVE/{lcm}"
+    sub = LCM_STATES[lcm]
+    words = f"ACTIVE/{sub}"
+    if sub == "FAILURE" or sub.endswith("_FAILURE"):
+        return "error", words
+    for group, ours in ((LCM_PENDING, "pending"), (LCM_STOPPING, "stopping"), (LCM_STOPPED, "stopped"),
+                        (LCM_UNKNOWN, "unknown")):  # fmt: skip
+        if sub in group:
+            return ours, words
+    return "running", words  # RUNNING, MIGRATE, HOTPLUG*, DISK_SNAPSHOT*, DISK_RESIZE, BACKUP, ...
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -110,9 +134,23 @@ def _int(value: Any) -> int | None:
         return None
 
 
+def _vcpus(body: Any) -> int:
+    """VCPU, else 1: CPU is a share of physical CPU (0.5, 4), not a count of virtual ones."""
+    return _int(body.get("VCPU")) or 1
+
+
 def _quoted(value: str) -> str:
-    """A value in OpenNebula template syntax: double quotes, with `"` and `\\` escaped."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A value in OpenNebula template syntax.
+
+    oned's template parser knows one escape inside double quotes, `\\"` for `"`; a backslash
+    is otherwise literal. So a value ending in a backslash would escape our closing quote, and
+    `]]>` ends the CDATA oned wraps values in: both are refused, never mangled.
+    """
+    if value.endswith("\\") or "]]>" in value:
+        raise UsageError(
+            f"the value {value[:40]!r} cannot be written in an OpenNebula template (ends in \\ or has ]]>)."
+        )
+    return '"' + value.replace('"', '\\"') + '"'
 
 
 def _vector(values: dict[str, Any]) -> str:
@@ -129,11 +167,11 @@ class OpenNebulaProvider(Provider):
         user = p.get("username") or self.secret.username
         session = f"{user}:{self.secret.value}" if user else self.secret.value
         with _socket_timeout_lock:
-            # Process-wide (pyone's only timeout): never lower it below another profile's.
-            current = socket.getdefaulttimeout() or 0
-            timeout = max(current, float(p.timeout))
+            # pyone's only timeout is the process-wide socket default: set it here, under our
+            # lock, never below another profile's; `Provider.call` enforces each profile's own.
+            socket.setdefaulttimeout(max(socket.getdefaulttimeout() or 0, float(p.timeout)))
         ca = p.get("ca_bundle")
-        self.one = pyone.OneServer(p.get("endpoint"), session=session, timeout=timeout, https_verify=ca or True)
+        self.one = pyone.OneServer(p.get("endpoint"), session=session, timeout=None, https_verify=ca or True)
         self._templates: dict[str, Any] | None = None
 
     # Errors and calls
@@ -148,7 +186,9 @@ class OpenNebulaProvider(Provider):
         if isinstance(exc, pyone.OneAuthorizationException):
             if "limit of" in text and "quota" in text.lower():
                 return self.cloud_error(what, f"over quota: {text}", "See 'wlcgcloud instance list' or ask for more.")
-            return AuthError(f"profile '{self.name}': {what}: OpenNebula refused it (AUTHORIZATION, 0x200): {text}")
+            return AuthError(
+                f"profile '{self.name}': {what}: OpenNebula refused it (AUTHORIZATION, 0x200): {clean(text)}"
+            )
         if isinstance(exc, pyone.OneNoExistsException):
             return self.cloud_error(what, f"not found (NO_EXISTS, 0x400): {text}")
         if isinstance(exc, pyone.OneException):
@@ -210,7 +250,7 @@ class OpenNebulaProvider(Provider):
         return Flavor(
             name=t.NAME,
             id=str(t.ID),
-            vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+            vcpus=_vcpus(body),
             memory_mb=_int(body.get("MEMORY")),
             disk_gb=disk // 1024 if disk else None,
             extra={"cpu": body.get("CPU")},
@@ -268,7 +308,9 @@ class OpenNebulaProvider(Provider):
             got = list(page.VM or [])
             vms.extend(got)
             if len(got) < PAGE:
-                return vms
+                # Pages are offsets over a newest-first list: a VM made or finished meanwhile
+                # shifts them, so one VM can come twice.
+                return list({int(vm.ID): vm for vm in vms}.values())
             start += PAGE
 
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
@@ -308,13 +350,18 @@ class OpenNebulaProvider(Provider):
             state=state,
             provider_state=words,
             flavor=template.NAME if template is not None else user.get("WLCG_FLAVOR") or body.get("TEMPLATE_ID"),
-            vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+            vcpus=_vcpus(body),
             memory_mb=_int(body.get("MEMORY")),
-            image=disks[0].get("IMAGE") or disks[0].get("IMAGE_ID") if disks else None,
+            image=disks[0].get("IMAGE_ID") if disks else None,
             launched_at=datetime.fromtimestamp(int(vm.STIME), UTC) if vm.STIME else None,
             addresses=tuple(n["IP"] for n in _as_list(body.get("NIC")) if n.get("IP")),
             tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
-            extra={"owner": vm.UNAME, "group": vm.GNAME, "error": user.get("ERROR")},
+            extra={
+                "owner": vm.UNAME,
+                "group": vm.GNAME,
+                "image_name": disks[0].get("IMAGE") if disks else None,
+                "error": user.get("ERROR"),
+            },
         )
 
     def console_log(self, instance_id: str, lines: int | None = None) -> str:
@@ -324,6 +371,7 @@ class OpenNebulaProvider(Provider):
         )
 
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        since, until = aware(since), aware(until)
         history = self.rpc(
             "read accounting",
             self.one.vmpool.accounting,
@@ -345,9 +393,9 @@ class OpenNebulaProvider(Provider):
                     provider="opennebula",
                     started_at=datetime.fromtimestamp(int(h.STIME), UTC),
                     ended_at=datetime.fromtimestamp(int(h.ETIME), UTC) if int(h.ETIME) else None,
-                    vcpus=_int(body.get("VCPU")) or _int(body.get("CPU")),
+                    vcpus=_vcpus(body),
                     memory_mb=_int(body.get("MEMORY")),
-                    image=(disks[0].get("IMAGE") if disks else None),
+                    image=(disks[0].get("IMAGE_ID") if disks else None),
                     tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
                 )
             )
@@ -381,7 +429,7 @@ class OpenNebulaProvider(Provider):
         errors: list[str] = []
         first_error: WlcgError | None = None
         if missing:
-            with ThreadPoolExecutor(max_workers=min(PARALLEL_CREATES, len(missing)), thread_name_prefix="one") as pool:
+            with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(missing)), thread_name_prefix="one") as pool:
                 futures = {n: pool.submit(make, n) for n in missing}
             for vm_name, future in futures.items():
                 try:
@@ -415,8 +463,14 @@ class OpenNebulaProvider(Provider):
             context["USER_DATA"] = base64.b64encode(request.user_data).decode()
             context["USER_DATA_ENCODING"] = "base64"
             lines.append(f"CONTEXT={_vector(context)}")
-        if request.image:  # the endorsed image replaces the template's disk; empty keeps it
-            lines.append(f"DISK={_vector({'IMAGE_ID': self._image_id(request.image)})}")
+        if request.image:
+            # DISK in the extra template replaces all of the template's disks: keep every one,
+            # with the endorsed image in place of the first one's (its size and bus stay).
+            disks = [dict(d) for d in _as_list(body.get("DISK"))] or [{}]
+            for key in ("IMAGE", "IMAGE_ID", "IMAGE_UNAME", "IMAGE_UID"):
+                disks[0].pop(key, None)
+            disks[0]["IMAGE_ID"] = self._image_id(request.image)
+            lines.extend(f"DISK={_vector(d)}" for d in disks)
         network = request.network or self.profile.get("network")
         if network:
             key = "NETWORK_ID" if str(network).isdigit() else "NETWORK"
@@ -439,13 +493,13 @@ class OpenNebulaProvider(Provider):
                 self.rpc("terminate VM", self.one.vm.action, "terminate", int(vm_id))
                 return Outcome(vm_id)
             except WlcgError as exc:
-                return Outcome(vm_id, exc.message)
+                return Outcome.failed(vm_id, exc)
             except ValueError:
-                return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id")
+                return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id", 2)
 
         if not instance_ids:
             return []
-        with ThreadPoolExecutor(max_workers=min(PARALLEL_CREATES, len(instance_ids))) as pool:
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(instance_ids)), thread_name_prefix="one") as pool:
             return list(pool.map(one, instance_ids))
 
 

@@ -35,6 +35,8 @@ from wlcgcloud.providers.base import (
     Provider,
     Quota,
     UsageRecord,
+    aware,
+    clean,
     tail,
 )
 from wlcgcloud.secretstore import auth_type
@@ -63,7 +65,7 @@ STATES = {
     "UNKNOWN": "unknown",
 }
 STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
-USER_DATA_LIMIT = 65535 * 3 // 4  # Nova keeps at most 65535 bytes of base64
+USER_DATA_LIMIT = 65535 // 4 * 3  # Nova keeps at most 65535 characters of base64: 49149 bytes
 REQUEST_TAG = "wlcg:request"
 METHODS = {
     "password": "password",
@@ -146,7 +148,7 @@ class OpenStackProvider(Provider):
                 f"Run 'wlcgcloud profile test {self.name}'.",
             )
         if status == 403 and "quota" not in text.lower():
-            return AuthError(f"profile '{self.name}': {what}: OpenStack refused it (HTTP 403): {text}")
+            return AuthError(f"profile '{self.name}': {what}: OpenStack refused it (HTTP 403): {clean(text)}")
         if isinstance(exc, ksa.ConnectFailure | ksa.ConnectTimeout | ksa.DiscoveryFailure | ksa.UnknownConnectionError):
             return self.cloud_error(what, f"cannot reach {self.profile.get('auth_url')} ({type(exc).__name__})")
         if isinstance(exc, ksa.EndpointNotFound | sdk.EndpointNotFound):
@@ -169,7 +171,7 @@ class OpenStackProvider(Provider):
         )
 
     def images(self) -> list[Image]:
-        raws = self.call("list images", lambda: list(self.conn.image.images()))
+        raws = self.fetch_all("list images", lambda: self.conn.image.images())
         return [self._image(i) for i in raws]
 
     def _image(self, raw: Any) -> Image:
@@ -192,7 +194,7 @@ class OpenStackProvider(Provider):
         )
 
     def flavors(self) -> list[Flavor]:
-        raws = self.call("list flavors", lambda: list(self.conn.compute.flavors(details=True)))
+        raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True))
         return [Flavor(name=f.name, id=f.id, vcpus=f.vcpus, memory_mb=f.ram, disk_gb=f.disk) for f in raws]
 
     def quota(self) -> Quota:
@@ -213,7 +215,7 @@ class OpenStackProvider(Provider):
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         # Listed in full and filtered here: a server that carries our metadata without the
         # mirrored tags (made by another tool) must still be found.
-        raws = self.call("list servers", lambda: list(self.conn.compute.servers(details=True)))
+        raws = self.fetch_all("list servers", lambda: self.conn.compute.servers(details=True))
         found = [self._instance(r) for r in raws]
         if fleet:
             return [i for i in found if i.fleet == fleet]
@@ -240,7 +242,7 @@ class OpenStackProvider(Provider):
         flavor = raw.flavor  # embedded since microversion 2.47
         addresses = [a["addr"] for net in (raw.addresses or {}).values() for a in net if a.get("addr")]
         metadata = dict(raw.metadata or {})
-        image = raw.image.id if raw.image is not None else None
+        image = getattr(raw.image, "id", None) or None  # a server booted from a volume has image ""
         return Instance(
             id=raw.id,
             name=raw.name or raw.id,
@@ -248,9 +250,9 @@ class OpenStackProvider(Provider):
             provider="openstack",
             state=state,
             provider_state=status + (f"/{task}" if task else ""),
-            flavor=(flavor.original_name or flavor.name) if flavor is not None else None,
-            vcpus=flavor.vcpus if flavor is not None else None,
-            memory_mb=flavor.ram if flavor is not None else None,
+            flavor=getattr(flavor, "original_name", None) or getattr(flavor, "name", None),
+            vcpus=getattr(flavor, "vcpus", None),
+            memory_mb=getattr(flavor, "ram", None),
             image=image,
             launched_at=_parse_time(raw.launched_at) or _parse_time(raw.created_at),
             addresses=tuple(addresses),
@@ -265,8 +267,10 @@ class OpenStackProvider(Provider):
         return tail(str(reply.get("output") or ""), lines)
 
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
+        since, until = aware(since), aware(until)
         project = str(self.call("authenticate", lambda: self.conn.current_project_id))
         records: list[UsageRecord] = []
+        seen: set[str] = set()
         marker: str | None = None
         while True:  # os-simple-tenant-usage pages with limit/marker from microversion 2.40
             query: dict[str, Any] = {"limit": 1000}
@@ -276,8 +280,11 @@ class OpenStackProvider(Provider):
                 "read usage",
                 lambda q=query: self.conn.compute.get_usage(project, _naive_utc(since), _naive_utc(until), **q),
             )
-            servers = list(page.server_usages or [])
+            # Page until an empty page (Nova's max_limit may be below ours); a Nova older than 2.40
+            # ignores the marker and repeats itself, which ends the loop too.
+            servers = [s for s in page.server_usages or [] if s.instance_id not in seen]
             for s in servers:
+                seen.add(s.instance_id)
                 records.append(
                     UsageRecord(
                         instance_id=s.instance_id,
@@ -291,7 +298,7 @@ class OpenStackProvider(Provider):
                         memory_mb=s.memory_mb,
                     )
                 )
-            if len(servers) < 1000:
+            if not servers:
                 return records
             marker = servers[-1].instance_id
 
@@ -299,7 +306,7 @@ class OpenStackProvider(Provider):
 
     def _by_request(self, token: str) -> list[Any]:
         tag = f"{REQUEST_TAG}={token}"
-        return self.call("look for an earlier attempt", lambda: list(self.conn.compute.servers(details=True, tags=tag)))
+        return self.fetch_all("look for an earlier attempt", lambda: self.conn.compute.servers(details=True, tags=tag))
 
     def create(self, request: LaunchRequest) -> list[Instance]:
         self.check_user_data(request.user_data)
@@ -353,9 +360,9 @@ class OpenStackProvider(Provider):
                 outcomes.append(Outcome(one))
             except WlcgError as exc:
                 if isinstance(exc.__cause__, sdk.NotFoundException):
-                    outcomes.append(Outcome(one, f"no server {one}"))
+                    outcomes.append(Outcome(one, f"no server {one}", 6))
                 else:
-                    outcomes.append(Outcome(one, exc.message))
+                    outcomes.append(Outcome.failed(one, exc))
         return outcomes
 
 
