@@ -115,7 +115,6 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
         ("usage",),
         ("doctor",),
         ("completion", "install"),
-        ("profile", "test"),
     ],
 )
 def test_later_commands_say_not_yet_available(run: Run, args: tuple[str, ...]) -> None:

@@ -77,3 +77,30 @@ def test_opennebula_catalogue(world: World, one_peer: OneNebulaPeer, monkeypatch
     monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "wrong")
     refused = provider(world, "one").check()
     assert not refused.ok and refused.exit_code == 4
+
+
+def test_profile_test_checks_every_profile_and_exits_with_the_most_severe_class(
+    run: Any, world: World, moto_ec2: Any, one_peer: OneNebulaPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_profiles(
+        world,
+        {
+            "aws": ec2_profile(moto_ec2),
+            "one": one_profile(one_peer),
+            "gone": ec2_profile(moto_ec2, endpoint_url="http://127.0.0.1:9"),
+            "nosecret": one_profile(one_peer),
+        },
+    )
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "wrong")
+    monkeypatch.setenv("WLCGCLOUD_SECRET_GONE", "x")
+    result = run("profile", "test", "-o", "json")
+    rows = {r["profile"]: r for r in result.json()}
+    assert rows["aws"]["ok"] is True and "EC2 answered" in rows["aws"]["reason"]
+    assert rows["one"]["ok"] is False and "refused the login" in rows["one"]["reason"]
+    assert rows["gone"]["ok"] is False and "cannot reach" in rows["gone"]["reason"]
+    assert rows["nosecret"]["ok"] is False and "WLCGCLOUD_SECRET_NOSECRET" in rows["nosecret"]["reason"]
+    assert result.code == 3  # configuration first, then credentials, then the cloud
+    assert run("profile", "test", "one", "gone").code == 4
+    assert run("profile", "test", "gone").code == 6
+    assert run("profile", "test", "aws").code == 0

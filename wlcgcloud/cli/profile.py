@@ -14,7 +14,7 @@ import typer
 from wlcgcloud import config as cfg
 from wlcgcloud import secretstore
 from wlcgcloud.cli.common import confirm, emit, globals_of, info, interactive, new_app, read_secret, warn
-from wlcgcloud.errors import ConfigError, NotYetAvailable, UsageError
+from wlcgcloud.errors import ConfigError, UsageError
 from wlcgcloud.output import Column
 
 KEY_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -452,7 +452,30 @@ def import_(
     )
 
 
+TEST_COLUMNS = [
+    Column("profile", "PROFILE"),
+    Column("provider", "PROVIDER"),
+    Column("ok", "OK"),
+    Column("reason", "REASON"),
+]
+
+
 @app.command("test")
 def test(ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()] = None) -> None:
-    """Check profiles end to end (the same checks as `wlcgcloud doctor`). Not yet available."""
-    raise NotYetAvailable("profile test")
+    """Check that each profile's secret is found, its cloud answers and accepts the login.
+
+    Every profile (or the NAMEs, or -p) is checked in parallel. Exits 0 when all pass, else
+    with the most severe class found: 3 configuration, 4 credentials refused, 6 unreachable.
+
+    \b
+    Examples:
+      wlcgcloud profile test
+      wlcgcloud profile test cern-atlas -o json
+    """
+    from wlcgcloud import doctor
+
+    g = globals_of(ctx)
+    profiles = g.config().select(list(names or []) or g.profiles, all_when_empty=True)
+    results = doctor.check_profiles(profiles)
+    emit(ctx, [r.to_dict() for r in results], TEST_COLUMNS)
+    raise typer.Exit(doctor.exit_code(results))
