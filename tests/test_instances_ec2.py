@@ -184,3 +184,65 @@ def test_profile_without_access_key_is_a_config_error(run: Run, world: World, aw
     write_profiles(world, {"aws": {k: v for k, v in ec2_profile(aws).items() if k != "access_key_id"}})
     result = run("instance", "list")
     assert result.code == 3 and "no EC2 access key id" in result.err and "AWS_ACCESS_KEY_ID" in result.err
+
+
+def test_listing_ec2_imports_neither_openstacksdk_nor_pyone(world: World, aws: Any) -> None:
+    """Each SDK is imported only when a profile of its cloud is used."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**world.env(), "WLCGCLOUD_SECRET_AWS": aws.secret_key}
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wlcgcloud", "instance", "list", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.getcwd(),
+    )
+    assert r.returncode == 0, r.stderr[-500:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in r.stderr.splitlines() if "|" in line}
+    assert "boto3" in imported
+    assert not imported & {"openstack", "keystoneauth1", "pyone"}
+
+
+def test_network_settings_of_the_profile_reach_ec2(world: World, aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = aws.client()
+    vpc = client.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = client.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24", AvailabilityZone="eu-west-1b")["Subnet"]
+    group = client.create_security_group(GroupName="htcondor", Description="pilots", VpcId=vpc)["GroupId"]
+    settings = {"subnet": subnet["SubnetId"], "security_groups": [group], "availability_zone": "eu-west-1b"}
+    write_profiles(world, {"aws": ec2_profile(aws, public_ip=True, **settings)})
+    fleet = fleet_name()
+    [iid] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet)
+    raw = client.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert raw["SubnetId"] == subnet["SubnetId"] and raw["Placement"]["AvailabilityZone"] == "eu-west-1b"
+    # With a public IP asked for, subnet and groups travel on the network interface, as EC2 requires.
+    [nic] = raw["NetworkInterfaces"]
+    assert [g["GroupId"] for g in nic["Groups"]] == [group] and nic["SubnetId"] == subnet["SubnetId"]
+    assert raw.get("PublicIpAddress") and raw["PrivateIpAddress"].startswith("10.42.1.")
+    tags = {t["Key"]: t["Value"] for t in raw["Tags"]}
+    assert tags["wlcg:fleet"] == fleet and tags["Name"] == f"{fleet}-vm"
+    write_profiles(world, {"aws": ec2_profile(aws, **settings)})  # no public_ip: plain subnet and groups
+    [other] = create_instances(world, "aws", IMAGE, "t3.micro", 1, fleet + "-b")
+    raw = client.describe_instances(InstanceIds=[other])["Reservations"][0]["Instances"][0]
+    assert [g["GroupId"] for g in raw["SecurityGroups"]] == [group] and raw["SubnetId"] == subnet["SubnetId"]
+
+
+def test_usage_records_from_launch_and_termination_times(world: World, aws: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from wlcgcloud.config import load_config
+    from wlcgcloud.providers import connect
+
+    provider = connect(load_config(world.config).profile("aws"))
+    fleet = fleet_name()
+    ended, running = create_instances(world, "aws", IMAGE, "m5.xlarge", 2, fleet)
+    provider.terminate([ended])
+    now = datetime.now(UTC)
+    records = {r.instance_id: r for r in provider.usage(now - timedelta(hours=1), now + timedelta(minutes=1))}
+    assert records[running].ended_at is None and records[running].vcpus == 4
+    assert records[ended].ended_at is not None and records[ended].ended_at >= records[ended].started_at
+    assert records[ended].tags["wlcg:fleet"] == fleet
+    assert not [r for r in provider.usage(now - timedelta(days=2), now - timedelta(days=1)) if r.instance_id == running]

@@ -234,3 +234,18 @@ def test_lost_instantiate_answer_is_adopted_not_repeated(world: World, one: OneN
         made = create_instances(world, "one", "cernvm-4", "atlas-wn", 3, fleet)
     assert len(made) == 3
     assert one.control.peer.calls()["one.template.instantiate"] - before == 3
+
+
+def test_usage_from_accounting_records(world: World, one: OneNebulaPeer, fleet: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    provider = connect(load_config(world.config).profile("one"))
+    ended, running = create_instances(world, "one", "cernvm-4", "atlas-wn", 2, fleet)
+    one.control.peer.set_state(int(ended), ACTIVE, 3)  # deployed now: its accounting record opens
+    one.control.peer.set_state(int(running), ACTIVE, 3)
+    provider.terminate([ended])
+    now = datetime.now(UTC)
+    records = {r.instance_id: r for r in provider.usage(now - timedelta(hours=1), now + timedelta(minutes=1))}
+    assert records[running].ended_at is None and records[running].vcpus == 2 and records[running].memory_mb == 4096
+    assert records[ended].ended_at is not None and records[ended].tags["wlcg:fleet"] == fleet
+    assert ended not in {r.instance_id for r in provider.usage(now - timedelta(days=2), now - timedelta(days=1))}

@@ -273,3 +273,16 @@ def test_user_data_up_to_novas_limit(world: World, osk: OpenStackPeer, fleet: st
         provider.create(LaunchRequest(fleet + "-x", osk.image_id, "m1.tiny", 1, fits + b"#", {"wlcg:fleet": fleet}))
     assert "49150 bytes; OpenStack accepts at most 49149" in str(refused.value)
     assert "hunter2" not in str(refused.value)
+
+
+def test_security_groups_and_key_of_the_profile_reach_nova(world: World, osk: OpenStackPeer, fleet: str) -> None:
+    operator = sdk(osk.appcred)
+    if operator.compute.find_keypair("wlcg-test") is None:
+        operator.compute.create_keypair(name="wlcg-test")
+    write_profiles(world, {"osk": openstack_profile(osk, security_groups=["default"], key_name="wlcg-test")})
+    [sid] = create_instances(world, "osk", osk.image_id, "m1.tiny", 1, fleet)
+    server = operator.compute.wait_for_server(operator.compute.get_server(sid), interval=1, wait=90)
+    assert [g["name"] for g in server.security_groups or []] == ["default"]  # read from its Neutron port
+    assert server.key_name == "wlcg-test"
+    assert server.metadata["wlcg:fleet"] == fleet
+    assert f"wlcg:fleet={fleet}" in server.tags and any(t.startswith("wlcg:request=") for t in server.tags)
