@@ -26,6 +26,7 @@ from __future__ import annotations
 import http.client
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -123,7 +124,14 @@ class FaultProxy:
     that check SigV4 signatures, which cover Host, or that build self-links from it).
     """
 
-    def __init__(self, upstream: str, *, upstream_timeout: float = 60.0, preserve_host: bool = False) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        upstream_timeout: float = 60.0,
+        preserve_host: bool = False,
+        tls: ssl.SSLContext | None = None,  # serve https with this server context (peers/tls.py)
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream must be http://host:port[/prefix], not {upstream!r}")
@@ -132,6 +140,7 @@ class FaultProxy:
         self._netloc, self._prefix = parts.netloc, parts.path.rstrip("/")
         self.upstream_timeout = upstream_timeout
         self.preserve_host = preserve_host
+        self.tls = tls
         self._lock = threading.Lock()
         self._planned: list[Fault] = []
         self._always: list[Fault] = []
@@ -144,13 +153,16 @@ class FaultProxy:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("proxy not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def start(self) -> str:
         if self._server is not None:
             raise RuntimeError("proxy already started")
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         # A short poll interval keeps shutdown() quick; the default 0.5 s adds up across many tests.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()

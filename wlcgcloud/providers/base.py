@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import json
 import re
+import ssl
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -352,6 +353,21 @@ class Provider(ABC):
                 f"{self.user_data_limit}.",
                 "Compress it (cloud-init accepts gzip) or ship less.",
             )
+
+    def tls_error(self, what: str, exc: BaseException, where: str) -> CloudError | None:
+        """The error for a certificate that did not verify, if that is what `exc` is (any SDK)."""
+        seen: BaseException | None = exc
+        for _ in range(8):  # the SDKs wrap ssl's error in their own, sometimes several times over
+            if seen is None:
+                return None
+            if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+                return CloudError(
+                    f"profile '{self.name}': {what}: the TLS certificate of {where} did not verify.",
+                    f"Point ca_bundle at the CA that signed it: 'wlcgcloud profile edit {self.name} --ca-bundle FILE'.",
+                )
+            inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+            seen = seen.__cause__ or seen.__context__ or inner
+        return None
 
     def cloud_error(self, what: str, detail: str, hint: str | None = None) -> CloudError:
         return CloudError(f"profile '{self.name}': {what}: {clean(detail)}", hint)

@@ -111,6 +111,8 @@ class EC2Provider(Provider):
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
         where = self.profile.get("endpoint_url") or f"EC2 region {self.profile.get('region')}"
+        if tls := self.tls_error(what, exc, where):
+            return tls
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
             code = _code(exc)

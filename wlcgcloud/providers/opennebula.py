@@ -178,6 +178,8 @@ class OpenNebulaProvider(Provider):
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
         text = str(exc)
+        if tls := self.tls_error(what, exc, str(self.profile.get("endpoint"))):
+            return tls
         if isinstance(exc, pyone.OneAuthenticationException):
             return AuthError(
                 f"profile '{self.name}': OpenNebula refused the login (AUTHENTICATION, 0x100).",

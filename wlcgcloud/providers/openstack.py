@@ -140,6 +140,8 @@ class OpenStackProvider(Provider):
     # Errors
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
+        if tls := self.tls_error(what, exc, str(self.profile.get("auth_url"))):
+            return tls
         status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
         text = str(getattr(exc, "details", None) or getattr(exc, "message", None) or exc).strip()
         if isinstance(exc, ksa.Unauthorized) or status == 401:
