@@ -59,7 +59,9 @@ def test_keystone_behind_tls(
         assert proxy.forwarded("/auth/tokens") >= 1
 
 
-def test_opennebula_behind_tls(run: Run, world: World, one_peer: OneNebulaPeer, ca: ThrowawayCA, monkeypatch: Any) -> None:
+def test_opennebula_behind_tls(
+    run: Run, world: World, one_peer: OneNebulaPeer, ca: ThrowawayCA, monkeypatch: Any
+) -> None:
     monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
     with FaultProxy(one_peer.url.rsplit("/RPC2", 1)[0], tls=ca.server) as proxy:
         both_ways(run, world, "one", one_profile(one_peer, endpoint=proxy.url + "/RPC2"), ca.ca_file)
