@@ -143,7 +143,7 @@ def test_stalled_endpoint_fails_within_timeout(run: Run, world: World, aws: Any)
     assert result.code == 6
     assert "profile 'aws'" in result.err and "no answer within 2 s" in result.err
     assert "Traceback" not in result.err and result.err.count("\n") == 1
-    assert took < 4
+    assert took < 6  # the 2 s timeout plus start-up, on a loaded CI machine too; unbounded would hang
 
 
 def test_reset_connection_is_retried(run: Run, world: World, aws: Any) -> None:

@@ -198,7 +198,7 @@ def test_unreachable_endpoint_is_exit_6(run: Run, world: World, one: OneNebulaPe
     started = time.monotonic()
     result = run("instance", "list")
     assert result.code == 6 and "profile 'one'" in result.err and "cannot reach" in result.err
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
 
 
 def test_throttled_and_failing_answers(run: Run, world: World, one: OneNebulaPeer, fleet: str) -> None:
@@ -223,7 +223,7 @@ def test_stalled_endpoint_fails_within_timeout(run: Run, world: World, one: OneN
         result = run("instance", "list")
         took = time.monotonic() - started
     assert result.code == 6 and "no answer within 2 s" in result.err and result.err.count("\n") == 1
-    assert took < 4
+    assert took < 6  # the 2 s timeout plus start-up, on a loaded CI machine too; unbounded would hang
 
 
 def test_lost_instantiate_answer_is_adopted_not_repeated(world: World, one: OneNebulaPeer, fleet: str) -> None:

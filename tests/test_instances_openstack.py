@@ -178,7 +178,7 @@ def test_unreachable_keystone_is_exit_6_quickly(
     result = run("instance", "list")
     assert result.code == 6 and "profile 'osk'" in result.err and "cannot reach" in result.err
     assert "Traceback" not in result.err and result.err.count("\n") == 1
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 8
 
 
 @pytest.fixture
@@ -256,7 +256,7 @@ def test_stalled_keystone_fails_within_timeout(run: Run, world: World, osk: Open
         result = run("instance", "list")
         took = time.monotonic() - started
     assert result.code == 6 and "no answer within 2 s" in result.err and "profile 'osk'" in result.err
-    assert took < 4
+    assert took < 6  # the 2 s timeout plus start-up, on a loaded CI machine too; unbounded would hang
 
 
 def test_user_data_up_to_novas_limit(world: World, osk: OpenStackPeer, fleet: str) -> None:
