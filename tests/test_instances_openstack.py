@@ -248,6 +248,20 @@ def test_reset_during_create_launches_nothing_twice(
     assert len(on_nova) == 3
 
 
+def test_throttled_keystone_is_retried(run: Run, world: World, osk: OpenStackPeer) -> None:
+    """keystoneauth does not retry the token request itself: wlcgcloud does, honouring Retry-After."""
+    with FaultProxy(osk.appcred["OS_AUTH_URL"].rsplit("/v3", 1)[0], preserve_host=True) as proxy:
+        write_profiles(world, {"osk": openstack_profile(osk, auth_url=proxy.url + "/v3")})
+        throttle = Fault("status", status=429, headers={"Retry-After": "1"}, match="POST /v3/auth/tokens")
+        proxy.plan(throttle, Fault("status", status=503, match="POST /v3/auth/tokens"))
+        started = time.monotonic()
+        result = run("instance", "list", "-o", "json")
+        took = time.monotonic() - started
+        assert result.code == 0, result.err
+        assert [s.fault for s in proxy.requests if "/auth/tokens" in s.path] == ["status", "status", None]
+    assert 1 <= took < 10
+
+
 def test_stalled_keystone_fails_within_timeout(run: Run, world: World, osk: OpenStackPeer) -> None:
     with FaultProxy(osk.appcred["OS_AUTH_URL"].rsplit("/v3", 1)[0], preserve_host=True) as proxy:
         write_profiles(world, {"osk": openstack_profile(osk, auth_url=proxy.url + "/v3", timeout=2)})

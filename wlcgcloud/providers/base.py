@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import random
 import re
 import ssl
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -410,6 +412,29 @@ def within(seconds: float, fn: Callable[[], T]) -> T:
         raise box["error"]
     result: T = box["value"]
     return result
+
+
+THROTTLE_RETRIES = 4
+MAX_WAIT = 8.0
+
+
+def when_throttled(fn: Callable[[], T], throttled: Callable[[Exception], str | None]) -> T:
+    """`fn()`, again after a wait each time the cloud answered "not now" (429/503), up to 4 times.
+
+    `throttled(exc)` returns the answer's Retry-After ("" when it gave none) for such an answer,
+    None for any other error. The wait honours Retry-After, else full jitter (0.5 s doubling),
+    capped at 8 s. Only for calls the SDK does not retry itself; `Provider.call` bounds the whole.
+    """
+    for attempt in range(THROTTLE_RETRIES + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            after = throttled(exc)
+            if after is None or attempt == THROTTLE_RETRIES:
+                raise
+            wait = float(after) if after.isdigit() else random.uniform(0, 0.5 * 2**attempt)
+            time.sleep(min(wait, MAX_WAIT))
+    raise AssertionError("unreachable")
 
 
 def tail(text: str, lines: int | None) -> str:

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import random
 import socket
 import threading
-import time
 import xmlrpc.client
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +46,7 @@ from wlcgcloud.providers.base import (
     aware,
     clean,
     one_attribute,
+    when_throttled,
 )
 
 OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their group
@@ -55,7 +54,6 @@ ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates a
 ANY_BUT_DONE = -1  # VM pool state filter
 PAGE = 500
 PARALLEL_CALLS = 8  # instantiate and terminate calls in flight at once, per profile
-RETRIES = 4  # answers of HTTP 429/503 (a proxy or load balancer in front of oned)
 DEFAULT_USER_DATA_LIMIT = 65536
 ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
 
@@ -208,17 +206,13 @@ class OpenNebulaProvider(Provider):
         before it answers, so a broken connection is never resent blindly.
         """
 
+        def throttled(exc: Exception) -> str | None:
+            if isinstance(exc, xmlrpc.client.ProtocolError) and exc.errcode in (429, 503):
+                return str((exc.headers or {}).get("Retry-After") or "")
+            return None
+
         def attempt() -> Any:
-            for n in range(RETRIES + 1):
-                try:
-                    return fn(*args)
-                except xmlrpc.client.ProtocolError as exc:
-                    if exc.errcode not in (429, 503) or n == RETRIES:
-                        raise
-                    after = (exc.headers or {}).get("Retry-After") if hasattr(exc, "headers") else None
-                    wait = float(after) if after and str(after).isdigit() else random.uniform(0, 0.5 * 2**n)
-                    time.sleep(min(wait, 8.0))
-            raise AssertionError("unreachable")
+            return when_throttled(lambda: fn(*args), throttled)
 
         return self.call(what, attempt)
 

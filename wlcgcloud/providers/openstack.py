@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import keystoneauth1.exceptions as ksa
 import openstack.config
@@ -38,8 +38,11 @@ from wlcgcloud.providers.base import (
     aware,
     clean,
     tail,
+    when_throttled,
 )
 from wlcgcloud.secretstore import auth_type
+
+T = TypeVar("T")
 
 # Nova server status -> ours (Compute API reference, "Server Status").
 STATES = {
@@ -132,6 +135,31 @@ class OpenStackProvider(Provider):
             status_code_retries=STATUS_RETRIES,
         )
         self.conn = openstack.connection.Connection(config=region)
+        self._logged_in = False
+
+    def login(self) -> None:
+        """Get a token first, retrying Keystone's 429/503 answers.
+
+        keystoneauth retries the services' answers (status_code_retries) but not the token
+        request itself, so a throttled Keystone would otherwise fail the first call at once.
+        """
+        if self._logged_in:
+            return
+
+        def throttled(exc: Exception) -> str | None:
+            if isinstance(exc, ksa.http.TooManyRequests | ksa.http.ServiceUnavailable):
+                response = getattr(exc, "response", None)
+                return str(response.headers.get("Retry-After") or "") if response is not None else ""
+            return None
+
+        # The session's own get_token, not Connection.authorize: that one hides keystoneauth's
+        # exceptions (and their HTTP status) inside a generic SDKException.
+        super().call("authenticate", lambda: when_throttled(self.conn.session.get_token, throttled))
+        self._logged_in = True
+
+    def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        self.login()
+        return super().call(what, fn, *args, **kwargs)
 
     @property
     def method(self) -> str:
