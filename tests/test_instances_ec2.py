@@ -246,3 +246,17 @@ def test_usage_records_from_launch_and_termination_times(world: World, aws: Any)
     assert records[ended].ended_at is not None and records[ended].ended_at >= records[ended].started_at
     assert records[ended].tags["wlcg:fleet"] == fleet
     assert not [r for r in provider.usage(now - timedelta(days=2), now - timedelta(days=1)) if r.instance_id == running]
+
+
+def test_a_protected_instance_is_a_partial_termination(run: Run, world: World, aws: Any) -> None:
+    """EC2 refuses the batch for the protected one yet terminates the other: each line says which."""
+    free, protected = create_instances(world, "aws", IMAGE, "t3.micro", 2, fleet_name())
+    client = aws.client()
+    client.modify_instance_attribute(InstanceId=protected, DisableApiTermination={"Value": True})
+    result = run("instance", "terminate", free, protected, "--yes", "-o", "json")
+    assert result.code == 7
+    rows = {r["id"]: r for r in result.json()}  # type: ignore[union-attr]
+    assert rows[free]["terminated"] is True and rows[protected]["terminated"] is False
+    assert "OperationNotPermitted" in rows[protected]["error"]
+    assert result.err.count("was not terminated") == 1 and result.err.count("profile 'aws'") == 1
+    client.modify_instance_attribute(InstanceId=protected, DisableApiTermination={"Value": False})

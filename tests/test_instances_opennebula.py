@@ -103,7 +103,8 @@ def test_tag_values_round_trip_and_unwritable_ones_are_refused(world: World, one
     assert made.tags["wlcg:launched-by"] == 'CERN\\op "night shift"'
     raw = pyone.OneServer(one.url, session="atlas:secret").vm.info(int(made.id))
     assert raw.USER_TEMPLATE["WLCG_LAUNCHED_BY"] == 'CERN\\op "night shift"'
-    assert raw.TEMPLATE["DISK"]["SIZE"] == "20480"  # the template's disk kept its size
+    disk = raw.TEMPLATE["DISK"]  # the endorsed image replaced the template's image disk, not its size
+    assert disk["IMAGE_ID"] == "0" and disk["IMAGE"] == "cernvm-4" and disk.get("TARGET") == "vda"
     for bad in ("ends-in\\", "has]]>cdata"):
         with pytest.raises(UsageError, match="cannot be written in an OpenNebula template"):
             provider.create(

@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wlcgcloud.config import Profile
+from wlcgcloud.errors import most_severe
 from wlcgcloud.providers import each
-
-# The contract's order of severity for a run of checks: configuration, credentials, cloud, policy.
-SEVERITY = (3, 4, 6, 5)
 
 
 @dataclass(frozen=True)
@@ -37,11 +35,11 @@ def check_profiles(profiles: Sequence[Profile]) -> list[ProfileCheck]:
             results.append(ProfileCheck(answer.profile, False, str(answer.error), answer.error.exit_code))
         elif answer.value is not None:
             check = answer.value
-            results.append(ProfileCheck(answer.profile, check.ok, check.reason, 0 if check.ok else check.exit_code))
+            code = 0 if check.ok else check.exit_code or 6
+            results.append(ProfileCheck(answer.profile, check.ok, check.reason, code))
     return results
 
 
 def exit_code(results: Sequence[ProfileCheck]) -> int:
     """0 when every check passed, else the most severe class found (3, then 4, 6, 5)."""
-    found = {r.exit_code for r in results if not r.ok}
-    return next((code for code in SEVERITY if code in found), max(found, default=0))
+    return most_severe(r.exit_code for r in results if not r.ok)

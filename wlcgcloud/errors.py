@@ -6,6 +6,18 @@ the contract. Messages must never contain a secret, a proxy, a token or user-dat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+# The contract's order of severity when several things failed: configuration, credentials,
+# cloud, policy.
+SEVERITY = (3, 4, 6, 5)
+
+
+def most_severe(codes: Iterable[int]) -> int:
+    """Of several failures' exit codes, the one to exit with: 3, then 4, 6, 5; 0 for none."""
+    found = set(codes)
+    return next((code for code in SEVERITY if code in found), max(found, default=0))
+
 
 class WlcgError(Exception):
     """An error the user can act on. `hint` is the next step, appended to the message."""

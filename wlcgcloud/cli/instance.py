@@ -13,6 +13,7 @@ import typer
 
 from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn
 from wlcgcloud.config import Profile
+from wlcgcloud.errors import most_severe
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
@@ -180,7 +181,8 @@ def terminate(
     results = fleet.terminate(profiles, targets)
     failed = [r for r in results if r.error]
     for r in failed:
-        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {r.error}", g)
+        reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
+        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {reason}", g)
     emit(ctx, [r.to_dict() for r in results], TERMINATE_COLUMNS)
     if failed:
-        raise typer.Exit(7 if len(failed) < len(results) else failed[0].code)
+        raise typer.Exit(7 if len(failed) < len(results) else most_severe(r.code for r in failed))

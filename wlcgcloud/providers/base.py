@@ -57,16 +57,23 @@ def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-# What an error text from a cloud may carry that we must never show: Nova and JSON-schema
-# validators echo the offending value ("Value: <the user-data>"), botocore's parameter checks
-# too ("value: ...").
-_ECHOED_VALUE = re.compile(r"(?is)\b(value|user_data|userdata)\s*[:=].*")
+# What an error text from a cloud may carry that we must never show: Nova, JSON-schema
+# validators and botocore echo the offending input ("Value: <the user-data>", "value: ...",
+# '"user_data": "..."'), and user-data travels base64-encoded. So the rest of a line after such
+# a keyword goes, and so does any long base64 run, wherever it stands.
+_ECHOED_VALUE = re.compile(r"(?i)(\b(?:value|user_data|userdata)\b\"?\s*[:=]\s*)[^\n]*")
+_LONG_BASE64 = re.compile(r"[A-Za-z0-9+/=_-]{64,}")
 MAX_DETAIL = 300
 
 
-def clean(text: str) -> str:
-    """A cloud's error text fit for a one-line message: no echoed values, one line, bounded."""
-    text = _ECHOED_VALUE.sub(r"\1: (not shown)", str(text))
+def clean(text: str, secrets: Sequence[str] = ()) -> str:
+    """A cloud's error text fit for a one-line message: no echoed input or secret, one line, bounded."""
+    text = str(text)
+    for secret in secrets:
+        if len(secret) >= 6:  # shorter ones would blank out ordinary words
+            text = text.replace(secret, "(secret)")
+    text = _ECHOED_VALUE.sub(r"\1(not shown)", text)
+    text = _LONG_BASE64.sub("(…)", text)
     text = " ".join(text.split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
 
@@ -357,28 +364,35 @@ class Provider(ABC):
             )
 
     def tls_error(self, what: str, exc: BaseException, where: str) -> CloudError | None:
-        """The error for a certificate that did not verify, if that is what `exc` is (any SDK)."""
+        """The error for a certificate that did not verify, if that is what `exc` is.
+
+        Call it only for failures of our own connection, never for a cloud's answer (which may
+        quote a certificate error of its own, e.g. from fetching an image).
+        """
         seen: BaseException | None = exc
         for _ in range(8):  # the SDKs wrap ssl's error in their own, sometimes several times over
             if seen is None:
                 return None
             if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
+                why = getattr(seen, "verify_message", None) or "certificate verify failed"
                 return CloudError(
-                    f"profile '{self.name}': {what}: the TLS certificate of {where} did not verify.",
-                    f"Point ca_bundle at the CA that signed it: 'wlcgcloud profile edit {self.name} --ca-bundle FILE'.",
+                    f"profile '{self.name}': {what}: the TLS certificate of {where} did not verify ({why}).",
+                    f"If a CA your system does not trust signed it, point ca_bundle at that CA: "
+                    f"'wlcgcloud profile edit {self.name} --ca-bundle FILE'.",
                 )
             inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
             seen = seen.__cause__ or seen.__context__ or inner
         return None
 
     def cloud_error(self, what: str, detail: str, hint: str | None = None) -> CloudError:
-        return CloudError(f"profile '{self.name}': {what}: {clean(detail)}", hint)
+        return CloudError(f"profile '{self.name}': {what}: {clean(detail, [self.secret.value])}", hint)
 
     def fetch_all(self, what: str, items: Callable[[], Iterable[T]], chunk: int = 500) -> list[T]:
         """Everything a paging SDK iterator yields, each chunk of `chunk` items within the timeout.
 
-        The SDKs fetch pages lazily inside the iterator, so bounding chunks (not the whole
-        listing) keeps `timeout` a bound per API call even for a project of thousands.
+        The SDKs fetch pages lazily inside the iterator; with pages of `chunk` items (ask the
+        SDK for them), bounding each chunk keeps `timeout` a bound per API call even for a
+        project of thousands.
         """
         iterator = iter(self.call(what, items))
         out: list[T] = []

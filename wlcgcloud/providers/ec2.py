@@ -111,8 +111,6 @@ class EC2Provider(Provider):
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
         where = self.profile.get("endpoint_url") or f"EC2 region {self.profile.get('region')}"
-        if tls := self.tls_error(what, exc, where):
-            return tls
         if isinstance(exc, botocore.exceptions.ClientError):
             error = exc.response.get("Error", {})
             code = _code(exc)
@@ -123,6 +121,8 @@ class EC2Provider(Provider):
                     f"Check the access key and secret; run 'wlcgcloud profile test {self.name}'.",
                 )
             return self.cloud_error(what, f"EC2 said {code} (HTTP {status}): {error.get('Message', '')}".rstrip(": "))
+        if tls := self.tls_error(what, exc, where):  # our connection, not EC2's answer
+            return tls
         if isinstance(exc, UNREACHABLE):
             return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
         return self.cloud_error(what, f"{type(exc).__name__}: {clean(str(exc))}")
@@ -353,18 +353,15 @@ class EC2Provider(Provider):
             return [Outcome(i) for i in ids]
         except WlcgError as exc:
             cause = exc.__cause__
-            bad_id = isinstance(cause, botocore.exceptions.ClientError) and _code(cause) in NOT_FOUND_CODES
-            if len(ids) == 1 or not bad_id:
+            refusal = isinstance(cause, botocore.exceptions.ClientError) and _code(cause) not in AUTH_CODES
+            if not refusal:  # credentials, or no answer: asking id by id would fail the same way
                 return [Outcome.failed(i, exc) for i in ids]
-        # EC2 refuses a whole batch for one unknown id: try each alone to say which one it was.
-        outcomes = []
-        for one in ids:
-            try:
-                self.call("terminate instance", self.client.terminate_instances, InstanceIds=[one])
-                outcomes.append(Outcome(one))
-            except WlcgError as exc:
-                outcomes.append(Outcome.failed(one, exc))
-        return outcomes
+            if len(ids) == 1:
+                gone = _code(cause) == "InvalidInstanceID.NotFound"  # already gone: done either way
+                return [Outcome(ids[0]) if gone else Outcome.failed(ids[0], exc)]
+        # EC2 refuses a batch for one id (unknown, protected) yet may have terminated others:
+        # ask id by id, so each line says what really happened to that instance.
+        return [o for one in ids for o in self._terminate_batch([one])]
 
 
 def _code(exc: botocore.exceptions.ClientError) -> str:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
-import threading
 import xmlrpc.client
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,11 +51,30 @@ OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their gro
 ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates and images)
 ANY_BUT_DONE = -1  # VM pool state filter
 PAGE = 500
+OVERLAP = 50  # pages overlap: a VM that finishes during a listing shifts the newest-first offsets
+KEPT_DISK_SETTINGS = ("DEV_PREFIX", "TARGET", "CACHE", "IO", "DISCARD")
 PARALLEL_CALLS = 8  # instantiate and terminate calls in flight at once, per profile
 DEFAULT_USER_DATA_LIMIT = 65536
 ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
 
-_socket_timeout_lock = threading.Lock()
+
+class _TimedTransport(pyone.server_xrpc.RequestsTransport):  # type: ignore[misc]
+    """pyone's requests-based XML-RPC transport, with a timeout on connect and on every read."""
+
+    def __init__(self, timeout: float, verify: str | bool, endpoint: str) -> None:
+        super().__init__()
+        self.timeout = timeout
+        self.set_https(endpoint.startswith("https"))
+        self.set_https_verify(verify)
+
+    def request(self, host: str, handler: str, request_body: bytes, verbose: bool = False) -> Any:
+        url = self._build_url(host, handler)
+        resp = requests.post(
+            url, data=request_body, headers=self.headers, verify=self.https_verify, timeout=self.timeout
+        )
+        if resp.status_code >= 400:
+            raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason, dict(resp.headers))
+        return self.parse_response(resp)
 
 
 # VM STATE and, while ACTIVE, LCM_STATE, by number (OpenNebula 7.0 "Virtual Machine States").
@@ -137,22 +154,20 @@ def _vcpus(body: Any) -> int:
     return _int(body.get("VCPU")) or 1
 
 
-def _quoted(value: str) -> str:
-    """A value in OpenNebula template syntax.
+def _quoted(value: str, key: str) -> str:
+    """The value of attribute `key` in OpenNebula template syntax.
 
     oned's template parser knows one escape inside double quotes, `\\"` for `"`; a backslash
     is otherwise literal. So a value ending in a backslash would escape our closing quote, and
     `]]>` ends the CDATA oned wraps values in: both are refused, never mangled.
     """
     if value.endswith("\\") or "]]>" in value:
-        raise UsageError(
-            f"the value {value[:40]!r} cannot be written in an OpenNebula template (ends in \\ or has ]]>)."
-        )
+        raise UsageError(f"the value of {key} cannot be written in an OpenNebula template (it ends in \\ or has ]]>).")
     return '"' + value.replace('"', '\\"') + '"'
 
 
 def _vector(values: dict[str, Any]) -> str:
-    return "[" + ",".join(f"{k}={_quoted(str(v))}" for k, v in values.items()) + "]"
+    return "[" + ",".join(f"{k}={_quoted(str(v), k)}" for k, v in values.items()) + "]"
 
 
 class OpenNebulaProvider(Provider):
@@ -164,20 +179,22 @@ class OpenNebulaProvider(Provider):
         self.user_data_limit = int(p.get("user_data_limit") or DEFAULT_USER_DATA_LIMIT)
         user = p.get("username") or self.secret.username
         session = f"{user}:{self.secret.value}" if user else self.secret.value
-        with _socket_timeout_lock:
-            # pyone's only timeout is the process-wide socket default: set it here, under our
-            # lock, never below another profile's; `Provider.call` enforces each profile's own.
-            socket.setdefaulttimeout(max(socket.getdefaulttimeout() or 0, float(p.timeout)))
         ca = p.get("ca_bundle")
         self.one = pyone.OneServer(p.get("endpoint"), session=session, timeout=None, https_verify=ca or True)
+        # pyone posts with requests and no timeout (its `timeout` only sets the process-wide
+        # socket default, which requests ignores): give this client a transport with the
+        # profile's own, so a stalled oned never holds a thread for good.
+        self.one._ServerProxy__transport = _TimedTransport(p.timeout, ca or True, str(p.get("endpoint")))
         self._templates: dict[str, Any] | None = None
 
     # Errors and calls
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
         text = str(exc)
-        if tls := self.tls_error(what, exc, str(self.profile.get("endpoint"))):
-            return tls
+        if not isinstance(exc, pyone.OneException | xmlrpc.client.ProtocolError) and (
+            tls := self.tls_error(what, exc, str(self.profile.get("endpoint")))
+        ):
+            return tls  # our connection failed, not oned's answer
         if isinstance(exc, pyone.OneAuthenticationException):
             return AuthError(
                 f"profile '{self.name}': OpenNebula refused the login (AUTHENTICATION, 0x100).",
@@ -304,10 +321,11 @@ class OpenNebulaProvider(Provider):
             got = list(page.VM or [])
             vms.extend(got)
             if len(got) < PAGE:
-                # Pages are offsets over a newest-first list: a VM made or finished meanwhile
-                # shifts them, so one VM can come twice.
+                # Pages are offsets over a newest-first list: a VM made meanwhile shifts them
+                # down (one VM comes twice), one finished shifts them up (the overlap keeps the
+                # VM that would have slipped between two pages).
                 return list({int(vm.ID): vm for vm in vms}.values())
-            start += PAGE
+            start += PAGE - OVERLAP
 
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         attr = one_attribute(FLEET_TAG)
@@ -452,20 +470,22 @@ class OpenNebulaProvider(Provider):
 
     def _extra_template(self, request: LaunchRequest, template: Any) -> str:
         body = template.TEMPLATE or {}
-        lines = [f"{one_attribute(k)}={_quoted(v)}" for k, v in request.tags.items()]
-        lines.append(f"{one_attribute('wlcg:request')}={_quoted(request.token)}")
+        lines = [f"{one_attribute(k)}={_quoted(v, k)}" for k, v in request.tags.items()]
+        lines.append(f"{one_attribute('wlcg:request')}={_quoted(request.token, 'wlcg:request')}")
         if request.user_data:
             context = dict(body.get("CONTEXT") or {})  # replaced whole by ours: keep its settings
             context["USER_DATA"] = base64.b64encode(request.user_data).decode()
             context["USER_DATA_ENCODING"] = "base64"
             lines.append(f"CONTEXT={_vector(context)}")
         if request.image:
-            # DISK in the extra template replaces all of the template's disks: keep every one,
-            # with the endorsed image in place of the first one's (its size and bus stay).
-            disks = [dict(d) for d in _as_list(body.get("DISK"))] or [{}]
-            for key in ("IMAGE", "IMAGE_ID", "IMAGE_UNAME", "IMAGE_UID"):
-                disks[0].pop(key, None)
-            disks[0]["IMAGE_ID"] = self._image_id(request.image)
+            # DISK in the extra template replaces all of the template's disks: send them all,
+            # with the endorsed image in place of the first image disk. Of that disk only the
+            # placement settings stay; size, format and driver belong to the old image.
+            disks = [dict(d) for d in _as_list(body.get("DISK"))]
+            first = next((d for d in disks if "IMAGE" in d or "IMAGE_ID" in d), None)
+            endorsed = {k: v for k, v in (first or {}).items() if k in KEPT_DISK_SETTINGS}
+            endorsed["IMAGE_ID"] = self._image_id(request.image)
+            disks = [endorsed if d is first else d for d in disks] if first is not None else [endorsed, *disks]
             lines.extend(f"DISK={_vector(d)}" for d in disks)
         network = request.network or self.profile.get("network")
         if network:
@@ -489,6 +509,8 @@ class OpenNebulaProvider(Provider):
                 self.rpc("terminate VM", self.one.vm.action, "terminate", int(vm_id))
                 return Outcome(vm_id)
             except WlcgError as exc:
+                if isinstance(exc.__cause__, pyone.OneNoExistsException):
+                    return Outcome(vm_id)  # already gone: terminating is done either way
                 return Outcome.failed(vm_id, exc)
             except ValueError:
                 return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id", 2)

@@ -67,6 +67,7 @@ STATES = {
     "ERROR": "error",
     "UNKNOWN": "unknown",
 }
+PAGE = 500  # items per API page, and per deadline in fetch_all: one request per `timeout`
 STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
 USER_DATA_LIMIT = 65535 // 4 * 3  # Nova keeps at most 65535 characters of base64: 49149 bytes
 REQUEST_TAG = "wlcg:request"
@@ -168,9 +169,9 @@ class OpenStackProvider(Provider):
     # Errors
 
     def translate(self, what: str, exc: Exception) -> WlcgError:
-        if tls := self.tls_error(what, exc, str(self.profile.get("auth_url"))):
-            return tls
         status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
+        if status is None and (tls := self.tls_error(what, exc, str(self.profile.get("auth_url")))):
+            return tls  # our connection failed; a cloud's answer (with a status) never counts
         text = str(getattr(exc, "details", None) or getattr(exc, "message", None) or exc).strip()
         if isinstance(exc, ksa.Unauthorized) or status == 401:
             return AuthError(
@@ -201,7 +202,7 @@ class OpenStackProvider(Provider):
         )
 
     def images(self) -> list[Image]:
-        raws = self.fetch_all("list images", lambda: self.conn.image.images())
+        raws = self.fetch_all("list images", lambda: self.conn.image.images(limit=PAGE))
         return [self._image(i) for i in raws]
 
     def _image(self, raw: Any) -> Image:
@@ -224,7 +225,7 @@ class OpenStackProvider(Provider):
         )
 
     def flavors(self) -> list[Flavor]:
-        raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True))
+        raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True, limit=PAGE))
         return [Flavor(name=f.name, id=f.id, vcpus=f.vcpus, memory_mb=f.ram, disk_gb=f.disk) for f in raws]
 
     def quota(self) -> Quota:
@@ -245,7 +246,7 @@ class OpenStackProvider(Provider):
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         # Listed in full and filtered here: a server that carries our metadata without the
         # mirrored tags (made by another tool) must still be found.
-        raws = self.fetch_all("list servers", lambda: self.conn.compute.servers(details=True))
+        raws = self.fetch_all("list servers", lambda: self.conn.compute.servers(details=True, limit=PAGE))
         found = [self._instance(r) for r in raws]
         if fleet:
             return [i for i in found if i.fleet == fleet]
@@ -390,7 +391,7 @@ class OpenStackProvider(Provider):
                 outcomes.append(Outcome(one))
             except WlcgError as exc:
                 if isinstance(exc.__cause__, sdk.NotFoundException):
-                    outcomes.append(Outcome(one, f"no server {one}", 6))
+                    outcomes.append(Outcome(one))  # already gone: terminating is done either way
                 else:
                     outcomes.append(Outcome.failed(one, exc))
         return outcomes
