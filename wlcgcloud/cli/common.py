@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,18 @@ def warn(message: str, g: Globals | None = None) -> None:
 def verbose(g: Globals, message: str) -> None:
     if g.verbose:
         print(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def working(g: Globals, message: str) -> Iterator[None]:
+    """A spinner with `message` on stderr while the clouds are asked, only when a person watches."""
+    if not sys.stderr.isatty() or g.debug:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True, no_color=g.no_color).status(message):
+        yield
 
 
 def interactive() -> bool:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn
+from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn, working
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import most_severe
 from wlcgcloud.output import Column
@@ -89,7 +89,8 @@ def list_(
 
     g = globals_of(ctx)
     profiles = _read_profiles(g)
-    gathered = fleet.list_instances(profiles, fleet=fleet_name, everything=everything, state=state)
+    with working(g, f"Asking {len(profiles)} profile(s) for their instances ..."):
+        gathered = fleet.list_instances(profiles, fleet=fleet_name, everything=everything, state=state)
     _report(g, gathered)
     if not gathered.instances and g.output == "table":
         info("No instances." if everything else "No fleet instances. Use --all to see every instance.")
@@ -109,7 +110,9 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    inst, gathered = fleet.find_instance(_read_profiles(g), instance_id)
+    profiles = _read_profiles(g)
+    with working(g, f"Looking for {instance_id} on {len(profiles)} profile(s) ..."):
+        inst, gathered = fleet.find_instance(profiles, instance_id)
     _report(g, gathered)
     data = inst.to_dict()
     data["extra"] = {k: v for k, v in inst.extra.items() if v is not None}
@@ -168,7 +171,8 @@ def terminate(
 
     g = globals_of(ctx)
     profiles = _read_profiles(g)
-    targets, gathered = fleet.resolve_instances(profiles, instance_ids)
+    with working(g, f"Looking up {len(instance_ids)} instance(s) on {len(profiles)} profile(s) ..."):
+        targets, gathered = fleet.resolve_instances(profiles, instance_ids)
     _report(g, gathered)
     chosen = [i for batch in targets.values() for i in batch]
     for inst in chosen:
@@ -178,7 +182,8 @@ def terminate(
         emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in chosen], TERMINATE_COLUMNS)
         return
     confirm(g, f"terminate {len(chosen)} instance(s)")
-    results = fleet.terminate(profiles, targets)
+    with working(g, f"Terminating {len(chosen)} instance(s) ..."):
+        results = fleet.terminate(profiles, targets)
     failed = [r for r in results if r.error]
     for r in failed:
         reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
