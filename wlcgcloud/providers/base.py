@@ -337,9 +337,9 @@ class Provider(ABC):
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """One API call, retries included, bounded by the profile's `timeout`; errors become ours.
 
-        The SDKs' own timeouts bound each socket operation, but a call that keeps trickling,
-        retries for long, or (pyone) shares a process-global socket timeout could outlive it;
-        this deadline is what makes `timeout` hold for every cloud alike.
+        The SDKs' own timeouts bound each socket operation, but a call that keeps trickling or
+        retries for long could outlive it; this deadline is what makes `timeout` hold for every
+        cloud alike.
         """
         try:
             return within(self.profile.timeout, lambda: fn(*args, **kwargs))

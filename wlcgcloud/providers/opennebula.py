@@ -9,8 +9,8 @@ Imported only when an OpenNebula profile is used. Facts we rely on (OpenNebula 7
 - pools page as LIMIT start,-end when end < -1, newest first;
 - the search argument of `one.vmpool.infoextended` matches "contains": the fleet is re-checked;
 - quota excess is refused as AUTHORIZATION (0x200), which is not a credential problem.
-pyone has no timeout of its own but the process-wide socket default; `Provider.call` bounds
-every call, and the socket default is raised to the largest OpenNebula timeout in use.
+pyone posts with requests and no timeout; its `timeout` sets only the process-wide socket
+default, which requests ignores. Each client gets a transport with the profile's timeout.
 """
 
 from __future__ import annotations
