@@ -17,18 +17,6 @@ from wlcgcloud.errors import NotYetAvailable
 PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 NOUNS: dict[str, tuple[str, dict[str, str]]] = {
-    "image": (
-        "Endorsed images: subscribe to signed HEPiX image lists, verify and register them.",
-        {
-            "subscribe": "Subscribe to a signed HEPiX image list (file or https URL).",
-            "list": "List endorsed images of every subscribed list.",
-            "show": "Show one endorsed image.",
-            "verify": "Find the cloud image that carries an endorsed image, and say how it matched.",
-            "register": "Download an endorsed image, check it and upload it to a cloud.",
-            "refresh": "Fetch subscribed lists again, under the same checks.",
-            "unsubscribe": "Forget a subscribed image list.",
-        },
-    ),
     "fleet": (
         "Fleets: named groups of instances from one launch, across clouds.",
         {
@@ -50,7 +38,7 @@ COMMANDS = {
 ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor")  # the contract's
 
 
-def _pending(name: str, help_text: str) -> Callable[[typer.Context], None]:
+def pending_command(name: str, help_text: str) -> Callable[[typer.Context], None]:
     def command(ctx: typer.Context) -> None:
         raise NotYetAvailable(name)
 
@@ -65,10 +53,10 @@ def register(app: typer.Typer, ready: dict[str, typer.Typer]) -> None:
             app.add_typer(ready[name], name=name)
             continue
         if name in COMMANDS:
-            app.command(name, context_settings=PENDING)(_pending(name, COMMANDS[name]))
+            app.command(name, context_settings=PENDING)(pending_command(name, COMMANDS[name]))
             continue
         help_text, verbs = NOUNS[name]
         sub = new_app(help_text)
         for verb, verb_help in verbs.items():
-            sub.command(verb, context_settings=PENDING)(_pending(f"{name} {verb}", verb_help))
+            sub.command(verb, context_settings=PENDING)(pending_command(f"{name} {verb}", verb_help))
         app.add_typer(sub, name=name)

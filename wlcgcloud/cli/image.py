@@ -1,0 +1,201 @@
+"""`wlcgcloud image ...`: subscribe to signed HEPiX image lists and see their endorsed images.
+
+The endorsement layer (and `cryptography`) is imported inside each command, so `--help` and
+completion never pay for it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from wlcgcloud.cli.common import emit, globals_of, info, new_app, warn
+from wlcgcloud.cli.later import PENDING, pending_command
+from wlcgcloud.output import Column
+
+app = new_app("Endorsed images: subscribe to signed HEPiX image lists, verify and register them.")
+
+LIST_COLUMNS = [
+    Column("identifier", "IDENTIFIER"),
+    Column("title", "TITLE"),
+    Column("version", "VERSION"),
+    Column("os", "OS"),
+    Column("arch", "ARCH"),
+    Column("size", "SIZE"),
+    Column("expires", "EXPIRES"),
+    Column("list", "LIST"),
+]
+SUBSCRIPTION_COLUMNS = [
+    Column("name", "NAME"),
+    Column("identifier", "IDENTIFIER"),
+    Column("version", "VERSION"),
+    Column("expires", "EXPIRES"),
+    Column("ok", "OK"),
+    Column("reason", "REASON"),
+]
+DEFAULT_ANCHORS = "/etc/grid-security/certificates"
+
+
+@app.command("subscribe")
+def subscribe(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A signed image list: a local file or an https:// URL.")],
+    trust_anchors: Annotated[
+        str, typer.Option("--trust-anchors", help="CA directory (hashed names, CRLs *.r0) or PEM file.")
+    ] = DEFAULT_ANCHORS,
+    endorser: Annotated[
+        list[str] | None, typer.Option("--endorser", help="DN allowed to sign this list; repeatable.")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Subscription name (default: the list's title).")] = None,
+    identifier: Annotated[str | None, typer.Option("--identifier", help="The list's expected dc:identifier.")] = None,
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for an https download.")] = None,
+) -> None:
+    """Subscribe to a signed HEPiX image list, after checking it.
+
+    The S/MIME signature must chain to the trust anchors (with CRLs), the signer must be the
+    list's endorser and an authorised one, the identifier the expected one, the list neither
+    from the future nor expired, and its version never lower than the one held. Only a list
+    that passes is stored; subscribing again updates it under the same checks. A refusal
+    exits 5 with the reason.
+
+    \b
+    Examples:
+      wlcgcloud image subscribe https://example.org/atlas/image.list \\
+          --endorser '/DC=ch/DC=cern/OU=Users/CN=atlas-endorser' --name atlas
+      wlcgcloud image subscribe ./image.list --trust-anchors ./ca-dir -o json
+    """
+    from wlcgcloud import endorsement
+
+    sub, notes = endorsement.subscribe(source, trust_anchors, list(endorser or []), identifier, name, ca_bundle)
+    g = globals_of(ctx)
+    for note in notes:
+        warn(note, g)
+    info(f"Subscribed '{sub.name}': {sub.title} version {sub.version}, expires {sub.expires}.")
+    emit(ctx, sub.to_dict() if g.output != "table" else [sub.to_dict()], SUBSCRIPTION_COLUMNS[:4])
+
+
+@app.command("list")
+@app.command("ls", hidden=True)
+def list_(ctx: typer.Context) -> None:
+    """List the endorsed images of every subscribed list.
+
+    \b
+    Examples:
+      wlcgcloud image list
+      wlcgcloud image list -o json --query '[?os==`CentOS`].identifier'
+    """
+    from wlcgcloud import endorsement
+
+    rows = [_row(sub, image) for sub, image in endorsement.endorsed_images()]
+    if not rows and globals_of(ctx).output == "table":
+        info("No endorsed images. Subscribe to a list with 'wlcgcloud image subscribe SOURCE'.")
+    emit(ctx, rows, LIST_COLUMNS)
+
+
+def _row(sub: object, image: object) -> dict[str, object]:
+    from wlcgcloud.endorsement import Subscription
+    from wlcgcloud.endorsement.imagelist import EndorsedImage
+
+    assert isinstance(sub, Subscription) and isinstance(image, EndorsedImage)
+    return {
+        "identifier": image.identifier,
+        "title": image.title,
+        "version": image.version,
+        "os": f"{image.os} {image.os_version}".strip(),
+        "arch": image.arch,
+        "size": image.size,
+        "sha512": image.sha512,
+        "expires": sub.expires,
+        "list": sub.name,
+        "list_identifier": sub.identifier,
+        "uri": image.uri,
+        "core_minimum": image.core_minimum,
+        "ram_minimum": image.ram_minimum,
+    }
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context, image_id: Annotated[str, typer.Argument(help="Endorsed image identifier or title.")]
+) -> None:
+    """Show one endorsed image: its list, checksum, size, minimums and where it comes from.
+
+    \b
+    Examples:
+      wlcgcloud image show 4e4e5f1c-0f4b-4d0c-a5f4-1b8c1d1a2b3c -o json
+    """
+    from wlcgcloud import endorsement
+    from wlcgcloud.errors import UsageError
+
+    found = [
+        _row(sub, image) for sub, image in endorsement.endorsed_images() if image_id in (image.identifier, image.title)
+    ]
+    if not found:
+        raise UsageError(f"no endorsed image '{image_id}' in the subscribed lists.", "See 'wlcgcloud image list'.")
+    if len(found) > 1:
+        raise UsageError(f"'{image_id}' names {len(found)} endorsed images.", "Use the identifier.")
+    g = globals_of(ctx)
+    emit(ctx, found[0] if g.output != "table" else [{"field": k, "value": v} for k, v in found[0].items()])
+
+
+@app.command("refresh")
+def refresh(
+    ctx: typer.Context,
+    names: Annotated[list[str] | None, typer.Argument(help="Subscriptions to refresh (default: all).")] = None,
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for https downloads.")] = None,
+) -> None:
+    """Fetch subscribed lists again, under the same checks as subscribe.
+
+    A list that fails keeps its last good version; the failure is said, and the exit code is 5
+    (7 when others were refreshed).
+
+    \b
+    Examples:
+      wlcgcloud image refresh
+      wlcgcloud image refresh atlas -o json
+    """
+    from wlcgcloud import endorsement
+    from wlcgcloud.errors import WlcgError
+
+    g = globals_of(ctx)
+    subs = [endorsement.find(n) for n in names] if names else endorsement.subscriptions()
+    rows, failed = [], []
+    for sub in subs:
+        try:
+            new, notes = endorsement.refresh(sub, ca_bundle)
+            for note in notes:
+                warn(f"{sub.name}: {note}", g)
+            rows.append({**new.to_dict(), "ok": True, "reason": ""})
+        except WlcgError as exc:
+            warn(f"{sub.name}: kept version {sub.version}: {exc}", g)
+            failed.append(exc)
+            rows.append({**sub.to_dict(), "ok": False, "reason": exc.message})
+    emit(ctx, rows, SUBSCRIPTION_COLUMNS)
+    if failed:
+        raise typer.Exit(7 if len(failed) < len(subs) else failed[0].exit_code)
+
+
+@app.command("unsubscribe")
+def unsubscribe(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Subscription name or identifier.")]
+) -> None:
+    """Forget a subscribed image list (its images are no longer endorsed here).
+
+    \b
+    Examples:
+      wlcgcloud image unsubscribe atlas
+    """
+    from wlcgcloud import endorsement
+
+    sub = endorsement.find(name)
+    endorsement.unsubscribe(sub)
+    info(f"Unsubscribed '{sub.name}' ({sub.identifier}).")
+
+
+app.command("verify", context_settings=PENDING)(
+    pending_command("image verify", "Find the cloud image that carries an endorsed image, and say how it matched.")
+)
+app.command("register", context_settings=PENDING)(
+    pending_command("image register", "Download an endorsed image, check it and upload it to a cloud.")
+)

@@ -1,0 +1,234 @@
+"""Endorsed images: subscriptions to signed HEPiX image lists, checked before they are stored.
+
+A subscription is keyed by the list's `dc:identifier` and named for people. Its last good
+signed list is kept, as it came, in the state directory (`image-lists/<identifier>.smime`)
+beside what we decided about it (`<identifier>.json`). A list is stored only after every check
+of formats.md §1 passed; a failing refresh keeps the last good one and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from wlcgcloud.config import state_dir
+from wlcgcloud.endorsement import smime
+from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
+from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
+
+DEFAULT_ANCHORS = "/etc/grid-security/certificates"
+CLOCK_SKEW = timedelta(minutes=5)  # a list "created" this little in the future is a clock, not a lie
+
+
+@dataclass
+class Subscription:
+    """One subscribed list: where it comes from, who may sign it, and its last good version."""
+
+    name: str
+    identifier: str
+    source: str
+    trust_anchors: str
+    endorsers: list[str]
+    title: str = ""
+    version: str = ""
+    expires: str = ""
+    fetched_at: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def lists_dir() -> Path:
+    return state_dir() / "image-lists"
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def subscriptions() -> list[Subscription]:
+    """Every subscription, by name."""
+    found = []
+    for meta in sorted(lists_dir().glob("*.json")):
+        try:
+            found.append(Subscription(**json.loads(meta.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot read subscription {meta}: {exc.__class__.__name__}.") from None
+    return sorted(found, key=lambda s: s.name)
+
+
+def find(name_or_identifier: str) -> Subscription:
+    for sub in subscriptions():
+        if name_or_identifier in (sub.name, sub.identifier):
+            return sub
+    known = ", ".join(s.name for s in subscriptions()) or "none"
+    raise UsageError(f"no subscribed image list '{name_or_identifier}' (subscribed: {known}).")
+
+
+def stored_list(sub: Subscription) -> ImageList:
+    """The last good list of a subscription (re-read from its signed file, not re-verified)."""
+    signed = (lists_dir() / f"{sub.identifier}.smime").read_bytes()
+    content, _ = smime.parts(signed)
+    return parse(content)
+
+
+def fetch(source: str, ca_bundle: str | None = None) -> bytes:
+    """The signed list at `source`: a local file or an https:// URL (never plain http)."""
+    if source.startswith("https://"):
+        import ssl
+        import urllib.request
+
+        context = ssl.create_default_context(
+            cafile=ca_bundle if ca_bundle and Path(ca_bundle).is_file() else None,
+            capath=ca_bundle if ca_bundle and Path(ca_bundle).is_dir() else None,
+        )
+        try:
+            with urllib.request.urlopen(source, timeout=30, context=context) as answer:
+                data: bytes = answer.read(smime.MAX_SIZE + 1)
+                return data
+        except OSError as exc:
+            raise CloudError(f"cannot download {source}: {exc}.") from None
+    if re.match(r"^[a-z]+://", source):
+        raise UsageError(f"{source}: only local files and https:// URLs can be subscribed.")
+    try:
+        with open(Path(source).expanduser(), "rb") as fh:
+            return fh.read(smime.MAX_SIZE + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read {source}: {exc.strerror}.") from None
+
+
+def check(
+    signed: bytes,
+    anchors: Path,
+    endorsers: list[str],
+    identifier: str | None,
+    previous: Subscription | None,
+    now: datetime | None = None,
+) -> tuple[ImageList, smime.Verified]:
+    """Every check of formats.md §1 on a signed list; a PolicyError (exit 5) with the first that fails."""
+    now = now or datetime.now(UTC)
+    verified = smime.verify(signed, anchors)
+    image_list = parse(verified.content)
+    if verified.signer_dn != image_list.endorser_dn:
+        raise PolicyError(f"the list names endorser {image_list.endorser_dn} but {verified.signer_dn} signed it.")
+    if verified.issuer_dn != image_list.endorser_ca:
+        raise PolicyError(
+            f"the list names CA {image_list.endorser_ca} but the signer's issuer is {verified.issuer_dn}."
+        )
+    if endorsers and verified.signer_dn not in endorsers:
+        raise PolicyError(
+            f"{verified.signer_dn} is not an authorised endorser of this list.",
+            "Authorised: " + "; ".join(endorsers) + ". Add one with --endorser DN.",
+        )
+    expected = identifier or (previous.identifier if previous else None)
+    if expected and image_list.identifier != expected:
+        raise PolicyError(f"the list's identifier is {image_list.identifier}, not the expected {expected}.")
+    if image_list.created > now + CLOCK_SKEW:
+        raise PolicyError(f"the list was created in the future ({image_list.created:%Y-%m-%dT%H:%M:%SZ}).")
+    if image_list.expires <= now:
+        raise PolicyError(
+            f"the list expired at {image_list.expires:%Y-%m-%dT%H:%M:%SZ}.", "Ask its endorser for a new one."
+        )
+    if previous and previous.version and version_key(image_list.version) < version_key(previous.version):
+        raise PolicyError(
+            f"the list's version {image_list.version} is older than the subscribed {previous.version}; "
+            "a rollback is refused."
+        )
+    return image_list, verified
+
+
+def slug(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or "image-list"
+
+
+def subscribe(
+    source: str,
+    anchors: str = DEFAULT_ANCHORS,
+    endorsers: list[str] | None = None,
+    identifier: str | None = None,
+    name: str | None = None,
+    ca_bundle: str | None = None,
+) -> tuple[Subscription, list[str]]:
+    """Fetch, check and store a list; subscribing again to the same list updates it under the same checks."""
+    signed = fetch(source, ca_bundle)
+    existing = {s.identifier: s for s in subscriptions()}
+    # A list we already hold is checked against what we decided for it before. Which one it
+    # is, is read before verifying only to find that; `check` then verifies everything.
+    try:
+        previous = existing.get(parse(smime.parts(signed)[0]).identifier)
+    except PolicyError:
+        previous = None
+    allowed = list(dict.fromkeys((endorsers or []) + (previous.endorsers if previous else [])))
+    notes: list[str] = []
+    image_list, verified = check(signed, Path(anchors), allowed, identifier, previous)
+    if not allowed:
+        allowed = [verified.signer_dn]
+        notes.append(f"no --endorser given: trusting the list's own signer {verified.signer_dn} from now on.")
+    chosen = name or (previous.name if previous else slug(image_list.title))
+    clash = next((s for s in existing.values() if s.name == chosen and s.identifier != image_list.identifier), None)
+    if clash:
+        raise UsageError(f"a subscription named '{chosen}' exists for another list.", "Pass --name.")
+    sub = Subscription(
+        name=chosen,
+        identifier=image_list.identifier,
+        source=source,
+        trust_anchors=str(anchors),
+        endorsers=allowed,
+        title=image_list.title,
+        version=image_list.version,
+        expires=f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
+        fetched_at=f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+        warnings=list(verified.warnings),
+    )
+    _write(lists_dir() / f"{sub.identifier}.smime", signed)
+    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(sub.to_dict(), indent=2).encode())
+    return sub, notes + list(verified.warnings)
+
+
+def refresh(sub: Subscription, ca_bundle: str | None = None) -> tuple[Subscription, list[str]]:
+    """Fetch a subscription again under the same checks; on failure the last good list stays."""
+    signed = fetch(sub.source, ca_bundle)
+    image_list, verified = check(signed, Path(sub.trust_anchors), sub.endorsers, sub.identifier, sub)
+    new = Subscription(
+        **{
+            **sub.to_dict(),
+            "title": image_list.title,
+            "version": image_list.version,
+            "expires": f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
+            "fetched_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+            "warnings": list(verified.warnings),
+        }
+    )
+    _write(lists_dir() / f"{sub.identifier}.smime", signed)
+    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(new.to_dict(), indent=2).encode())
+    return new, list(verified.warnings)
+
+
+def unsubscribe(sub: Subscription) -> None:
+    for suffix in (".json", ".smime"):
+        (lists_dir() / f"{sub.identifier}{suffix}").unlink(missing_ok=True)
+
+
+def endorsed_images() -> list[tuple[Subscription, EndorsedImage]]:
+    """Every image of every subscribed list, with its list."""
+    out: list[tuple[Subscription, EndorsedImage]] = []
+    for sub in subscriptions():
+        out.extend((sub, image) for image in stored_list(sub).images)
+    return out
