@@ -110,7 +110,7 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
     "args",
     [
         ("launch", "atlas-wn", "--count", "3"),
-        ("image", "verify", "x", "-p", "y"),
+        ("image", "register", "x", "-p", "y"),
         ("fleet", "list"),
         ("usage",),
         ("doctor",),

@@ -193,9 +193,62 @@ def unsubscribe(
     info(f"Unsubscribed '{sub.name}' ({sub.identifier}).")
 
 
-app.command("verify", context_settings=PENDING)(
-    pending_command("image verify", "Find the cloud image that carries an endorsed image, and say how it matched.")
-)
+VERIFY_COLUMNS = [
+    Column("profile", "PROFILE"),
+    Column("id", "CLOUD IMAGE"),
+    Column("name", "NAME"),
+    Column("ok", "OK"),
+    Column("how", "HOW IT MATCHED"),
+]
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context, image_id: Annotated[str, typer.Argument(help="Endorsed image identifier or title.")]
+) -> None:
+    """Find the cloud image that carries an endorsed image on each -p profile, and say how it matched.
+
+    OpenStack: Glance's sha512 (os_hash_value) equals the list's sl:checksum:sha512. EC2 and
+    OpenNebula keep no hash, so the image must be marked wlcg:endorsed-id (WLCG_ENDORSED_ID) and
+    owned by the profile's image_owners (EC2) or the profile's own user or group (OpenNebula).
+    The list itself is verified again first. Exits 5 when a profile has no such image.
+
+    \b
+    Examples:
+      wlcgcloud image verify 4e4e5f1c-0f4b-4d0c-a5f4-1b8c1d1a2b3c -p cern-atlas
+      wlcgcloud image verify 'ATLAS worker node 1' -p aws-atlas -p lal-one -o json
+    """
+    from wlcgcloud import endorsement
+    from wlcgcloud.errors import PolicyError, UsageError, most_severe
+    from wlcgcloud.providers import each
+
+    g = globals_of(ctx)
+    if not g.profiles:
+        raise UsageError("image verify needs the profile(s) to look in.", "Pass -p PROFILE.")
+    _, image = endorsement.current(image_id)
+    profiles = g.config().select(g.profiles, all_when_empty=False)
+    rows: list[dict[str, object]] = []
+    codes: list[int] = []
+    for answer in each(profiles, lambda p: p.find_endorsed(image.identifier, image.sha512)):
+        if answer.error is not None:
+            warn(str(answer.error), g)
+            codes.append(answer.error.exit_code)
+            continue
+        matches = answer.value or []
+        rows.extend({**m.to_dict(), "endorsed": image.identifier} for m in matches)
+        if not any(m.ok for m in matches):
+            why = PolicyError(
+                f"profile '{answer.profile.name}': no cloud image carries endorsed image '{image.title}'"
+                + (" (only images that do not match)." if matches else "."),
+                f"Register it with 'wlcgcloud image register {image.identifier} -p {answer.profile.name}'.",
+            )
+            warn(str(why), g)
+            codes.append(why.exit_code)
+    emit(ctx, rows, VERIFY_COLUMNS)
+    if codes:
+        raise typer.Exit(7 if len(codes) < len(profiles) else most_severe(codes))
+
+
 app.command("register", context_settings=PENDING)(
     pending_command("image register", "Download an endorsed image, check it and upload it to a cloud.")
 )

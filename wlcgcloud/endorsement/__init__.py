@@ -232,3 +232,26 @@ def endorsed_images() -> list[tuple[Subscription, EndorsedImage]]:
     for sub in subscriptions():
         out.extend((sub, image) for image in stored_list(sub).images)
     return out
+
+
+def current(reference: str, now: datetime | None = None) -> tuple[Subscription, EndorsedImage]:
+    """The endorsed image named by identifier or title, from a list that still passes every check.
+
+    The stored list is verified again (signature, chain, CRLs as they are now, dates), so an
+    endorsement that expired or whose signer was revoked since subscribing no longer counts.
+    """
+    found = [(s, i) for s, i in endorsed_images() if reference in (i.identifier, i.title)]
+    if not found:
+        raise PolicyError(
+            f"'{reference}' is not an endorsed image of any subscribed list.",
+            "See 'wlcgcloud image list'; a raw cloud image id is never endorsed.",
+        )
+    if len(found) > 1:
+        raise UsageError(f"'{reference}' names {len(found)} endorsed images.", "Use the identifier.")
+    sub, image = found[0]
+    signed = (lists_dir() / f"{sub.identifier}.smime").read_bytes()
+    try:
+        check(signed, Path(sub.trust_anchors), sub.endorsers, sub.identifier, None, now)
+    except PolicyError as exc:
+        raise PolicyError(f"the endorsement of '{image.title}' no longer holds: {exc.message}", exc.hint) from None
+    return sub, image

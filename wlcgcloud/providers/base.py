@@ -156,6 +156,18 @@ class Image:
 
 
 @dataclass(frozen=True)
+class Match:
+    """A cloud image found to carry an endorsed image, how that was established, and whether it holds."""
+
+    image: Image
+    how: str
+    ok: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.image.to_dict(), "how": self.how, "ok": self.ok}
+
+
+@dataclass(frozen=True)
 class Flavor:
     """An instance size: EC2 instance type, Nova flavor, OpenNebula VM template."""
 
@@ -327,6 +339,22 @@ class Provider(ABC):
     @abstractmethod
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
         """Per-instance run time that overlaps [since, until)."""
+
+    def find_endorsed(self, identifier: str, sha512: str) -> list[Match]:
+        """Cloud images carrying the endorsed image `identifier` (whose bytes have `sha512`).
+
+        Here: an explicit mark (`wlcg:endorsed-id`) on an image whose owner the profile trusts,
+        because anyone can mark an image they own. OpenStack overrides this with Glance's hash.
+        """
+        return [
+            Match(image, f"{ENDORSED_ID_TAG} = {identifier} on an image owned by {owner}")
+            for image in self.images()
+            if image.endorsed_id == identifier and (owner := self.trusted_owner(image))
+        ]
+
+    def trusted_owner(self, image: Image) -> str | None:
+        """Who owns `image`, if its marks are to be believed; None otherwise."""
+        return None
 
     @abstractmethod
     def translate(self, what: str, exc: Exception) -> WlcgError:

@@ -153,6 +153,11 @@ class EC2Provider(Provider):
             extra={"owner": raw.get("OwnerId"), "state": raw.get("State"), "architecture": raw.get("Architecture")},
         )
 
+    def trusted_owner(self, image: Image) -> str | None:
+        # images() asks EC2 only for AMIs of the profile's image_owners (default: the account itself).
+        owners = ", ".join(self.profile.get("image_owners") or ["self"])
+        return f"account {image.extra.get('owner')} (image_owners: {owners})"
+
     def flavors(self) -> list[Flavor]:
         return list(self._describe_types(None))
 

@@ -186,6 +186,7 @@ class OpenNebulaProvider(Provider):
         # profile's own, so a stalled oned never holds a thread for good.
         self.one._ServerProxy__transport = _TimedTransport(p.timeout, ca or True, str(p.get("endpoint")))
         self._templates: dict[str, Any] | None = None
+        self._me: tuple[str, str] | None = None
 
     # Errors and calls
 
@@ -282,10 +283,22 @@ class OpenNebulaProvider(Provider):
                     provider="opennebula",
                     size_bytes=(_int(im.SIZE) or 0) * 1024 * 1024 or None,
                     endorsed_id=attrs.get(one_attribute(ENDORSED_ID_TAG)),
-                    extra={"owner": im.UNAME, "state": im.STATE},
+                    extra={"owner": im.UNAME, "group": im.GNAME, "state": im.STATE},
                 )
             )
         return out
+
+    def trusted_owner(self, image: Image) -> str | None:
+        """Marks count on the user's own images and their group's, never on another's."""
+        if self._me is None:
+            me = self.rpc("log in", self.one.user.info, -1)
+            self._me = (str(me.NAME), str(me.GNAME))
+        user, group = self._me
+        if image.extra.get("owner") == user:
+            return f"user {user}"
+        if image.extra.get("group") == group:
+            return f"group {group}"
+        return None
 
     def quota(self) -> Quota:
         user = self.rpc("read quotas", self.one.user.info, -1)

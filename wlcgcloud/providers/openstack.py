@@ -31,6 +31,7 @@ from wlcgcloud.providers.base import (
     Image,
     Instance,
     LaunchRequest,
+    Match,
     Outcome,
     Provider,
     Quota,
@@ -223,6 +224,17 @@ class OpenStackProvider(Provider):
                 "min_disk": raw.min_disk,
             },
         )
+
+    def find_endorsed(self, identifier: str, sha512: str) -> list[Match]:
+        """Glance keeps each image's sha512 (`os_hash_value`): the bytes themselves are the match."""
+        found = []
+        for image in self.images():
+            if image.checksum == ("sha512", sha512.lower()):
+                found.append(Match(image, "Glance os_hash_value (sha512) equals the list's sl:checksum:sha512"))
+            elif image.endorsed_id == identifier:
+                why = "its sha512 differs" if image.checksum else "Glance holds no sha512 for it"
+                found.append(Match(image, f"marked {ENDORSED_ID_TAG} = {identifier}, but {why}", ok=False))
+        return found
 
     def flavors(self) -> list[Flavor]:
         raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True, limit=PAGE))

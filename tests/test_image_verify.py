@@ -1,0 +1,105 @@
+"""`image verify`: which cloud image carries an endorsed one, on all three clouds, and why it counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from peers import gridca
+from peers.opennebula import OpenNebulaPeer
+
+from conftest import (
+    OSK_DIR,
+    OpenStackPeer,
+    Run,
+    World,
+    ec2_profile,
+    one_profile,
+    openstack_profile,
+    read_env_file,
+    write_profiles,
+)
+
+
+@pytest.fixture
+def endorsed(run: Run, world: World) -> dict[str, Any]:
+    """A subscribed list whose first image has the bytes of the OpenStack peer's osk-dummy image."""
+    ca = gridca.make_ca("wlcgcloud Test CA")
+    endorser = gridca.make_endorser(ca, "atlas-endorser")
+    anchors = world.root / "certificates"
+    gridca.install_ca(anchors, ca)
+    document = gridca.image_list(endorser, ca)
+    images = [entry["hv:image"] for entry in document["hv:imagelist"]["hv:images"]]
+    peer_image = OSK_DIR / "image.env"  # the OpenStack peer's image, when it is set up here
+    if peer_image.exists():
+        images[0]["sl:checksum:sha512"] = read_env_file(peer_image)["OSK_IMAGE_SHA512"]
+    signed = gridca.sign(world.root / "lists", document, endorser)
+    trust = ("--trust-anchors", str(anchors), "--endorser", gridca.slash(endorser.name))
+    result = run("image", "subscribe", str(signed), *trust)
+    assert result.code == 0, result.err
+    return {"first": images[0]["dc:identifier"], "second": images[1]["dc:identifier"], "ca": ca,
+            "endorser": endorser, "anchors": anchors}  # fmt: skip
+
+
+@pytest.mark.openstack
+def test_openstack_matches_by_glance_sha512(
+    run: Run, world: World, endorsed: dict[str, Any], openstack_peer: OpenStackPeer, monkeypatch: Any
+) -> None:
+    write_profiles(world, {"osk": openstack_profile(openstack_peer)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    found = run("image", "verify", endorsed["first"], "-p", "osk", "-o", "json")
+    assert found.code == 0, found.err
+    [row] = [r for r in found.json() if r["ok"]]  # type: ignore[union-attr]
+    assert row["id"] == openstack_peer.image_id and "os_hash_value (sha512)" in row["how"]
+    missing = run("image", "verify", endorsed["second"], "-p", "osk")
+    assert missing.code == 5 and "no cloud image carries endorsed image 'ATLAS worker node 2'" in missing.err
+
+
+def test_ec2_trusts_the_tag_only_on_the_profiles_own_amis(
+    run: Run, world: World, endorsed: dict[str, Any], moto_ec2: Any, monkeypatch: Any
+) -> None:
+    write_profiles(world, {"aws": ec2_profile(moto_ec2)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    client = moto_ec2.client()
+    instance = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
+    client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed["first"]}])
+    # Anyone can tag an image: one of another account's AMIs marked as the second endorsed image.
+    client.create_tags(Resources=["ami-03cf127a"], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed["second"]}])
+    found = run("image", "verify", endorsed["first"], "-p", "aws", "-o", "json")
+    assert found.code == 0, found.err
+    [row] = found.json()  # type: ignore[misc]
+    assert row["id"] == own and "wlcg:endorsed-id" in row["how"] and "image_owners: self" in row["how"]
+    foreign = run("image", "verify", endorsed["second"], "-p", "aws")
+    assert foreign.code == 5
+
+
+def test_opennebula_trusts_the_attribute_only_on_the_users_or_groups_images(
+    run: Run, world: World, endorsed: dict[str, Any], monkeypatch: Any
+) -> None:
+    images = [
+        {"id": 0, "name": "public-copy", "owner": "oneadmin", "size": 1,
+         "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'},
+        {"id": 1, "name": "atlas-own", "owner": "atlas", "size": 1,
+         "template": f'WLCG_ENDORSED_ID="{endorsed["second"]}"\n'},
+    ]  # fmt: skip
+    with OpenNebulaPeer(images=images) as peer:
+        write_profiles(world, {"one": one_profile(peer)})  # type: ignore[arg-type]
+        monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
+        own = run("image", "verify", endorsed["second"], "-p", "one", "-o", "json")
+        assert own.code == 0, own.err
+        [row] = own.json()  # type: ignore[misc]
+        assert row["name"] == "atlas-own" and "owned by user atlas" in row["how"]
+        public = run("image", "verify", endorsed["first"], "-p", "one")
+        assert public.code == 5 and "no cloud image carries" in public.err
+
+
+def test_an_endorsement_revoked_since_subscribing_no_longer_counts(
+    run: Run, world: World, endorsed: dict[str, Any], moto_ec2: Any, monkeypatch: Any
+) -> None:
+    write_profiles(world, {"aws": ec2_profile(moto_ec2)})
+    gridca.install_ca(endorsed["anchors"], endorsed["ca"], revoked=(endorsed["endorser"].cert,))
+    result = run("image", "verify", endorsed["first"], "-p", "aws")
+    assert result.code == 5 and "no longer holds" in result.err and "revoked" in result.err
+    raw = run("image", "verify", "ami-03cf127a", "-p", "aws")
+    assert raw.code == 5 and "is not an endorsed image" in raw.err
