@@ -110,7 +110,6 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
     "args",
     [
         ("launch", "atlas-wn", "--count", "3"),
-        ("image", "register", "x", "-p", "y"),
         ("fleet", "list"),
         ("usage",),
         ("doctor",),

@@ -6,12 +6,14 @@ completion never pay for it.
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 import typer
 
 from wlcgcloud.cli.common import emit, globals_of, info, new_app, warn
-from wlcgcloud.cli.later import PENDING, pending_command
 from wlcgcloud.output import Column
 
 app = new_app("Endorsed images: subscribe to signed HEPiX image lists, verify and register them.")
@@ -249,6 +251,76 @@ def verify(
         raise typer.Exit(7 if len(codes) < len(profiles) else most_severe(codes))
 
 
-app.command("register", context_settings=PENDING)(
-    pending_command("image register", "Download an endorsed image, check it and upload it to a cloud.")
-)
+@app.command("register")
+def register(
+    ctx: typer.Context,
+    image_id: Annotated[str, typer.Argument(help="Endorsed image identifier or title.")],
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for the image download.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the list and say what would happen.")] = False,
+) -> None:
+    """Download an endorsed image, check its size and sha512, and only then upload it to each -p profile.
+
+    The upload is marked wlcg:endorsed-id, so `image verify` and `launch` find it. A mismatch
+    leaves nothing behind, locally or on the cloud. Today OpenStack (Glance) is supported; EC2
+    and OpenNebula say plainly that they are not yet.
+
+    \b
+    Examples:
+      wlcgcloud image register 4e4e5f1c-0f4b-4d0c-a5f4-1b8c1d1a2b3c -p cern-atlas
+      wlcgcloud image register 'ATLAS worker node 1' -p cern-atlas --dry-run
+    """
+    from wlcgcloud import endorsement
+    from wlcgcloud.errors import UsageError, most_severe
+    from wlcgcloud.providers import each
+
+    g = globals_of(ctx)
+    if not g.profiles:
+        raise UsageError("image register needs the profile(s) to upload to.", "Pass -p PROFILE.")
+    _, image = endorsement.current(image_id)
+    profiles = g.config().select(g.profiles, all_when_empty=False)
+    disk_format = str(image.raw.get("hv:format") or "raw").lower()
+    if dry_run:
+        info(f"dry run: would download {image.uri} ({image.size} bytes), check its sha512, and upload it as")
+        info(f"  '{image.title}' ({disk_format}) to {', '.join(p.name for p in profiles)}.")
+        return
+    with _download_progress(g, image.size) as advance:
+        path = endorsement.download(image, ca_bundle or _profile_ca(profiles), advance)
+    try:
+        info(f"Downloaded and checked {image.title} ({image.size} bytes, sha512 as listed).")
+        rows: list[dict[str, object]] = []
+        codes = []
+        for answer in each(
+            profiles, lambda p: p.upload_image(image.title, path, disk_format, image.identifier, image.sha512)
+        ):
+            if answer.error is not None:
+                warn(str(answer.error), g)
+                codes.append(answer.error.exit_code)
+            elif answer.value is not None:
+                rows.append({**answer.value.to_dict(), "endorsed": image.identifier})
+        emit(ctx, rows, [Column("profile", "PROFILE"), Column("id", "CLOUD IMAGE"), Column("name", "NAME")])
+        if codes:
+            raise typer.Exit(7 if len(codes) < len(profiles) else most_severe(codes))
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _profile_ca(profiles: list[Any]) -> str | None:
+    """The profiles' common ca_bundle, used for the download when --ca-bundle is not given."""
+    bundles = {p.get("ca_bundle") for p in profiles}
+    return bundles.pop() if len(bundles) == 1 else None
+
+
+@contextlib.contextmanager
+def _download_progress(g: Any, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for a person at a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("download", total=total)
+        yield lambda n: bar.advance(task, n)

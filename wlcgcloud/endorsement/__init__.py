@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,15 +93,8 @@ def stored_list(sub: Subscription) -> ImageList:
 def fetch(source: str, ca_bundle: str | None = None) -> bytes:
     """The signed list at `source`: a local file or an https:// URL (never plain http)."""
     if source.startswith("https://"):
-        import ssl
-        import urllib.request
-
-        context = ssl.create_default_context(
-            cafile=ca_bundle if ca_bundle and Path(ca_bundle).is_file() else None,
-            capath=ca_bundle if ca_bundle and Path(ca_bundle).is_dir() else None,
-        )
         try:
-            with urllib.request.urlopen(source, timeout=30, context=context) as answer:
+            with _open_https(source, ca_bundle) as answer:
                 data: bytes = answer.read(smime.MAX_SIZE + 1)
                 return data
         except OSError as exc:
@@ -112,6 +106,57 @@ def fetch(source: str, ca_bundle: str | None = None) -> bytes:
             return fh.read(smime.MAX_SIZE + 1)
     except OSError as exc:
         raise UsageError(f"cannot read {source}: {exc.strerror}.") from None
+
+
+def _open_https(url: str, ca_bundle: str | None) -> Any:
+    """An https response, verified against `ca_bundle` (a PEM file or a hashed CA directory) or the system's."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(
+        cafile=ca_bundle if ca_bundle and Path(ca_bundle).is_file() else None,
+        capath=ca_bundle if ca_bundle and Path(ca_bundle).is_dir() else None,
+    )
+    return urllib.request.urlopen(url, timeout=60, context=context)
+
+
+CHUNK = 1024 * 1024
+
+
+def download(image: EndorsedImage, ca_bundle: str | None = None, progress: Callable[[int], None] | None = None) -> Path:
+    """Download an endorsed image into the state directory, checking its size and sha512 as it comes.
+
+    A mismatch (or any failure) leaves no file behind. The caller removes the file when done.
+    """
+    import hashlib
+
+    if not image.uri.startswith("https://"):
+        raise PolicyError(f"'{image.title}' comes from {image.uri}: only https:// sources are downloaded.")
+    folder = state_dir() / "downloads"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=folder, prefix=f"{image.identifier}.", suffix=".part")
+    target, digest, got = Path(name), hashlib.sha512(), 0
+    try:
+        with os.fdopen(fd, "wb") as out, _open_https(image.uri, ca_bundle) as answer:
+            while chunk := answer.read(CHUNK):
+                got += len(chunk)
+                if got > image.size:
+                    raise PolicyError(f"'{image.title}' is bigger than the list's hv:size {image.size}; refused.")
+                digest.update(chunk)
+                out.write(chunk)
+                if progress:
+                    progress(len(chunk))
+        if got != image.size:
+            raise PolicyError(f"'{image.title}' is {got} bytes, not the list's hv:size {image.size}; refused.")
+        if digest.hexdigest() != image.sha512:
+            raise PolicyError(f"the sha512 of '{image.title}' differs from the list's sl:checksum:sha512; refused.")
+        return target
+    except OSError as exc:
+        target.unlink(missing_ok=True)
+        raise CloudError(f"cannot download {image.uri}: {exc}.") from None
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
 
 
 def check(

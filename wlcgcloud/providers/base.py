@@ -18,10 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 from wlcgcloud.config import Profile
-from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
+from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, UsageError, WlcgError
 from wlcgcloud.secretstore import Secret
 
 T = TypeVar("T")
@@ -351,6 +352,13 @@ class Provider(ABC):
             for image in self.images()
             if image.endorsed_id == identifier and (owner := self.trusted_owner(image))
         ]
+
+    def upload_image(self, name: str, path: Path, disk_format: str, endorsed_id: str, sha512: str) -> Image:
+        """Upload checked image bytes as a cloud image marked `wlcg:endorsed-id`; nothing left on failure."""
+        raise UsageError(
+            f"profile '{self.name}': registering an image on {self.kind} is not supported by this version.",
+            f"Register it with the cloud's own tools and mark it {ENDORSED_ID_TAG} = {endorsed_id}.",
+        )
 
     def trusted_owner(self, image: Image) -> str | None:
         """Who owns `image`, if its marks are to be believed; None otherwise."""

@@ -13,6 +13,7 @@ import base64
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import keystoneauth1.exceptions as ksa
@@ -21,7 +22,7 @@ import openstack.connection
 import openstack.exceptions as sdk
 
 from wlcgcloud import __version__
-from wlcgcloud.errors import AuthError, WlcgError
+from wlcgcloud.errors import AuthError, PolicyError, WlcgError
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
     FLEET_TAG,
@@ -235,6 +236,24 @@ class OpenStackProvider(Provider):
                 why = "its sha512 differs" if image.checksum else "Glance holds no sha512 for it"
                 found.append(Match(image, f"marked {ENDORSED_ID_TAG} = {identifier}, but {why}", ok=False))
         return found
+
+    def upload_image(self, name: str, path: Path, disk_format: str, endorsed_id: str, sha512: str) -> Image:
+        """A Glance image from checked bytes; Glance's own sha512 must agree, else it is deleted again."""
+        properties: dict[str, Any] = {ENDORSED_ID_TAG: endorsed_id}
+        raw = self.call(
+            "create image",
+            lambda: self.conn.image.create_image(
+                name=name, filename=str(path), disk_format=disk_format, container_format="bare",
+                wait=True, allow_duplicates=True, **properties,
+            ),
+        )  # fmt: skip
+        image = self._image(self.call("show image", lambda: self.conn.image.get_image(raw.id)))
+        if image.checksum != ("sha512", sha512.lower()):
+            self.call("delete image", lambda: self.conn.image.delete_image(raw.id, ignore_missing=True))
+            raise PolicyError(
+                f"profile '{self.name}': Glance's sha512 of the upload differs from the list's; deleted it."
+            )
+        return image
 
     def flavors(self) -> list[Flavor]:
         raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True, limit=PAGE))
