@@ -176,3 +176,13 @@ def test_refresh_keeps_the_last_good_list_and_unsubscribe_forgets(run: Run, worl
     assert run("image", "unsubscribe", "atlas-endorsed-images").code == 0
     assert run("image", "list", "-o", "json").json() == []
     assert run("image", "show", "nothing").code == 2
+
+
+def test_endorsed_identifiers_and_list_names_complete(run: Run, grid: Grid) -> None:
+    from wlcgcloud.completion import complete
+
+    assert subscribe(run, grid, grid.signed(), "--name", "atlas").code == 0
+    identifiers = [i["identifier"] for i in run("image", "list", "-o", "json").json()]  # type: ignore[union-attr]
+    assert complete(["wlcgcloud", "image", "show", ""], 3) == sorted(identifiers)
+    assert complete(["wlcgcloud", "image", "verify", identifiers[0][:6]], 3) == [identifiers[0]]
+    assert complete(["wlcgcloud", "image", "unsubscribe", "at"], 3) == ["atlas"]

@@ -69,7 +69,34 @@ def _profiles(words: list[str]) -> list[str]:
     return sorted(profiles) if isinstance(profiles, dict) else []
 
 
-DYNAMIC = {"@profile": _profiles}
+def _state_dir() -> Path:
+    env = os.environ.get("WLCGCLOUD_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "wlcgcloud"
+
+
+def _subscriptions(words: list[str]) -> list[dict[str, Any]]:
+    """The subscribed image lists' records (no signature work: completion only reads the index)."""
+    found = []
+    for meta in sorted((_state_dir() / "image-lists").glob("*.json")):
+        try:
+            found.append(json.loads(meta.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return [f for f in found if isinstance(f, dict)]
+
+
+def _endorsed(words: list[str]) -> list[str]:
+    return sorted({i["identifier"] for s in _subscriptions(words) for i in s.get("images", []) if "identifier" in i})
+
+
+def _lists(words: list[str]) -> list[str]:
+    return sorted(str(s["name"]) for s in _subscriptions(words) if "name" in s)
+
+
+DYNAMIC = {"@profile": _profiles, "@endorsed": _endorsed, "@list": _lists}
 
 
 def _values(spec: Any, words: list[str]) -> list[str]:
@@ -162,6 +189,8 @@ def build_tree() -> dict[str, Any]:
             elif param.param_type_name == "argument":
                 is_profile = path[:1] == ("profile",) and path[-1] != "add" and param.name in ("name", "names")
                 kind: Any = "@profile" if is_profile else ""
+                if path[:1] == ("image",):
+                    kind = {"image_id": "@endorsed", "name": "@list", "names": "@list"}.get(param.name, kind)
                 if path[:1] == ("completion",) and param.name == "shell":
                     kind = ["bash", "zsh", "fish"]
                 node.setdefault("args", []).append(kind)

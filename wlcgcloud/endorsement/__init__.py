@@ -41,6 +41,7 @@ class Subscription:
     expires: str = ""
     fetched_at: str = ""
     warnings: list[str] = field(default_factory=list)
+    images: list[dict[str, str]] = field(default_factory=list)  # identifier and title: for completion
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,6 +242,7 @@ def subscribe(
         expires=f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
         fetched_at=f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
         warnings=list(verified.warnings),
+        images=_index(image_list),
     )
     _write(lists_dir() / f"{sub.identifier}.smime", signed)
     _write(lists_dir() / f"{sub.identifier}.json", json.dumps(sub.to_dict(), indent=2).encode())
@@ -259,11 +261,16 @@ def refresh(sub: Subscription, ca_bundle: str | None = None) -> tuple[Subscripti
             "expires": f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
             "fetched_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
             "warnings": list(verified.warnings),
+            "images": _index(image_list),
         }
     )
     _write(lists_dir() / f"{sub.identifier}.smime", signed)
     _write(lists_dir() / f"{sub.identifier}.json", json.dumps(new.to_dict(), indent=2).encode())
     return new, list(verified.warnings)
+
+
+def _index(image_list: ImageList) -> list[dict[str, str]]:
+    return [{"identifier": i.identifier, "title": i.title} for i in image_list.images]
 
 
 def unsubscribe(sub: Subscription) -> None:
