@@ -148,7 +148,7 @@ def test_bad_lists_are_refused_with_one_line_and_exit_5(
 def test_version_rollback_is_refused_and_upgrade_accepted(run: Run, world: World, grid: Grid) -> None:
     assert subscribe(run, grid, grid.signed(**{"hv:version": "3.10"})).code == 0
     older = subscribe(run, grid, grid.signed(**{"hv:version": "3.9"}))
-    assert older.code == 5 and "older than the subscribed 3.10" in older.err
+    assert older.code == 5 and "older than the subscribed one (version 3.10" in older.err
     newer = subscribe(run, grid, grid.signed(**{"hv:version": "3.11"}), "-o", "json")
     assert newer.code == 0 and newer.json()["version"] == "3.11"  # type: ignore[index]
 
@@ -186,3 +186,64 @@ def test_endorsed_identifiers_and_list_names_complete(run: Run, grid: Grid) -> N
     assert complete(["wlcgcloud", "image", "show", ""], 3) == sorted(identifiers)
     assert complete(["wlcgcloud", "image", "verify", identifiers[0][:6]], 3) == [identifiers[0]]
     assert complete(["wlcgcloud", "image", "unsubscribe", "at"], 3) == ["atlas"]
+
+
+def test_a_signer_other_than_the_first_certificate_carried_is_the_one_checked(
+    run: Run, world: World, grid: Grid
+) -> None:
+    """Mallory, certified by another CA in the anchors, signs and ships the endorser's certificate first."""
+    assert subscribe(run, grid, grid.signed()).code == 0
+    before = stored(world)
+    other_ca = gridca.make_ca("Another Trusted CA")
+    gridca.install_ca(grid.anchors, other_ca)
+    mallory = gridca.make_endorser(other_ca, "mallory")
+    document = gridca.image_list(grid.endorser, grid.ca, **{"hv:version": "99"})
+    endorser_pem, _ = grid.endorser.files(grid.root, "endorser")
+    mallory_pem, _ = mallory.files(grid.root, "mallory")
+    bundle = grid.root / "carried.pem"
+    bundle.write_bytes(endorser_pem.read_bytes() + mallory_pem.read_bytes())
+    path = gridca.sign(grid.root / "lists", document, mallory, "-nocerts", "-certfile", str(bundle))
+    result = subscribe(run, grid, path)
+    assert result.code == 5 and "but /DC=org/DC=wlcgcloud-test/OU=Users/CN=mallory signed it" in result.err
+    assert stored(world) == before
+
+
+def test_the_same_dn_from_another_trusted_ca_is_refused(run: Run, world: World, grid: Grid) -> None:
+    assert subscribe(run, grid, grid.signed()).code == 0  # pins the endorser to the CA that issued it
+    other_ca = gridca.make_ca("Another Trusted CA")
+    gridca.install_ca(grid.anchors, other_ca)
+    twin = gridca.make_endorser(other_ca, "atlas-endorser")
+    result = subscribe(run, grid, grid.signed(endorser=twin, ca=other_ca, **{"hv:version": "3.2"}))
+    assert result.code == 5 and "when first trusted" in result.err
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("expired_signer", "certificate has expired"),
+        ("ca_mismatch", "the list names CA /DC=org/CN=Somebody Else CA"),
+        ("not_a_uuid", "dc:identifier is not a UUID"),
+    ],
+)
+def test_more_refusals(run: Run, world: World, grid: Grid, case: str, reason: str) -> None:
+    if case == "expired_signer":
+        old = gridca.make_endorser(grid.ca, "atlas-endorser", expired=True)
+        path = grid.signed(endorser=old)
+    elif case == "ca_mismatch":
+        document = gridca.image_list(grid.endorser, grid.ca)
+        document["hv:imagelist"]["hv:endorser"]["hv:x509"]["hv:ca"] = "/DC=org/CN=Somebody Else CA"
+        path = gridca.sign(grid.root / "lists", document, grid.endorser)
+    else:
+        path = grid.signed(**{"dc:identifier": "../../outside"})
+    result = subscribe(run, grid, path)
+    assert result.code == 5 and reason in result.err, result.err
+    assert not (world.root / "outside.json").exists()
+
+
+def test_a_pem_file_of_anchors_says_revocation_is_not_checked(run: Run, world: World, grid: Grid) -> None:
+    anchors = grid.root / "ca.pem"
+    anchors.write_bytes(next(grid.anchors.glob("*.0")).read_bytes())
+    result = run(
+        "image", "subscribe", str(grid.signed()), "--trust-anchors", str(anchors), "--endorser", grid.endorser_dn
+    )
+    assert result.code == 0 and "no CRLs: revocation not checked" in result.err

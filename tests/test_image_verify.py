@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from peers import gridca
-from peers.opennebula import OpenNebulaPeer
+from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
 
 from conftest import (
     OSK_DIR,
@@ -74,7 +74,7 @@ def test_ec2_trusts_the_tag_only_on_the_profiles_own_amis(
     assert foreign.code == 5
 
 
-def test_opennebula_trusts_the_attribute_only_on_the_users_or_groups_images(
+def test_opennebula_trusts_the_attribute_only_on_the_users_own_images(
     run: Run, world: World, endorsed: dict[str, Any], monkeypatch: Any
 ) -> None:
     images = [
@@ -82,8 +82,11 @@ def test_opennebula_trusts_the_attribute_only_on_the_users_or_groups_images(
          "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'},
         {"id": 1, "name": "atlas-own", "owner": "atlas", "size": 1,
          "template": f'WLCG_ENDORSED_ID="{endorsed["second"]}"\n'},
+        {"id": 2, "name": "group-mate", "owner": "atlas2", "size": 1,
+         "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'},
     ]  # fmt: skip
-    with OpenNebulaPeer(images=images) as peer:
+    users = [*DEFAULT_WORLD["users"], {"id": 4, "name": "atlas2", "password": "x", "gid": 100, "umask": "137"}]
+    with OpenNebulaPeer(images=images, users=users) as peer:
         write_profiles(world, {"one": one_profile(peer)})  # type: ignore[arg-type]
         monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
         own = run("image", "verify", endorsed["second"], "-p", "one", "-o", "json")

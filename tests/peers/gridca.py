@@ -171,7 +171,7 @@ def image_list(endorser: Identity, ca: Identity, **changes: Any) -> dict[str, An
     return {"hv:imagelist": body}
 
 
-def sign(directory: Path, document: dict[str, Any] | bytes, endorser: Identity) -> Path:
+def sign(directory: Path, document: dict[str, Any] | bytes, endorser: Identity, *extra: str) -> Path:
     """`openssl smime -sign` the JSON, detached, as vmcaster does; the signed file's path."""
     directory.mkdir(parents=True, exist_ok=True)
     content = document if isinstance(document, bytes) else json.dumps(document, indent=2).encode()
@@ -179,9 +179,6 @@ def sign(directory: Path, document: dict[str, Any] | bytes, endorser: Identity) 
     source, out = directory / f"{stem}.json", directory / f"{stem}.smime"
     source.write_bytes(content)
     cert, key = endorser.files(directory, f"{stem}-signer")
-    subprocess.run(
-        ["openssl", "smime", "-sign", "-signer", str(cert), "-inkey", str(key), "-in", str(source), "-out", str(out)],
-        check=True,
-        capture_output=True,
-    )
+    command = ["openssl", "smime", "-sign", "-signer", str(cert), "-inkey", str(key), "-in", str(source)]
+    subprocess.run([*command, "-out", str(out), *extra], check=True, capture_output=True)
     return out

@@ -44,8 +44,14 @@ def subscribe(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="A signed image list: a local file or an https:// URL.")],
     trust_anchors: Annotated[
-        str, typer.Option("--trust-anchors", help="CA directory (hashed names, CRLs *.r0) or PEM file.")
-    ] = DEFAULT_ANCHORS,
+        str | None,
+        typer.Option(
+            "--trust-anchors",
+            help=f"CA directory (hashed names, CRLs *.r0) or PEM file. [default: {DEFAULT_ANCHORS}, or the "
+            "subscription's own when subscribing again]",
+            show_default=False,
+        ),
+    ] = None,
     endorser: Annotated[
         list[str] | None, typer.Option("--endorser", help="DN allowed to sign this list; repeatable.")
     ] = None,

@@ -1,13 +1,18 @@
 """Endorsed images: subscriptions to signed HEPiX image lists, checked before they are stored.
 
-A subscription is keyed by the list's `dc:identifier` and named for people. Its last good
-signed list is kept, as it came, in the state directory (`image-lists/<identifier>.smime`)
-beside what we decided about it (`<identifier>.json`). A list is stored only after every check
-of formats.md §1 passed; a failing refresh keeps the last good one and says why.
+A subscription is keyed by the list's `dc:identifier` (a UUID) and named for people. One file
+per subscription in the state directory (`image-lists/<identifier>.json`) holds what we decided
+about it and its last good signed list as it came (base64), written atomically, so the two can
+never disagree. A list is stored only after every check of formats.md §1 passed; a failing
+refresh keeps the last good one and says why.
+
+Who may sign: the authorised endorser DNs, each pinned to the CA that issued it when first
+seen, because another CA in the trust anchors could issue a certificate with the same DN.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -36,15 +41,23 @@ class Subscription:
     source: str
     trust_anchors: str
     endorsers: list[str]
+    pinned: dict[str, str] = field(default_factory=dict)  # endorser DN -> the CA DN that issued it
     title: str = ""
     version: str = ""
+    created: str = ""
     expires: str = ""
     fetched_at: str = ""
     warnings: list[str] = field(default_factory=list)
     images: list[dict[str, str]] = field(default_factory=list)  # identifier and title: for completion
+    signed: str = field(default="", repr=False)  # the last good signed list, base64
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as shown to people and scripts: everything but the stored list itself."""
+        return {k: v for k, v in asdict(self).items() if k != "signed"}
+
+    @property
+    def signed_list(self) -> bytes:
+        return base64.b64decode(self.signed)
 
 
 def lists_dir() -> Path:
@@ -86,8 +99,7 @@ def find(name_or_identifier: str) -> Subscription:
 
 def stored_list(sub: Subscription) -> ImageList:
     """The last good list of a subscription (re-read from its signed file, not re-verified)."""
-    signed = (lists_dir() / f"{sub.identifier}.smime").read_bytes()
-    content, _ = smime.parts(signed)
+    content, _ = smime.parts(sub.signed_list)
     return parse(content)
 
 
@@ -112,13 +124,22 @@ def fetch(source: str, ca_bundle: str | None = None) -> bytes:
 def _open_https(url: str, ca_bundle: str | None) -> Any:
     """An https response, verified against `ca_bundle` (a PEM file or a hashed CA directory) or the system's."""
     import ssl
+    import urllib.error
     import urllib.request
 
     context = ssl.create_default_context(
         cafile=ca_bundle if ca_bundle and Path(ca_bundle).is_file() else None,
         capath=ca_bundle if ca_bundle and Path(ca_bundle).is_dir() else None,
     )
-    return urllib.request.urlopen(url, timeout=60, context=context)
+
+    class HttpsOnly(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+            if not newurl.startswith("https://"):
+                raise urllib.error.URLError(f"refused a redirect from https to {newurl.split(':', 1)[0]}")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), HttpsOnly)
+    return opener.open(url, timeout=60)
 
 
 CHUNK = 1024 * 1024
@@ -164,6 +185,7 @@ def check(
     signed: bytes,
     anchors: Path,
     endorsers: list[str],
+    pinned: dict[str, str],
     identifier: str | None,
     previous: Subscription | None,
     now: datetime | None = None,
@@ -172,58 +194,96 @@ def check(
     now = now or datetime.now(UTC)
     verified = smime.verify(signed, anchors)
     image_list = parse(verified.content)
-    if verified.signer_dn != image_list.endorser_dn:
-        raise PolicyError(f"the list names endorser {image_list.endorser_dn} but {verified.signer_dn} signed it.")
-    if verified.issuer_dn != image_list.endorser_ca:
+    signer, issuer = verified.signer_dn, verified.issuer_dn
+    if signer != image_list.endorser_dn:
+        raise PolicyError(f"the list names endorser {image_list.endorser_dn} but {signer} signed it.")
+    if issuer != image_list.endorser_ca:
+        raise PolicyError(f"the list names CA {image_list.endorser_ca} but the signer's issuer is {issuer}.")
+    if endorsers and signer not in endorsers:
         raise PolicyError(
-            f"the list names CA {image_list.endorser_ca} but the signer's issuer is {verified.issuer_dn}."
-        )
-    if endorsers and verified.signer_dn not in endorsers:
-        raise PolicyError(
-            f"{verified.signer_dn} is not an authorised endorser of this list.",
+            f"{signer} is not an authorised endorser of this list.",
             "Authorised: " + "; ".join(endorsers) + ". Add one with --endorser DN.",
         )
+    if signer in pinned and pinned[signer] != issuer:
+        raise PolicyError(f"{signer} was issued by {pinned[signer]} when first trusted, but this one by {issuer}.")
     expected = identifier or (previous.identifier if previous else None)
-    if expected and image_list.identifier != expected:
+    if expected and image_list.identifier != expected.lower():
         raise PolicyError(f"the list's identifier is {image_list.identifier}, not the expected {expected}.")
     if image_list.created > now + CLOCK_SKEW:
-        raise PolicyError(f"the list was created in the future ({image_list.created:%Y-%m-%dT%H:%M:%SZ}).")
+        raise PolicyError(f"the list was created in the future ({_z(image_list.created)}).")
     if image_list.expires <= now:
-        raise PolicyError(
-            f"the list expired at {image_list.expires:%Y-%m-%dT%H:%M:%SZ}.", "Ask its endorser for a new one."
-        )
-    if previous and previous.version and version_key(image_list.version) < version_key(previous.version):
-        raise PolicyError(
-            f"the list's version {image_list.version} is older than the subscribed {previous.version}; "
-            "a rollback is refused."
-        )
+        raise PolicyError(f"the list expired at {_z(image_list.expires)}.", "Ask its endorser for a new one.")
+    if previous and previous.version:
+        new, held = version_key(image_list.version), version_key(previous.version)
+        if new < held or (new == held and previous.created and _z(image_list.created) < previous.created):
+            raise PolicyError(
+                f"the list (version {image_list.version}, created {_z(image_list.created)}) is older than the "
+                f"subscribed one (version {previous.version}, created {previous.created}); a rollback is refused."
+            )
     return image_list, verified
+
+
+def _z(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40] or "image-list"
 
 
+def _store(sub: Subscription) -> None:
+    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(asdict(sub), indent=1).encode())
+
+
+def _record(base: Subscription, signed: bytes, image_list: ImageList, verified: smime.Verified) -> Subscription:
+    """`base` updated with a list that passed: its facts, its signer's CA pinned, the list itself."""
+    pinned = {**base.pinned, verified.signer_dn: verified.issuer_dn}
+    return Subscription(
+        **{
+            **asdict(base),
+            "identifier": image_list.identifier,
+            "pinned": pinned,
+            "title": image_list.title,
+            "version": image_list.version,
+            "created": _z(image_list.created),
+            "expires": _z(image_list.expires),
+            "fetched_at": _z(datetime.now(UTC)),
+            "warnings": list(verified.warnings),
+            "images": [{"identifier": i.identifier, "title": i.title} for i in image_list.images],
+            "signed": base64.b64encode(signed).decode(),
+        }
+    )
+
+
 def subscribe(
     source: str,
-    anchors: str = DEFAULT_ANCHORS,
+    anchors: str | None = None,
     endorsers: list[str] | None = None,
     identifier: str | None = None,
     name: str | None = None,
     ca_bundle: str | None = None,
 ) -> tuple[Subscription, list[str]]:
-    """Fetch, check and store a list; subscribing again to the same list updates it under the same checks."""
+    """Fetch, check and store a list; subscribing again to the same list updates it under the same checks.
+
+    Settings not given are kept from an existing subscription to the same list; an endorser
+    given again is added to the authorised ones, and said so.
+    """
     signed = fetch(source, ca_bundle)
     existing = {s.identifier: s for s in subscriptions()}
-    # A list we already hold is checked against what we decided for it before. Which one it
-    # is, is read before verifying only to find that; `check` then verifies everything.
+    # Which list this is, is read before verifying only to find an existing subscription to it;
+    # `check` then verifies everything, against that subscription's own constraints.
     try:
         previous = existing.get(parse(smime.parts(signed)[0]).identifier)
     except PolicyError:
         previous = None
-    allowed = list(dict.fromkeys((endorsers or []) + (previous.endorsers if previous else [])))
     notes: list[str] = []
-    image_list, verified = check(signed, Path(anchors), allowed, identifier, previous)
+    held = previous.endorsers if previous else []
+    allowed = list(dict.fromkeys(held + list(endorsers or [])))
+    if previous and allowed != held:
+        notes.append(f"authorised endorsers of '{previous.name}' are now: {'; '.join(allowed)}.")
+    trust = anchors or (previous.trust_anchors if previous else DEFAULT_ANCHORS)
+    pinned = previous.pinned if previous else {}
+    image_list, verified = check(signed, Path(trust), allowed, pinned, identifier, previous)
     if not allowed:
         allowed = [verified.signer_dn]
         notes.append(f"no --endorser given: trusting the list's own signer {verified.signer_dn} from now on.")
@@ -231,51 +291,26 @@ def subscribe(
     clash = next((s for s in existing.values() if s.name == chosen and s.identifier != image_list.identifier), None)
     if clash:
         raise UsageError(f"a subscription named '{chosen}' exists for another list.", "Pass --name.")
-    sub = Subscription(
-        name=chosen,
-        identifier=image_list.identifier,
-        source=source,
-        trust_anchors=str(anchors),
-        endorsers=allowed,
-        title=image_list.title,
-        version=image_list.version,
-        expires=f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
-        fetched_at=f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
-        warnings=list(verified.warnings),
-        images=_index(image_list),
+    base = previous or Subscription(chosen, image_list.identifier, source, trust, allowed)
+    base = Subscription(
+        **{**asdict(base), "name": chosen, "source": source, "trust_anchors": trust, "endorsers": allowed}
     )
-    _write(lists_dir() / f"{sub.identifier}.smime", signed)
-    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(sub.to_dict(), indent=2).encode())
+    sub = _record(base, signed, image_list, verified)
+    _store(sub)
     return sub, notes + list(verified.warnings)
 
 
 def refresh(sub: Subscription, ca_bundle: str | None = None) -> tuple[Subscription, list[str]]:
     """Fetch a subscription again under the same checks; on failure the last good list stays."""
     signed = fetch(sub.source, ca_bundle)
-    image_list, verified = check(signed, Path(sub.trust_anchors), sub.endorsers, sub.identifier, sub)
-    new = Subscription(
-        **{
-            **sub.to_dict(),
-            "title": image_list.title,
-            "version": image_list.version,
-            "expires": f"{image_list.expires:%Y-%m-%dT%H:%M:%SZ}",
-            "fetched_at": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
-            "warnings": list(verified.warnings),
-            "images": _index(image_list),
-        }
-    )
-    _write(lists_dir() / f"{sub.identifier}.smime", signed)
-    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(new.to_dict(), indent=2).encode())
+    image_list, verified = check(signed, Path(sub.trust_anchors), sub.endorsers, sub.pinned, sub.identifier, sub)
+    new = _record(sub, signed, image_list, verified)
+    _store(new)
     return new, list(verified.warnings)
 
 
-def _index(image_list: ImageList) -> list[dict[str, str]]:
-    return [{"identifier": i.identifier, "title": i.title} for i in image_list.images]
-
-
 def unsubscribe(sub: Subscription) -> None:
-    for suffix in (".json", ".smime"):
-        (lists_dir() / f"{sub.identifier}{suffix}").unlink(missing_ok=True)
+    (lists_dir() / f"{sub.identifier}.json").unlink(missing_ok=True)
 
 
 def endorsed_images() -> list[tuple[Subscription, EndorsedImage]]:
@@ -301,9 +336,8 @@ def current(reference: str, now: datetime | None = None) -> tuple[Subscription, 
     if len(found) > 1:
         raise UsageError(f"'{reference}' names {len(found)} endorsed images.", "Use the identifier.")
     sub, image = found[0]
-    signed = (lists_dir() / f"{sub.identifier}.smime").read_bytes()
     try:
-        check(signed, Path(sub.trust_anchors), sub.endorsers, sub.identifier, None, now)
+        check(sub.signed_list, Path(sub.trust_anchors), sub.endorsers, sub.pinned, sub.identifier, None, now)
     except PolicyError as exc:
         raise PolicyError(f"the endorsement of '{image.title}' no longer holds: {exc.message}", exc.hint) from None
     return sub, image

@@ -72,6 +72,17 @@ def _missing(obj: Any, fields: tuple[str, ...], what: str) -> None:
         raise PolicyError(f"the image list's {what} lacks {', '.join(absent)}.")
 
 
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _uuid(value: Any, where: str) -> str:
+    """A dc:identifier: a UUID, as the format says (it also names files and completes in shells)."""
+    text = str(value)
+    if not UUID.fullmatch(text):
+        raise PolicyError(f"{where} dc:identifier is not a UUID: {text[:40]!r}.")
+    return text.lower()
+
+
 def _int(value: Any, where: str) -> int:
     try:
         return int(value)
@@ -104,7 +115,7 @@ def parse(content: bytes) -> ImageList:
             raise PolicyError(f"image {n} ({image['dc:identifier']}): sl:checksum:sha512 is not a sha512.")
         images.append(
             EndorsedImage(
-                identifier=str(image["dc:identifier"]),
+                identifier=_uuid(image["dc:identifier"], f"image {n}'s"),
                 title=str(image["dc:title"]),
                 version=str(image["hv:version"]),
                 os=str(image["sl:os"]),
@@ -119,7 +130,7 @@ def parse(content: bytes) -> ImageList:
             )
         )
     return ImageList(
-        identifier=str(body["dc:identifier"]),
+        identifier=_uuid(body["dc:identifier"], "the list's"),
         title=str(body["dc:title"]),
         version=str(body["hv:version"]),
         created=_time(body["dc:date:created"], "dc:date:created"),

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,7 +98,9 @@ def parts(signed: bytes) -> tuple[bytes, bytes]:
 
 def signer_certificate(der: bytes) -> x509.Certificate:
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(der)
+        with warnings.catch_warnings():  # cryptography warns when it falls back to BER: not for our users
+            warnings.simplefilter("ignore")
+            certs = pkcs7.load_der_pkcs7_certificates(der)
     except ValueError:
         raise PolicyError("the PKCS#7 signature cannot be read (truncated or not PKCS#7).") from None
     if not certs:
@@ -121,35 +124,60 @@ def _crl_for(issuer: x509.Name, anchors: Path) -> x509.CertificateRevocationList
 
 
 def verify(signed: bytes, anchors: Path) -> Verified:
-    """Check the signature and the signer's chain to `anchors` (a CA directory or a PEM file)."""
+    """Check the signature and the signer's chain to `anchors` (a CA directory or a PEM file).
+
+    The signer is the certificate openssl reports as having signed (`-signer`), never simply
+    the first certificate the message carries: a message may carry others. Exactly one signer.
+    """
     openssl = shutil.which("openssl")
     if openssl is None:
         raise ConfigError("the 'openssl' command is needed to verify image list signatures and is not installed.")
     if not anchors.exists():
         raise ConfigError(f"trust anchors {anchors} do not exist.", "Pass --trust-anchors DIR|FILE.")
     content, der = parts(signed)
-    signer = signer_certificate(der)
+    signer_certificate(der)  # a readable PKCS#7 with a certificate, or a clear refusal before openssl
     warnings: list[str] = []
-    crl = _crl_for(signer.issuer, anchors)
-    args = [openssl, "smime", "-verify", "-purpose", "any", "-inform", "SMIME"]
-    args += ["-CApath", str(anchors)] if anchors.is_dir() else ["-CAfile", str(anchors)]
-    if crl is not None:
-        args.append("-crl_check")
-        revoked = crl.get_revoked_certificate_by_serial_number(signer.serial_number)
-        if revoked is not None:
-            raise PolicyError(f"the signer {slash_dn(signer.subject)} is revoked in its CA's CRL.")
-    elif anchors.is_dir():
-        warnings.append(f"no CRL for {slash_dn(signer.issuer)} in {anchors}: revocation not checked (run fetch-crl).")
+    base = [openssl, "smime", "-verify", "-purpose", "any", "-inform", "SMIME"]
+    base += ["-CApath", str(anchors)] if anchors.is_dir() else ["-CAfile", str(anchors)]
     with tempfile.TemporaryDirectory(prefix="wlcg-smime-") as tmp:
-        source, out = Path(tmp) / "list.smime", Path(tmp) / "list.json"
+        source, out, who = Path(tmp) / "list.smime", Path(tmp) / "list.json", Path(tmp) / "signer.pem"
         source.write_bytes(signed)
-        done = subprocess.run([*args, "-in", str(source), "-out", str(out)], capture_output=True, timeout=60)
-        if done.returncode != 0:
-            raise PolicyError(f"the signature does not verify: {_reason(done.stderr)}.")
+
+        def openssl_verify(*extra: str) -> None:
+            command = [*base, *extra, "-in", str(source), "-out", str(out), "-signer", str(who)]
+            done = subprocess.run(command, capture_output=True, timeout=60)
+            if done.returncode != 0:
+                raise PolicyError(f"the signature does not verify: {_reason(done.stderr)}.")
+
+        openssl_verify()
+        signers = x509.load_pem_x509_certificates(who.read_bytes())
+        if len(signers) != 1:
+            raise PolicyError(f"the list has {len(signers)} signers; an image list has exactly one.")
+        signer = signers[0]
+        if _is_ca(signer):
+            raise PolicyError(f"the signer {slash_dn(signer.subject)} is a CA certificate, not an endorser's.")
+        crl = _crl_for(signer.issuer, anchors)
+        if crl is not None:
+            if crl.get_revoked_certificate_by_serial_number(signer.serial_number) is not None:
+                raise PolicyError(f"the signer {slash_dn(signer.subject)} is revoked in its CA's CRL.")
+            openssl_verify("-crl_check")  # openssl checks the CRL's own signature and dates too
+        elif anchors.is_dir():
+            warnings.append(
+                f"no CRL for {slash_dn(signer.issuer)} in {anchors}: revocation not checked (run fetch-crl)."
+            )
+        else:
+            warnings.append(f"trust anchors {anchors} are a file, with no CRLs: revocation not checked.")
         verified = out.read_bytes()
     if verified.replace(b"\r\n", b"\n") != content.replace(b"\r\n", b"\n"):
         raise PolicyError("the verified content differs from the message's first part.")
     return Verified(verified, slash_dn(signer.subject), slash_dn(signer.issuer), tuple(warnings))
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _reason(stderr: bytes) -> str:

@@ -186,7 +186,7 @@ class OpenNebulaProvider(Provider):
         # profile's own, so a stalled oned never holds a thread for good.
         self.one._ServerProxy__transport = _TimedTransport(p.timeout, ca or True, str(p.get("endpoint")))
         self._templates: dict[str, Any] | None = None
-        self._me: tuple[str, str] | None = None
+        self._me: str | None = None
 
     # Errors and calls
 
@@ -289,16 +289,10 @@ class OpenNebulaProvider(Provider):
         return out
 
     def trusted_owner(self, image: Image) -> str | None:
-        """Marks count on the user's own images and their group's, never on another's."""
+        """Marks count on the user's own images only: any member of a group could plant one there."""
         if self._me is None:
-            me = self.rpc("log in", self.one.user.info, -1)
-            self._me = (str(me.NAME), str(me.GNAME))
-        user, group = self._me
-        if image.extra.get("owner") == user:
-            return f"user {user}"
-        if image.extra.get("group") == group:
-            return f"group {group}"
-        return None
+            self._me = str(self.rpc("log in", self.one.user.info, -1).NAME)
+        return f"user {self._me}" if image.extra.get("owner") == self._me else None
 
     def quota(self) -> Quota:
         user = self.rpc("read quotas", self.one.user.info, -1)

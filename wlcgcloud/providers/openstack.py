@@ -220,6 +220,7 @@ class OpenStackProvider(Provider):
             endorsed_id=props.get(ENDORSED_ID_TAG),
             extra={
                 "status": raw.status,
+                "owner": raw.owner_id,
                 "visibility": raw.visibility,
                 "min_ram": raw.min_ram,
                 "min_disk": raw.min_disk,
@@ -231,7 +232,10 @@ class OpenStackProvider(Provider):
         found = []
         for image in self.images():
             if image.checksum == ("sha512", sha512.lower()):
-                found.append(Match(image, "Glance os_hash_value (sha512) equals the list's sl:checksum:sha512"))
+                whose = f"{image.extra.get('visibility')} image of project {image.extra.get('owner')}"
+                found.append(
+                    Match(image, f"Glance os_hash_value (sha512) equals the list's sl:checksum:sha512 ({whose})")
+                )
             elif image.endorsed_id == identifier:
                 why = "its sha512 differs" if image.checksum else "Glance holds no sha512 for it"
                 found.append(Match(image, f"marked {ENDORSED_ID_TAG} = {identifier}, but {why}", ok=False))
