@@ -21,12 +21,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.config import state_dir
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
+
+if TYPE_CHECKING:
+    from wlcgcloud.providers.base import Provider
 
 DEFAULT_ANCHORS = "/etc/grid-security/certificates"
 CLOCK_SKEW = timedelta(minutes=5)  # a list "created" this little in the future is a clock, not a lie
@@ -341,3 +344,53 @@ def current(reference: str, now: datetime | None = None) -> tuple[Subscription, 
     except PolicyError as exc:
         raise PolicyError(f"the endorsement of '{image.title}' no longer holds: {exc.message}", exc.hint) from None
     return sub, image
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What `launch` may start on one profile, and the tags that say why."""
+
+    cloud_image: str  # the cloud's image id to launch
+    endorsed: EndorsedImage | None  # None when launched unendorsed (--allow-unendorsed)
+    how: str  # how the cloud image was matched, or why it is not endorsed
+    tags: dict[str, str]  # wlcg:image and wlcg:endorsement, for the fleet
+
+
+def gate(reference: str, provider: Provider, flavor: str | None, allow_unendorsed: bool = False) -> Decision:
+    """Decide whether `reference` may be launched on `provider` with `flavor`; read calls only.
+
+    `reference` is an endorsed identifier or title. It must come from a list that still passes
+    every check, have a matching cloud copy on the profile (as `image verify` finds it), and the
+    flavor must meet the image's hv:core_minimum / hv:ram_minimum; else a PolicyError (exit 5).
+    A raw cloud image id is never endorsed: with `allow_unendorsed` it is launched as it is,
+    and the fleet is tagged wlcg:endorsement=none.
+    """
+    try:
+        _, image = current(reference)
+    except PolicyError:
+        if not allow_unendorsed:
+            raise
+        reason = f"not endorsed: launched as the cloud image '{reference}' because of --allow-unendorsed"
+        return Decision(reference, None, reason, {"wlcg:image": "none", "wlcg:endorsement": "none"})
+    matches = [m for m in provider.find_endorsed(image.identifier, image.sha512) if m.ok]
+    if not matches:
+        raise PolicyError(
+            f"profile '{provider.name}': no cloud image carries endorsed image '{image.title}'.",
+            f"Register it with 'wlcgcloud image register {image.identifier} -p {provider.name}'.",
+        )
+    if flavor and (image.core_minimum or image.ram_minimum):
+        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
+        if size is None:
+            raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
+        short = []
+        if image.core_minimum and (size.vcpus or 0) < image.core_minimum:
+            short.append(f"{size.vcpus} vCPUs < hv:core_minimum {image.core_minimum}")
+        if image.ram_minimum and (size.memory_mb or 0) * 1024 * 1024 < image.ram_minimum:
+            short.append(f"{size.memory_mb} MiB < hv:ram_minimum {image.ram_minimum // (1024 * 1024)} MiB")
+        if short:
+            raise PolicyError(
+                f"profile '{provider.name}': flavor '{flavor}' is below what '{image.title}' needs: {'; '.join(short)}."
+            )
+    chosen = matches[0]
+    tags = {"wlcg:image": image.identifier, "wlcg:endorsement": "verified"}
+    return Decision(chosen.image.id, image, chosen.how, tags)
