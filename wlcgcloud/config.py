@@ -379,7 +379,7 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+def atomic_write(path: Path, text: str, mode: int = 0o600, what: str = "the config file") -> None:
     """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half.
 
     A symlinked file is written where the link points, so the link stays.
@@ -389,7 +389,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
+        raise ConfigError(f"{path}: cannot write {what}: {exc.strerror}.") from None
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -401,7 +401,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
+            raise ConfigError(f"{path}: cannot write {what}: {exc.strerror}.") from None
         raise
     dirfd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wlcgcloud.config import state_dir
+from wlcgcloud.config import atomic_write, state_dir
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
@@ -65,20 +65,6 @@ class Subscription:
 
 def lists_dir() -> Path:
     return state_dir() / "image-lists"
-
-
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def subscriptions() -> list[Subscription]:
@@ -235,7 +221,7 @@ def slug(title: str) -> str:
 
 
 def _store(sub: Subscription) -> None:
-    _write(lists_dir() / f"{sub.identifier}.json", json.dumps(asdict(sub), indent=1).encode())
+    atomic_write(lists_dir() / f"{sub.identifier}.json", json.dumps(asdict(sub), indent=1), what="the subscription")
 
 
 def _record(base: Subscription, signed: bytes, image_list: ImageList, verified: smime.Verified) -> Subscription:
