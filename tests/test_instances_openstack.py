@@ -75,7 +75,9 @@ def fleet(osk: OpenStackPeer) -> Iterator[str]:
 def wait_for(run: Run, fleet: str, done: Any, seconds: float = 90) -> list[dict[str, Any]]:
     deadline = time.monotonic() + seconds
     while True:
-        rows = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+        result = run("instance", "list", "--fleet", fleet, "-o", "json")
+        assert result.code == 0, result.err
+        rows = result.json()
         assert isinstance(rows, list)
         if done(rows) or time.monotonic() > deadline:
             return rows

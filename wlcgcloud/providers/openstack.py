@@ -69,7 +69,11 @@ STATES = {
     "ERROR": "error",
     "UNKNOWN": "unknown",
 }
-PAGE = 500  # items per API page, and per deadline in fetch_all: one request per `timeout`
+# Glance pages 25 images by default: ask for 500, so a chunk of fetch_all is one request. Nova
+# pages by its own max_limit (1000) with next links; giving openstacksdk a `limit` there makes
+# it probe one page further by marker, which it aborts as an "endless pagination loop" when
+# servers change meanwhile (seen on the peer while 20 servers were being built).
+PAGE = 500
 STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
 USER_DATA_LIMIT = 65535 // 4 * 3  # Nova keeps at most 65535 characters of base64: 49149 bytes
 REQUEST_TAG = "wlcg:request"
@@ -260,7 +264,7 @@ class OpenStackProvider(Provider):
         return image
 
     def flavors(self) -> list[Flavor]:
-        raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True, limit=PAGE))
+        raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True))
         return [Flavor(name=f.name, id=f.id, vcpus=f.vcpus, memory_mb=f.ram, disk_gb=f.disk) for f in raws]
 
     def quota(self) -> Quota:
@@ -281,7 +285,7 @@ class OpenStackProvider(Provider):
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         # Listed in full and filtered here: a server that carries our metadata without the
         # mirrored tags (made by another tool) must still be found.
-        raws = self.fetch_all("list servers", lambda: self.conn.compute.servers(details=True, limit=PAGE))
+        raws = self.fetch_all("list servers", lambda: self.conn.compute.servers(details=True))
         found = [self._instance(r) for r in raws]
         if fleet:
             return [i for i in found if i.fleet == fleet]
