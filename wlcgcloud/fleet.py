@@ -24,10 +24,13 @@ class Gathered:
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     asked: int = 0
 
-    def exit_code(self, succeeded: bool = True) -> int:
-        """0, 7 when some profiles failed and others answered, else the (first) failure's own code."""
+    def exit_code(self) -> int:
+        """0; 7 when some profiles failed and others answered; else the first failure's own code.
+
+        The first, because the CLI shows that one as the error line (the others as warnings).
+        """
         if not self.failures:
-            return 0 if succeeded else 7
+            return 0
         if len(self.failures) < self.asked:
             return 7
         return self.failures[0][1].exit_code
