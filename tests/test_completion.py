@@ -90,3 +90,15 @@ def test_completion_show_other_shells_not_yet(run: Run) -> None:
 def test_instance_state_values_complete() -> None:
     assert complete(["wlcgcloud", "instance", "list", "--state", "st"], 4) == ["stopping", "stopped"]
     assert "--fleet" in complete(["wlcgcloud", "instance", "list", "--f"], 3)
+
+
+def test_man_page_and_bash_script_are_generated_and_current() -> None:
+    """man/wlcgcloud.1 and completions/wlcgcloud.bash come from the CLI: regenerate with python -m wlcgcloud.manpage."""
+    from wlcgcloud import manpage
+
+    assert manpage.MAN.read_text(encoding="utf-8") == manpage.man_page(), "stale: python -m wlcgcloud.manpage"
+    assert manpage.BASH.read_text(encoding="utf-8") == manpage.bash_script(), "stale: python -m wlcgcloud.manpage"
+    page = manpage.MAN.read_text(encoding="utf-8")
+    for command in ("wlcgcloud instance list", "wlcgcloud image subscribe", "wlcgcloud profile test"):
+        assert f"\\fB{command}\\fR" in page
+    assert ".SH EXIT STATUS" in page and "\\fB--fleet, -f\\fR" in page

@@ -1,0 +1,135 @@
+"""The man page and the shell completion script, generated from the CLI itself (never by hand).
+
+    python -m wlcgcloud.manpage            # writes man/wlcgcloud.1 and completions/wlcgcloud.bash
+
+A test fails when either file is stale, as for `cli/tree.json`. Not imported at run time.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MAN = ROOT / "man" / "wlcgcloud.1"
+BASH = ROOT / "completions" / "wlcgcloud.bash"
+
+CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "doctor", "completion"]
+EXIT_CODES = (
+    ("0", "success"),
+    ("1", "unexpected internal error (a bug; a traceback only with --debug)"),
+    ("2", "usage error, a confirmation needed without a terminal, a command not yet available"),
+    ("3", "configuration error: unknown or invalid profile, unreadable config, missing secret"),
+    ("4", "authentication or authorisation refused by the cloud"),
+    ("5", "refused by policy: not endorsed, endorsement expired or unverifiable, user-data too large"),
+    ("6", "cloud unreachable, or an API error after retries"),
+    ("7", "partial success: some profiles or instances failed, others succeeded"),
+    ("130", "interrupted"),
+)
+ENVIRONMENT = (
+    ("WLCGCLOUD_PROFILE", "profiles to use, comma-separated (as -p)"),
+    ("WLCGCLOUD_OUTPUT", "output format (as -o)"),
+    ("WLCGCLOUD_CONFIG", "the config file (as --config)"),
+    ("WLCGCLOUD_STATE_DIR", "the state directory: image lists, downloads"),
+    ("WLCGCLOUD_SECRET_<PROFILE>", "one profile's secret (profile name upper-cased, other characters as _)"),
+    ("NO_COLOR", "plain output"),
+)
+
+
+def _roff(text: str) -> str:
+    """Text safe in roff: backslashes and leading dots or quotes escaped."""
+    text = text.replace("\\", "\\e")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in text.splitlines())
+
+
+def _help(command: Any) -> str:
+    text = (command.help or "").replace("\b\n", "")
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def _options(command: Any) -> list[str]:
+    lines = []
+    for param in command.params:
+        if param.param_type_name != "option" or param.hidden:
+            continue
+        names = ", ".join([*param.opts, *param.secondary_opts])
+        value = "" if param.is_flag or param.count else f" {param.metavar or param.name.upper()}"
+        lines += [".TP", f"\\fB{_roff(names)}\\fR{_roff(value)}", _roff(param.help or "")]
+    return lines
+
+
+def _commands(command: Any, path: list[str]) -> list[str]:
+    out: list[str] = []
+    subs = getattr(command, "commands", None)
+    if subs:
+        for name, sub in subs.items():
+            if not sub.hidden:
+                out += _commands(sub, [*path, name])
+        return out
+    args = " ".join(p.human_readable_name.upper() for p in command.params if p.param_type_name == "argument")
+    out += [".SS", f"\\fB{' '.join(path)}\\fR {_roff(args)}".rstrip(), _roff(_help(command)) or "."]
+    out += _options(command)
+    return out
+
+
+def man_page() -> str:
+    """The whole man page, in roff."""
+    import typer
+
+    from wlcgcloud import __version__
+    from wlcgcloud.cli import app
+
+    root = typer.main.get_command(app)
+    lines = [
+        f'.TH WLCGCLOUD 1 "" "wlcgcloud {__version__}" "User Commands"',
+        ".SH NAME",
+        "wlcgcloud \\- launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and OpenNebula",
+        ".SH SYNOPSIS",
+        "\\fBwlcgcloud\\fR [\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+        ".SH DESCRIPTION",
+        _roff(_help(root).split("\n\nExamples:")[0]),
+        ".SH GLOBAL OPTIONS",
+        *_options(root),
+        ".SH COMMANDS",
+    ]
+    commands = root.commands  # type: ignore[attr-defined]
+    for name in sorted(commands, key=lambda n: CONTRACT_ORDER.index(n) if n in CONTRACT_ORDER else 99):
+        if not commands[name].hidden:
+            lines += _commands(commands[name], ["wlcgcloud", name])
+    lines += [".SH EXIT STATUS"]
+    for code, meaning in EXIT_CODES:
+        lines += [".TP", f"\\fB{code}\\fR", meaning]
+    lines += [".SH ENVIRONMENT"]
+    for name, meaning in ENVIRONMENT:
+        lines += [".TP", f"\\fB{name}\\fR", meaning]
+    lines += [
+        ".SH FILES",
+        ".TP",
+        "\\fI~/.config/wlcgcloud/config.toml\\fR",
+        "profiles (XDG config directory)",
+        ".TP",
+        "\\fI~/.local/state/wlcgcloud/\\fR",
+        "subscribed image lists and downloads (XDG state directory)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bash_script() -> str:
+    from wlcgcloud.completion import BASH_SCRIPT
+
+    return BASH_SCRIPT
+
+
+def main() -> int:
+    MAN.parent.mkdir(exist_ok=True)
+    BASH.parent.mkdir(exist_ok=True)
+    MAN.write_text(man_page(), encoding="utf-8")
+    BASH.write_text(bash_script(), encoding="utf-8")
+    print(f"wrote {MAN.relative_to(ROOT)} and {BASH.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
