@@ -41,6 +41,14 @@ def endorsed(run: Run, world: World) -> dict[str, Any]:
             "endorser": endorser, "anchors": anchors}  # fmt: skip
 
 
+def own_marked_ami(client: Any, endorsed_id: str) -> str:
+    """An AMI of the profile's own account, marked as carrying `endorsed_id`."""
+    instance = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
+    client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed_id}])
+    return str(own)
+
+
 @pytest.mark.openstack
 def test_openstack_matches_by_glance_sha512(
     run: Run, world: World, endorsed: dict[str, Any], openstack_peer: OpenStackPeer, monkeypatch: Any
@@ -61,9 +69,7 @@ def test_ec2_trusts_the_tag_only_on_the_profiles_own_amis(
     write_profiles(world, {"aws": ec2_profile(moto_ec2)})
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
     client = moto_ec2.client()
-    instance = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
-    own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
-    client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed["first"]}])
+    own = own_marked_ami(client, endorsed["first"])
     # Anyone can tag an image: one of another account's AMIs marked as the second endorsed image.
     client.create_tags(Resources=["ami-03cf127a"], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed["second"]}])
     found = run("image", "verify", endorsed["first"], "-p", "aws", "-o", "json")
@@ -123,9 +129,7 @@ def test_launch_gate_on_ec2(run: Run, world: World, endorsed: dict[str, Any], mo
     write_profiles(world, {"aws": ec2_profile(moto_ec2)})
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
     client = moto_ec2.client()
-    instance = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
-    own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
-    client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed["first"]}])
+    own = own_marked_ami(client, endorsed["first"])
     aws = _provider(world, "aws")
     decision = gate("ATLAS worker node 1", aws, "m5.large")  # 2 vCPUs, 8 GiB: meets 2 cores, 4 GiB
     tagged = [{"Name": "tag:wlcg:endorsed-id", "Values": [endorsed["first"]]}]

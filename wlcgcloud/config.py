@@ -172,6 +172,10 @@ def default_config_path() -> Path:
     return user_config_path("wlcgcloud") / "config.toml"
 
 
+# Where grid hosts keep their trust anchors (hashed CA certificates and CRLs, kept by fetch-crl).
+GRID_CA_DIR = "/etc/grid-security/certificates"
+
+
 def state_dir() -> Path:
     """`WLCGCLOUD_STATE_DIR`, else the XDG state directory: ledger, caches, image lists."""
     env = os.environ.get("WLCGCLOUD_STATE_DIR")

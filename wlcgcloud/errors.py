@@ -6,7 +6,7 @@ the contract. Messages must never contain a secret, a proxy, a token or user-dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # The contract's order of severity when several things failed: configuration, credentials,
 # cloud, policy.
@@ -17,6 +17,13 @@ def most_severe(codes: Iterable[int]) -> int:
     """Of several failures' exit codes, the one to exit with: 3, then 4, 6, 5; 0 for none."""
     found = set(codes)
     return next((code for code in SEVERITY if code in found), max(found, default=0))
+
+
+def partial_exit(codes: Sequence[int], attempted: int) -> int:
+    """The exit code of a batch: 0 with no failures, 7 when only some of `attempted` failed, else the most severe."""
+    if not codes:
+        return 0
+    return 7 if len(codes) < attempted else most_severe(codes)
 
 
 class WlcgError(Exception):

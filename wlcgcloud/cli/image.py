@@ -9,11 +9,16 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wlcgcloud.cli.common import emit, globals_of, info, new_app, warn
+from wlcgcloud.config import GRID_CA_DIR
+
+if TYPE_CHECKING:  # the endorsement layer (and cryptography) is imported only inside commands
+    from wlcgcloud.endorsement import Subscription
+    from wlcgcloud.endorsement.imagelist import EndorsedImage
 from wlcgcloud.output import Column
 
 app = new_app("Endorsed images: subscribe to signed HEPiX image lists, verify and register them.")
@@ -36,7 +41,6 @@ SUBSCRIPTION_COLUMNS = [
     Column("ok", "OK"),
     Column("reason", "REASON"),
 ]
-DEFAULT_ANCHORS = "/etc/grid-security/certificates"
 
 
 @app.command("subscribe")
@@ -47,7 +51,7 @@ def subscribe(
         str | None,
         typer.Option(
             "--trust-anchors",
-            help=f"CA directory (hashed names, CRLs *.r0) or PEM file. [default: {DEFAULT_ANCHORS}, or the "
+            help=f"CA directory (hashed names, CRLs *.r0) or PEM file. [default: {GRID_CA_DIR}, or the "
             "subscription's own when subscribing again]",
             show_default=False,
         ),
@@ -101,11 +105,7 @@ def list_(ctx: typer.Context) -> None:
     emit(ctx, rows, LIST_COLUMNS)
 
 
-def _row(sub: object, image: object) -> dict[str, object]:
-    from wlcgcloud.endorsement import Subscription
-    from wlcgcloud.endorsement.imagelist import EndorsedImage
-
-    assert isinstance(sub, Subscription) and isinstance(image, EndorsedImage)
+def _row(sub: Subscription, image: EndorsedImage) -> dict[str, object]:
     return {
         "identifier": image.identifier,
         "title": image.title,
@@ -227,7 +227,7 @@ def verify(
       wlcgcloud image verify 'ATLAS worker node 1' -p aws-atlas -p lal-one -o json
     """
     from wlcgcloud import endorsement
-    from wlcgcloud.errors import PolicyError, UsageError, most_severe
+    from wlcgcloud.errors import PolicyError, UsageError, partial_exit
     from wlcgcloud.providers import each
 
     g = globals_of(ctx)
@@ -253,8 +253,7 @@ def verify(
             warn(str(why), g)
             codes.append(why.exit_code)
     emit(ctx, rows, VERIFY_COLUMNS)
-    if codes:
-        raise typer.Exit(7 if len(codes) < len(profiles) else most_severe(codes))
+    raise typer.Exit(partial_exit(codes, len(profiles)))
 
 
 @app.command("register")
@@ -276,7 +275,7 @@ def register(
       wlcgcloud image register 'ATLAS worker node 1' -p cern-atlas --dry-run
     """
     from wlcgcloud import endorsement
-    from wlcgcloud.errors import UsageError, most_severe
+    from wlcgcloud.errors import UsageError, partial_exit
     from wlcgcloud.providers import each
 
     g = globals_of(ctx)
@@ -304,8 +303,7 @@ def register(
             elif answer.value is not None:
                 rows.append({**answer.value.to_dict(), "endorsed": image.identifier})
         emit(ctx, rows, [Column("profile", "PROFILE"), Column("id", "CLOUD IMAGE"), Column("name", "NAME")])
-        if codes:
-            raise typer.Exit(7 if len(codes) < len(profiles) else most_severe(codes))
+        raise typer.Exit(partial_exit(codes, len(profiles)))
     finally:
         path.unlink(missing_ok=True)
 

@@ -13,7 +13,7 @@ import typer
 
 from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn, working
 from wlcgcloud.config import Profile
-from wlcgcloud.errors import most_severe
+from wlcgcloud.errors import partial_exit
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
@@ -189,5 +189,4 @@ def terminate(
         reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
         warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {reason}", g)
     emit(ctx, [r.to_dict() for r in results], TERMINATE_COLUMNS)
-    if failed:
-        raise typer.Exit(7 if len(failed) < len(results) else most_severe(r.code for r in failed))
+    raise typer.Exit(partial_exit([r.code for r in failed], len(results)))

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wlcgcloud.config import atomic_write, state_dir
+from wlcgcloud.config import GRID_CA_DIR, atomic_write, state_dir
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
@@ -31,7 +31,6 @@ from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
 if TYPE_CHECKING:
     from wlcgcloud.providers.base import Provider
 
-DEFAULT_ANCHORS = "/etc/grid-security/certificates"
 CLOCK_SKEW = timedelta(minutes=5)  # a list "created" this little in the future is a clock, not a lie
 
 
@@ -270,7 +269,7 @@ def subscribe(
     allowed = list(dict.fromkeys(held + list(endorsers or [])))
     if previous and allowed != held:
         notes.append(f"authorised endorsers of '{previous.name}' are now: {'; '.join(allowed)}.")
-    trust = anchors or (previous.trust_anchors if previous else DEFAULT_ANCHORS)
+    trust = anchors or (previous.trust_anchors if previous else GRID_CA_DIR)
     pinned = previous.pinned if previous else {}
     image_list, verified = check(signed, Path(trust), allowed, pinned, identifier, previous)
     if not allowed:

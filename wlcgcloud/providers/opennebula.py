@@ -370,7 +370,7 @@ class OpenNebulaProvider(Provider):
             provider="opennebula",
             state=state,
             provider_state=words,
-            flavor=template.NAME if template is not None else user.get("WLCG_FLAVOR") or body.get("TEMPLATE_ID"),
+            flavor=template.NAME if template is not None else body.get("TEMPLATE_ID"),
             vcpus=_vcpus(body),
             memory_mb=_int(body.get("MEMORY")),
             image=disks[0].get("IMAGE_ID") if disks else None,
