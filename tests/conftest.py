@@ -264,3 +264,33 @@ def one_profile(peer: OneNebulaPeer, **extra: object) -> dict[str, object]:
         "timeout": 10,
         **extra,
     }
+
+
+@pytest.fixture
+def endorsed(run: Run, world: World) -> dict[str, Any]:
+    """A subscribed list whose first image has the bytes of the OpenStack peer's osk-dummy image."""
+    from peers import gridca
+
+    ca = gridca.make_ca("wlcgcloud Test CA")
+    endorser = gridca.make_endorser(ca, "atlas-endorser")
+    anchors = world.root / "certificates"
+    gridca.install_ca(anchors, ca)
+    document = gridca.image_list(endorser, ca)
+    images = [entry["hv:image"] for entry in document["hv:imagelist"]["hv:images"]]
+    peer_image = OSK_DIR / "image.env"  # the OpenStack peer's image, when it is set up here
+    if peer_image.exists():
+        images[0]["sl:checksum:sha512"] = read_env_file(peer_image)["OSK_IMAGE_SHA512"]
+    signed = gridca.sign(world.root / "lists", document, endorser)
+    trust = ("--trust-anchors", str(anchors), "--endorser", gridca.slash(endorser.name))
+    result = run("image", "subscribe", str(signed), *trust)
+    assert result.code == 0, result.err
+    return {"first": images[0]["dc:identifier"], "second": images[1]["dc:identifier"], "ca": ca,
+            "endorser": endorser, "anchors": anchors}  # fmt: skip
+
+
+def own_marked_ami(client: Any, endorsed_id: str) -> str:
+    """An AMI of the profile's own account, marked as carrying `endorsed_id`."""
+    instance = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
+    client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed_id}])
+    return str(own)

@@ -7,13 +7,27 @@ failures into warnings and the exit code of the contract (`Gathered.exit_code`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.config import Profile
+from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import CloudError, UsageError, WlcgError
 from wlcgcloud.providers import each
-from wlcgcloud.providers.base import STATES, Instance, Outcome
+from wlcgcloud.providers.base import STATES, Instance, LaunchRequest, Outcome, PartialLaunch, Provider, utc
+from wlcgcloud.times import human_duration
+
+if TYPE_CHECKING:
+    from wlcgcloud.context.credentials import Credential
+    from wlcgcloud.context.userdata import Document, Payload
 
 
 @dataclass
@@ -143,3 +157,262 @@ def console_log(profiles: Sequence[Profile], instance_id: str, lines: int | None
     if answer.error is not None:
         raise answer.error
     return inst, answer.value or ""
+
+
+# Launching
+
+FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What `wlcgcloud launch` was asked for, after parsing."""
+
+    image: str
+    count: int = 1
+    flavor: str | None = None
+    fleet: str | None = None
+    experiment: str | None = None
+    credential: str = "auto"
+    proxy: Path | None = None
+    token_file: Path | None = None
+    min_lifetime: timedelta | None = None
+    credential_owner: str = "root"
+    user_data: Path | None = None
+    bootstrap: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    lease: timedelta | None = None
+    allow_unendorsed: bool = False
+
+
+@dataclass
+class ProfilePlan:
+    """What one profile will be asked to do."""
+
+    provider: Provider
+    decision: Decision
+    request: LaunchRequest
+    payload: Payload | None
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "profile": self.name,
+            "provider": self.provider.kind,
+            "requested": self.request.count,
+            "image": {
+                "endorsed": d.endorsed.identifier if d.endorsed else None,
+                "title": d.endorsed.title if d.endorsed else None,
+                "cloud_image": d.cloud_image,
+                "how": d.how,
+            },
+            "flavor": self.request.flavor,
+            "tags": dict(self.request.tags),
+            "request_token": self.request.token,
+            "user_data": self.payload.summary() if self.payload else None,
+            "api_calls": self.provider.launch_calls(self.request),
+        }
+
+
+@dataclass
+class LaunchPlan:
+    """A launch worked out and checked, before anything is spent."""
+
+    fleet: str
+    profiles: list[ProfilePlan]
+    credential: Credential | None
+    document: Document
+    warnings: list[str]
+    now: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet,
+            "requested": sum(p.request.count for p in self.profiles),
+            "credential": self.credential.summary(self.now) if self.credential else None,
+            "user_data": self.document.structure(),
+            "profiles": [p.to_dict() for p in self.profiles],
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class ProfileLaunched:
+    plan: ProfilePlan
+    instances: list[Instance] = field(default_factory=list)
+    error: WlcgError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        requested = self.plan.request.count
+        return {"profile": self.plan.name, "requested": requested, "launched": len(self.instances),
+                "failed": requested - len(self.instances)}  # fmt: skip
+
+
+@dataclass
+class Launched:
+    """What a launch did, in the contract's `launch -o json` shape."""
+
+    fleet: str
+    results: list[ProfileLaunched]
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [r.to_dict() for r in self.results]
+        return {
+            "fleet": self.fleet,
+            "requested": sum(r["requested"] for r in rows),
+            "launched": sum(r["launched"] for r in rows),
+            "failed": sum(r["failed"] for r in rows),
+            "profiles": rows,
+            "instances": [i.to_dict() for r in self.results for i in r.instances],
+            "errors": [{"profile": r.plan.name, "message": str(r.error)} for r in self.results if r.error],
+        }
+
+    def exit_code(self) -> int:
+        """0 when everything launched; 7 when some did; else the first failure's code."""
+        failures = [r.error for r in self.results if r.error]
+        if not failures:
+            return 0
+        if any(r.instances for r in self.results):
+            return 7
+        return failures[0].exit_code
+
+
+def plan_launch(profiles: Sequence[Profile], options: LaunchOptions, now: datetime | None = None) -> LaunchPlan:
+    """Work out and check a launch without spending anything: the same checks a real launch makes.
+
+    Order matters: what needs no cloud comes first (credential, user-data, its size on each
+    cloud), so a refused credential or an oversized document exits 5 before any API call;
+    then the endorsement gate, which reads the cloud's images and flavors.
+    """
+    from wlcgcloud.context import credentials, userdata
+    from wlcgcloud.providers import connect
+
+    now = now or datetime.now(UTC)
+    if options.count < 1:
+        raise UsageError(f"--count {options.count}: launch at least one instance.")
+    if options.fleet is not None and not FLEET_NAME.fullmatch(options.fleet):
+        raise UsageError(
+            f"--fleet '{options.fleet}': fleet names are 1-40 of a-z, 0-9 and '-', starting with a letter or digit."
+        )
+    if len(profiles) != 1:
+        raise UsageError(f"{len(profiles)} profiles given; a launch goes to one.", "Pass one -p, or add --spread.")
+    boot = userdata.bootstrap(options.bootstrap) if options.bootstrap else None
+    if options.settings and boot is None:
+        raise UsageError("--set needs --bootstrap: the settings are the bootstrap's.")
+    choice = credentials.choose(
+        options.credential, proxy=options.proxy, token_file=options.token_file,
+        min_lifetime=options.min_lifetime, now=now,
+    )  # fmt: skip
+    credential = choice.credential
+    warnings = list(choice.warnings)
+    document = userdata.compose(
+        credential,
+        owner=options.credential_owner,
+        user_data=options.user_data,
+        bootstrap=boot,
+        settings=options.settings,
+        lease=options.lease,
+        now=now,
+    )
+    providers = [connect(p) for p in profiles]
+    payloads = [userdata.fit(document, p.user_data_limit, f"profile '{p.name}' ({p.kind})") for p in providers]
+    experiment = options.experiment or next((str(p.get("experiment")) for p in profiles if p.get("experiment")), None)
+    warnings += _credential_warnings(credential, options.lease, experiment, now)
+    fleet = options.fleet or _fleet_name(experiment, options, profiles, document, now)
+    plans = []
+    for provider, payload in zip(providers, payloads, strict=True):
+        flavor = options.flavor or provider.profile.get("flavor") or provider.profile.get("vm_template")
+        if not flavor:
+            raise UsageError(
+                f"profile '{provider.name}': no flavor given.",
+                f"Pass --flavor, or set one with 'wlcgcloud profile edit {provider.name} --flavor NAME'.",
+            )
+        decision = gate(options.image, provider, str(flavor), options.allow_unendorsed)
+        tags = {
+            "wlcg:fleet": fleet,
+            "wlcg:profile": provider.name,
+            "wlcg:experiment": experiment or "none",
+            **decision.tags,
+            "wlcg:launched-by": _launched_by(),
+            "wlcg:created": utc(now) or "",
+        }
+        if credential is not None:
+            tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {utc(credential.not_after)}"
+        if options.lease is not None:
+            tags["wlcg:lease-until"] = utc(now + options.lease) or ""
+        request = LaunchRequest(
+            name=fleet,
+            image=decision.cloud_image,
+            flavor=str(flavor),
+            count=options.count,
+            user_data=payload.data if payload else None,
+            tags=tags,
+        )
+        plans.append(ProfilePlan(provider, decision, request, payload))
+    return LaunchPlan(fleet, plans, credential, document, warnings, now)
+
+
+def launch(plan: LaunchPlan) -> Launched:
+    """Ask each profile of the plan for its instances, in parallel; what failed stays beside what launched."""
+
+    def one(p: ProfilePlan) -> ProfileLaunched:
+        try:
+            return ProfileLaunched(p, p.provider.create(p.request))
+        except PartialLaunch as exc:
+            return ProfileLaunched(p, exc.instances, exc)
+        except WlcgError as exc:
+            return ProfileLaunched(p, [], exc)
+
+    if len(plan.profiles) == 1:
+        return Launched(plan.fleet, [one(plan.profiles[0])])
+    with ThreadPoolExecutor(max_workers=min(8, len(plan.profiles)), thread_name_prefix="launch") as pool:
+        return Launched(plan.fleet, list(pool.map(one, plan.profiles)))
+
+
+def _credential_warnings(
+    credential: Credential | None, lease: timedelta | None, experiment: str | None, now: datetime
+) -> list[str]:
+    if credential is None:
+        return []
+    out = []
+    left = credential.lifetime(now)
+    what = "proxy" if credential.kind == "x509" else "token"
+    if lease is not None and lease > left:
+        out.append(
+            f"the fleet's lease ({human_duration(lease.total_seconds())}) outlasts the forwarded {what} "
+            f"({human_duration(left.total_seconds())} left): work in the VMs loses its credential before the end."
+        )
+    elif credential.kind == "token" and lease is None:
+        out.append(
+            f"the forwarded token expires in {human_duration(left.total_seconds())} and the VMs have no lease: "
+            "long-lived VMs need their own token refresh (e.g. a pool token, or an oidc-agent in the VM)."
+        )
+    if credential.vo and experiment and credential.vo.lower() != experiment.lower():
+        out.append(f"the proxy carries VO '{credential.vo}' but the experiment is '{experiment}'.")
+    return out
+
+
+def _fleet_name(
+    experiment: str | None, options: LaunchOptions, profiles: Sequence[Profile], document: Document, now: datetime
+) -> str:
+    """`<experiment or fleet>-<yyyymmdd>-<4 hex>`; the hex comes from the launch itself, so the same
+    launch re-run the same day names the same fleet (and resumes it) instead of starting another."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", (experiment or "fleet").lower()).strip("-")[:26] or "fleet"
+    what = json.dumps([options.image, options.count, options.flavor, [p.name for p in profiles],
+                       hashlib.sha256(document.render() if document.parts else b"").hexdigest()])  # fmt: skip
+    return f"{stem}-{now:%Y%m%d}-{hashlib.sha256(what.encode()).hexdigest()[:4]}"
+
+
+def _launched_by() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"[:255]

@@ -31,7 +31,6 @@ NOUNS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 COMMANDS = {
-    "launch": "Launch a fleet of an endorsed image, with a forwarded X.509 proxy or token.",
     "usage": "Usage summaries (core-hours by profile, fleet, experiment, flavor, day) and APEL records.",
     "doctor": "Check each profile end to end and say why a site does not work.",
 }
@@ -46,11 +45,15 @@ def pending_command(name: str, help_text: str) -> Callable[[typer.Context], None
     return command
 
 
-def register(app: typer.Typer, ready: dict[str, typer.Typer]) -> None:
-    """Add the pending nouns and commands, and the `ready` sub-apps, to the root app in the contract's order."""
+def register(app: typer.Typer, ready: dict[str, typer.Typer | Callable[..., None]]) -> None:
+    """Add the pending nouns and commands, and the `ready` sub-apps and commands, in the contract's order."""
     for name in ORDER:
-        if name in ready:
-            app.add_typer(ready[name], name=name)
+        done = ready.get(name)
+        if isinstance(done, typer.Typer):
+            app.add_typer(done, name=name)
+            continue
+        if done is not None:
+            app.command(name)(done)
             continue
         if name in COMMANDS:
             app.command(name, context_settings=PENDING)(pending_command(name, COMMANDS[name]))

@@ -322,6 +322,10 @@ class Provider(ABC):
         """Create `request.count` instances in one request where the cloud allows it."""
 
     @abstractmethod
+    def launch_calls(self, request: LaunchRequest) -> list[str]:
+        """The API calls `create(request)` makes, in words, for `launch --dry-run`; it makes none of them."""
+
+    @abstractmethod
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         """Our instances (those with wlcg:fleet), one fleet's, or with `everything` all visible ones."""
 

@@ -345,6 +345,14 @@ class EC2Provider(Provider):
         self._learn_types(r.get("InstanceType") for r in raws)
         return [self._instance(r) for r in raws]
 
+    def launch_calls(self, request: LaunchRequest) -> list[str]:
+        size = f", UserData={len(request.user_data)} bytes" if request.user_data else ""
+        return [
+            f"RunInstances(ImageId={request.image}, InstanceType={request.flavor}, MinCount={request.count}, "
+            f"MaxCount={request.count}, ClientToken={request.token}, TagSpecifications=instance+volume "
+            f"({len(request.tags) + 1} tags){size})"
+        ]
+
     def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []
         ids = list(instance_ids)

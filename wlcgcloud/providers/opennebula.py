@@ -470,6 +470,15 @@ class OpenNebulaProvider(Provider):
             )
         return made
 
+    def launch_calls(self, request: LaunchRequest) -> list[str]:
+        size = f", CONTEXT/USER_DATA={len(request.user_data)} bytes base64" if request.user_data else ""
+        return [
+            f"one.vmpool.infoextended (adopt an earlier attempt's VMs: "
+            f"{one_attribute('wlcg:request')}={request.token})",
+            f"{request.count} x one.template.instantiate(template '{request.flavor}', "
+            f"image {request.image}{size}), {PARALLEL_CALLS} at a time",
+        ]
+
     def _made_by(self, token: str) -> list[Instance]:
         attr = one_attribute("wlcg:request")
         return [i for i in (self._instance(vm) for vm in self._pool(f"VM.USER_TEMPLATE.{attr}={token}"))

@@ -422,6 +422,16 @@ class OpenStackProvider(Provider):
         # Nova answers a multi-create with the first server only; the request tag finds them all.
         return [self._instance(r) for r in self._by_request(request.token)]
 
+    def launch_calls(self, request: LaunchRequest) -> list[str]:
+        size = f", user_data={4 * ((len(request.user_data) + 2) // 3)} base64 chars" if request.user_data else ""
+        return [
+            f"GET /servers/detail?tags={REQUEST_TAG}={request.token} (adopt an earlier attempt's servers)",
+            f"GET /flavors/detail (find flavor {request.flavor})",
+            f"POST /servers (imageRef={request.image}, min_count={request.count}, max_count={request.count}, "
+            f"metadata={len(request.tags) + 1} keys, tags=wlcg:fleet+{REQUEST_TAG}{size})",
+            f"GET /servers/detail?tags={REQUEST_TAG}={request.token} (the servers made)",
+        ]
+
     def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
         outcomes = []
         for one in instance_ids:

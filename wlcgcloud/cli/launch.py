@@ -1,0 +1,245 @@
+"""`wlcgcloud launch`: start a fleet of an endorsed image with a forwarded credential.
+
+Thin: parse the options, let `wlcgcloud.fleet` plan (every policy check) and launch, render.
+The domain layer is imported inside the command so `--help` and completion stay light.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from wlcgcloud.cli.common import emit, globals_of, info, warn, working
+from wlcgcloud.errors import NotYetAvailable, UsageError
+from wlcgcloud.output import Column
+
+if TYPE_CHECKING:
+    from wlcgcloud.fleet import LaunchPlan
+
+CREDENTIALS = ("auto", "x509", "token", "none")
+COLUMNS = [
+    Column("id", "ID"),
+    Column("name", "NAME"),
+    Column("profile", "PROFILE"),
+    Column("state", "STATE"),
+    Column("flavor", "FLAVOR"),
+    Column("image", "IMAGE"),
+]
+BOOTSTRAP_COLUMNS = [Column("name", "NAME"), Column("summary", "WHAT IT DOES"), Column("settings", "SETTINGS")]
+
+
+def launch(
+    ctx: typer.Context,
+    image: Annotated[
+        str | None, typer.Argument(help="Endorsed image: its identifier or title (see 'wlcgcloud image list').")
+    ] = None,
+    flavor: Annotated[
+        str | None, typer.Option("--flavor", help="Instance type / flavor / VM template; default: the profile's.")
+    ] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many instances.")] = 1,
+    fleet_name: Annotated[
+        str | None, typer.Option("--fleet", help="Fleet name; default <experiment>-<yyyymmdd>-<4 hex>.")
+    ] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", help="Default: the profile's.")] = None,
+    credential: Annotated[
+        str, typer.Option("--credential", help="auto | x509 | token | none: what to forward into the VMs.")
+    ] = "auto",
+    proxy: Annotated[
+        Path | None, typer.Option("--proxy", help="X.509 proxy file; default $X509_USER_PROXY, /tmp/x509up_u<uid>.")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Bearer token file; default: WLCG token discovery.")
+    ] = None,
+    min_lifetime: Annotated[
+        str | None,
+        typer.Option("--min-lifetime", help="Refuse a credential with less left (default 6h proxy, 15m token)."),
+    ] = None,
+    credential_owner: Annotated[
+        str, typer.Option("--credential-owner", help="Account that owns the credential file in the VM.")
+    ] = "root",
+    user_data: Annotated[
+        Path | None, typer.Option("--user-data", help="Your own cloud-init part(s): cloud-config, script, multipart.")
+    ] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option("--bootstrap", help="A shipped bootstrap (htcondor, script); 'list' lists them.")
+    ] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="KEY=VALUE for the bootstrap; repeatable.")
+    ] = None,
+    lease: Annotated[str | None, typer.Option("--lease", help="Bound the fleet's life: 12h, 3d.")] = None,
+    spread: Annotated[bool, typer.Option("--spread", help="Divide --count over several -p by free quota.")] = False,
+    spot: Annotated[bool, typer.Option("--spot", help="EC2 spot instances.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until every instance runs (or failed).")] = False,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="How long --wait waits, e.g. 15m.")] = None,
+    rollback: Annotated[
+        bool, typer.Option("--rollback-on-failure", help="Terminate what launched when not all of it could.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check everything and show the plan; start nothing.")
+    ] = False,
+    render_user_data: Annotated[
+        Path | None,
+        typer.Option("--render-user-data", help="With --dry-run: write the exact user-data to this new file (0600)."),
+    ] = None,
+    allow_unendorsed: Annotated[
+        bool, typer.Option("--allow-unendorsed", help="Launch an image no endorsed list vouches for (tagged so).")
+    ] = False,
+) -> None:
+    """Launch a fleet of an endorsed image, with your X.509 proxy or WLCG token forwarded into each VM.
+
+    IMAGE is an endorsed identifier or title; a raw cloud image id is refused (exit 5) unless
+    --allow-unendorsed. The credential is checked (a proxy, not readable by others, enough life
+    left) and written in the VM to /run/wlcgcloud/ (mode 0600) through cloud-init, with
+    X509_USER_PROXY or BEARER_TOKEN_FILE set. --dry-run runs every check of a real launch (same
+    exit codes) and shows the plan with the credential as a fingerprint, never its bytes.
+
+    \b
+    Examples:
+      wlcgcloud launch atlas-wn-el9 -p cern-atlas --count 20 --dry-run
+      wlcgcloud launch atlas-wn-el9 -p cern-atlas -n 20 --bootstrap htcondor --set COLLECTOR=cm.example.org
+      wlcgcloud launch 7c1e... -p aws-atlas --credential token --lease 12h -o json
+      wlcgcloud launch atlas-wn-el9 -p lal-one --dry-run --render-user-data /tmp/ud
+      wlcgcloud launch --bootstrap list
+    """
+    from wlcgcloud import fleet
+    from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.times import parse_duration
+
+    g = globals_of(ctx)
+    if bootstrap == "list":
+        _list_bootstraps(ctx)
+        return
+    if image is None:
+        raise UsageError("missing IMAGE: an endorsed image's identifier or title.", "See 'wlcgcloud image list'.")
+    if credential not in CREDENTIALS:
+        raise UsageError(f"--credential '{credential}': use one of {', '.join(CREDENTIALS)}.")
+    if render_user_data is not None and not dry_run:
+        raise UsageError("--render-user-data goes with --dry-run: it shows what a launch would send.")
+    for given, name in ((spread, "--spread"), (spot, "--spot"), (wait, "--wait"), (timeout, "--timeout"),
+                        (rollback, "--rollback-on-failure")):  # fmt: skip
+        if given:
+            raise NotYetAvailable(f"launch {name}")
+    options = fleet.LaunchOptions(
+        image=image,
+        count=count,
+        flavor=flavor,
+        fleet=fleet_name,
+        experiment=experiment,
+        credential=credential,
+        proxy=proxy.expanduser() if proxy else None,
+        token_file=token_file.expanduser() if token_file else None,
+        min_lifetime=parse_duration(min_lifetime, "--min-lifetime") if min_lifetime else None,
+        credential_owner=credential_owner,
+        user_data=user_data.expanduser() if user_data else None,
+        bootstrap=bootstrap,
+        settings=parse_settings(settings or []),
+        lease=parse_duration(lease, "--lease") if lease else None,
+        allow_unendorsed=allow_unendorsed,
+    )
+    profiles = g.config().select(g.profiles, all_when_empty=False)
+    with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
+        plan = fleet.plan_launch(profiles, options)
+    for line in plan.warnings:
+        warn(line, g)
+    if allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
+        warn(f"launching '{image}', which no endorsed image list vouches for (--allow-unendorsed); "
+             "the fleet is tagged wlcg:endorsement=none.", g)  # fmt: skip
+    if dry_run:
+        if render_user_data is not None:
+            _render(plan, render_user_data)
+        _show_plan(ctx, plan)
+        return
+    with working(g, f"Launching {count} instance(s) of fleet {plan.fleet} ..."):
+        result = fleet.launch(plan)
+    for r in result.results:
+        if r.error:
+            warn(str(r.error), g)
+    data = result.to_dict()
+    if g.output == "table":
+        info(f"fleet {data['fleet']}: {data['launched']} of {data['requested']} launched, {data['failed']} failed.")
+        emit(ctx, data["instances"], COLUMNS)
+    else:
+        emit(ctx, data)
+    raise typer.Exit(result.exit_code())
+
+
+def _list_bootstraps(ctx: typer.Context) -> None:
+    from wlcgcloud.context.userdata import bootstraps
+
+    shipped = bootstraps().values()
+    if globals_of(ctx).output == "table":
+        table = [{"name": b.name, "summary": b.summary,
+                  "settings": ", ".join(s.key + ("*" if s.required else "") for s in b.settings)}
+                 for b in shipped]  # fmt: skip
+        emit(ctx, table, BOOTSTRAP_COLUMNS)
+        info("* required. Give settings with --set KEY=VALUE.")
+    else:
+        emit(ctx, [
+            {"name": b.name, "summary": b.summary,
+             "settings": [{"key": s.key, "required": s.required, "default": s.default or None, "help": s.help}
+                          for s in b.settings]}
+            for b in shipped
+        ])  # fmt: skip
+
+
+def _render(plan: LaunchPlan, target: Path) -> None:
+    """Write the exact user-data per profile to new files only the user can read."""
+    several = len(plan.profiles) > 1
+    for p in plan.profiles:
+        path = Path(f"{target}.{p.name}") if several else target
+        data = p.payload.data if p.payload else b""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise UsageError(f"--render-user-data: {path} exists; it writes only new files.") from None
+        except OSError as exc:
+            raise UsageError(f"--render-user-data: cannot create {path}: {exc.strerror}.") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        gz = " (gzipped, as it would be sent)" if p.payload and p.payload.gzipped else ""
+        info(f"wrote the user-data for profile '{p.name}' to {path}: {len(data)} bytes{gz}, mode 0600.")
+
+
+def _show_plan(ctx: typer.Context, plan: LaunchPlan) -> None:
+    data = {"dry_run": True, **plan.to_dict()}
+    if globals_of(ctx).output != "table":
+        emit(ctx, data)
+        return
+    lines = [f"Dry run: fleet {data['fleet']}, {data['requested']} instance(s). Nothing is started."]
+    cred = data["credential"]
+    if cred:
+        lines.append(
+            f"Credential: {cred['kind']} from {cred['source']}, {cred['fingerprint']}, {cred['lifetime']} left "
+            f"(until {cred['expires']})"
+        )
+        lines.append(
+            f"  subject {cred['subject']}, issuer {cred['issuer']}" + (f", VO {cred['vo']}" if "vo" in cred else "")
+        )
+    else:
+        lines.append("Credential: none forwarded.")
+    lines.append("User-data:" if data["user_data"] else "User-data: none.")
+    for part in data["user_data"]:
+        lines.append(f"  {part['type']} from {part['from']} ({part['bytes']} bytes)")
+        for f in part.get("write_files", []):
+            what = f.get("content") or ", ".join(f"{k}={v}" for k, v in f.get("settings", {}).items())
+            mode = f" {f['permissions']}" if "permissions" in f else ""
+            owner = f" {f['owner']}" if "owner" in f else ""
+            lines.append(f"    writes {f['path']}{owner}{mode}: {what}")
+        if "power_state" in part:
+            lines.append(f"    {part['power_state']}")
+        if "summary" in part:
+            lines.append(f"    {part['summary']}")
+    for p in data["profiles"]:
+        lines.append(f"Profile {p['profile']} ({p['provider']}): {p['requested']} x {p['flavor']}")
+        img = p["image"]
+        lines.append(f"  image: {img['title'] or img['cloud_image']} -> {img['cloud_image']} ({img['how']})")
+        ud = p["user_data"]
+        if ud:
+            gz = f", gzipped to {ud['sent_bytes']}" if ud["gzipped"] else ""
+            lines.append(f"  user-data: {ud['bytes']} bytes{gz} (limit {ud['limit']})")
+        lines.append("  tags: " + ", ".join(f"{k}={v}" for k, v in p["tags"].items()))
+        lines.extend(f"  would call: {call}" for call in p["api_calls"])
+    print("\n".join(lines))

@@ -1,0 +1,37 @@
+"""Durations as users write them (`90m`, `12h`, `7d`) and as we print them back."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from wlcgcloud.errors import UsageError
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+DURATION = re.compile(r"(\d+)([smhdw])")
+
+
+def parse_duration(text: str, option: str = "duration") -> timedelta:
+    """`90m`, `12h`, `7d`, `1d12h` or plain seconds; a UsageError (exit 2) for anything else."""
+    spec = text.strip().lower()
+    if spec.isdigit():
+        return timedelta(seconds=int(spec))
+    parts = DURATION.findall(spec)
+    if not spec or "".join(n + u for n, u in parts) != spec:
+        raise UsageError(f"{option}: '{text}' is not a duration.", "Write it as 90m, 12h, 7d or 1d12h.")
+    return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+
+
+def human_duration(seconds: float) -> str:
+    """`2d 3h`, `5h 20m`, `14m`, `40s`; negative spans read as `expired 3h ago`."""
+    if seconds < 0:
+        return f"expired {human_duration(-seconds)} ago"
+    s = int(seconds)
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m" if minutes else f"{s}s"
