@@ -424,7 +424,8 @@ def choose(
         )
     if kind != "auto":
         raise PolicyError(
-            f"--credential {kind}: found no {looked[0]}.", "Make one, or point at it with --proxy / --token-file."
+            f"--credential {kind}: none found (looked for {looked[0]}).",
+            "Make one, or point at it with --proxy / --token-file.",
         )
     return Choice(None, (f"no credential found (looked for {' and '.join(looked)}); the VMs get none.",))
 
