@@ -43,6 +43,7 @@ TAG_KEYS = (
     "wlcg:launched-by",
     "wlcg:created",
     "wlcg:lease-until",
+    "wlcg:credential",  # kind, fingerprint and end of life of the forwarded credential: never the credential
     "wlcg:request",
 )
 ENDORSED_ID_TAG = "wlcg:endorsed-id"

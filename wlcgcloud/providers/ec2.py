@@ -343,7 +343,8 @@ class EC2Provider(Provider):
         reply = self.call("launch instances", self.client.run_instances, **kwargs)
         raws = reply.get("Instances", [])
         self._learn_types(r.get("InstanceType") for r in raws)
-        return [self._instance(r) for r in raws]
+        # TagSpecifications tag the instances as they are made; not every endpoint echoes them.
+        return [self._instance({**r, "Tags": r.get("Tags") or tags}) for r in raws]
 
     def launch_calls(self, request: LaunchRequest) -> list[str]:
         size = f", UserData={len(request.user_data)} bytes" if request.user_data else ""
