@@ -92,6 +92,17 @@ def test_instance_state_values_complete() -> None:
     assert "--fleet" in complete(["wlcgcloud", "instance", "list", "--f"], 3)
 
 
+@pytest.mark.usefixtures("two_profiles")
+def test_launch_completes_credentials_bootstraps_their_settings_and_profiles(world: World) -> None:
+    assert bash_complete(world, "wlcgcloud launch x --credential ") == ["auto", "x509", "token", "none"]
+    assert bash_complete(world, "wlcgcloud launch x --bootstrap ") == ["htcondor", "script", "list"]
+    assert bash_complete(world, "wlcgcloud launch x --bootstrap script --set PILOT_") == [
+        "PILOT_ARGS=", "PILOT_SHA256=", "PILOT_URL=", "PILOT_USER=",
+    ]  # fmt: skip
+    assert bash_complete(world, "wlcgcloud launch x -p aws") == ["aws-cms"]
+    assert "--render-user-data" in bash_complete(world, "wlcgcloud launch x --re")
+
+
 def test_man_page_and_bash_script_are_generated_and_current() -> None:
     """man/wlcgcloud.1 and completions/wlcgcloud.bash come from the CLI: regenerate with python -m wlcgcloud.manpage."""
     from wlcgcloud import manpage

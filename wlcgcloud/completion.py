@@ -96,7 +96,27 @@ def _lists(words: list[str]) -> list[str]:
     return sorted(str(s["name"]) for s in _subscriptions(words) if "name" in s)
 
 
-DYNAMIC = {"@profile": _profiles, "@endorsed": _endorsed, "@list": _lists}
+BOOTSTRAPS = Path(__file__).parent / "context" / "bootstraps"
+
+
+def _bootstraps(words: list[str]) -> list[str]:
+    return [*sorted(p.stem for p in BOOTSTRAPS.glob("*.sh")), "list"]
+
+
+def _settings(words: list[str]) -> list[str]:
+    """`KEY=` for the settings of the bootstrap named on the line (all bootstraps' when none is)."""
+    chosen = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "--bootstrap"), None)
+    keys = set()
+    for script in BOOTSTRAPS.glob("*.sh"):
+        if chosen in (None, script.stem):
+            for line in script.read_text(encoding="utf-8").splitlines():
+                if line.startswith("# set "):
+                    keys.add(line[6:].split("=")[0].split(" ")[0].split(":")[0] + "=")
+    return sorted(keys)
+
+
+DYNAMIC = {"@profile": _profiles, "@endorsed": _endorsed, "@list": _lists, "@bootstrap": _bootstraps,
+           "@setting": _settings}  # fmt: skip
 
 
 def _values(spec: Any, words: list[str]) -> list[str]:
@@ -174,6 +194,14 @@ def build_tree() -> dict[str, Any]:
             return list(PROVIDERS)
         if param.name == "source":
             return ["clouds.yaml", "aws", "one"]
+        if param.name == "credential":
+            from wlcgcloud.cli.launch import CREDENTIALS
+
+            return list(CREDENTIALS)
+        if param.name == "bootstrap":
+            return "@bootstrap"
+        if param.name == "settings":
+            return "@setting"
         if param.name == "state":
             from wlcgcloud.cli.instance import STATES
 
@@ -191,6 +219,8 @@ def build_tree() -> dict[str, Any]:
                 kind: Any = "@profile" if is_profile else ""
                 if path[:1] == ("image",):
                     kind = {"image_id": "@endorsed", "name": "@list", "names": "@list"}.get(param.name, kind)
+                if path == ("launch",) and param.name == "image":
+                    kind = "@endorsed"
                 if path[:1] == ("completion",) and param.name == "shell":
                     kind = ["bash", "zsh", "fish"]
                 node.setdefault("args", []).append(kind)
