@@ -135,6 +135,16 @@ def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_unchecked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A second moto server that does not check signatures (see peers.ec2.start: EBS CompleteSnapshot)."""
+    from peers import ec2
+
+    server = ec2.start(tmp_path_factory.mktemp("moto-unchecked") / "moto.log", check_credentials=False)
+    yield server
+    server.stop()
+
+
 @dataclass
 class OpenStackPeer:
     """The running OpenStack peer: its credentials files, read at session start."""

@@ -76,6 +76,7 @@ KEYS: tuple[Key, ...] = (
     _k("image_owners", "list", EC2, "accounts whose AMIs may carry endorsement tags"),
     _k("vm_template", "str", ONE, "VM template to instantiate"),
     _k("user_data_limit", "int", ONE, "largest user-data in bytes (default 65536)"),
+    _k("image_datastore", "int", ONE, "image datastore id for 'image register' (default 1)"),
     _k("network", "str", frozenset({OS, ONE}), "network to attach"),
     _k("security_groups", "list", frozenset({OS, EC2}), "security groups"),
     _k("image", "str", ALL, "default endorsed image for launch (extension)"),

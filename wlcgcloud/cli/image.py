@@ -266,8 +266,10 @@ def register(
     """Download an endorsed image, check its size and sha512, and only then upload it to each -p profile.
 
     The upload is marked wlcg:endorsed-id, so `image verify` and `launch` find it. A mismatch
-    leaves nothing behind, locally or on the cloud. Today OpenStack (Glance) is supported; EC2
-    and OpenNebula say plainly that they are not yet.
+    leaves nothing behind, locally or on the cloud. OpenStack: uploaded to Glance, whose own
+    sha512 must agree. EC2: written block by block as an EBS snapshot (EBS direct APIs, each
+    block's SHA-256 checked by EBS) and registered as an AMI; non-raw images are converted with
+    qemu-img. OpenNebula: the datastore fetches hv:uri itself, held to our bytes by MD5 and SHA1.
 
     \b
     Examples:
@@ -277,6 +279,7 @@ def register(
     from wlcgcloud import endorsement
     from wlcgcloud.errors import UsageError, partial_exit
     from wlcgcloud.providers import each
+    from wlcgcloud.providers.base import ImageUpload
 
     g = globals_of(ctx)
     if not g.profiles:
@@ -288,15 +291,16 @@ def register(
         info(f"dry run: would download {image.uri} ({image.size} bytes), check its sha512, and upload it as")
         info(f"  '{image.title}' ({disk_format}) to {', '.join(p.name for p in profiles)}.")
         return
-    with _download_progress(g, image.size) as advance:
+    with _transfer_progress(g, "Downloading", image.size) as advance:
         path = endorsement.download(image, ca_bundle or _profile_ca(profiles), advance)
     try:
         info(f"Downloaded and checked {image.title} ({image.size} bytes, sha512 as listed).")
         rows: list[dict[str, object]] = []
         codes = []
-        for answer in each(
-            profiles, lambda p: p.upload_image(image.title, path, disk_format, image.identifier, image.sha512)
-        ):
+        upload = ImageUpload(image.title, path, disk_format, image.identifier, image.sha512, image.uri, image.arch)
+        with _transfer_progress(g, "Uploading", image.size * len(profiles)) as advance:
+            answers = each(profiles, lambda p: p.upload_image(upload, advance))
+        for answer in answers:
             if answer.error is not None:
                 warn(str(answer.error), g)
                 codes.append(answer.error.exit_code)
@@ -315,8 +319,8 @@ def _profile_ca(profiles: list[Any]) -> str | None:
 
 
 @contextlib.contextmanager
-def _download_progress(g: Any, total: int) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on stderr for a person at a terminal; nothing otherwise."""
+def _transfer_progress(g: Any, what: str, total: int) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr for a person at a terminal; nothing otherwise. Thread-safe (rich's)."""
     if not sys.stderr.isatty():
         yield None
         return
@@ -326,5 +330,5 @@ def _download_progress(g: Any, total: int) -> Iterator[Callable[[int], None] | N
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task("download", total=total)
+        task = bar.add_task(what, total=total)
         yield lambda n: bar.advance(task, n)

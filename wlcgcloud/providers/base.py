@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from wlcgcloud.config import Profile
-from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, UsageError, WlcgError
+from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.secretstore import Secret
 
 T = TypeVar("T")
@@ -262,6 +262,19 @@ class LaunchRequest:
 
 
 @dataclass(frozen=True)
+class ImageUpload:
+    """Checked bytes of an endorsed image, to become a cloud image marked wlcg:endorsed-id."""
+
+    name: str
+    path: Path  # the downloaded file; its size and sha512 were checked against the list
+    disk_format: str  # hv:format in lower case: raw, qcow2, ...
+    endorsed_id: str
+    sha512: str
+    uri: str  # where the list says it lives (OpenNebula fetches it from there itself)
+    arch: str = "x86_64"
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What happened to one instance of a batch action (terminate): error None means done."""
 
@@ -358,12 +371,12 @@ class Provider(ABC):
             if image.endorsed_id == identifier and (owner := self.trusted_owner(image))
         ]
 
-    def upload_image(self, name: str, path: Path, disk_format: str, endorsed_id: str, sha512: str) -> Image:
-        """Upload checked image bytes as a cloud image marked `wlcg:endorsed-id`; nothing left on failure."""
-        raise UsageError(
-            f"profile '{self.name}': registering an image on {self.kind} is not supported by this version.",
-            f"Register it with the cloud's own tools and mark it {ENDORSED_ID_TAG} = {endorsed_id}.",
-        )
+    @abstractmethod
+    def upload_image(self, upload: ImageUpload, advance: Callable[[int], None] | None = None) -> Image:
+        """Make a cloud image of checked bytes, marked `wlcg:endorsed-id`; nothing is left on failure.
+
+        `advance(n)` is told of bytes as they are uploaded, where the cloud lets us see that.
+        """
 
     def trusted_owner(self, image: Image) -> str | None:
         """Who owns `image`, if its marks are to be believed; None otherwise."""

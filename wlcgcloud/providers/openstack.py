@@ -13,7 +13,6 @@ import base64
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import keystoneauth1.exceptions as ksa
@@ -30,6 +29,7 @@ from wlcgcloud.providers.base import (
     Check,
     Flavor,
     Image,
+    ImageUpload,
     Instance,
     LaunchRequest,
     Match,
@@ -245,18 +245,20 @@ class OpenStackProvider(Provider):
                 found.append(Match(image, f"marked {ENDORSED_ID_TAG} = {identifier}, but {why}", ok=False))
         return found
 
-    def upload_image(self, name: str, path: Path, disk_format: str, endorsed_id: str, sha512: str) -> Image:
+    def upload_image(self, upload: ImageUpload, advance: Callable[[int], None] | None = None) -> Image:
         """A Glance image from checked bytes; Glance's own sha512 must agree, else it is deleted again."""
-        properties: dict[str, Any] = {ENDORSED_ID_TAG: endorsed_id}
+        properties: dict[str, Any] = {ENDORSED_ID_TAG: upload.endorsed_id}
         raw = self.call(
             "create image",
             lambda: self.conn.image.create_image(
-                name=name, filename=str(path), disk_format=disk_format, container_format="bare",
-                wait=True, allow_duplicates=True, **properties,
+                name=upload.name, filename=str(upload.path), disk_format=upload.disk_format,
+                container_format="bare", wait=True, allow_duplicates=True, **properties,
             ),
         )  # fmt: skip
+        if advance:
+            advance(upload.path.stat().st_size)
         image = self._image(self.call("show image", lambda: self.conn.image.get_image(raw.id)))
-        if image.checksum != ("sha512", sha512.lower()):
+        if image.checksum != ("sha512", upload.sha512.lower()):
             self.call("delete image", lambda: self.conn.image.delete_image(raw.id, ignore_missing=True))
             raise PolicyError(
                 f"profile '{self.name}': Glance's sha512 of the upload differs from the list's; deleted it."
