@@ -19,7 +19,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 from peers import gridca
-from peers.opennebula import OpenNebulaPeer
+from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
 from peers.proxies import Grid, make_grid, make_token
 
 from conftest import (
@@ -50,7 +50,9 @@ def one(endorsed: dict[str, Any]) -> Iterator[OpenNebulaPeer]:
     """An OpenNebula peer holding one of the user's own images, marked as the first endorsed image."""
     images = [{"id": 0, "name": "atlas-wn-endorsed", "owner": "atlas", "size": 1,
                "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'}]  # fmt: skip
-    with OpenNebulaPeer(images=images) as peer:
+    tiny = {"id": 7, "name": "atlas-tiny", "owner": "oneadmin",
+            "template": 'CPU="1"\nVCPU="1"\nMEMORY="2048"\nDISK=[IMAGE="cernvm-4",IMAGE_UNAME="oneadmin"]\n'}  # fmt: skip
+    with OpenNebulaPeer(images=images, templates=[*DEFAULT_WORLD["templates"], tiny]) as peer:
         yield peer
 
 
@@ -256,7 +258,7 @@ def test_launch_refuses_what_is_not_endorsed_on_every_cloud(
     run: Run, world: World, clouds: dict[str, Any], endorsed: dict[str, Any]
 ) -> None:
     raw_images = {"aws": "ami-03cf127a", "osk": clouds["osk"].image_id, "one": "0"}
-    small = {"aws": "t3.micro", "osk": "m1.small", "one": None}
+    small = {"aws": "t3.micro", "osk": "m1.small", "one": "atlas-tiny"}
     for profile, raw in raw_images.items():
         base = ("-p", profile, "--credential", "none")
         refused = run("launch", raw, *base)

@@ -1,0 +1,253 @@
+"""The local ledger: SQLite in the state directory, remembering launches and instance lifetimes.
+
+Cloud tags are the truth about which instances exist; the ledger is the memory: what a launch
+meant to make (recorded *before* the first API call), what it made (recorded as soon as the
+cloud answers), and when each instance ended, for clouds that forget terminated instances (EC2
+after about an hour) and for usage accounting. It never holds a secret: no credential, no
+user-data, no setting whose name says it is secret.
+
+WAL mode, so a reader (`fleet list`) never waits for a launch writing; `PRAGMA user_version`
+carries the schema version and `MIGRATIONS` bring an older file up to date in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from wlcgcloud.errors import ConfigError
+
+FILE_NAME = "ledger.sqlite"
+
+# Each entry brings the schema from version i to i+1. Never edit one that has shipped: add one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE launches (
+        id INTEGER PRIMARY KEY,
+        fleet TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        request_token TEXT NOT NULL,
+        image TEXT NOT NULL,          -- the endorsed identifier, or the raw cloud image with --allow-unendorsed
+        cloud_image TEXT NOT NULL,
+        endorsement TEXT NOT NULL,    -- verified | none
+        flavor TEXT NOT NULL,
+        requested INTEGER NOT NULL,
+        experiment TEXT,
+        credential TEXT,              -- kind, fingerprint and end of life: never the credential
+        lease_until TEXT,
+        options TEXT NOT NULL,        -- the launch's options as JSON, secret settings left out
+        created TEXT NOT NULL,
+        state TEXT NOT NULL,          -- intent | launched | partial | failed
+        error TEXT,
+        finished TEXT
+    );
+    CREATE INDEX launches_fleet ON launches (fleet);
+    CREATE TABLE instances (
+        profile TEXT NOT NULL,
+        id TEXT NOT NULL,
+        fleet TEXT,
+        launch_id INTEGER REFERENCES launches (id),
+        provider TEXT NOT NULL,
+        name TEXT,
+        flavor TEXT,
+        vcpus INTEGER,
+        memory_mb INTEGER,
+        image TEXT,
+        experiment TEXT,
+        launched_at TEXT,
+        ended_at TEXT,
+        last_state TEXT,
+        last_seen TEXT NOT NULL,
+        PRIMARY KEY (profile, id)
+    );
+    CREATE INDEX instances_fleet ON instances (fleet);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One profile's part of a launch, as the ledger remembers it."""
+
+    id: int
+    fleet: str
+    profile: str
+    provider: str
+    request_token: str
+    image: str
+    cloud_image: str
+    endorsement: str
+    flavor: str
+    requested: int
+    experiment: str | None
+    credential: str | None
+    lease_until: str | None
+    options: Mapping[str, Any]
+    created: str
+    state: str
+    error: str | None
+    finished: str | None
+
+
+class Ledger:
+    """The ledger file, opened (and migrated) on first use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"the ledger {path} cannot be used ({exc}).",
+                "Move it aside; 'wlcgcloud fleet reconcile' rebuilds what the clouds still know.",
+            ) from None
+        path.chmod(0o600)
+
+    @classmethod
+    def default(cls) -> Ledger:
+        from wlcgcloud.config import state_dir
+
+        return cls(state_dir() / FILE_NAME)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the ledger {self.path} has schema version {version}; this wlcgcloud knows {SCHEMA_VERSION}.",
+                "Upgrade wlcgcloud.",
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._transaction() as db:
+            for step in MIGRATIONS[version:]:
+                for statement in step.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @property
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    # Launches
+
+    def record_intent(self, fields: Mapping[str, Any]) -> int:
+        """A launch about to be made on one profile; its id. Written before the first API call."""
+        row = {**fields, "options": json.dumps(fields.get("options") or {}, sort_keys=True)}
+        row.setdefault("created", _now())
+        row["state"] = "intent"
+        columns = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self._transaction() as db:
+            cursor = db.execute(f"INSERT INTO launches ({columns}) VALUES ({marks})", row)
+        return int(cursor.lastrowid or 0)
+
+    def finish(self, launch_id: int, state: str, error: str | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE launches SET state = ?, error = ?, finished = ? WHERE id = ?",
+                (state, error, _now(), launch_id),
+            )
+
+    def launches(self, fleet: str | None = None) -> list[LaunchRecord]:
+        query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "") + " ORDER BY id"
+        rows = self.db.execute(query, (fleet,) if fleet else ()).fetchall()
+        return [LaunchRecord(**{**dict(r), "options": json.loads(r["options"])}) for r in rows]
+
+    # Instances
+
+    def record_instances(self, instances: Iterable[Any], launch_id: int | None = None) -> None:
+        """Instances as a cloud reported them (our `Instance` objects); newer facts win, an end stays."""
+        now = _now()
+        rows = []
+        for i in instances:
+            ended = now if i.state == "terminated" else None
+            rows.append({
+                "profile": i.profile, "id": i.id, "fleet": i.fleet, "launch_id": launch_id, "provider": i.provider,
+                "name": i.name, "flavor": i.flavor, "vcpus": i.vcpus, "memory_mb": i.memory_mb, "image": i.image,
+                "experiment": i.tags.get("wlcg:experiment"),
+                "launched_at": i.launched_at.strftime("%Y-%m-%dT%H:%M:%SZ") if i.launched_at else None,
+                "ended_at": ended, "last_state": i.state, "last_seen": now,
+            })  # fmt: skip
+        if not rows:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                """
+                INSERT INTO instances (profile, id, fleet, launch_id, provider, name, flavor, vcpus, memory_mb,
+                                       image, experiment, launched_at, ended_at, last_state, last_seen)
+                VALUES (:profile, :id, :fleet, :launch_id, :provider, :name, :flavor, :vcpus, :memory_mb,
+                        :image, :experiment, :launched_at, :ended_at, :last_state, :last_seen)
+                ON CONFLICT (profile, id) DO UPDATE SET
+                    fleet = COALESCE(excluded.fleet, fleet),
+                    launch_id = COALESCE(launch_id, excluded.launch_id),
+                    name = excluded.name, flavor = COALESCE(excluded.flavor, flavor),
+                    vcpus = COALESCE(excluded.vcpus, vcpus), memory_mb = COALESCE(excluded.memory_mb, memory_mb),
+                    image = COALESCE(excluded.image, image), experiment = COALESCE(excluded.experiment, experiment),
+                    launched_at = COALESCE(launched_at, excluded.launched_at),
+                    ended_at = COALESCE(ended_at, excluded.ended_at),
+                    last_state = excluded.last_state, last_seen = excluded.last_seen
+                """,
+                rows,
+            )
+
+    def mark_ended(self, profile: str, instance_ids: Iterable[str], state: str = "terminated") -> None:
+        """Instances we terminated, or that the clouds no longer know: their life ends now (if not before)."""
+        now = _now()
+        with self._transaction() as db:
+            db.executemany(
+                "UPDATE instances SET ended_at = COALESCE(ended_at, ?), last_state = ? WHERE profile = ? AND id = ?",
+                [(now, state, profile, i) for i in instance_ids],
+            )
+
+    def instances(self, fleet: str | None = None, profile: str | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        if fleet:
+            where.append("fleet = ?")
+            args.append(fleet)
+        if profile:
+            where.append("profile = ?")
+            args.append(profile)
+        query = "SELECT * FROM instances" + (" WHERE " + " AND ".join(where) if where else "")
+        return [dict(r) for r in self.db.execute(query + " ORDER BY launched_at, id", args).fetchall()]
+
+
+@contextmanager
+def opened() -> Iterator[Ledger]:
+    """The default ledger, closed afterwards."""
+    ledger = Ledger.default()
+    try:
+        yield ledger
+    finally:
+        ledger.close()
