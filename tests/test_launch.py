@@ -51,7 +51,7 @@ def one(endorsed: dict[str, Any]) -> Iterator[OpenNebulaPeer]:
     images = [{"id": 0, "name": "atlas-wn-endorsed", "owner": "atlas", "size": 1,
                "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'}]  # fmt: skip
     tiny = {"id": 7, "name": "atlas-tiny", "owner": "oneadmin",
-            "template": 'CPU="1"\nVCPU="1"\nMEMORY="2048"\nDISK=[IMAGE="cernvm-4",IMAGE_UNAME="oneadmin"]\n'}  # fmt: skip
+            "template": 'VCPU="1"\nMEMORY="2048"\nDISK=[IMAGE="cernvm-4",IMAGE_UNAME="oneadmin"]\n'}  # fmt: skip
     with OpenNebulaPeer(images=images, templates=[*DEFAULT_WORLD["templates"], tiny]) as peer:
         yield peer
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class Ledger:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._lock = threading.RLock()  # one connection shared by a launch's threads: one transaction at a time
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -132,13 +134,14 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
         version = int(self.db.execute("PRAGMA user_version").fetchone()[0])
@@ -182,7 +185,8 @@ class Ledger:
 
     def launches(self, fleet: str | None = None) -> list[LaunchRecord]:
         query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "") + " ORDER BY id"
-        rows = self.db.execute(query, (fleet,) if fleet else ()).fetchall()
+        with self._lock:
+            rows = self.db.execute(query, (fleet,) if fleet else ()).fetchall()
         return [LaunchRecord(**{**dict(r), "options": json.loads(r["options"])}) for r in rows]
 
     # Instances
@@ -240,7 +244,8 @@ class Ledger:
             where.append("profile = ?")
             args.append(profile)
         query = "SELECT * FROM instances" + (" WHERE " + " AND ".join(where) if where else "")
-        return [dict(r) for r in self.db.execute(query + " ORDER BY launched_at, id", args).fetchall()]
+        with self._lock:
+            return [dict(r) for r in self.db.execute(query + " ORDER BY launched_at, id", args).fetchall()]
 
 
 @contextmanager

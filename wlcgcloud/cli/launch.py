@@ -6,18 +6,22 @@ The domain layer is imported inside the command so `--help` and completion stay 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wlcgcloud.cli.common import emit, globals_of, info, warn, working
-from wlcgcloud.errors import NotYetAvailable, UsageError
+from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
-    from wlcgcloud.fleet import LaunchPlan
+    from wlcgcloud.launch import LaunchPlan
 
 CREDENTIALS = ("auto", "x509", "token", "none")
 COLUMNS = [
@@ -73,7 +77,7 @@ def launch(
     spread: Annotated[bool, typer.Option("--spread", help="Divide --count over several -p by free quota.")] = False,
     spot: Annotated[bool, typer.Option("--spot", help="EC2 spot instances.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every instance runs (or failed).")] = False,
-    timeout: Annotated[str | None, typer.Option("--timeout", help="How long --wait waits, e.g. 15m.")] = None,
+    timeout: Annotated[str | None, typer.Option("--timeout", help="How long --wait waits (default 15m).")] = None,
     rollback: Annotated[
         bool, typer.Option("--rollback-on-failure", help="Terminate what launched when not all of it could.")
     ] = False,
@@ -96,16 +100,23 @@ def launch(
     X509_USER_PROXY or BEARER_TOKEN_FILE set. --dry-run runs every check of a real launch (same
     exit codes) and shows the plan with the credential as a fingerprint, never its bytes.
 
+    Each launch is written to the local ledger before its first API call. Run the same command
+    again after a crash or Ctrl-C and it resumes the fleet: what the cloud already has (found by
+    the fleet's tags) is kept, only the rest is launched. Some profiles or instances failing is
+    exit 7, with each failure on stderr and in the JSON's "errors".
+
     \b
     Examples:
       wlcgcloud launch atlas-wn-el9 -p cern-atlas --count 20 --dry-run
       wlcgcloud launch atlas-wn-el9 -p cern-atlas -n 20 --bootstrap htcondor --set COLLECTOR=cm.example.org
       wlcgcloud launch 7c1e... -p aws-atlas --credential token --lease 12h -o json
       wlcgcloud launch atlas-wn-el9 -p lal-one --dry-run --render-user-data /tmp/ud
+      wlcgcloud launch atlas-wn-el9 -p cern-atlas -p aws-atlas --spread -n 200 --wait --timeout 20m
       wlcgcloud launch --bootstrap list
     """
-    from wlcgcloud import fleet
+    from wlcgcloud import launch as launching
     from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.ledger import opened
     from wlcgcloud.times import parse_duration
 
     g = globals_of(ctx)
@@ -118,11 +129,9 @@ def launch(
         raise UsageError(f"--credential '{credential}': use one of {', '.join(CREDENTIALS)}.")
     if render_user_data is not None and not dry_run:
         raise UsageError("--render-user-data goes with --dry-run: it shows what a launch would send.")
-    for given, name in ((spread, "--spread"), (spot, "--spot"), (wait, "--wait"), (timeout, "--timeout"),
-                        (rollback, "--rollback-on-failure")):  # fmt: skip
-        if given:
-            raise NotYetAvailable(f"launch {name}")
-    options = fleet.LaunchOptions(
+    if timeout is not None and not wait:
+        raise UsageError("--timeout is how long --wait waits: give --wait too.")
+    options = launching.LaunchOptions(
         image=image,
         count=count,
         flavor=flavor,
@@ -138,32 +147,73 @@ def launch(
         settings=parse_settings(settings or []),
         lease=parse_duration(lease, "--lease") if lease else None,
         allow_unendorsed=allow_unendorsed,
+        spread=spread,
+        spot=spot,
     )
+    waiting = parse_duration(timeout, "--timeout") if timeout else timedelta(minutes=DEFAULT_WAIT_MINUTES)
     profiles = g.config().select(g.profiles, all_when_empty=False)
     with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
-        plan = fleet.plan_launch(profiles, options)
+        plan = launching.plan_launch(profiles, options)
     for line in plan.warnings:
         warn(line, g)
     if allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
         warn(f"launching '{image}', which no endorsed image list vouches for (--allow-unendorsed); "
              "the fleet is tagged wlcg:endorsement=none.", g)  # fmt: skip
+    if spread:
+        info("--spread: " + ", ".join(f"{p.name} {p.request.count}" for p in plan.profiles)
+             + " (by free quota).")  # fmt: skip
     if dry_run:
         if render_user_data is not None:
             _render(plan, render_user_data)
         _show_plan(ctx, plan)
         return
-    with working(g, f"Launching {count} instance(s) of fleet {plan.fleet} ..."):
-        result = fleet.launch(plan)
+    with opened() as ledger, _progress(g, plan) as tell:
+        result = launching.launch(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
     for r in result.results:
         if r.error:
             warn(str(r.error), g)
+    if result.rolled_back:
+        warn(f"--rollback-on-failure: terminated the {result.rolled_back} instance(s) this launch had.", g)
+    if result.waited and result.waited != "running":
+        warn(f"--wait: {result.waited}.", g)
     data = result.to_dict()
     if g.output == "table":
-        info(f"fleet {data['fleet']}: {data['launched']} of {data['requested']} launched, {data['failed']} failed.")
+        resumed = sum(r.resumed for r in result.results)
+        again = f" ({resumed} found from an earlier attempt)" if resumed else ""
+        info(f"fleet {data['fleet']}: {data['launched']} of {data['requested']} launched{again}, "
+             f"{data['failed']} failed.")  # fmt: skip
         emit(ctx, data["instances"], COLUMNS)
     else:
         emit(ctx, data)
-    raise typer.Exit(result.exit_code())
+    code = result.exit_code()
+    if code == 0 and result.waited and result.waited != "running":
+        code = 7
+    raise typer.Exit(code)
+
+
+DEFAULT_WAIT_MINUTES = 15
+
+
+@contextlib.contextmanager
+def _progress(g: Any, plan: LaunchPlan) -> Iterator[Callable[[str, str, int, int], None]]:
+    """Per-profile progress: Rich bars on a terminal, plain lines on stderr otherwise."""
+    if not sys.stderr.isatty() or g.debug:
+
+        def line(profile: str, what: str, done: int, total: int) -> None:
+            info(f"profile {profile}: {what} {done}/{total}")
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False) as bars:  # fmt: skip
+        tasks = {p.name: bars.add_task(f"{p.name}: launching", total=p.request.count) for p in plan.profiles}
+
+        def bar(profile: str, what: str, done: int, total: int) -> None:
+            bars.update(tasks[profile], completed=done, total=total, description=f"{profile}: {what}")
+
+        yield bar
 
 
 def _list_bootstraps(ctx: typer.Context) -> None:

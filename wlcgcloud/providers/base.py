@@ -243,6 +243,8 @@ class LaunchRequest:
     tags: Mapping[str, str] = field(default_factory=dict)
     key_name: str | None = None
     network: str | None = None  # overrides the profile's
+    spot: bool = False  # EC2 spot instances (other clouds refuse it at planning)
+    shutdown_terminates: bool = False  # a VM that powers itself off is gone (the lease), where the cloud can
 
     @property
     def token(self) -> str:
@@ -257,6 +259,8 @@ class LaunchRequest:
             "tags": {k: v for k, v in sorted(self.tags.items()) if k not in ("wlcg:created", "wlcg:lease-until")},
             "key": self.key_name,
             "network": self.network,
+            "spot": self.spot,
+            "shutdown_terminates": self.shutdown_terminates,
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 

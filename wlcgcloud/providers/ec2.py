@@ -37,6 +37,7 @@ from wlcgcloud.providers.base import (
     Instance,
     LaunchRequest,
     Outcome,
+    PartialLaunch,
     Provider,
     Quota,
     UsageRecord,
@@ -358,6 +359,16 @@ class EC2Provider(Provider):
         }
         if request.user_data:
             kwargs["UserData"] = request.user_data  # boto3 base64-encodes it
+        if request.shutdown_terminates:
+            kwargs["InstanceInitiatedShutdownBehavior"] = "terminate"
+        if request.spot:
+            # One-time spot requests; MinCount 1 lets EC2 start as many as the market gives now,
+            # and the ones it refused are reported as failed (a partial launch).
+            kwargs["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+            kwargs["MinCount"] = 1
         key = request.key_name or p.get("key_name")
         if key:
             kwargs["KeyName"] = key
@@ -381,10 +392,21 @@ class EC2Provider(Provider):
         raws = reply.get("Instances", [])
         self._learn_types(r.get("InstanceType") for r in raws)
         # TagSpecifications tag the instances as they are made; not every endpoint echoes them.
-        return [self._instance({**r, "Tags": r.get("Tags") or tags}) for r in raws]
+        made = [self._instance({**r, "Tags": r.get("Tags") or tags}) for r in raws]
+        if len(made) < request.count:
+            raise PartialLaunch(
+                f"profile '{self.name}': EC2 started {len(made)} of {request.count} spot instances; "
+                "the market refused the others (no capacity at the price).",
+                made,
+            )
+        return made
 
     def launch_calls(self, request: LaunchRequest) -> list[str]:
         size = f", UserData={len(request.user_data)} bytes" if request.user_data else ""
+        if request.spot:
+            size += ", InstanceMarketOptions=spot one-time, MinCount=1"
+        if request.shutdown_terminates:
+            size += ", InstanceInitiatedShutdownBehavior=terminate"
         return [
             f"RunInstances(ImageId={request.image}, InstanceType={request.flavor}, MinCount={request.count}, "
             f"MaxCount={request.count}, ClientToken={request.token}, TagSpecifications=instance+volume "

@@ -1,0 +1,164 @@
+"""Launching fleets safely: the ledger's intent, resuming, partial failure, rollback, --spread, --wait, --spot."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
+
+from conftest import Run, World, create_instances, ec2_profile, one_profile, own_marked_ami, write_profiles
+
+LEDGER = "ledger.sqlite"
+
+
+def ledger_rows(world: World, table: str) -> list[dict[str, Any]]:
+    db = sqlite3.connect(world.state / LEDGER)
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+    finally:
+        db.close()
+
+
+def users_with_quota(vms: int) -> list[dict[str, Any]]:
+    users = [dict(u) for u in DEFAULT_WORLD["users"]]
+    for u in users:
+        if u["name"] == "atlas":
+            u["quota"] = {"VMS": vms, "CPU": 400, "MEMORY": 819200}
+    return users
+
+
+@pytest.fixture
+def one_world(world: World, endorsed: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Two OpenNebula sites for atlas, one with room for 4 VMs and one for 12, each holding the endorsed image."""
+    images = [{"id": 0, "name": "atlas-wn", "owner": "atlas", "size": 1,
+               "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'}]  # fmt: skip
+    with (
+        OpenNebulaPeer(images=images, users=users_with_quota(4)) as small,
+        OpenNebulaPeer(images=images, users=users_with_quota(12), deploy_delay=1.0) as big,
+    ):
+        write_profiles(world, {
+            "small": one_profile(small, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
+            "big": one_profile(big, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
+        })  # fmt: skip
+        monkeypatch.setenv("WLCGCLOUD_SECRET_SMALL", "secret")
+        monkeypatch.setenv("WLCGCLOUD_SECRET_BIG", "secret")
+        yield {"small": small, "big": big}
+
+
+def test_the_intent_is_in_the_ledger_before_the_first_api_call(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here: every API call fails
+    write_profiles(world, {"aws": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": f"http://127.0.0.1:{port}",
+                                   "access_key_id": "A", "flavor": "m5.large", "timeout": 3}})  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", "x")
+    result = run("launch", "ami-0abc", "-p", "aws", "--allow-unendorsed", "--credential", "none", "-n", "3",
+                 "--fleet", "never-made")  # fmt: skip
+    assert result.code == 6, result.err
+    [launch] = ledger_rows(world, "launches")
+    assert launch["fleet"] == "never-made" and launch["requested"] == 3 and launch["state"] == "failed"
+    assert len(launch["request_token"]) == 32 and launch["endorsement"] == "none" and "cannot reach" in launch["error"]
+    assert (world.state / LEDGER).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_rerun_resumes_the_fleet_without_duplicates(
+    run: Run, world: World, endorsed: dict[str, Any], moto_ec2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ami = own_marked_ami(moto_ec2.client(), endorsed["first"])
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    # An earlier attempt made 3 instances and died before it could record them.
+    earlier = create_instances(world, "aws", ami, "m5.large", 3, "resume-me")
+    base = ("launch", endorsed["first"], "-p", "aws", "--credential", "none", "--fleet", "resume-me", "-o", "json")
+    result = run(*base, "--count", "5")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert isinstance(data, dict)
+    assert data["launched"] == 5 and data["profiles"][0]["resumed"] == 3
+    ids = {i["id"] for i in data["instances"]}
+    assert set(earlier) <= ids and len(ids) == 5
+    listed = run("instance", "list", "--fleet", "resume-me", "-p", "aws", "-o", "json")
+    assert len([i for i in listed.json() if i["state"] != "terminated"]) == 5  # type: ignore[union-attr]
+    assert {r["id"] for r in ledger_rows(world, "instances")} == ids
+    again = run(*base, "--count", "5")  # the same command once more: nothing new
+    assert again.code == 0 and again.json()["profiles"][0]["resumed"] == 5  # type: ignore[index,call-overload]
+    assert len(ledger_rows(world, "instances")) == 5
+    other = run(*base, "--count", "7")
+    assert other.code == 2 and "fleet scale resume-me" in other.err
+    run("instance", "terminate", *ids, "-p", "aws", "--yes")
+
+
+def test_quota_exhausted_midway_is_a_partial_launch_and_rollback_undoes_it(
+    run: Run, world: World, one_world: dict[str, Any]
+) -> None:
+    base = ("launch", "ATLAS worker node 1", "-p", "small", "--credential", "none", "-o", "json")
+    partial = run(*base, "--count", "6", "--fleet", "too-big")
+    assert partial.code == 7, partial.err
+    data = partial.json()
+    assert isinstance(data, dict)
+    assert (data["requested"], data["launched"], data["failed"]) == (6, 4, 2)
+    assert "limit of 4 reached for VMS quota" in data["errors"][0]["message"]
+    [launch] = ledger_rows(world, "launches")
+    assert launch["state"] == "partial" and len(ledger_rows(world, "instances")) == 4
+    for vm in data["instances"]:
+        run("instance", "terminate", vm["id"], "-p", "small", "--yes")
+    undone = run(*base, "--count", "6", "--fleet", "all-or-nothing", "--rollback-on-failure")
+    assert undone.code == 6, undone.err
+    gone = undone.json()
+    assert isinstance(gone, dict) and gone["rolled_back"] == 4 and gone["launched"] == 0
+    assert "terminated the 4 instance(s)" in undone.err
+    ended = [r for r in ledger_rows(world, "instances") if r["fleet"] == "all-or-nothing"]
+    assert len(ended) == 4 and all(r["ended_at"] for r in ended)
+
+
+def test_spread_divides_by_free_quota_and_wait_waits_for_running(
+    run: Run, world: World, one_world: dict[str, Any]
+) -> None:
+    plan = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--spread", "-n", "8",
+               "--credential", "none", "--dry-run", "-o", "json")  # fmt: skip
+    assert plan.code == 0, plan.err
+    shares = {p["profile"]: p["requested"] for p in plan.json()["profiles"]}  # type: ignore[index,call-overload]
+    assert shares == {"small": 2, "big": 6} and "--spread: small 2, big 6" in plan.err
+    result = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--spread", "-n", "8",
+                 "--credential", "none", "--wait", "--timeout", "60s", "-o", "json")  # fmt: skip
+    assert result.code == 0, result.err
+    data = result.json()
+    assert isinstance(data, dict) and data["launched"] == 8
+    assert {i["state"] for i in data["instances"]} == {"running"}  # big deploys after 1 s: --wait saw it
+    too_many = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--spread", "-n", "20",
+                   "--credential", "none", "--fleet", "too-many")  # fmt: skip
+    assert too_many.code == 5 and "free quota holds 8 of the 20" in too_many.err
+    one = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--credential", "none")
+    assert one.code == 2 and "add --spread" in one.err
+
+
+def test_spot_and_lease_on_ec2(
+    run: Run, world: World, endorsed: dict[str, Any], moto_ec2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own_marked_ami(moto_ec2.client(), endorsed["first"])
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
+                           "one": {"provider": "opennebula", "endpoint": "http://127.0.0.1:9/RPC2"}})  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "x")
+    base = ("launch", endorsed["first"], "--credential", "none", "-o", "json")
+    # moto starts MinCount spot instances (1): the market "refused" the other two.
+    spot = run(*base, "-p", "aws", "--spot", "-n", "3", "--lease", "2h", "--fleet", "spot-fleet")
+    assert spot.code == 7, spot.err
+    data = spot.json()
+    assert isinstance(data, dict) and (data["launched"], data["failed"]) == (1, 2)
+    assert "the market refused the others" in data["errors"][0]["message"]
+    [vm] = data["instances"]
+    ec2 = moto_ec2.client()
+    behaviour = ec2.describe_instance_attribute(InstanceId=vm["id"], Attribute="instanceInitiatedShutdownBehavior")
+    assert behaviour["InstanceInitiatedShutdownBehavior"]["Value"] == "terminate"
+    assert vm["tags"]["wlcg:lease-until"] > vm["tags"]["wlcg:created"]
+    refused = run(*base, "-p", "one", "--spot", "--allow-unendorsed")
+    assert refused.code == 2 and "EC2 only" in refused.err
+    run("instance", "terminate", vm["id"], "-p", "aws", "--yes")

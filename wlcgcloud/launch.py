@@ -1,0 +1,530 @@
+"""Launching a fleet: plan (every policy check, nothing spent), then launch, resume, wait, roll back.
+
+`plan_launch` works everything out in the order that keeps money and secrets safe: what needs
+no cloud first (credential, user-data, its size on each cloud: exit 5 before any API call),
+then the endorsement gate and, with `--spread`, the quotas, which only read.
+
+`launch` records each profile's part in the ledger as an intent before its first API call,
+lists what the fleet already has on the cloud (so a re-run after a crash, even a SIGKILL,
+resumes instead of duplicating), creates only what is missing, and records every instance the
+moment the cloud returns it. Partial failure is normal at this size: what failed stays beside
+what launched, and the ledger stays true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wlcgcloud.config import Profile
+from wlcgcloud.endorsement import Decision, gate
+from wlcgcloud.errors import CloudError, PolicyError, UsageError, WlcgError
+from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota, utc
+from wlcgcloud.times import human_duration
+
+if TYPE_CHECKING:
+    from wlcgcloud.context.credentials import Credential
+    from wlcgcloud.context.userdata import Document, Payload
+    from wlcgcloud.ledger import Ledger
+
+FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+WAIT_POLL = 3.0  # seconds between listings while --wait waits
+SETTLED = ("running", "error", "terminated", "stopped")
+
+# progress(profile, what, done, total): "launching", "launched", "waiting", "resumed"
+Progress = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What `wlcgcloud launch` was asked for, after parsing."""
+
+    image: str
+    count: int = 1
+    flavor: str | None = None
+    fleet: str | None = None
+    experiment: str | None = None
+    credential: str = "auto"
+    proxy: Path | None = None
+    token_file: Path | None = None
+    min_lifetime: timedelta | None = None
+    credential_owner: str = "root"
+    user_data: Path | None = None
+    bootstrap: str | None = None
+    settings: Mapping[str, str] = field(default_factory=dict)
+    lease: timedelta | None = None
+    allow_unendorsed: bool = False
+    spread: bool = False
+    spot: bool = False
+
+    def recorded(self) -> dict[str, Any]:
+        """What the ledger keeps of these options: no secret setting, no credential."""
+        from wlcgcloud.context.userdata import is_secret
+
+        return {
+            "image": self.image, "count": self.count, "flavor": self.flavor, "experiment": self.experiment,
+            "credential": self.credential, "credential_owner": self.credential_owner,
+            "user_data": str(self.user_data) if self.user_data else None, "bootstrap": self.bootstrap,
+            "settings": {k: v for k, v in self.settings.items() if not is_secret(k)},
+            "secret_settings": sorted(k for k in self.settings if is_secret(k)),
+            "lease_s": int(self.lease.total_seconds()) if self.lease else None,
+            "allow_unendorsed": self.allow_unendorsed, "spread": self.spread, "spot": self.spot,
+        }  # fmt: skip
+
+
+@dataclass
+class ProfilePlan:
+    """What one profile will be asked to do."""
+
+    provider: Provider
+    decision: Decision
+    request: LaunchRequest
+    payload: Payload | None
+    quota: dict[str, Any] | None = None  # with --spread: the quota read and the free capacity
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.decision
+        out = {
+            "profile": self.name,
+            "provider": self.provider.kind,
+            "requested": self.request.count,
+            "image": {
+                "endorsed": d.endorsed.identifier if d.endorsed else None,
+                "title": d.endorsed.title if d.endorsed else None,
+                "cloud_image": d.cloud_image,
+                "how": d.how,
+            },
+            "flavor": self.request.flavor,
+            "tags": dict(self.request.tags),
+            "request_token": self.request.token,
+            "user_data": self.payload.summary() if self.payload else None,
+            "api_calls": self.provider.launch_calls(self.request),
+        }
+        if self.quota is not None:
+            out["quota"] = self.quota
+        return out
+
+
+@dataclass
+class LaunchPlan:
+    """A launch worked out and checked, before anything is spent."""
+
+    fleet: str
+    profiles: list[ProfilePlan]
+    credential: Credential | None
+    document: Document
+    warnings: list[str]
+    now: datetime
+    options: LaunchOptions
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet,
+            "requested": sum(p.request.count for p in self.profiles),
+            "credential": self.credential.summary(self.now) if self.credential else None,
+            "user_data": self.document.structure(),
+            "profiles": [p.to_dict() for p in self.profiles],
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass
+class ProfileLaunched:
+    """One profile's outcome: the instances it has for this launch (resumed ones included)."""
+
+    plan: ProfilePlan
+    instances: list[Instance] = field(default_factory=list)
+    error: WlcgError | None = None
+    resumed: int = 0  # instances an earlier attempt had made, found by the fleet's tags
+    failed_after: list[Instance] = field(default_factory=list)  # went to error while --wait waited
+
+    def to_dict(self) -> dict[str, Any]:
+        requested = self.plan.request.count
+        launched = len(self.instances)
+        return {"profile": self.plan.name, "requested": requested, "launched": launched,
+                "failed": requested - launched, "resumed": self.resumed}  # fmt: skip
+
+
+@dataclass
+class Launched:
+    """What a launch did, in the contract's `launch -o json` shape."""
+
+    fleet: str
+    results: list[ProfileLaunched]
+    rolled_back: int = 0
+    waited: str | None = None  # "running", or why the wait ended early
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [r.to_dict() for r in self.results]
+        out: dict[str, Any] = {
+            "fleet": self.fleet,
+            "requested": sum(r["requested"] for r in rows),
+            "launched": sum(r["launched"] for r in rows),
+            "failed": sum(r["failed"] for r in rows),
+            "profiles": rows,
+            "instances": [i.to_dict() for r in self.results for i in r.instances],
+            "errors": [{"profile": r.plan.name, "message": str(r.error)} for r in self.results if r.error],
+        }
+        if self.rolled_back:
+            out["rolled_back"] = self.rolled_back
+        return out
+
+    def exit_code(self) -> int:
+        """0 when everything launched; 7 when some did; else the first failure's code."""
+        failures = [r.error for r in self.results if r.error]
+        if not failures:
+            return 0
+        if self.rolled_back:
+            # Nothing is left: the launch failed as a whole, for the cloud's reason (a partial one is 6).
+            return 6 if failures[0].exit_code == 7 else failures[0].exit_code
+        if any(r.instances for r in self.results):
+            return 7
+        return failures[0].exit_code
+
+
+# Planning
+
+
+def plan_launch(profiles: Sequence[Profile], options: LaunchOptions, now: datetime | None = None) -> LaunchPlan:
+    """Work out and check a launch without spending anything: the same checks a real launch makes."""
+    from wlcgcloud.context import credentials, userdata
+    from wlcgcloud.providers import connect
+
+    now = now or datetime.now(UTC)
+    _check_options(profiles, options)
+    boot = userdata.bootstrap(options.bootstrap) if options.bootstrap else None
+    if options.settings and boot is None:
+        raise UsageError("--set needs --bootstrap: the settings are the bootstrap's.")
+    choice = credentials.choose(
+        options.credential, proxy=options.proxy, token_file=options.token_file,
+        min_lifetime=options.min_lifetime, now=now,
+    )  # fmt: skip
+    credential = choice.credential
+    warnings = list(choice.warnings)
+    document = userdata.compose(
+        credential,
+        owner=options.credential_owner,
+        user_data=options.user_data,
+        bootstrap=boot,
+        settings=options.settings,
+        lease=options.lease,
+        now=now,
+    )
+    providers = [connect(p) for p in profiles]
+    if options.spot:
+        others = [p.name for p in providers if p.profile.provider != "ec2"]
+        if others:
+            raise UsageError(f"--spot: spot instances exist on EC2 only, not on profile '{others[0]}'.")
+    payloads = [userdata.fit(document, p.user_data_limit, f"profile '{p.name}' ({p.kind})") for p in providers]
+    experiment = options.experiment or next((str(p.get("experiment")) for p in profiles if p.get("experiment")), None)
+    warnings += _credential_warnings(credential, options.lease, experiment, now)
+    fleet = options.fleet or _fleet_name(experiment, options, profiles, document, now)
+    flavors = [_flavor_name(p, options) for p in providers]
+    decisions = [gate(options.image, p, f, options.allow_unendorsed) for p, f in zip(providers, flavors, strict=True)]
+    counts = [options.count]
+    quotas: list[dict[str, Any] | None] = [None] * len(providers)
+    if options.spread:
+        counts, quotas = _spread(options.count, providers, flavors)
+    plans = []
+    for provider, payload, flavor, decision, count, quota in zip(
+        providers, payloads, flavors, decisions, counts, quotas, strict=True
+    ):
+        tags = {
+            "wlcg:fleet": fleet,
+            "wlcg:profile": provider.name,
+            "wlcg:experiment": experiment or "none",
+            **decision.tags,
+            "wlcg:launched-by": _launched_by(),
+            "wlcg:created": utc(now) or "",
+        }
+        if credential is not None:
+            tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {utc(credential.not_after)}"
+        if options.lease is not None:
+            tags["wlcg:lease-until"] = utc(now + options.lease) or ""
+        request = LaunchRequest(
+            name=fleet,
+            image=decision.cloud_image,
+            flavor=flavor,
+            count=count,
+            user_data=payload.data if payload else None,
+            tags=tags,
+            spot=options.spot,
+            shutdown_terminates=options.lease is not None,
+        )
+        if count > 0:
+            plans.append(ProfilePlan(provider, decision, request, payload, quota))
+    return LaunchPlan(fleet, plans, credential, document, warnings, now, options)
+
+
+def _check_options(profiles: Sequence[Profile], options: LaunchOptions) -> None:
+    if options.count < 1:
+        raise UsageError(f"--count {options.count}: launch at least one instance.")
+    if options.fleet is not None and not FLEET_NAME.fullmatch(options.fleet):
+        raise UsageError(
+            f"--fleet '{options.fleet}': fleet names are 1-40 of a-z, 0-9 and '-', starting with a letter or digit."
+        )
+    if len(profiles) > 1 and not options.spread:
+        raise UsageError(f"{len(profiles)} profiles given; a launch goes to one.", "Pass one -p, or add --spread.")
+    if options.spread and len(profiles) < 2:
+        raise UsageError("--spread divides a launch over several profiles: pass two or more -p.")
+
+
+def _flavor_name(provider: Provider, options: LaunchOptions) -> str:
+    flavor = options.flavor or provider.profile.get("flavor") or provider.profile.get("vm_template")
+    if not flavor:
+        raise UsageError(
+            f"profile '{provider.name}': no flavor given.",
+            f"Pass --flavor, or set one with 'wlcgcloud profile edit {provider.name} --flavor NAME'.",
+        )
+    return str(flavor)
+
+
+def free_slots(quota: Quota, flavor: Flavor | None) -> int | None:
+    """How many more instances of `flavor` the quota allows (instances, cores, memory); None: no limit."""
+    limits = []
+    if quota.instances is not None:
+        limits.append(quota.instances - (quota.instances_used or 0))
+    if quota.cores is not None and flavor and flavor.vcpus:
+        limits.append((quota.cores - (quota.cores_used or 0)) // flavor.vcpus)
+    if quota.memory_mb is not None and flavor and flavor.memory_mb:
+        limits.append((quota.memory_mb - (quota.memory_mb_used or 0)) // flavor.memory_mb)
+    return max(0, min(limits)) if limits else None
+
+
+def _spread(
+    count: int, providers: Sequence[Provider], flavors: Sequence[str]
+) -> tuple[list[int], list[dict[str, Any] | None]]:
+    """`count` divided over the profiles in proportion to their free quota (largest remainder)."""
+
+    def read(provider: Provider, flavor: str) -> tuple[Quota, Flavor | None]:
+        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
+        if size is None:
+            raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
+        return provider.quota(), size
+
+    with ThreadPoolExecutor(max_workers=min(8, len(providers)), thread_name_prefix="quota") as pool:
+        read_back = list(pool.map(read, providers, flavors))
+    free = [free_slots(q, f) for q, f in read_back]
+    caps = [count if f is None else f for f in free]  # no limit: room for the whole launch
+    total = sum(caps)
+    if total < count:
+        where = ", ".join(f"{p.name} {c}" for p, c in zip(providers, caps, strict=True))
+        # (shares below never exceed a profile's room: count * cap / total <= cap when total >= count)
+        raise PolicyError(f"--spread: the profiles' free quota holds {total} of the {count} instances ({where}).")
+    shares = [count * c // total for c in caps]
+    order = sorted(range(len(caps)), key=lambda i: (count * caps[i] % total, caps[i]), reverse=True)
+    for i in order[: count - sum(shares)]:
+        shares[i] += 1
+    details: list[dict[str, Any] | None] = [
+        {**q.to_dict(), "flavor_vcpus": f.vcpus if f else None, "flavor_memory_mb": f.memory_mb if f else None,
+         "free_instances": fr}
+        for (q, f), fr in zip(read_back, free, strict=True)
+    ]  # fmt: skip
+    return shares, details
+
+
+def _credential_warnings(
+    credential: Credential | None, lease: timedelta | None, experiment: str | None, now: datetime
+) -> list[str]:
+    if credential is None:
+        return []
+    out = []
+    left = credential.lifetime(now)
+    what = "proxy" if credential.kind == "x509" else "token"
+    if lease is not None and lease > left:
+        out.append(
+            f"the fleet's lease ({human_duration(lease.total_seconds())}) outlasts the forwarded {what} "
+            f"({human_duration(left.total_seconds())} left): work in the VMs loses its credential before the end."
+        )
+    elif credential.kind == "token" and lease is None:
+        out.append(
+            f"the forwarded token expires in {human_duration(left.total_seconds())} and the VMs have no lease: "
+            "long-lived VMs need their own token refresh (e.g. a pool token, or an oidc-agent in the VM)."
+        )
+    if credential.vo and experiment and credential.vo.lower() != experiment.lower():
+        out.append(f"the proxy carries VO '{credential.vo}' but the experiment is '{experiment}'.")
+    return out
+
+
+def _fleet_name(
+    experiment: str | None, options: LaunchOptions, profiles: Sequence[Profile], document: Document, now: datetime
+) -> str:
+    """`<experiment or fleet>-<yyyymmdd>-<4 hex>`; the hex comes from the launch itself, so the same
+    launch re-run the same day names the same fleet (and resumes it) instead of starting another."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", (experiment or "fleet").lower()).strip("-")[:26] or "fleet"
+    what = json.dumps([options.image, options.count, options.flavor, [p.name for p in profiles],
+                       hashlib.sha256(document.render() if document.parts else b"").hexdigest()])  # fmt: skip
+    return f"{stem}-{now:%Y%m%d}-{hashlib.sha256(what.encode()).hexdigest()[:4]}"
+
+
+def _launched_by() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"[:255]
+
+
+# Launching
+
+
+def launch(
+    plan: LaunchPlan,
+    ledger: Ledger,
+    *,
+    progress: Progress | None = None,
+    wait: timedelta | None = None,
+    rollback: bool = False,
+) -> Launched:
+    """Launch the plan on each profile in parallel, resuming what an earlier attempt made.
+
+    Raises UsageError (exit 2) when the fleet already holds another launch (use `fleet scale`).
+    """
+    tell = progress or (lambda *_: None)
+    _same_launch(ledger, plan)
+    intents = {p.name: ledger.record_intent(_intent(plan, p)) for p in plan.profiles}
+
+    def one(p: ProfilePlan) -> ProfileLaunched:
+        launch_id = intents[p.name]
+        try:
+            have = [i for i in p.provider.instances(fleet=plan.fleet) if _ours(i, p) and i.state != "terminated"]
+            foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
+            if foreign:
+                raise UsageError(
+                    f"fleet '{plan.fleet}' on profile '{p.name}' holds instances of another image "
+                    f"({foreign[0].tags.get('wlcg:image')}).",
+                    "Choose another --fleet, or change the fleet with 'wlcgcloud fleet scale'.",
+                )
+            ledger.record_instances(have, launch_id)
+            missing = p.request.count - len(have)
+            result = ProfileLaunched(p, list(have), resumed=len(have))
+            if have:
+                tell(p.name, "resumed", len(have), p.request.count)
+            if missing > 0:
+                tell(p.name, "launching", len(have), p.request.count)
+                try:
+                    made = p.provider.create(replace(p.request, count=missing))
+                except PartialLaunch as exc:
+                    made, result.error = exc.instances, exc
+                ledger.record_instances(made, launch_id)
+                result.instances += made
+            tell(p.name, "launched", len(result.instances), p.request.count)
+        except WlcgError as exc:
+            result = ProfileLaunched(p, [], exc)
+        state = "launched" if not result.error else ("partial" if result.instances else "failed")
+        ledger.finish(launch_id, state, str(result.error) if result.error else None)
+        return result
+
+    with ThreadPoolExecutor(max_workers=min(8, len(plan.profiles)), thread_name_prefix="launch") as pool:
+        results = list(pool.map(one, plan.profiles))
+    usage = [r.error for r in results if isinstance(r.error, UsageError)]
+    if usage:
+        raise usage[0]
+    outcome = Launched(plan.fleet, results)
+    if rollback and any(r.error for r in results):
+        outcome.rolled_back = _roll_back(results, ledger)
+    elif wait is not None:
+        outcome.waited = _wait(results, wait, ledger, tell)
+    return outcome
+
+
+def _ours(instance: Instance, p: ProfilePlan) -> bool:
+    """An instance of this fleet made for this profile (another tool may leave wlcg:profile out)."""
+    return instance.tags.get("wlcg:profile") in (None, p.name)
+
+
+def _intent(plan: LaunchPlan, p: ProfilePlan) -> dict[str, Any]:
+    tags = p.request.tags
+    return {
+        "fleet": plan.fleet,
+        "profile": p.name,
+        "provider": p.provider.profile.provider,
+        "request_token": p.request.token,
+        "image": tags["wlcg:image"] if tags["wlcg:image"] != "none" else p.decision.cloud_image,
+        "cloud_image": p.decision.cloud_image,
+        "endorsement": tags["wlcg:endorsement"],
+        "flavor": p.request.flavor,
+        "requested": p.request.count,
+        "experiment": tags.get("wlcg:experiment"),
+        "credential": tags.get("wlcg:credential"),
+        "lease_until": tags.get("wlcg:lease-until"),
+        "options": plan.options.recorded(),
+    }
+
+
+def _same_launch(ledger: Ledger, plan: LaunchPlan) -> None:
+    """A fleet name already used by another launch (other image, flavor or count) is exit 2."""
+    for earlier in ledger.launches(plan.fleet):
+        for p in plan.profiles:
+            if earlier.profile != p.name:
+                continue
+            was = (earlier.cloud_image, earlier.flavor, earlier.options.get("count"))
+            now = (p.decision.cloud_image, p.request.flavor, plan.options.count)
+            if was != now:
+                raise UsageError(
+                    f"fleet '{plan.fleet}' was launched on profile '{p.name}' with image {was[0]}, flavor {was[1]}, "
+                    f"count {was[2]}; this launch differs.",
+                    f"Resize it with 'wlcgcloud fleet scale {plan.fleet} --count N', or choose another --fleet.",
+                )
+
+
+def _roll_back(results: list[ProfileLaunched], ledger: Ledger) -> int:
+    """Terminate everything this launch has, because the whole fleet could not be had."""
+    done = 0
+    for r in results:
+        if not r.instances:
+            continue
+        outcomes = r.plan.provider.terminate([i.id for i in r.instances])
+        gone = [o.id for o in outcomes if o.error is None]
+        ledger.mark_ended(r.plan.name, gone)
+        done += len(gone)
+        r.instances = [i for i in r.instances if i.id not in gone]
+    return done
+
+
+def _wait(results: list[ProfileLaunched], limit: timedelta, ledger: Ledger, tell: Progress) -> str:
+    """Poll until every launched instance runs (or failed), or `limit` passes; update the results."""
+    deadline = time.monotonic() + limit.total_seconds()
+    pending = {r.plan.name: {i.id for i in r.instances} for r in results}
+    while True:
+        for r in results:
+            if not pending[r.plan.name]:
+                continue
+            try:
+                seen = {i.id: i for i in r.plan.provider.instances(fleet=r.instances[0].fleet)}
+            except WlcgError:
+                continue  # a listing that fails now may answer next time; the deadline bounds it
+            ledger.record_instances([seen[i] for i in pending[r.plan.name] if i in seen])
+            r.instances = [seen.get(i.id, i) for i in r.instances]
+            broken = [i for i in r.instances if i.state in ("error", "terminated")]
+            if broken:
+                r.failed_after += broken
+                r.instances = [i for i in r.instances if i not in broken]
+                if r.error is None:
+                    r.error = CloudError(f"profile '{r.plan.name}': {len(broken)} instance(s) went to "
+                                         f"{broken[0].state} ({broken[0].provider_state}) after launch.")  # fmt: skip
+            pending[r.plan.name] = {i.id for i in r.instances if i.state not in SETTLED}
+            running = sum(1 for i in r.instances if i.state == "running")
+            tell(r.plan.name, "waiting", running, r.plan.request.count)
+        if not any(pending.values()):
+            return "running"
+        if time.monotonic() > deadline:
+            left = sum(len(v) for v in pending.values())
+            return f"{left} instance(s) not running after {human_duration(limit.total_seconds())}"
+        time.sleep(WAIT_POLL)
