@@ -96,6 +96,26 @@ def _lists(words: list[str]) -> list[str]:
     return sorted(str(s["name"]) for s in _subscriptions(words) if "name" in s)
 
 
+def _fleets(words: list[str]) -> list[str]:
+    """Fleet names the ledger knows (read-only, no network; nothing when there is no ledger)."""
+    import sqlite3
+
+    path = _state_dir() / "ledger.sqlite"
+    if not path.exists():
+        return []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = db.execute(
+                "SELECT fleet FROM launches UNION SELECT fleet FROM instances WHERE fleet IS NOT NULL"
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return []
+    return sorted(str(r[0]) for r in rows)
+
+
 BOOTSTRAPS = Path(__file__).parent / "context" / "bootstraps"
 
 
@@ -116,7 +136,7 @@ def _settings(words: list[str]) -> list[str]:
 
 
 DYNAMIC = {"@profile": _profiles, "@endorsed": _endorsed, "@list": _lists, "@bootstrap": _bootstraps,
-           "@setting": _settings}  # fmt: skip
+           "@setting": _settings, "@fleet": _fleets}  # fmt: skip
 
 
 def _values(spec: Any, words: list[str]) -> list[str]:
@@ -200,6 +220,8 @@ def build_tree() -> dict[str, Any]:
             return list(CREDENTIALS)
         if param.name == "bootstrap":
             return "@bootstrap"
+        if param.name == "fleet_name":
+            return "@fleet"
         if param.name == "settings":
             return "@setting"
         if param.name == "state":
@@ -221,6 +243,8 @@ def build_tree() -> dict[str, Any]:
                     kind = {"image_id": "@endorsed", "name": "@list", "names": "@list"}.get(param.name, kind)
                 if path == ("launch",) and param.name == "image":
                     kind = "@endorsed"
+                if path[:1] == ("fleet",) and param.name in ("name", "names"):
+                    kind = "@fleet"
                 if path[:1] == ("completion",) and param.name == "shell":
                     kind = ["bash", "zsh", "fish"]
                 node.setdefault("args", []).append(kind)

@@ -1,4 +1,4 @@
-"""Instances and fleets across every profile at once: listing, finding, terminating.
+"""Instances and fleets across every profile at once: listing, finding, terminating, reconciling.
 
 Every function asks all its profiles in parallel and returns what answered beside what did
 not (`Gathered`), so one cloud that is down never hides the others. The CLI turns the
@@ -7,17 +7,20 @@ failures into warnings and the exit code of the contract (`Gathered.exit_code`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, UsageError, WlcgError
 from wlcgcloud.providers import each
-from wlcgcloud.providers.base import STATES, Instance, Outcome
+from wlcgcloud.providers.base import STATES, Instance, Outcome, utc
 
 if TYPE_CHECKING:
-    pass
+    from wlcgcloud.ledger import Ledger
 
 
 @dataclass
@@ -147,3 +150,124 @@ def console_log(profiles: Sequence[Profile], instance_id: str, lines: int | None
     if answer.error is not None:
         raise answer.error
     return inst, answer.value or ""
+
+
+# Fleets
+
+
+@dataclass
+class FleetRow:
+    """One fleet on one profile, as the cloud reports it."""
+
+    fleet: str
+    profile: str
+    provider: str
+    instances: list[Instance] = field(default_factory=list)
+
+    def states(self) -> str:
+        """`running 18, pending 2`: the counts as a table shows them."""
+        counts = Counter(i.state for i in self.instances)
+        return ", ".join(f"{s} {counts[s]}" for s in STATES if counts[s])
+
+    def to_dict(self) -> dict[str, object]:
+        counts = Counter(i.state for i in self.instances)
+        tags = [i.tags for i in self.instances]
+        created = min((t["wlcg:created"] for t in tags if t.get("wlcg:created")), default=None)
+        if created is None:
+            created = min((utc(i.launched_at) or "" for i in self.instances if i.launched_at), default=None)
+        return {
+            "fleet": self.fleet,
+            "profile": self.profile,
+            "provider": self.provider,
+            "experiment": _most_common(t.get("wlcg:experiment") for t in tags),
+            "image": _most_common(t.get("wlcg:image") for t in tags),
+            "flavor": _most_common(i.flavor for i in self.instances),
+            "created": created,
+            "counts": {s: counts[s] for s in STATES if counts[s]},
+            "total": len(self.instances),
+        }
+
+
+def _most_common(values: Iterable[str | None]) -> str | None:
+    seen = Counter(v for v in values if v)
+    return seen.most_common(1)[0][0] if seen else None
+
+
+def list_fleets(profiles: Sequence[Profile]) -> tuple[list[FleetRow], Gathered]:
+    """One row per fleet and profile, from every profile in parallel."""
+    gathered = list_instances(profiles)
+    rows: dict[tuple[str, str], FleetRow] = {}
+    for inst in gathered.instances:
+        if not inst.fleet:
+            continue
+        row = rows.setdefault((inst.fleet, inst.profile), FleetRow(inst.fleet, inst.profile, inst.provider))
+        row.instances.append(inst)
+    return sorted(rows.values(), key=lambda r: (r.fleet, r.profile)), gathered
+
+
+def fleet_instances(profiles: Sequence[Profile], fleets: Sequence[str]) -> tuple[list[Instance], Gathered]:
+    """The instances of these fleets on every profile (terminated ones included)."""
+    out = Gathered(asked=len(profiles))
+    for name in fleets:
+        part = list_instances(profiles, fleet=name)
+        out.instances += part.instances
+        out.failures += [f for f in part.failures if f not in out.failures]
+    return out.instances, out
+
+
+def by_profile(instances: Iterable[Instance]) -> dict[str, list[Instance]]:
+    grouped: dict[str, list[Instance]] = {}
+    for inst in instances:
+        grouped.setdefault(inst.profile, []).append(inst)
+    return grouped
+
+
+def expired_leases(instances: Iterable[Instance], now: datetime) -> list[Instance]:
+    """Instances still alive past their fleet's wlcg:lease-until."""
+    stamp = utc(now) or ""
+    return [i for i in instances if i.state != "terminated" and (i.tags.get("wlcg:lease-until") or "~") < stamp]
+
+
+def newest_first(instances: Iterable[Instance]) -> list[Instance]:
+    """Which instances go first when a fleet shrinks: the newest (least work lost), then by id."""
+    floor = datetime.min.replace(tzinfo=UTC)
+    return sorted(instances, key=lambda i: (i.launched_at or floor, i.id), reverse=True)
+
+
+@dataclass
+class Finding:
+    """One difference between the ledger and what a cloud reports (`fleet reconcile`)."""
+
+    profile: str
+    fleet: str | None
+    id: str
+    finding: str  # "not in the ledger", "gone from the cloud", "launched elsewhere"
+    action: str  # what reconcile did about it
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def reconcile(profiles: Sequence[Profile], ledger: Ledger, write: bool = True) -> tuple[list[Finding], Gathered]:
+    """Compare the ledger with the clouds; cloud tags are the truth, the ledger is brought in line."""
+    gathered = list_instances(profiles)
+    answered = {p.name for p in profiles} - {name for name, _ in gathered.failures}
+    seen = {(i.profile, i.id): i for i in gathered.instances}
+    known = {(r["profile"], r["id"]): r for r in ledger.instances() if r["profile"] in answered}
+    launched_here = {launch.fleet for launch in ledger.launches()}
+    findings: list[Finding] = []
+    unknown = [i for key, i in seen.items() if key not in known]
+    for inst in unknown:
+        elsewhere = inst.fleet not in launched_here
+        what = "launched elsewhere (another machine or tool)" if elsewhere else "not in the ledger"
+        findings.append(Finding(inst.profile, inst.fleet, inst.id, what, "recorded" if write else "none"))
+    gone = [r for key, r in known.items() if key not in seen and not r["ended_at"]]
+    for row in gone:
+        findings.append(Finding(row["profile"], row["fleet"], row["id"], "gone from the cloud",
+                                "marked ended" if write else "none"))  # fmt: skip
+    if write:
+        ledger.record_instances(unknown)
+        for name, rows in itertools.groupby(sorted(gone, key=lambda r: r["profile"]), key=lambda r: r["profile"]):
+            ledger.mark_ended(name, [r["id"] for r in rows], state="unknown")
+        ledger.record_instances(i for key, i in seen.items() if key in known)  # states and ends, as seen now
+    return findings, gathered

@@ -391,13 +391,16 @@ def launch(
     progress: Progress | None = None,
     wait: timedelta | None = None,
     rollback: bool = False,
+    resize: bool = False,
 ) -> Launched:
     """Launch the plan on each profile in parallel, resuming what an earlier attempt made.
 
-    Raises UsageError (exit 2) when the fleet already holds another launch (use `fleet scale`).
+    Raises UsageError (exit 2) when the fleet already holds another launch (use `fleet scale`,
+    which passes `resize` to grow a fleet to the plan's count).
     """
     tell = progress or (lambda *_: None)
-    _same_launch(ledger, plan)
+    if not resize:
+        _same_launch(ledger, plan)
     intents = {p.name: ledger.record_intent(_intent(plan, p)) for p in plan.profiles}
 
     def one(p: ProfilePlan) -> ProfileLaunched:
@@ -528,3 +531,32 @@ def _wait(results: list[ProfileLaunched], limit: timedelta, ledger: Ledger, tell
             left = sum(len(v) for v in pending.values())
             return f"{left} instance(s) not running after {human_duration(limit.total_seconds())}"
         time.sleep(WAIT_POLL)
+
+
+def options_to_grow(ledger: Ledger, fleet: str, profile: str, count: int, given: Mapping[str, Any]) -> LaunchOptions:
+    """The options of the fleet's last launch on `profile`, for `fleet scale` to launch more of the same.
+
+    The ledger keeps no secret: a bootstrap's secret settings (and the credential, found afresh)
+    must be given again; `given` holds what the user passed now (credential options, settings).
+    """
+    records = [r for r in ledger.launches(fleet) if r.profile == profile]
+    if not records:
+        raise UsageError(
+            f"fleet '{fleet}' on profile '{profile}' was not launched from here: the ledger does not know how.",
+            f"Shrinking works; to grow it, launch the same image with '--fleet {fleet}' from the machine that made it.",
+        )
+    o = records[-1].options
+    settings = {**o.get("settings", {}), **given.get("settings", {})}
+    missing = [k for k in o.get("secret_settings", []) if k not in settings]
+    if missing:
+        raise UsageError(f"fleet '{fleet}' was launched with --set {missing[0]}=...; give it again (it is not kept).")
+    lease = o.get("lease_s")
+    return LaunchOptions(
+        image=o["image"], count=count, flavor=o.get("flavor") or records[-1].flavor, fleet=fleet,
+        experiment=o.get("experiment"), credential=given.get("credential") or o.get("credential", "auto"),
+        proxy=given.get("proxy"), token_file=given.get("token_file"), min_lifetime=given.get("min_lifetime"),
+        credential_owner=o.get("credential_owner", "root"),
+        user_data=Path(o["user_data"]) if o.get("user_data") else None, bootstrap=o.get("bootstrap"),
+        settings=settings, lease=timedelta(seconds=lease) if lease else None,
+        allow_unendorsed=bool(o.get("allow_unendorsed")), spot=bool(o.get("spot")),
+    )  # fmt: skip

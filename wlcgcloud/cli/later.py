@@ -16,19 +16,7 @@ from wlcgcloud.errors import NotYetAvailable
 
 PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-NOUNS: dict[str, tuple[str, dict[str, str]]] = {
-    "fleet": (
-        "Fleets: named groups of instances from one launch, across clouds.",
-        {
-            "list": "One row per fleet and profile, with counts by state.",
-            "show": "A fleet's instances, where, since when, endorsement and credential.",
-            "terminate": "Terminate whole fleets.",
-            "scale": "Grow or shrink a fleet to --count instances.",
-            "reconcile": "Compare the local ledger with what the clouds report.",
-            "reap": "Terminate instances past their lease on every cloud.",
-        },
-    ),
-}
+NOUNS: dict[str, tuple[str, dict[str, str]]] = {}
 
 COMMANDS = {
     "usage": "Usage summaries (core-hours by profile, fleet, experiment, flavor, day) and APEL records.",

@@ -1,0 +1,355 @@
+"""`wlcgcloud fleet ...`: list, show, terminate, scale, reconcile and reap fleets on every cloud.
+
+Fleets live where their instances' tags say (`wlcg:fleet`); the ledger remembers launches and
+ends. Reading commands ask every profile in parallel (-p narrows); changing commands act
+wherever the fleet lives. The domain layer is imported inside each command.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn, working
+from wlcgcloud.config import Profile
+from wlcgcloud.errors import UsageError, partial_exit
+from wlcgcloud.output import Column
+
+if TYPE_CHECKING:
+    from wlcgcloud.fleet import Gathered
+    from wlcgcloud.providers.base import Instance
+
+app = new_app("Fleets: named groups of instances from one launch, across clouds.")
+
+LIST_COLUMNS = [
+    Column("fleet", "FLEET"),
+    Column("profile", "PROFILE"),
+    Column("provider", "PROVIDER"),
+    Column("experiment", "EXPERIMENT"),
+    Column("image", "IMAGE"),
+    Column("flavor", "FLAVOR"),
+    Column("created", "CREATED"),
+    Column("states", "STATES"),
+    Column("total", "TOTAL"),
+]
+SHOW_COLUMNS = [
+    Column("id", "ID"),
+    Column("profile", "PROFILE"),
+    Column("state", "STATE"),
+    Column("flavor", "FLAVOR"),
+    Column("launched_at", "SINCE"),
+    Column("endorsement", "ENDORSEMENT"),
+    Column("credential", "CREDENTIAL"),
+    Column("lease_until", "LEASE UNTIL"),
+]
+CHANGE_COLUMNS = [
+    Column("id", "ID"),
+    Column("fleet", "FLEET"),
+    Column("profile", "PROFILE"),
+    Column("terminated", "TERMINATED"),
+    Column("error", "ERROR"),
+]
+RECONCILE_COLUMNS = [
+    Column("profile", "PROFILE"),
+    Column("fleet", "FLEET"),
+    Column("id", "ID"),
+    Column("finding", "FINDING"),
+    Column("action", "ACTION"),
+]
+
+
+def _profiles(g: Globals) -> list[Profile]:
+    return g.config().select(g.profiles, all_when_empty=True)
+
+
+def _report(g: Globals, gathered: Gathered) -> None:
+    """Profiles that did not answer: warnings; none answered: the first one is the error."""
+    failures = list(gathered.failures)
+    if failures and len(failures) == gathered.asked:
+        first = failures.pop(0)[1]
+        for _, error in failures:
+            warn(str(error), g)
+        raise first
+    for _, error in failures:
+        warn(str(error), g)
+
+
+@app.command("list")
+@app.command("ls", hidden=True)
+def list_(ctx: typer.Context) -> None:
+    """One row per fleet and profile, with its instances counted by state as the clouds report them.
+
+    \b
+    Examples:
+      wlcgcloud fleet list
+      wlcgcloud fleet list -p cern-atlas -o json --query '[?counts.error].fleet'
+    """
+    from wlcgcloud import fleet
+
+    g = globals_of(ctx)
+    profiles = _profiles(g)
+    with working(g, f"Asking {len(profiles)} profile(s) for their fleets ..."):
+        rows, gathered = fleet.list_fleets(profiles)
+    _report(g, gathered)
+    data = [r.to_dict() for r in rows]
+    if g.output == "table":
+        if not data:
+            info("No fleets.")
+        table = [{**d, "states": r.states()} for r, d in zip(rows, data, strict=True)]
+        emit(ctx, table, LIST_COLUMNS)
+    else:
+        emit(ctx, data)
+    raise typer.Exit(gathered.exit_code())
+
+
+@app.command("show")
+def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet name.")]) -> None:
+    """A fleet's instances: where, since when, endorsement, credential fingerprint and lifetime, lease.
+
+    \b
+    Examples:
+      wlcgcloud fleet show atlas-20261124-1a2b
+      wlcgcloud fleet show atlas-20261124-1a2b -o json --query 'launches[].{profile: profile, state: state}'
+    """
+    from wlcgcloud import fleet
+    from wlcgcloud.ledger import opened
+
+    g = globals_of(ctx)
+    profiles = _profiles(g)
+    with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
+        instances, gathered = fleet.fleet_instances(profiles, [name])
+    _report(g, gathered)
+    with opened() as ledger:
+        launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
+        remembered = ledger.instances(fleet=name)
+    if not instances and not launches:
+        raise UsageError(f"no fleet '{name}' on the profiles asked, nor in the ledger.", "See 'wlcgcloud fleet list'.")
+    now = datetime.now(UTC)
+    rows = [_shown(i, now) for i in instances]
+    live = {(i.profile, i.id) for i in instances}
+    forgotten = [r for r in remembered if (r["profile"], r["id"]) not in live]
+    if g.output == "table":
+        emit(ctx, rows, SHOW_COLUMNS)
+        if forgotten:
+            info(f"{len(forgotten)} more instance(s) in the ledger that the clouds no longer show (ended).")
+    else:
+        emit(ctx, {"fleet": name, "instances": rows, "launches": launches, "ledger_only": forgotten})
+    raise typer.Exit(gathered.exit_code())
+
+
+def _shown(inst: Instance, now: datetime) -> dict[str, Any]:
+    from wlcgcloud.times import human_duration
+
+    row = inst.to_dict()
+    row["endorsement"] = inst.tags.get("wlcg:endorsement")
+    row["lease_until"] = inst.tags.get("wlcg:lease-until")
+    credential = inst.tags.get("wlcg:credential")
+    if credential:
+        parts = credential.split(" ")
+        kind, fingerprint, until = [*parts, "", "", ""][:3]
+        try:
+            left = datetime.strptime(until, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) - now
+            row["credential"] = f"{kind} {fingerprint}, {human_duration(left.total_seconds())} left"
+        except ValueError:
+            row["credential"] = credential
+    else:
+        row["credential"] = None
+    return row
+
+
+def _confirmed_terminate(
+    ctx: typer.Context, g: Globals, victims: list[Instance], what: str, dry_run: bool, profiles: list[Profile]
+) -> None:
+    """Show what will die, confirm (or --yes), terminate per profile, record the ends; exit 0/7/code."""
+    from wlcgcloud import fleet
+    from wlcgcloud.ledger import opened
+
+    for inst in victims:
+        info(f"  {inst.id}  {inst.fleet}  profile {inst.profile}  {inst.state}  since {inst.to_dict()['launched_at']}")
+    if dry_run:
+        info(f"dry run: would terminate {len(victims)} instance(s) ({what}).")
+        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims], CHANGE_COLUMNS)
+        return
+    if not victims:
+        info(f"Nothing to terminate ({what}).")
+        emit(ctx, [], CHANGE_COLUMNS)
+        return
+    confirm(g, f"terminate {len(victims)} instance(s) ({what})")
+    with working(g, f"Terminating {len(victims)} instance(s) ..."):
+        results = fleet.terminate(profiles, fleet.by_profile(victims))
+    with opened() as ledger:
+        for profile, done in fleet.by_profile(r.instance for r in results if r.error is None).items():
+            ledger.mark_ended(profile, [i.id for i in done])
+    failed = [r for r in results if r.error]
+    for r in failed:
+        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {r.error}", g)
+    emit(ctx, [r.to_dict() for r in results], CHANGE_COLUMNS)
+    raise typer.Exit(partial_exit([r.code for r in failed], len(results)))
+
+
+@app.command("terminate")
+def terminate(
+    ctx: typer.Context,
+    names: Annotated[list[str], typer.Argument(help="Fleet names.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be terminated; do nothing.")] = False,
+) -> None:
+    """Terminate whole fleets wherever they live (-p narrows).
+
+    On a terminal it shows what will die and asks; without a terminal --yes is required.
+    A fleet with nothing left to terminate is not an error (CI teardown can run twice).
+
+    \b
+    Examples:
+      wlcgcloud fleet terminate atlas-20261124-1a2b --dry-run
+      wlcgcloud fleet terminate atlas-20261124-1a2b cms-20261124-9f0e --yes -o json
+    """
+    from wlcgcloud import fleet
+
+    g = globals_of(ctx)
+    profiles = _profiles(g)
+    with working(g, f"Looking for {len(names)} fleet(s) on {len(profiles)} profile(s) ..."):
+        instances, gathered = fleet.fleet_instances(profiles, names)
+    _report(g, gathered)
+    victims = [i for i in instances if i.state != "terminated"]
+    _confirmed_terminate(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles)
+    raise typer.Exit(gathered.exit_code())
+
+
+@app.command("scale")
+def scale(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Fleet name.")],
+    count: Annotated[int, typer.Option("--count", "-n", help="How many instances the fleet should have.")],
+    credential: Annotated[
+        str | None, typer.Option("--credential", help="Growing: auto | x509 | token | none (default: as launched).")
+    ] = None,
+    proxy: Annotated[Path | None, typer.Option("--proxy", help="Growing: the X.509 proxy to forward.")] = None,
+    token_file: Annotated[Path | None, typer.Option("--token-file", help="Growing: the token file.")] = None,
+    settings: Annotated[
+        list[str] | None, typer.Option("--set", help="Growing: bootstrap settings, secret ones again.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; do nothing.")] = False,
+) -> None:
+    """Grow or shrink a fleet to --count instances on its profile.
+
+    Growing launches more of the same (image, flavor, bootstrap, from the ledger) with the
+    credential found now; shrinking terminates the newest instances first. A fleet on several
+    profiles is scaled one profile at a time (-p).
+
+    \b
+    Examples:
+      wlcgcloud fleet scale atlas-20261124-1a2b --count 50
+      wlcgcloud fleet scale atlas-20261124-1a2b -n 0 --yes
+      wlcgcloud fleet scale atlas-20261124-1a2b -n 30 -p cern-atlas --dry-run
+    """
+    from wlcgcloud import fleet
+    from wlcgcloud import launch as launching
+    from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.ledger import opened
+
+    g = globals_of(ctx)
+    if count < 0:
+        raise UsageError(f"--count {count}: a fleet cannot have fewer than 0 instances.")
+    profiles = _profiles(g)
+    with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
+        instances, gathered = fleet.fleet_instances(profiles, [name])
+    _report(g, gathered)
+    alive = [i for i in instances if i.state != "terminated"]
+    holders = sorted({i.profile for i in alive})
+    with opened() as ledger:
+        launched_on = sorted({r.profile for r in ledger.launches(name)})
+    where = holders or [p for p in launched_on if p in {q.name for q in profiles}]
+    if not where:
+        raise UsageError(f"no fleet '{name}' on the profiles asked.", "See 'wlcgcloud fleet list'.")
+    if len(where) > 1:
+        raise UsageError(f"fleet '{name}' lives on profiles {', '.join(where)}.", "Scale one at a time with -p.")
+    profile = g.config().profile(where[0])
+    mine = [i for i in alive if i.profile == profile.name]
+    info(f"fleet {name} on profile {profile.name}: {len(mine)} instance(s), to become {count}.")
+    if count < len(mine):
+        victims = fleet.newest_first(mine)[: len(mine) - count]
+        _confirmed_terminate(ctx, g, victims, f"shrink fleet {name} to {count}", dry_run, [profile])
+        return
+    if count == len(mine):
+        info("Nothing to do.")
+        emit(ctx, {"fleet": name, "profile": profile.name, "count": count, "changed": 0})
+        return
+    given: dict[str, Any] = {"credential": credential, "proxy": proxy, "token_file": token_file,
+                             "settings": parse_settings(settings or [])}  # fmt: skip
+    with opened() as ledger:
+        options = launching.options_to_grow(ledger, name, profile.name, count, given)
+        with working(g, f"Checking the launch on profile {profile.name} ..."):
+            plan = launching.plan_launch([profile], options)
+        for line in plan.warnings:
+            warn(line, g)
+        if dry_run:
+            info(f"dry run: would launch {count - len(mine)} more instance(s) of fleet {name}.")
+            emit(ctx, {"dry_run": True, **plan.to_dict()})
+            return
+        with working(g, f"Launching {count - len(mine)} more instance(s) ..."):
+            result = launching.launch(plan, ledger, resize=True)
+    for r in result.results:
+        if r.error:
+            warn(str(r.error), g)
+    from wlcgcloud.cli.launch import COLUMNS
+
+    data = result.to_dict()
+    emit(ctx, data if g.output != "table" else data["instances"], COLUMNS)
+    raise typer.Exit(result.exit_code())
+
+
+@app.command("reconcile")
+def reconcile(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report the differences; change nothing.")] = False,
+) -> None:
+    """Compare the local ledger with what the clouds report, and bring the ledger in line.
+
+    Finds instances the ledger does not know (recorded now), fleets launched from another
+    machine, and ledger entries the clouds no longer have (their life is ended now). Cloud tags
+    are the truth; the ledger is the memory.
+
+    \b
+    Examples:
+      wlcgcloud fleet reconcile
+      wlcgcloud fleet reconcile --dry-run -o json
+    """
+    from wlcgcloud import fleet
+    from wlcgcloud.ledger import opened
+
+    g = globals_of(ctx)
+    profiles = _profiles(g)
+    with opened() as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
+        findings, gathered = fleet.reconcile(profiles, ledger, write=not dry_run)
+    _report(g, gathered)
+    if g.output == "table" and not findings:
+        info("The ledger agrees with the clouds.")
+    emit(ctx, [f.to_dict() for f in findings], RECONCILE_COLUMNS)
+    raise typer.Exit(gathered.exit_code())
+
+
+@app.command("reap")
+def reap(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be terminated; do nothing.")] = False,
+) -> None:
+    """Terminate every instance past its fleet's lease (wlcg:lease-until), on every cloud (-p narrows).
+
+    \b
+    Examples:
+      wlcgcloud fleet reap --dry-run
+      wlcgcloud fleet reap --yes            # e.g. from cron
+    """
+    from wlcgcloud import fleet
+
+    g = globals_of(ctx)
+    profiles = _profiles(g)
+    with working(g, f"Looking for expired leases on {len(profiles)} profile(s) ..."):
+        gathered = fleet.list_instances(profiles)
+    _report(g, gathered)
+    victims = fleet.expired_leases(gathered.instances, datetime.now(UTC))
+    _confirmed_terminate(ctx, g, victims, "past their lease", dry_run, profiles)
+    raise typer.Exit(gathered.exit_code())
