@@ -401,12 +401,25 @@ def launch(
     tell = progress or (lambda *_: None)
     if not resize:
         _same_launch(ledger, plan)
+    # Every attempt records its intent before its first API call, so when the ledger knows
+    # nothing of this fleet on a profile, nothing can exist there from here and the listing is
+    # skipped (on a big account it is the slowest call of a launch). A re-run, a resize, or a
+    # fleet the ledger learnt of through `fleet reconcile` (say, after losing the machine that
+    # launched it) lists the fleet first and launches only the rest.
+    earlier = {r.profile for r in ledger.launches(plan.fleet)} | {
+        r["profile"] for r in ledger.instances(fleet=plan.fleet)
+    }
     intents = {p.name: ledger.record_intent(_intent(plan, p)) for p in plan.profiles}
+
+    def existing(p: ProfilePlan) -> list[Instance]:
+        if p.name not in earlier and not resize:
+            return []
+        return [i for i in p.provider.instances(fleet=plan.fleet) if _ours(i, p) and i.state != "terminated"]
 
     def one(p: ProfilePlan) -> ProfileLaunched:
         launch_id = intents[p.name]
         try:
-            have = [i for i in p.provider.instances(fleet=plan.fleet) if _ours(i, p) and i.state != "terminated"]
+            have = existing(p)
             foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
             if foreign:
                 raise UsageError(
@@ -421,8 +434,9 @@ def launch(
                 tell(p.name, "resumed", len(have), p.request.count)
             if missing > 0:
                 tell(p.name, "launching", len(have), p.request.count)
+                numbers = [int(m[1]) for i in have if (m := re.fullmatch(rf"{re.escape(plan.fleet)}-(\d+)", i.name))]
                 try:
-                    made = p.provider.create(replace(p.request, count=missing))
+                    made = p.provider.create(replace(p.request, count=missing, first=max(numbers, default=0) + 1))
                 except PartialLaunch as exc:
                     made, result.error = exc.instances, exc
                 ledger.record_instances(made, launch_id)

@@ -243,6 +243,7 @@ class LaunchRequest:
     tags: Mapping[str, str] = field(default_factory=dict)
     key_name: str | None = None
     network: str | None = None  # overrides the profile's
+    first: int = 1  # number in the name of the first instance, where a cloud names them one by one
     spot: bool = False  # EC2 spot instances (other clouds refuse it at planning)
     shutdown_terminates: bool = False  # a VM that powers itself off is gone (the lease), where the cloud can
 
@@ -259,6 +260,7 @@ class LaunchRequest:
             "tags": {k: v for k, v in sorted(self.tags.items()) if k not in ("wlcg:created", "wlcg:lease-until")},
             "key": self.key_name,
             "network": self.network,
+            "first": self.first,
             "spot": self.spot,
             "shutdown_terminates": self.shutdown_terminates,
         }

@@ -141,8 +141,8 @@ class EC2Provider(Provider):
         )
         verify: str | bool | None = p.get("ca_bundle")
         self.client = session.client("ec2", endpoint_url=p.get("endpoint_url"), config=config, verify=verify)
-        # EBS direct APIs, for `image register` (snapshot blocks written from here, no S3 bucket).
-        self.ebs = session.client("ebs", endpoint_url=p.get("endpoint_url"), config=config, verify=verify)
+        self._session, self._config, self._verify = session, config, verify
+        self._ebs: Any = None
         self._types: dict[str, Flavor] = {}
 
     # Errors
@@ -412,6 +412,15 @@ class EC2Provider(Provider):
             f"MaxCount={request.count}, ClientToken={request.token}, TagSpecifications=instance+volume "
             f"({len(request.tags) + 1} tags){size})"
         ]
+
+    @property
+    def ebs(self) -> Any:
+        """The EBS direct APIs' client, for `image register` (made when first needed: ~90 ms)."""
+        if self._ebs is None:
+            self._ebs = self._session.client(
+                "ebs", endpoint_url=self.profile.get("endpoint_url"), config=self._config, verify=self._verify
+            )
+        return self._ebs
 
     def upload_image(self, upload: ImageUpload, advance: Callable[[int], None] | None = None) -> Image:
         """An AMI from checked bytes, written as an EBS snapshot with the EBS direct APIs, then registered.

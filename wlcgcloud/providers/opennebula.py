@@ -484,7 +484,7 @@ class OpenNebulaProvider(Provider):
             known = ", ".join(sorted({t.NAME for t in self.templates().values()})) or "none"
             raise UsageError(f"profile '{self.name}': no VM template '{name}' (templates: {known}).")
         extra = self._extra_template(request, template)
-        wanted = [f"{request.name}-{n}" for n in range(1, request.count + 1)]
+        wanted = [f"{request.name}-{n}" for n in range(request.first, request.first + request.count)]
         done = {i.name: i for i in self._made_by(request.token)}  # a retry adopts what exists
 
         def make(vm_name: str) -> Instance:

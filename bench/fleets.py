@@ -1,0 +1,319 @@
+"""Fleet benchmarks of issue #6, against the test peers (not timed tests: run by hand, figures in the README).
+
+    .venv/bin/python bench/fleets.py launch [--count 200] [--runs 3]
+    .venv/bin/python bench/fleets.py list [--ec2 1000] [--one 1000] [--openstack 100] [--runs 3]
+    .venv/bin/python bench/fleets.py kill [--runs 20] [--count 30]
+
+launch: `wlcgcloud launch -n 200` on a fresh moto EC2 endpoint, as a fresh process, against a
+  fresh Python process that imports boto3, makes the client and calls run_instances(MinCount=200)
+  with the same tags. Target: wall-time ratio <= 1.3.
+list:   `wlcgcloud fleet list` over EC2 (moto), OpenNebula (the XML-RPC peer) and OpenStack (the
+  real peer; it must be up) against the same three listings done one after another by the raw
+  SDKs in one fresh process, and against `aws ec2 describe-instances` + `openstack server list`
+  run in sequence where those commands exist. Target: <= 0.6x the raw SDKs.
+kill:   `wlcgcloud launch -n 30` on the OpenNebula peer killed with SIGKILL at a random moment,
+  run again to completion, then `fleet reconcile`; over 20 runs, zero duplicate instances and
+  zero instances missing from the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+WLCGCLOUD = str(ROOT / ".venv/bin/wlcgcloud")
+PYTHON = str(ROOT / ".venv/bin/python")
+
+
+class World:
+    """A throwaway config and state directory, and the environment to run wlcgcloud in it."""
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="wlcg-bench-"))
+        self.env = dict(os.environ, WLCGCLOUD_CONFIG=str(self.tmp / "config.toml"), HOME=str(self.tmp),
+                        WLCGCLOUD_STATE_DIR=str(self.tmp / "state"), AWS_EC2_METADATA_DISABLED="true")  # fmt: skip
+
+    def profiles(self, profiles: dict[str, dict[str, Any]], secrets: dict[str, str]) -> None:
+        lines = []
+        for name, settings in profiles.items():
+            lines.append(f"[profiles.{name}]")
+            lines += [
+                f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {v}" for k, v in settings.items()
+            ]
+        (self.tmp / "config.toml").write_text("\n".join(lines) + "\n")
+        self.env.update({f"WLCGCLOUD_SECRET_{k.upper()}": v for k, v in secrets.items()})
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([WLCGCLOUD, *args], env=self.env, capture_output=True, text=True)
+        if check and done.returncode not in (0,):
+            raise SystemExit(f"wlcgcloud {' '.join(args)} failed ({done.returncode}): {done.stderr[-1500:]}")
+        return done
+
+
+def timed(command: list[str], env: dict[str, str], stdin: str | None = None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, input=stdin)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({done.returncode}): {done.stderr[-1500:]}")
+    return elapsed
+
+
+RAW_LAUNCH = """
+import sys, boto3
+url, key, secret, count, fleet = sys.argv[1:]
+ec2 = boto3.client("ec2", endpoint_url=url, region_name="eu-west-1", aws_access_key_id=key,
+                   aws_secret_access_key=secret)
+tags = [{"Key": "wlcg:fleet", "Value": fleet}, {"Key": "wlcg:profile", "Value": "aws"},
+        {"Key": "wlcg:experiment", "Value": "atlas"}, {"Key": "wlcg:image", "Value": "none"},
+        {"Key": "wlcg:endorsement", "Value": "none"}, {"Key": "wlcg:launched-by", "Value": "bench"},
+        {"Key": "wlcg:created", "Value": "2026-11-24T00:00:00Z"}, {"Key": "Name", "Value": fleet}]
+spec = [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}]
+ec2.run_instances(ImageId="ami-03cf127a", InstanceType="m5.large", MinCount=int(count), MaxCount=int(count),
+                  TagSpecifications=spec)
+"""
+
+
+def bench_launch(args: argparse.Namespace) -> int:
+    from peers import ec2
+
+    world = World()
+    moto = ec2.start(world.tmp / "moto.log")
+    try:
+        world.profiles({"aws": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": moto.url,
+                                "access_key_id": moto.access_key, "flavor": "m5.large", "experiment": "atlas"}},
+                       {"aws": moto.secret_key})  # fmt: skip
+        ours, raw = [], []
+        for n in range(args.runs):
+            ours.append(timed([WLCGCLOUD, "launch", "ami-03cf127a", "--allow-unendorsed", "--credential", "none",
+                               "-p", "aws", "-n", str(args.count), "--fleet", f"bench-ours-{n}", "-o", "json"],
+                              world.env))  # fmt: skip
+            raw.append(timed([PYTHON, "-c", RAW_LAUNCH, moto.url, moto.access_key, moto.secret_key,
+                              str(args.count), f"bench-raw-{n}"], world.env))  # fmt: skip
+        ratio = statistics.median(ours) / statistics.median(raw)
+        print(f"launch {args.count} on EC2 (moto), median of {args.runs}:")
+        print(f"  wlcgcloud launch: {statistics.median(ours):.2f} s   raw boto3 run_instances: "
+              f"{statistics.median(raw):.2f} s   ratio {ratio:.2f} (target <= 1.3)")  # fmt: skip
+        return 0 if ratio <= 1.3 else 1
+    finally:
+        moto.stop()
+
+
+RAW_LIST = """
+import sys, json
+url, key, secret, one_url, osk = sys.argv[1:6]
+import boto3
+ec2 = boto3.client("ec2", endpoint_url=url, region_name="eu-west-1", aws_access_key_id=key,
+                   aws_secret_access_key=secret)
+n = 0
+for page in ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag-key", "Values": ["wlcg:fleet"]}], PaginationConfig={"PageSize": 1000}):
+    n += sum(len(r["Instances"]) for r in page["Reservations"])
+import pyone
+one = pyone.OneServer(one_url, session="atlas:secret")
+start = 0
+while True:
+    pool = one.vmpool.infoextended(-1, start, -500, -1)
+    vms = pool.VM or []
+    n += len(vms)
+    if len(vms) < 500:
+        break
+    start += 500  # with a negative page size, start is the offset
+if osk:
+    import openstack
+    creds = json.loads(osk)
+    conn = openstack.connect(auth_type="v3applicationcredential", auth=creds, region_name="RegionOne",
+                             load_yaml_config=False, load_envvars=False)
+    n += sum(1 for _ in conn.compute.servers(details=True))
+print(n)
+"""
+
+
+def bench_list(args: argparse.Namespace) -> int:
+    from peers import ec2, opennebula
+    from peers.faultproxy import Fault, FaultProxy
+
+    from conftest import OSK_DIR, read_env_file
+
+    world = World()
+    moto = ec2.start(world.tmp / "moto.log")
+    one_url, one_proc = opennebula.spawn()
+    osk_conn = None
+    proxies: list[Any] = []
+    try:
+        import boto3
+
+        client = boto3.client("ec2", endpoint_url=moto.url, region_name="eu-west-1",
+                              aws_access_key_id=moto.access_key, aws_secret_access_key=moto.secret_key)  # fmt: skip
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "wlcg:fleet", "Value": "bench"}]}]
+        for start in range(0, args.ec2, 500):
+            n = min(500, args.ec2 - start)
+            client.run_instances(ImageId="ami-03cf127a", InstanceType="m5.large", MinCount=n, MaxCount=n,
+                                 TagSpecifications=tags)  # fmt: skip
+        control = xmlrpc.client.ServerProxy(one_url, allow_none=True)
+        control.peer.add_vms("atlas", 'NAME="bench"\nCPU="1"\nVCPU="2"\nMEMORY="4096"\nWLCG_FLEET="bench"', args.one)
+        ec2_url, one_endpoint = moto.url, one_url
+        if args.latency:
+            # Remote clouds answer after a network round trip; the peers here answer at once.
+            for url in (moto.url, one_url.removesuffix("/RPC2")):
+                proxy = FaultProxy(url, preserve_host=True)
+                proxy.start()
+                proxy.always(Fault("delay", seconds=args.latency))
+                proxies.append(proxy)
+            ec2_url, one_endpoint = proxies[0].url, proxies[1].url + "/RPC2"
+        profiles: dict[str, dict[str, Any]] = {
+            "aws": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": ec2_url,
+                    "access_key_id": moto.access_key},
+            "one": {"provider": "opennebula", "endpoint": one_endpoint, "username": "atlas"},
+        }  # fmt: skip
+        secrets = {"aws": moto.secret_key, "one": "secret"}
+        osk_auth = ""
+        if args.openstack:
+            import json
+
+            import openstack
+
+            creds = read_env_file(OSK_DIR / "appcred.env")
+            auth = {"auth_url": creds["OS_AUTH_URL"],
+                    "application_credential_id": creds["OS_APPLICATION_CREDENTIAL_ID"],
+                    "application_credential_secret": creds["OS_APPLICATION_CREDENTIAL_SECRET"]}  # fmt: skip
+            osk_auth = json.dumps(auth)
+            osk_conn = openstack.connect(auth_type="v3applicationcredential", auth=auth, region_name="RegionOne",
+                                         load_yaml_config=False, load_envvars=False)  # fmt: skip
+            image = read_env_file(OSK_DIR / "image.env")["OSK_IMAGE_ID"]
+            flavor = osk_conn.compute.find_flavor("m1.tiny")
+            osk_conn.compute.create_server(name="bench", image_id=image, flavor_id=flavor.id, networks="none",
+                                           min_count=args.openstack, max_count=args.openstack,
+                                           metadata={"wlcg:fleet": "bench"})  # fmt: skip
+            profiles["osk"] = {"provider": "openstack", "auth_url": creds["OS_AUTH_URL"], "region": "RegionOne",
+                               "application_credential_id": creds["OS_APPLICATION_CREDENTIAL_ID"]}  # fmt: skip
+            secrets["osk"] = creds["OS_APPLICATION_CREDENTIAL_SECRET"]
+            time.sleep(5)
+        world.profiles(profiles, secrets)
+        ours = [timed([WLCGCLOUD, "fleet", "list", "-o", "json"], world.env) for _ in range(args.runs)]
+        raw = [timed([PYTHON, "-c", RAW_LIST, ec2_url, moto.access_key, moto.secret_key, one_endpoint, osk_auth],
+                     world.env) for _ in range(args.runs)]  # fmt: skip
+        ratio = statistics.median(ours) / statistics.median(raw)
+        latency = f", {args.latency * 1000:.0f} ms per EC2/OpenNebula request" if args.latency else ""
+        print(f"fleet list over EC2 {args.ec2} + OpenNebula {args.one} + OpenStack {args.openstack}{latency}, "
+              f"median of {args.runs}:")  # fmt: skip
+        print(f"  wlcgcloud fleet list: {statistics.median(ours):.2f} s   raw SDKs in sequence: "
+              f"{statistics.median(raw):.2f} s   ratio {ratio:.2f} (target <= 0.6)")  # fmt: skip
+        clis = _cli_listing(moto, world.env, osk_auth, args.runs)
+        if clis:
+            print(f"  aws ec2 describe-instances + openstack server list in sequence: {clis:.2f} s   "
+                  f"ratio {statistics.median(ours) / clis:.2f}")  # fmt: skip
+        return 0 if ratio <= 0.6 else 1
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+        moto.stop()
+        one_proc.terminate()
+        if osk_conn is not None:
+            for server in osk_conn.compute.servers(details=True):
+                if (server.metadata or {}).get("wlcg:fleet") == "bench":
+                    osk_conn.compute.delete_server(server.id)
+
+
+def _cli_listing(moto: Any, env: dict[str, str], osk_auth: str, runs: int) -> float | None:
+    """The same EC2 and OpenStack listings with the clouds' own command-line tools, if installed."""
+    import json
+    import shutil
+
+    aws, osc = shutil.which("aws"), shutil.which("openstack")
+    if not aws or not (osc or not osk_auth):
+        print("  (aws and openstack CLIs not both installed: that comparison is skipped)")
+        return None
+    cli_env = dict(env, AWS_ACCESS_KEY_ID=moto.access_key, AWS_SECRET_ACCESS_KEY=moto.secret_key,
+                   AWS_DEFAULT_REGION="eu-west-1")  # fmt: skip
+    if osk_auth:
+        auth = json.loads(osk_auth)
+        cli_env.update(OS_AUTH_TYPE="v3applicationcredential", OS_AUTH_URL=auth["auth_url"],
+                       OS_APPLICATION_CREDENTIAL_ID=auth["application_credential_id"],
+                       OS_APPLICATION_CREDENTIAL_SECRET=auth["application_credential_secret"],
+                       OS_REGION_NAME="RegionOne")  # fmt: skip
+    times = []
+    for _ in range(runs):
+        total = timed([aws, "ec2", "describe-instances", "--endpoint-url", moto.url, "--output", "json"], cli_env)
+        if osk_auth and osc:
+            total += timed([osc, "server", "list", "-f", "json"], cli_env)
+        times.append(total)
+    return statistics.median(times)
+
+
+def bench_kill(args: argparse.Namespace) -> int:
+    from peers import opennebula
+
+    world = World()
+    one_url, one_proc = opennebula.spawn()
+    control = xmlrpc.client.ServerProxy(one_url, allow_none=True)
+    try:
+        world.profiles({"one": {"provider": "opennebula", "endpoint": one_url, "username": "atlas",
+                                "vm_template": "atlas-wn", "experiment": "atlas"}}, {"one": "secret"})  # fmt: skip
+        base = ["launch", "0", "--allow-unendorsed", "--credential", "none", "-p", "one", "-n", str(args.count)]
+        start = time.perf_counter()
+        world.run(*base, "--fleet", "kill-calibrate")
+        full = time.perf_counter() - start
+        world.run("fleet", "terminate", "kill-calibrate", "-p", "one", "--yes")
+        duplicates = missing = 0
+        for n in range(args.runs):
+            fleet = f"kill-{n}"
+            proc = subprocess.Popen([WLCGCLOUD, *base, "--fleet", fleet], env=world.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(random.uniform(0, full))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            world.run(*base, "--fleet", fleet)
+            world.run("fleet", "reconcile", "-p", "one")
+            _ok, body = control.one.vmpool.infoextended("atlas:secret", -1, -1, -1, -1)[:2]
+            on_cloud = sum(1 for vm in ElementTree.fromstring(body).iter("VM")
+                           if vm.findtext("USER_TEMPLATE/WLCG_FLEET") == fleet)  # fmt: skip
+            db = sqlite3.connect(world.tmp / "state" / "ledger.sqlite")
+            recorded = db.execute("SELECT count(*) FROM instances WHERE fleet = ?", (fleet,)).fetchone()[0]
+            db.close()
+            world.run("fleet", "terminate", fleet, "-p", "one", "--yes")  # room in the quota for the next run
+            duplicates += max(0, on_cloud - args.count)
+            missing += max(0, on_cloud - recorded)
+            print(f"  run {n + 1:2d}: on the cloud {on_cloud}, in the ledger {recorded}")
+        print(f"SIGKILL-and-resume over {args.runs} runs of {args.count} VMs (kill within {full:.2f} s): "
+              f"{duplicates} duplicate instances, {missing} missing from the ledger after reconcile")  # fmt: skip
+        return 0 if duplicates == missing == 0 else 1
+    finally:
+        one_proc.terminate()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+    launch = sub.add_parser("launch")
+    launch.add_argument("--count", type=int, default=200)
+    launch.add_argument("--runs", type=int, default=3)
+    listing = sub.add_parser("list")
+    listing.add_argument("--ec2", type=int, default=1000)
+    listing.add_argument("--one", type=int, default=1000)
+    listing.add_argument("--openstack", type=int, default=100)
+    listing.add_argument("--runs", type=int, default=3)
+    listing.add_argument("--latency", type=float, default=0.0, help="seconds added to each EC2/OpenNebula request")
+    kill = sub.add_parser("kill")
+    kill.add_argument("--runs", type=int, default=20)
+    kill.add_argument("--count", type=int, default=30)
+    args = parser.parse_args()
+    return {"launch": bench_launch, "list": bench_list, "kill": bench_kill}[args.which](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
