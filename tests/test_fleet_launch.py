@@ -142,6 +142,10 @@ def test_spread_divides_by_free_quota_and_wait_waits_for_running(
     assert too_many.code == 5 and "free quota holds 8 of the 20" in too_many.err
     one = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--credential", "none")
     assert one.code == 2 and "add --spread" in one.err
+    # --dry-run reads the quota and says what will not fit; only --spread refuses on it.
+    tight = run("launch", "ATLAS worker node 1", "-p", "small", "-n", "6", "--credential", "none", "--dry-run")
+    assert tight.code == 0 and "room for 2 more of atlas-wn, not 6" in tight.err
+    assert "quota: room for 2 more of this flavor (instances 2/4" in tight.out
 
 
 def test_spot_and_lease_on_ec2(

@@ -198,8 +198,14 @@ class Launched:
 # Planning
 
 
-def plan_launch(profiles: Sequence[Profile], options: LaunchOptions, now: datetime | None = None) -> LaunchPlan:
-    """Work out and check a launch without spending anything: the same checks a real launch makes."""
+def plan_launch(
+    profiles: Sequence[Profile], options: LaunchOptions, now: datetime | None = None, quotas: bool = False
+) -> LaunchPlan:
+    """Work out and check a launch without spending anything: the same checks a real launch makes.
+
+    `quotas` (for --dry-run) also reads each profile's quota and says whether the launch fits;
+    only --spread refuses on it: a plain launch lets the cloud decide.
+    """
     from wlcgcloud.context import credentials, userdata
     from wlcgcloud.providers import connect
 
@@ -235,12 +241,18 @@ def plan_launch(profiles: Sequence[Profile], options: LaunchOptions, now: dateti
     flavors = [_flavor_name(p, options) for p in providers]
     decisions = [gate(options.image, p, f, options.allow_unendorsed) for p, f in zip(providers, flavors, strict=True)]
     counts = [options.count]
-    quotas: list[dict[str, Any] | None] = [None] * len(providers)
+    quota_read: list[dict[str, Any] | None] = [None] * len(providers)
     if options.spread:
-        counts, quotas = _spread(options.count, providers, flavors)
+        counts, quota_read = _spread(options.count, providers, flavors)
+    elif quotas:
+        quota_read = _quotas(providers, flavors)
+        free = quota_read[0]["free_instances"] if quota_read[0] else None
+        if free is not None and free < options.count:
+            warnings.append(f"profile '{providers[0].name}': the quota has room for {free} more of "
+                            f"{flavors[0]}, not {options.count}: the cloud will refuse the rest.")  # fmt: skip
     plans = []
     for provider, payload, flavor, decision, count, quota in zip(
-        providers, payloads, flavors, decisions, counts, quotas, strict=True
+        providers, payloads, flavors, decisions, counts, quota_read, strict=True
     ):
         tags = {
             "wlcg:fleet": fleet,
@@ -304,20 +316,27 @@ def free_slots(quota: Quota, flavor: Flavor | None) -> int | None:
     return max(0, min(limits)) if limits else None
 
 
+def _quotas(providers: Sequence[Provider], flavors: Sequence[str]) -> list[dict[str, Any] | None]:
+    """Each profile's quota and how many more instances of its flavor fit, read in parallel."""
+
+    def read(provider: Provider, flavor: str) -> dict[str, Any] | None:
+        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
+        if size is None:
+            raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
+        quota = provider.quota()
+        return {**quota.to_dict(), "flavor_vcpus": size.vcpus, "flavor_memory_mb": size.memory_mb,
+                "free_instances": free_slots(quota, size)}  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=min(8, len(providers)), thread_name_prefix="quota") as pool:
+        return list(pool.map(read, providers, flavors))
+
+
 def _spread(
     count: int, providers: Sequence[Provider], flavors: Sequence[str]
 ) -> tuple[list[int], list[dict[str, Any] | None]]:
     """`count` divided over the profiles in proportion to their free quota (largest remainder)."""
-
-    def read(provider: Provider, flavor: str) -> tuple[Quota, Flavor | None]:
-        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
-        if size is None:
-            raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
-        return provider.quota(), size
-
-    with ThreadPoolExecutor(max_workers=min(8, len(providers)), thread_name_prefix="quota") as pool:
-        read_back = list(pool.map(read, providers, flavors))
-    free = [free_slots(q, f) for q, f in read_back]
+    details = _quotas(providers, flavors)
+    free = [d["free_instances"] if d else None for d in details]
     caps = [count if f is None else f for f in free]  # no limit: room for the whole launch
     total = sum(caps)
     if total < count:
@@ -328,11 +347,6 @@ def _spread(
     order = sorted(range(len(caps)), key=lambda i: (count * caps[i] % total, caps[i]), reverse=True)
     for i in order[: count - sum(shares)]:
         shares[i] += 1
-    details: list[dict[str, Any] | None] = [
-        {**q.to_dict(), "flavor_vcpus": f.vcpus if f else None, "flavor_memory_mb": f.memory_mb if f else None,
-         "free_instances": fr}
-        for (q, f), fr in zip(read_back, free, strict=True)
-    ]  # fmt: skip
     return shares, details
 
 

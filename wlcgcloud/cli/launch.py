@@ -153,7 +153,7 @@ def launch(
     waiting = parse_duration(timeout, "--timeout") if timeout else timedelta(minutes=DEFAULT_WAIT_MINUTES)
     profiles = g.config().select(g.profiles, all_when_empty=False)
     with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
-        plan = launching.plan_launch(profiles, options)
+        plan = launching.plan_launch(profiles, options, quotas=dry_run)
     for line in plan.warnings:
         warn(line, g)
     if allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
@@ -291,5 +291,13 @@ def _show_plan(ctx: typer.Context, plan: LaunchPlan) -> None:
             gz = f", gzipped to {ud['sent_bytes']}" if ud["gzipped"] else ""
             lines.append(f"  user-data: {ud['bytes']} bytes{gz} (limit {ud['limit']})")
         lines.append("  tags: " + ", ".join(f"{k}={v}" for k, v in p["tags"].items()))
+        if p.get("quota"):
+            q = p["quota"]
+            room = "no limit" if q["free_instances"] is None else f"room for {q['free_instances']} more"
+            used = ", ".join(
+                f"{label} {q[key + '_used']}/{q[key] if q[key] is not None else '-'}"
+                for key, label in (("instances", "instances"), ("cores", "cores"), ("memory_mb", "memory MB"))
+            )
+            lines.append(f"  quota: {room} of this flavor ({used})")
         lines.extend(f"  would call: {call}" for call in p["api_calls"])
     print("\n".join(lines))
