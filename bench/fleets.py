@@ -227,6 +227,11 @@ def bench_list(args: argparse.Namespace) -> int:
             for server in osk_conn.compute.servers(details=True):
                 if (server.metadata or {}).get("wlcg:fleet") == "bench":
                     osk_conn.compute.delete_server(server.id)
+            deadline = time.monotonic() + 120  # deleting is asynchronous: leave the quota free
+            while time.monotonic() < deadline and any(
+                (s.metadata or {}).get("wlcg:fleet") == "bench" for s in osk_conn.compute.servers(details=True)
+            ):
+                time.sleep(2)
 
 
 def _cli_listing(moto: Any, env: dict[str, str], osk_auth: str, runs: int) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import sqlite3
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
+from peers.proxies import make_token
 
 from conftest import Run, World, create_instances, ec2_profile, one_profile, own_marked_ami, write_profiles
 
@@ -25,6 +27,12 @@ def ledger_rows(world: World, table: str) -> list[dict[str, Any]]:
         return [dict(r) for r in db.execute(f"SELECT * FROM {table} ORDER BY rowid")]
     finally:
         db.close()
+
+
+def private(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
 
 
 def users_with_quota(vms: int) -> list[dict[str, Any]]:
@@ -146,6 +154,17 @@ def test_spread_divides_by_free_quota_and_wait_waits_for_running(
     tight = run("launch", "ATLAS worker node 1", "-p", "small", "-n", "6", "--credential", "none", "--dry-run")
     assert tight.code == 0 and "room for 2 more of atlas-wn, not 6" in tight.err
     assert "quota: room for 2 more of this flavor (instances 2/4" in tight.out
+    # With several profiles, --render-user-data writes one file per profile.
+    target = world.root / "ud"
+    token = make_token()
+    rendered = run("launch", "ATLAS worker node 1", "-p", "small", "-p", "big", "--spread", "-n", "8",
+                   "--token-file", str(private(world.root / "token", token)), "--credential", "token",
+                   "--dry-run", "--render-user-data", str(target))  # fmt: skip
+    assert rendered.code == 0, rendered.err
+    for name in ("small", "big"):
+        data = (world.root / f"ud.{name}").read_bytes()
+        assert (world.root / f"ud.{name}").stat().st_mode & 0o777 == 0o600 and base64.b64encode(token) in data
+    assert not target.exists() and token.decode() not in rendered.out + rendered.err
 
 
 def test_spot_and_lease_on_ec2(
