@@ -304,3 +304,38 @@ def own_marked_ami(client: Any, endorsed_id: str) -> str:
     own = client.create_image(InstanceId=instance["Instances"][0]["InstanceId"], Name="atlas-wn-1")["ImageId"]
     client.create_tags(Resources=[own], Tags=[{"Key": "wlcg:endorsed-id", "Value": endorsed_id}])
     return str(own)
+
+
+@pytest.fixture
+def one_endorsed(endorsed: dict[str, Any]) -> Iterator[Any]:
+    """An OpenNebula peer holding one of the user's own images, marked as the first endorsed image."""
+    from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
+
+    images = [{"id": 0, "name": "atlas-wn-endorsed", "owner": "atlas", "size": 1,
+               "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'}]  # fmt: skip
+    tiny = {"id": 7, "name": "atlas-tiny", "owner": "oneadmin",
+            "template": 'VCPU="1"\nMEMORY="2048"\nDISK=[IMAGE="cernvm-4",IMAGE_UNAME="oneadmin"]\n'}  # fmt: skip
+    with OpenNebulaPeer(images=images, templates=[*DEFAULT_WORLD["templates"], tiny]) as peer:
+        yield peer
+
+
+@pytest.fixture
+def three_clouds(
+    world: World,
+    endorsed: dict[str, Any],
+    moto_ec2: Any,
+    openstack_peer: OpenStackPeer,
+    one_endorsed: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, Any]:
+    """Three profiles, one per cloud, each holding a copy of the first endorsed image."""
+    own_marked_ami(moto_ec2.client(), endorsed["first"])
+    write_profiles(world, {
+        "aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
+        "osk": openstack_profile(openstack_peer, flavor="m1.large", experiment="atlas"),
+        "one": one_profile(one_endorsed, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
+    })  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
+    return {"aws": moto_ec2, "osk": openstack_peer, "one": one_endorsed}

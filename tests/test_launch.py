@@ -10,7 +10,6 @@ import os
 import re
 import socket
 import xmlrpc.client
-from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 from peers import gridca
-from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
+from peers.opennebula import OpenNebulaPeer
 from peers.proxies import Grid, make_grid, make_token
 
 from conftest import (
@@ -27,8 +26,6 @@ from conftest import (
     Run,
     World,
     ec2_profile,
-    one_profile,
-    openstack_profile,
     own_marked_ami,
     write_profiles,
 )
@@ -43,39 +40,6 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
 def proxy(grid: Grid, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VOMS proxy for ATLAS with 12 h to live, outside the test's world (it is the user's own file)."""
     return grid.voms_proxy(tmp_path_factory.mktemp("proxy") / "x509up", "atlas", "/atlas/Role=NULL/Capability=NULL")
-
-
-@pytest.fixture
-def one(endorsed: dict[str, Any]) -> Iterator[OpenNebulaPeer]:
-    """An OpenNebula peer holding one of the user's own images, marked as the first endorsed image."""
-    images = [{"id": 0, "name": "atlas-wn-endorsed", "owner": "atlas", "size": 1,
-               "template": f'WLCG_ENDORSED_ID="{endorsed["first"]}"\n'}]  # fmt: skip
-    tiny = {"id": 7, "name": "atlas-tiny", "owner": "oneadmin",
-            "template": 'VCPU="1"\nMEMORY="2048"\nDISK=[IMAGE="cernvm-4",IMAGE_UNAME="oneadmin"]\n'}  # fmt: skip
-    with OpenNebulaPeer(images=images, templates=[*DEFAULT_WORLD["templates"], tiny]) as peer:
-        yield peer
-
-
-@pytest.fixture
-def clouds(
-    world: World,
-    endorsed: dict[str, Any],
-    moto_ec2: Any,
-    openstack_peer: OpenStackPeer,
-    one: OpenNebulaPeer,
-    monkeypatch: pytest.MonkeyPatch,
-) -> dict[str, Any]:
-    """Three profiles, one per cloud, each holding a copy of the first endorsed image."""
-    own_marked_ami(moto_ec2.client(), endorsed["first"])
-    write_profiles(world, {
-        "aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
-        "osk": openstack_profile(openstack_peer, flavor="m1.large", experiment="atlas"),
-        "one": one_profile(one, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
-    })  # fmt: skip
-    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
-    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
-    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
-    return {"aws": moto_ec2, "osk": openstack_peer, "one": one}
 
 
 # --------------------------------------------------------------------------- reading back
@@ -152,7 +116,7 @@ def scan(texts: list[str], root: Path, pieces: list[str]) -> list[str]:
 
 @pytest.mark.openstack
 def test_a_launch_with_a_proxy_on_three_clouds_forwards_it_and_shows_it_nowhere(
-    run: Run, world: World, clouds: dict[str, Any], proxy: Path
+    run: Run, world: World, three_clouds: dict[str, Any], proxy: Path
 ) -> None:
     printed: list[str] = []
     pieces = secret_pieces(proxy)
@@ -176,11 +140,11 @@ def test_a_launch_with_a_proxy_on_three_clouds_forwards_it_and_shows_it_nowhere(
             assert tags["wlcg:fleet"] == f"fwd-{profile}" and tags["wlcg:endorsement"] == "verified"
             assert tags["wlcg:credential"].startswith("x509 sha256:")
             if profile == "aws":
-                sent = ec2_user_data(clouds["aws"], inst["id"])
+                sent = ec2_user_data(three_clouds["aws"], inst["id"])
             elif profile == "osk":
-                sent = nova_user_data(clouds["osk"], inst["id"])
+                sent = nova_user_data(three_clouds["osk"], inst["id"])
             else:
-                sent = one_user_data(clouds["one"], inst["id"])
+                sent = one_user_data(three_clouds["one"], inst["id"])
             assert forwarded(sent) == proxy.read_bytes()  # byte-identical in the VM
         listing = run("instance", "list", "-p", profile, "--fleet", f"fwd-{profile}", "-o", "json")
         printed += [listing.out, listing.err]
@@ -223,7 +187,9 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_oversized_user_data_is_refused_on_each_cloud_before_any_api_call(run: Run, world: World) -> None:
+def test_oversized_user_data_is_refused_on_each_cloud_before_any_api_call(
+    run: Run, world: World, moto_ec2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every profile points at a port nothing listens on: any API call would be exit 6, not 5."""
     nowhere = f"http://127.0.0.1:{closed_port()}"
     write_profiles(world, {
@@ -234,30 +200,34 @@ def test_oversized_user_data_is_refused_on_each_cloud_before_any_api_call(run: R
         "one": {"provider": "opennebula", "endpoint": f"{nowhere}/RPC2", "username": "atlas",
                 "vm_template": "atlas-wn", "user_data_limit": 4096},
     })  # fmt: skip
-    os.environ.update({"WLCGCLOUD_SECRET_AWS": "x", "WLCGCLOUD_SECRET_OSK": "x", "WLCGCLOUD_SECRET_ONE": "x"})
+    for name in ("WLCGCLOUD_SECRET_AWS", "WLCGCLOUD_SECRET_OSK", "WLCGCLOUD_SECRET_ONE"):
+        monkeypatch.setenv(name, "x")
     noise = world.root / "noise.sh"
     noise.write_text("#!/bin/sh\n# " + base64.b64encode(os.urandom(60000)).decode() + "\n")
     for profile, limit in (("aws", 16384), ("osk", 49149), ("one", 4096)):
         result = run("launch", "ATLAS worker node 1", "-p", profile, "--user-data", str(noise), "--credential", "none")
         assert result.code == 5, result.err
         assert re.search(rf"user-data is \d+ bytes \(\d+ gzipped\); it accepts at most {limit}\.", result.err)
-    # A document that fits only compressed goes gzipped (the plan says so), still before any call.
+    # A document that fits only compressed passes that check (here the quota read of --dry-run is
+    # the first call, and fails), and on a cloud that answers it goes gzipped, as the plan says.
     lines = world.root / "lines.yaml"
     lines.write_text("#cloud-config\nbootcmd:\n" + "".join(f"- echo line {n:05d}\n" for n in range(1500)))
-    plan = run("launch", "ami-0abc", "-p", "aws", "--user-data", str(lines), "--credential", "none", "--dry-run",
-               "--allow-unendorsed", "-o", "json")  # fmt: skip
+    args = ("launch", "ami-0abc", "--user-data", str(lines), "--credential", "none", "--dry-run", "--allow-unendorsed")
+    passed = run(*args, "-p", "aws")
+    assert passed.code == 6 and "cannot reach" in passed.err and "user-data" not in passed.err
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, flavor="m5.large")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    plan = run(*args, "-p", "aws", "-o", "json")
     assert plan.code == 0, plan.err
     [sized] = [p["user_data"] for p in plan.json()["profiles"]]  # type: ignore[call-overload,index]
     assert sized["gzipped"] is True and sized["bytes"] > 16384 >= sized["sent_bytes"]
-    for name in ("WLCGCLOUD_SECRET_AWS", "WLCGCLOUD_SECRET_OSK", "WLCGCLOUD_SECRET_ONE"):
-        os.environ.pop(name)
 
 
 @pytest.mark.openstack
 def test_launch_refuses_what_is_not_endorsed_on_every_cloud(
-    run: Run, world: World, clouds: dict[str, Any], endorsed: dict[str, Any]
+    run: Run, world: World, three_clouds: dict[str, Any], endorsed: dict[str, Any]
 ) -> None:
-    raw_images = {"aws": "ami-03cf127a", "osk": clouds["osk"].image_id, "one": "0"}
+    raw_images = {"aws": "ami-03cf127a", "osk": three_clouds["osk"].image_id, "one": "0"}
     small = {"aws": "t3.micro", "osk": "m1.small", "one": "atlas-tiny"}
     for profile, raw in raw_images.items():
         base = ("-p", profile, "--credential", "none")

@@ -13,8 +13,8 @@ from typing import Any
 import typer
 
 from wlcgcloud import output
-from wlcgcloud.config import Config, default_config_path, load_config
-from wlcgcloud.errors import UsageError
+from wlcgcloud.config import Config, Profile, default_config_path, load_config
+from wlcgcloud.errors import UsageError, WlcgError
 
 
 @dataclass
@@ -138,3 +138,20 @@ def read_secret(label: str, from_stdin: bool, required: bool = False) -> str | N
 
     value = getpass.getpass(f"{label} (input hidden; empty to skip): ")
     return value or None
+
+
+def read_profiles(g: Globals) -> list[Profile]:
+    """Read commands use every profile unless -p or WLCGCLOUD_PROFILE narrows them."""
+    return g.config().select(g.profiles, all_when_empty=True)
+
+
+def report_failures(g: Globals, failures: Sequence[tuple[str, WlcgError]], asked: int) -> None:
+    """Profiles that did not answer, one warning line each; when none answered, the first is the error."""
+    rest = list(failures)
+    if rest and len(rest) == asked:
+        first = rest.pop(0)[1]
+        for _, error in rest:
+            warn(str(error), g)
+        raise first
+    for _, error in rest:
+        warn(str(error), g)

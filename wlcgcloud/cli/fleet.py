@@ -13,13 +13,23 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn, working
+from wlcgcloud.cli.common import (
+    Globals,
+    confirm,
+    emit,
+    globals_of,
+    info,
+    new_app,
+    read_profiles,
+    report_failures,
+    warn,
+    working,
+)
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import UsageError, partial_exit
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
-    from wlcgcloud.fleet import Gathered
     from wlcgcloud.providers.base import Instance
 
 app = new_app("Fleets: named groups of instances from one launch, across clouds.")
@@ -61,22 +71,6 @@ RECONCILE_COLUMNS = [
 ]
 
 
-def _profiles(g: Globals) -> list[Profile]:
-    return g.config().select(g.profiles, all_when_empty=True)
-
-
-def _report(g: Globals, gathered: Gathered) -> None:
-    """Profiles that did not answer: warnings; none answered: the first one is the error."""
-    failures = list(gathered.failures)
-    if failures and len(failures) == gathered.asked:
-        first = failures.pop(0)[1]
-        for _, error in failures:
-            warn(str(error), g)
-        raise first
-    for _, error in failures:
-        warn(str(error), g)
-
-
 @app.command("list")
 @app.command("ls", hidden=True)
 def list_(ctx: typer.Context) -> None:
@@ -90,10 +84,10 @@ def list_(ctx: typer.Context) -> None:
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Asking {len(profiles)} profile(s) for their fleets ..."):
         rows, gathered = fleet.list_fleets(profiles)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     data = [r.to_dict() for r in rows]
     if g.output == "table":
         if not data:
@@ -118,10 +112,10 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
     from wlcgcloud.ledger import opened
 
     g = globals_of(ctx)
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     with opened() as ledger:
         launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
         remembered = ledger.instances(fleet=name)
@@ -209,10 +203,10 @@ def terminate(
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking for {len(names)} fleet(s) on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, names)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     victims = [i for i in instances if i.state != "terminated"]
     _confirmed_terminate(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles)
     raise typer.Exit(gathered.exit_code())
@@ -253,10 +247,10 @@ def scale(
     g = globals_of(ctx)
     if count < 0:
         raise UsageError(f"--count {count}: a fleet cannot have fewer than 0 instances.")
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     alive = [i for i in instances if i.state != "terminated"]
     holders = sorted({i.profile for i in alive})
     with opened() as ledger:
@@ -321,10 +315,10 @@ def reconcile(
     from wlcgcloud.ledger import opened
 
     g = globals_of(ctx)
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with opened() as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
         findings, gathered = fleet.reconcile(profiles, ledger, write=not dry_run)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     if g.output == "table" and not findings:
         info("The ledger agrees with the clouds.")
     emit(ctx, [f.to_dict() for f in findings], RECONCILE_COLUMNS)
@@ -346,10 +340,10 @@ def reap(
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking for expired leases on {len(profiles)} profile(s) ..."):
         gathered = fleet.list_instances(profiles)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     victims = fleet.expired_leases(gathered.instances, datetime.now(UTC))
     _confirmed_terminate(ctx, g, victims, "past their lease", dry_run, profiles)
     raise typer.Exit(gathered.exit_code())

@@ -7,17 +7,23 @@ command, so `--help` and completion never pay for it.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from wlcgcloud.cli.common import Globals, confirm, emit, globals_of, info, new_app, warn, working
-from wlcgcloud.config import Profile
+from wlcgcloud.cli.common import (
+    confirm,
+    emit,
+    globals_of,
+    info,
+    new_app,
+    read_profiles,
+    report_failures,
+    warn,
+    working,
+)
 from wlcgcloud.errors import partial_exit
 from wlcgcloud.output import Column
-
-if TYPE_CHECKING:
-    from wlcgcloud.fleet import Gathered
 
 # The contract's normalised states (wlcgcloud.providers.base.STATES; a test keeps them equal).
 STATES = ("pending", "running", "stopping", "stopped", "terminated", "error", "unknown")
@@ -43,23 +49,6 @@ TERMINATE_COLUMNS = [
     Column("terminated", "TERMINATED"),
     Column("error", "ERROR"),
 ]
-
-
-def _read_profiles(g: Globals) -> list[Profile]:
-    """Read commands use every profile unless -p or WLCGCLOUD_PROFILE narrows them."""
-    return g.config().select(g.profiles, all_when_empty=True)
-
-
-def _report(g: Globals, gathered: Gathered) -> None:
-    """Each profile that failed, one line on stderr; when none answered, the first one is the error."""
-    failures = list(gathered.failures)
-    if failures and len(failures) == gathered.asked:
-        first = failures.pop(0)[1]
-        for _, error in failures:
-            warn(str(error), g)
-        raise first
-    for _, error in failures:
-        warn(str(error), g)
 
 
 @app.command("list")
@@ -88,10 +77,10 @@ def list_(
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _read_profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Asking {len(profiles)} profile(s) for their instances ..."):
         gathered = fleet.list_instances(profiles, fleet=fleet_name, everything=everything, state=state)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     if not gathered.instances and g.output == "table":
         info("No instances." if everything else "No fleet instances. Use --all to see every instance.")
     emit(ctx, [i.to_dict() for i in gathered.instances], COLUMNS)
@@ -110,10 +99,10 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _read_profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking for {instance_id} on {len(profiles)} profile(s) ..."):
         inst, gathered = fleet.find_instance(profiles, instance_id)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     data = inst.to_dict()
     data["extra"] = {k: v for k, v in inst.extra.items() if v is not None}
     emit(ctx, data if g.output != "table" else _as_rows(data))
@@ -144,7 +133,7 @@ def console_log(
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    inst, text = fleet.console_log(_read_profiles(g), instance_id, lines)
+    inst, text = fleet.console_log(read_profiles(g), instance_id, lines)
     if g.output == "table":
         sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
     else:
@@ -170,10 +159,10 @@ def terminate(
     from wlcgcloud import fleet
 
     g = globals_of(ctx)
-    profiles = _read_profiles(g)
+    profiles = read_profiles(g)
     with working(g, f"Looking up {len(instance_ids)} instance(s) on {len(profiles)} profile(s) ..."):
         targets, gathered = fleet.resolve_instances(profiles, instance_ids)
-    _report(g, gathered)
+    report_failures(g, gathered.failures, gathered.asked)
     chosen = [i for batch in targets.values() for i in batch]
     for inst in chosen:
         info(f"  {inst.id}  {inst.name}  profile {inst.profile}  {inst.state}")
