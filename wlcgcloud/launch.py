@@ -155,7 +155,7 @@ class ProfileLaunched:
         requested = self.plan.request.count
         launched = len(self.instances)
         return {"profile": self.plan.name, "requested": requested, "launched": launched,
-                "failed": requested - launched, "resumed": self.resumed}  # fmt: skip
+                "failed": max(0, requested - launched), "resumed": self.resumed}  # fmt: skip
 
 
 @dataclass
@@ -432,6 +432,7 @@ def launch(
 
     def one(p: ProfilePlan) -> ProfileLaunched:
         launch_id = intents[p.name]
+        result = ProfileLaunched(p)
         try:
             have = existing(p)
             foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
@@ -442,13 +443,15 @@ def launch(
                     "Choose another --fleet, or change the fleet with 'wlcgcloud fleet scale'.",
                 )
             ledger.record_instances(have, launch_id)
-            missing = p.request.count - len(have)
-            result = ProfileLaunched(p, list(have), resumed=len(have))
+            result.instances, result.resumed = list(have), len(have)
             if have:
                 tell(p.name, "resumed", len(have), p.request.count)
+            missing = p.request.count - len(have)
             if missing > 0:
                 tell(p.name, "launching", len(have), p.request.count)
-                numbers = [int(m[1]) for i in have if (m := re.fullmatch(rf"{re.escape(plan.fleet)}-(\d+)", i.name))]
+                # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
+                pattern = re.compile(rf"{re.escape(plan.fleet)}-(\d+)")
+                numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
                 try:
                     made = p.provider.create(replace(p.request, count=missing, first=max(numbers, default=0) + 1))
                 except PartialLaunch as exc:
@@ -457,7 +460,7 @@ def launch(
                 result.instances += made
             tell(p.name, "launched", len(result.instances), p.request.count)
         except WlcgError as exc:
-            result = ProfileLaunched(p, [], exc)
+            result.error = exc  # what was found or made before stays in the result and the ledger
         state = "launched" if not result.error else ("partial" if result.instances else "failed")
         ledger.finish(launch_id, state, str(result.error) if result.error else None)
         return result
@@ -500,8 +503,13 @@ def _intent(plan: LaunchPlan, p: ProfilePlan) -> dict[str, Any]:
 
 
 def _same_launch(ledger: Ledger, plan: LaunchPlan) -> None:
-    """A fleet name already used by another launch (other image, flavor or count) is exit 2."""
-    for earlier in ledger.launches(plan.fleet):
+    """A fleet name already used by another launch (other image, flavor or count) is exit 2.
+
+    Compared with the fleet's latest launch on each profile, so a fleet that `fleet scale`
+    resized resumes under its new count.
+    """
+    latest = {r.profile: r for r in ledger.launches(plan.fleet)}  # in order: the last one wins
+    for earlier in latest.values():
         for p in plan.profiles:
             if earlier.profile != p.name:
                 continue
@@ -521,7 +529,10 @@ def _roll_back(results: list[ProfileLaunched], ledger: Ledger) -> int:
     for r in results:
         if not r.instances:
             continue
-        outcomes = r.plan.provider.terminate([i.id for i in r.instances])
+        try:
+            outcomes = r.plan.provider.terminate([i.id for i in r.instances])
+        except WlcgError:
+            continue  # still there: the result and the ledger keep them
         gone = [o.id for o in outcomes if o.error is None]
         ledger.mark_ended(r.plan.name, gone)
         done += len(gone)
