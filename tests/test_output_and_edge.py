@@ -109,7 +109,6 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
 @pytest.mark.parametrize(
     "args",
     [
-        ("usage",),
         ("doctor",),
         ("completion", "install"),
     ],

@@ -222,6 +222,12 @@ def build_tree() -> dict[str, Any]:
             return "@bootstrap"
         if param.name == "fleet_name":
             return "@fleet"
+        if param.name == "by":
+            from wlcgcloud.usage import GROUPS
+
+            return list(GROUPS)
+        if param.name in ("since", "until"):
+            return ["today", "this-month", "last-month", "7d", "30d"]
         if param.name == "settings":
             return "@setting"
         if param.name == "state":

@@ -497,6 +497,8 @@ def _intent(plan: LaunchPlan, p: ProfilePlan) -> dict[str, Any]:
         "requested": p.request.count,
         "experiment": tags.get("wlcg:experiment"),
         "credential": tags.get("wlcg:credential"),
+        "credential_subject": plan.credential.subject if plan.credential else None,
+        "credential_fqan": (plan.credential.groups[0] if plan.credential and plan.credential.groups else None),
         "lease_until": tags.get("wlcg:lease-until"),
         "options": plan.options.recorded(),
     }

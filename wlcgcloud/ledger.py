@@ -42,6 +42,8 @@ MIGRATIONS: tuple[str, ...] = (
         requested INTEGER NOT NULL,
         experiment TEXT,
         credential TEXT,              -- kind, fingerprint and end of life: never the credential
+        credential_subject TEXT,      -- its identity (DN, or the token's sub), for APEL GlobalUserName
+        credential_fqan TEXT,         -- its first VOMS FQAN or token group, for APEL FQAN
         lease_until TEXT,
         options TEXT NOT NULL,        -- the launch's options as JSON, secret settings left out
         created TEXT NOT NULL,
@@ -94,6 +96,8 @@ class LaunchRecord:
     requested: int
     experiment: str | None
     credential: str | None
+    credential_subject: str | None
+    credential_fqan: str | None
     lease_until: str | None
     options: Mapping[str, Any]
     created: str
@@ -234,6 +238,35 @@ class Ledger:
                 "UPDATE instances SET ended_at = COALESCE(ended_at, ?), last_state = ? WHERE profile = ? AND id = ?",
                 [(now, state, profile, i) for i in instance_ids],
             )
+
+    def credentials(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """For each instance the ledger knows, the identity of the credential its launch forwarded."""
+        query = """
+            SELECT i.profile, i.id, l.credential_subject AS subject, l.credential_fqan AS fqan
+            FROM instances i JOIN launches l ON i.launch_id = l.id
+            WHERE l.credential_subject IS NOT NULL
+        """
+        with self._lock:
+            rows = self.db.execute(query).fetchall()
+        return {(r["profile"], r["id"]): {"subject": r["subject"], "fqan": r["fqan"]} for r in rows}
+
+    def lifetimes(self, profile: str, since: float, until: float) -> list[tuple[Any, ...]]:
+        """(id, provider, start, end, vcpus, memory_mb, flavor, image, fleet, experiment, name) of the
+        profile's instances that ran inside [since, until), times in epoch seconds.
+
+        An instance gone without a recorded end ran at least until it was last seen.
+        """
+        query = """
+            SELECT id, provider, CAST(strftime('%s', launched_at) AS REAL) AS start,
+                   CAST(strftime('%s', COALESCE(ended_at, last_seen)) AS REAL) AS stop,
+                   vcpus, memory_mb, flavor, image, fleet, experiment, name
+            FROM instances
+            WHERE profile = ? AND launched_at IS NOT NULL
+              AND launched_at < strftime('%Y-%m-%dT%H:%M:%SZ', ?, 'unixepoch')
+              AND COALESCE(ended_at, last_seen) > strftime('%Y-%m-%dT%H:%M:%SZ', ?, 'unixepoch')
+        """
+        with self._lock:
+            return [tuple(r) for r in self.db.execute(query, (profile, until, since))]
 
     def instances(self, fleet: str | None = None, profile: str | None = None) -> list[dict[str, Any]]:
         where, args = [], []

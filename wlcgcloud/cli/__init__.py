@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from wlcgcloud import __version__
-from wlcgcloud.cli import completion, fleet, image, instance, later, launch, profile
+from wlcgcloud.cli import completion, fleet, image, instance, later, launch, profile, usage
 from wlcgcloud.cli.common import Globals, new_app
 from wlcgcloud.errors import UsageError
 
@@ -80,7 +80,10 @@ def root(
 
 
 app.add_typer(profile.app, name="profile")
-later.register(app, {"image": image.app, "launch": launch.launch, "fleet": fleet.app, "instance": instance.app})
+later.register(
+    app,
+    {"image": image.app, "launch": launch.launch, "fleet": fleet.app, "instance": instance.app, "usage": usage.usage},
+)
 app.add_typer(completion.app, name="completion")
 
 

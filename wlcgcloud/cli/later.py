@@ -19,7 +19,6 @@ PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
 NOUNS: dict[str, tuple[str, dict[str, str]]] = {}
 
 COMMANDS = {
-    "usage": "Usage summaries (core-hours by profile, fleet, experiment, flavor, day) and APEL records.",
     "doctor": "Check each profile end to end and say why a site does not work.",
 }
 ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor")  # the contract's

@@ -1,0 +1,287 @@
+"""`usage`: exact core-hours on every peer, split per day across midnight and a month boundary; APEL v0.4."""
+
+from __future__ import annotations
+
+import calendar
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from peers.opennebula import OpenNebulaPeer
+
+from wlcgcloud.ledger import Ledger
+
+from conftest import OpenStackPeer, Run, World, ec2_profile, one_profile, openstack_profile, write_profiles
+
+HALLOWEEN_22H = calendar.timegm((2026, 10, 31, 22, 0, 0))  # two hours before both a midnight and a month's end
+TOLERANCE_H = 0.01  # the peer's clock is moved between calls: a few seconds of slack
+
+
+def near(a: float, b: float, tolerance: float = TOLERANCE_H) -> bool:
+    return abs(a - b) <= tolerance
+
+
+# --------------------------------------------------------------------------- an APEL v0.4 parser, from the spec
+
+APEL_V04 = {
+    "VMUUID": "str", "SiteName": "str", "CloudComputeService": "str", "MachineName": "str", "LocalUserId": "str",
+    "LocalGroupId": "str", "GlobalUserName": "str", "FQAN": "str", "Status": "status", "StartTime": "int",
+    "EndTime": "int", "SuspendDuration": "int", "WallDuration": "int", "CpuDuration": "int", "CpuCount": "decimal",
+    "NetworkType": "str", "NetworkInbound": "int", "NetworkOutbound": "int", "PublicIPCount": "int", "Memory": "int",
+    "Disk": "int", "BenchmarkType": "str", "Benchmark": "decimal", "StorageRecordId": "str", "ImageId": "str",
+    "CloudType": "str",
+}  # fmt: skip
+MANDATORY = ("VMUUID", "SiteName")
+
+
+def parse_apel(text: str) -> list[list[dict[str, str]]]:
+    """Messages of records; raises AssertionError on anything the v0.4 rules do not allow."""
+    messages: list[list[dict[str, str]]] = []
+    record: dict[str, str] | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if line == "APEL-cloud-message: v0.4":
+            assert record is None, f"line {number}: a header inside a record"
+            messages.append([])
+            continue
+        assert messages, f"line {number}: no header before the first record"
+        if line == "%%":
+            assert record, f"line {number}: an empty record"
+            for key in MANDATORY:
+                assert record.get(key), f"line {number}: record without {key}"
+            messages[-1].append(record)
+            record = None
+            continue
+        key, sep, value = line.partition(": ")
+        assert sep, f"line {number}: not 'Key: Value'"
+        assert key in APEL_V04, f"line {number}: {key} is not a v0.4 key"
+        record = record or {}
+        assert key not in record, f"line {number}: {key} twice"
+        kind = APEL_V04[key]
+        if kind == "int":
+            assert re.fullmatch(r"\d+", value), f"line {number}: {key} is not an integer: {value}"
+        elif kind == "decimal":
+            assert re.fullmatch(r"\d+(\.\d+)?", value), f"line {number}: {key} is not a decimal: {value}"
+        elif kind == "status":
+            assert value in ("completed", "started", "suspended"), f"line {number}: Status {value}"
+        record[key] = value
+    assert record is None, "the last record has no %%"
+    return messages
+
+
+# --------------------------------------------------------------------------- OpenNebula: history through the peer
+
+
+@pytest.fixture
+def one_history(world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """A VM (2 vCPUs, 4 GiB) that ran from 22:00 on 31 October to 02:00 on 1 November, by the peer's clock."""
+    with OpenNebulaPeer(deploy_delay=0) as peer:
+        write_profiles(world, {"one": one_profile(peer, vm_template="atlas-wn", experiment="atlas",  # type: ignore[arg-type]
+                                                  site_name="LAL-TEST", publish_apel=True)})  # fmt: skip
+        monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
+        yield {"peer": peer}
+
+
+def test_opennebula_core_hours_split_across_midnight_and_month(run: Run, world: World, one_history: Any) -> None:
+    peer = one_history["peer"]
+    peer.set_time_offset(HALLOWEEN_22H - time.time())
+    made = run("launch", "0", "--allow-unendorsed", "--credential", "none", "-p", "one", "--fleet", "night",
+               "-o", "json")  # fmt: skip
+    assert made.code == 0, made.err
+    [vm] = made.json()["instances"]  # type: ignore[index,call-overload]
+    peer.set_time_offset(HALLOWEEN_22H + 4 * 3600 - time.time())
+    assert run("instance", "terminate", vm["id"], "-p", "one", "--yes").code == 0
+    peer.set_time_offset(0)
+    result = run("usage", "--since", "2026-10-31", "--until", "2026-11-01", "--by", "fleet,day", "-o", "json")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert isinstance(data, dict)
+    assert data["since"] == "2026-10-31T00:00:00Z" and data["until"] == "2026-11-02T00:00:00Z"  # --until a day: its end
+    days = {r["day"]: r for r in data["rows"]}
+    assert set(days) == {"2026-10-31", "2026-11-01"}
+    for day in days.values():
+        assert day["fleet"] == "night" and day["instances"] == 1
+        assert near(day["wall_hours"], 2.0) and near(day["core_hours"], 4.0) and near(day["memory_gb_hours"], 8.0)
+    assert near(data["total"]["core_hours"], 8.0) and data["total"]["instances"] == 1
+    # The window's edge clips: from 1 November only, the two hours after midnight count.
+    november = run("usage", "--since", "2026-11-01", "--until", "2026-11-30", "--by", "profile", "-o", "json")
+    assert near(november.json()["total"]["core_hours"], 4.0)  # type: ignore[index,call-overload]
+
+    apel = run("usage", "--since", "2026-10-01", "--until", "2026-11-30", "-o", "apel")
+    assert apel.code == 0, apel.err
+    [records] = parse_apel(apel.out)
+    assert len(records) == 2  # keyed by VMUUID and month: one record for October, one for November
+    assert {r["VMUUID"] for r in records} == {vm["id"]} and {r["SiteName"] for r in records} == {"LAL-TEST"}
+    assert all(r["Status"] == "completed" and r["CpuCount"] == "2" and r["Memory"] == "4096" for r in records)
+    assert all(abs(int(r["WallDuration"]) - 7200) <= 30 for r in records)
+    assert all(r["CloudType"].startswith("wlcgcloud/") and r["CloudType"].endswith("(OpenNebula)") for r in records)
+
+
+# --------------------------------------------------------------------------- EC2: the ledger is the memory
+
+
+def test_ec2_usage_from_the_ledger_with_apel_queue(
+    run: Run, world: World, moto_ec2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_profiles(world, {
+        "aws": ec2_profile(moto_ec2, site_name="AWS-ATLAS", compute_service="aws-eu-west-1", publish_apel=True,
+                           benchmarks={"type": "HEPscore23", "m5.xlarge": 41.5}),
+        "quiet": ec2_profile(moto_ec2),
+    })  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_QUIET", moto_ec2.secret_key)
+    Ledger(world.state / "ledger.sqlite").close()  # an empty ledger of the current schema
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    gone = [("i-0000000000000ec2a", "2026-10-31T23:00:00Z", "2026-11-01T01:30:00Z"),
+            ("i-0000000000000ec2b", "2026-11-01T00:00:00Z", "2026-11-01T06:00:00Z")]  # fmt: skip
+    for ident, start, end in gone:
+        db.execute(
+            "INSERT INTO instances (profile, id, fleet, provider, name, flavor, vcpus, memory_mb, image, experiment,"
+            " launched_at, ended_at, last_state, last_seen) VALUES ('aws', ?, 'gone', 'ec2', 'gone', 'm5.xlarge', 4,"
+            " 16384, 'img-1', 'atlas', ?, ?, 'terminated', ?)",
+            (ident, start, end, end),
+        )
+    db.commit()
+    db.close()
+    result = run("usage", "--since", "2026-10-31", "--until", "2026-11-01", "--by", "day", "-p", "aws", "-o", "json",
+                 "-v")  # fmt: skip
+    assert result.code == 0, result.err
+    days = {r["day"]: r for r in result.json()["rows"]}  # type: ignore[index,call-overload]
+    assert near(days["2026-10-31"]["core_hours"], 4.0) and near(days["2026-11-01"]["core_hours"], 4 * 7.5)
+    assert days["2026-11-01"]["instances"] == 2 and near(days["2026-11-01"]["memory_gb_hours"], 16 * 7.5)
+    assert "from ledger" in result.err
+    old = run("usage", "--since", "2025-01-01", "--until", "2025-02-01", "-p", "aws")
+    assert old.code == 0 and "EC2 forgets terminated instances" in old.err
+
+    queue = world.root / "apel-queue"
+    queued = run("usage", "--since", "2026-10-01", "--until", "2026-11-30", "--apel-dir", str(queue))
+    assert queued.code == 0, queued.err
+    assert "profile 'quiet': publish_apel is not set" in queued.err
+    files = [p for p in queue.rglob("*") if p.is_file()]
+    assert len(files) == 1 and re.fullmatch(r"[0-9a-f]{14}", files[0].name)  # a dirq element, as ssmsend reads
+    [records] = parse_apel(files[0].read_text())
+    assert len(records) == 3  # ec2a in October and in November, ec2b in November
+    assert all(r["BenchmarkType"] == "HEPscore23" and r["Benchmark"] == "41.5" for r in records)
+    assert all(r["CloudComputeService"] == "aws-eu-west-1" and r["ImageId"] == "img-1" for r in records)
+    ec2a = sorted(int(r["WallDuration"]) for r in records if r["VMUUID"].endswith("ec2a"))
+    assert ec2a == [3600, 5400]  # October's hour, November's hour and a half
+
+
+def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, site_name="AWS-ATLAS", publish_apel=True)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    Ledger(world.state / "ledger.sqlite").close()
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    db.executemany(
+        "INSERT INTO instances (profile, id, fleet, provider, vcpus, memory_mb, launched_at, ended_at, last_seen)"
+        " VALUES ('aws', ?, 'many', 'ec2', 1, 1024, '2026-09-10T00:00:00Z', '2026-09-10T01:00:00Z', "
+        "'2026-09-10T01:00:00Z')",
+        [(f"i-{n:017x}",) for n in range(250)],
+    )
+    db.commit()
+    db.close()
+    printed = run("usage", "--since", "2026-09-01", "--until", "2026-09-30", "-o", "apel")
+    messages = parse_apel(printed.out)
+    assert [len(m) for m in messages] == [100, 100, 50]
+
+
+# --------------------------------------------------------------------------- OpenStack: Nova's own accounting
+
+
+@pytest.mark.openstack
+def test_openstack_usage_matches_novas_launch_time(
+    run: Run, world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_profiles(world, {"osk": openstack_profile(openstack_peer, flavor="m1.small")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    made = run("launch", openstack_peer.image_id, "--allow-unendorsed", "--credential", "none", "-p", "osk",
+               "--fleet", "metered", "--wait", "--timeout", "2m", "-o", "json")  # fmt: skip
+    assert made.code == 0, made.err
+    [server] = made.json()["instances"]  # type: ignore[index,call-overload]
+    try:
+        time.sleep(5)
+        result = run("usage", "--since", "1d", "--by", "instance", "-p", "osk", "-o", "json")
+        asked = datetime.now(UTC)
+        assert result.code == 0, result.err
+        [row] = [r for r in result.json()["rows"] if r["instance"] == server["id"]]  # type: ignore[index,call-overload]
+        import openstack
+
+        admin = openstack_peer.admin
+        conn = openstack.connect(
+            auth_url=admin["OS_AUTH_URL"], username=admin["OS_USERNAME"], password=admin["OS_PASSWORD"],
+            project_name=admin["OS_PROJECT_NAME"], user_domain_name=admin.get("OS_USER_DOMAIN_NAME", "Default"),
+            project_domain_name=admin.get("OS_PROJECT_DOMAIN_NAME", "Default"), region_name="RegionOne",
+            load_yaml_config=False, load_envvars=False,
+        )  # fmt: skip
+        launched = conn.compute.get_server(server["id"]).launched_at
+        started = datetime.fromisoformat(launched.replace("Z", "")).replace(tzinfo=UTC)
+        expected = (asked - started).total_seconds() / 3600 * server["vcpus"]
+        assert abs(row["core_hours"] - expected) <= 5 / 3600 * server["vcpus"] + 0.002, (row, expected)
+    finally:
+        run("fleet", "terminate", "metered", "-p", "osk", "--yes")
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_windows_are_clear_errors_or_warnings(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
+    write_profiles(world, {"aws": ec2_profile(moto_ec2)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    backwards = run("usage", "--since", "2026-11-10", "--until", "2026-11-01")
+    assert backwards.code == 2 and "is not before --until" in backwards.err and "Traceback" not in backwards.err
+    nonsense = run("usage", "--since", "yesterdayish")
+    assert nonsense.code == 2 and "is not a date" in nonsense.err
+    wrong_group = run("usage", "--by", "planet")
+    assert wrong_group.code == 2 and "group by one of" in wrong_group.err
+    decade = run("usage", "--since", "2016-11-01", "--until", "2026-11-01")
+    assert decade.code == 0 and "expect it to be partial" in decade.err
+    relative = run("usage", "--since", "7d", "-o", "json")
+    assert relative.code == 0
+    window = relative.json()
+    assert isinstance(window, dict)
+    assert (datetime.fromisoformat(window["until"].replace("Z", "+00:00"))
+            - datetime.fromisoformat(window["since"].replace("Z", "+00:00"))).days == 7  # fmt: skip
+    assert Path(world.state / "ledger.sqlite").exists()
+
+
+def test_aggregate_agrees_with_a_plain_computation() -> None:
+    """The fast aggregation against a second-by-day computation with datetimes, on random intervals."""
+    import random
+    from datetime import timedelta
+
+    from wlcgcloud.usage import Interval, aggregate
+
+    rng = random.Random(11)
+    since, until = datetime(2026, 10, 30, tzinfo=UTC), datetime(2026, 11, 3, 12, tzinfo=UTC)
+    now = datetime(2026, 11, 2, 18, tzinfo=UTC)  # the window reaches past now: what runs counts up to now
+    intervals = []
+    for n in range(300):
+        start = datetime(2026, 10, 29, tzinfo=UTC) + timedelta(seconds=rng.uniform(0, 6 * 86400))
+        end = None if n % 7 == 0 else start + timedelta(seconds=rng.uniform(60, 50 * 3600))
+        provider = "opennebula" if n % 5 == 0 else "ec2"
+        instance = str(n // 2) if provider == "opennebula" else f"i-{n}"  # OpenNebula: two records per VM
+        intervals.append(Interval("p1" if n % 3 else "p2", provider, instance, start.timestamp(),
+                                  end.timestamp() if end else None, rng.choice((1, 2, 8)), 2048,
+                                  fleet=f"f{n % 4}"))  # fmt: skip
+    rows, total = aggregate(intervals, since, until, ["profile", "day"], now)
+    expected: dict[tuple[str, str], list[Any]] = {}
+    for iv in intervals:
+        a = max(datetime.fromtimestamp(iv.start, UTC), since)
+        b = min(datetime.fromtimestamp(iv.end, UTC) if iv.end else now, until, now)
+        while a < b:
+            midnight = datetime.combine(a.date() + timedelta(days=1), datetime.min.time(), UTC)
+            piece = min(b, midnight) - a
+            cell = expected.setdefault((iv.profile, a.strftime("%Y-%m-%d")), [set(), 0.0])
+            cell[0].add((iv.profile, iv.instance))
+            cell[1] += piece.total_seconds() * iv.vcpus / 3600
+            a = min(b, midnight)
+    got = {(r["profile"], r["day"]): r for r in rows}
+    assert set(got) == set(expected)
+    for key, (instances, core_hours) in expected.items():
+        assert got[key]["instances"] == len(instances) and abs(got[key]["core_hours"] - core_hours) < 1e-6
+    assert abs(total["core_hours"] - sum(c for _, c in expected.values())) < 1e-6
+    assert total["instances"] == len(set().union(*(cell[0] for cell in expected.values())))

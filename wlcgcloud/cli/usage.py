@@ -1,0 +1,142 @@
+"""`wlcgcloud usage`: core-hours by profile, fleet, experiment, flavor, image, day or instance; APEL records."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wlcgcloud.cli.common import emit, globals_of, info, read_profiles, report_failures, verbose, warn, working
+from wlcgcloud.errors import UsageError
+from wlcgcloud.output import Column
+
+FIGURES = [
+    Column("instances", "INSTANCES"),
+    Column("wall_hours", "WALL H"),
+    Column("core_hours", "CORE H"),
+    Column("memory_gb_hours", "MEMORY GB·H"),
+]
+
+
+def usage(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start: 2026-11-01, 2026-11-01T12:00Z, 7d, today, last-month.")
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="End (exclusive); default now.")] = None,
+    by: Annotated[
+        str, typer.Option("--by", help="Group by: profile,fleet,experiment,flavor,image,day,instance.")
+    ] = "profile",
+    chart: Annotated[bool, typer.Option("--chart", help="A bar chart of core-hours per day (terminal).")] = False,
+    apel_dir: Annotated[
+        Path | None, typer.Option("--apel-dir", help="Write APEL records to this directory queue (ssmsend).")
+    ] = None,
+) -> None:
+    """Usage summaries on every cloud at once (-p narrows), and APEL cloud usage records.
+
+    Rows: instances, wall hours, core-hours (vCPUs x hours), memory GB-hours, and a total. The
+    window is [--since, --until), this month by default; what still runs counts up to now; an
+    instance that crosses the window's edges is clipped to it; --by day splits at UTC midnight.
+    EC2 has no usage API: its figures come from the instances it shows and the ledger's memory.
+    -v says where each row's numbers came from. -o apel prints APEL v0.4 records; --apel-dir
+    queues them for the APEL SSM sender, only for profiles with publish_apel = true.
+
+    \b
+    Examples:
+      wlcgcloud usage
+      wlcgcloud usage --since last-month --until this-month --by fleet,day -o csv
+      wlcgcloud usage --since 7d --by experiment,flavor --chart
+      wlcgcloud usage --since this-month -o apel -p aws-atlas
+      wlcgcloud usage --since last-month --until this-month --apel-dir /var/spool/apel/outgoing
+    """
+    from wlcgcloud import __version__
+    from wlcgcloud import usage as accounting
+    from wlcgcloud.ledger import opened
+
+    g = globals_of(ctx)
+    now = datetime.now(UTC)
+    start, end, notes = accounting.window(since, until, now)
+    groups = [b.strip() for b in by.split(",") if b.strip()]
+    if not groups:
+        raise UsageError("--by needs at least one of " + ", ".join(accounting.GROUPS) + ".")
+    profiles = read_profiles(g)
+    with opened() as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
+        collected = accounting.collect(profiles, start, end, ledger)
+        credentials = ledger.credentials()
+    report_failures(g, collected.failures, collected.asked)
+    for line in notes + collected.notes:
+        warn(line, g)
+    exit_code = 7 if collected.failures else 0
+    by_name = {p.name: p for p in profiles}
+    if apel_dir is not None or g.output == "apel":
+        chosen = collected.intervals
+        if apel_dir is not None:
+            skipped = sorted(p.name for p in profiles if not p.get("publish_apel"))
+            for name in skipped:
+                info(f"profile '{name}': publish_apel is not set, so no APEL records for it "
+                     "(sites usually publish their own clouds' use already).")  # fmt: skip
+            chosen = [iv for iv in chosen if iv.profile not in skipped]
+        records = accounting.apel_records(chosen, by_name, start, end, now, __version__, credentials)
+        if apel_dir is not None:
+            names = accounting.write_apel_queue(str(apel_dir), records)
+            info(f"queued {len(records)} APEL record(s) in {len(names)} message(s) in {apel_dir}.")
+        if g.output == "apel":
+            for i in range(0, max(len(records), 1), accounting.APEL_PER_MESSAGE):
+                sys.stdout.write(accounting.apel_message(records[i : i + accounting.APEL_PER_MESSAGE]))
+        if g.output == "apel":
+            raise typer.Exit(exit_code)
+    rows, total = accounting.aggregate(collected.intervals, start, end, groups, now)
+    if g.verbose:
+        _sources(g, collected.intervals, groups)
+    data: dict[str, Any] = {"since": _z(start), "until": _z(end), "by": groups, "rows": rows, "total": total}
+    if g.output == "json" or g.output == "yaml":
+        emit(ctx, data)
+    else:
+        columns = [Column(b, b.upper()) for b in groups] + FIGURES
+        shown = [{**r, **_rounded(r)} for r in rows] if g.output == "table" else rows
+        if g.output == "table":
+            shown.append({groups[0]: "TOTAL", **_rounded(total)})
+        emit(ctx, shown, columns)
+        if chart and g.output == "table":
+            _chart(accounting.aggregate(collected.intervals, start, end, ["day"], now)[0])
+    raise typer.Exit(exit_code)
+
+
+def _z(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rounded(row: dict[str, Any]) -> dict[str, Any]:
+    """Tables show two decimals; JSON and CSV keep every digit."""
+    return {k: round(row[k], 2) for k in ("wall_hours", "core_hours", "memory_gb_hours")} | {
+        "instances": row["instances"]
+    }
+
+
+def _sources(g: Any, intervals: list[Any], groups: list[str]) -> None:
+    """-v: where the numbers of each profile came from."""
+    seen: dict[str, set[str]] = {}
+    for iv in intervals:
+        seen.setdefault(iv.profile, set()).add(iv.source)
+    for profile, sources in sorted(seen.items()):
+        verbose(g, f"profile '{profile}': from {', '.join(sorted(sources))}")
+
+
+def _chart(days: list[dict[str, Any]]) -> None:
+    """Core-hours per day as horizontal bars."""
+    if not days:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    top = max(d["core_hours"] for d in days) or 1.0
+    table = Table(show_header=True, box=None, pad_edge=False)
+    table.add_column("DAY")
+    table.add_column("CORE H", justify="right")
+    table.add_column("")
+    for d in days:
+        table.add_row(d["day"], f"{d['core_hours']:.1f}", "█" * max(1, round(40 * d["core_hours"] / top)))
+    Console(file=sys.stdout).print(table)
