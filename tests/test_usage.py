@@ -153,7 +153,9 @@ def test_ec2_usage_from_the_ledger_with_apel_queue(
     days = {r["day"]: r for r in result.json()["rows"]}  # type: ignore[index,call-overload]
     assert near(days["2026-10-31"]["core_hours"], 4.0) and near(days["2026-11-01"]["core_hours"], 4 * 7.5)
     assert days["2026-11-01"]["instances"] == 2 and near(days["2026-11-01"]["memory_gb_hours"], 16 * 7.5)
-    assert "from ledger" in result.err
+    assert all(r["sources"] == ["ledger"] for r in result.json()["rows"])  # type: ignore[index,call-overload]
+    chart = run("usage", "--since", "2026-10-31", "--until", "2026-11-01", "--by", "day", "-p", "aws", "--chart")
+    assert chart.code == 0 and "2026-11-01" in chart.out and "█" in chart.out
     old = run("usage", "--since", "2025-01-01", "--until", "2025-02-01", "-p", "aws")
     assert old.code == 0 and "EC2 forgets terminated instances" in old.err
 
@@ -285,3 +287,36 @@ def test_aggregate_agrees_with_a_plain_computation() -> None:
         assert got[key]["instances"] == len(instances) and abs(got[key]["core_hours"] - core_hours) < 1e-6
     assert abs(total["core_hours"] - sum(c for _, c in expected.values())) < 1e-6
     assert total["instances"] == len(set().union(*(cell[0] for cell in expected.values())))
+
+
+@pytest.mark.openstack
+def test_openstack_history_set_in_novas_database_splits_across_midnight_and_month(
+    run: Run, world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose life Nova records (in its own database) as 22:00 on 31 October to 02:00 on 1 November."""
+    import shutil
+    import subprocess
+
+    mysql = shutil.which("mysql")
+    if mysql is None:
+        pytest.fail("the mysql client is missing: the OpenStack peer's up.sh installs it", pytrace=False)
+    write_profiles(world, {"osk": openstack_profile(openstack_peer, flavor="m1.small")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    made = run("launch", openstack_peer.image_id, "--allow-unendorsed", "--credential", "none", "-p", "osk",
+               "--fleet", "halloween", "--wait", "--timeout", "2m", "-o", "json")  # fmt: skip
+    assert made.code == 0, made.err
+    [server] = made.json()["instances"]  # type: ignore[index,call-overload]
+    try:
+        sql = ("UPDATE instances SET launched_at = '2026-10-31 22:00:00', terminated_at = '2026-11-01 02:00:00' "
+               f"WHERE uuid = '{server['id']}'")  # fmt: skip
+        subprocess.run([mysql, "-h", "127.0.0.1", "-u", "osk", "-posk-db-pw", "nova", "-e", sql], check=True)
+        result = run("usage", "--since", "2026-10-31", "--until", "2026-11-01", "--by", "instance,day", "-p", "osk",
+                     "-o", "json")  # fmt: skip
+        assert result.code == 0, result.err
+        rows = [r for r in result.json()["rows"] if r["instance"] == server["id"]]  # type: ignore[index,call-overload]
+        days = {r["day"]: r for r in rows}
+        assert set(days) == {"2026-10-31", "2026-11-01"}
+        for day in days.values():
+            assert near(day["wall_hours"], 2.0, 1e-6) and near(day["core_hours"], 2.0 * server["vcpus"], 1e-6)
+    finally:
+        run("fleet", "terminate", "halloween", "-p", "osk", "--yes")

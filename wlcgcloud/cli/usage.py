@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wlcgcloud.cli.common import emit, globals_of, info, read_profiles, report_failures, verbose, warn, working
+from wlcgcloud.cli.common import emit, globals_of, info, read_profiles, report_failures, warn, working
 from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
@@ -90,12 +90,14 @@ def usage(
             raise typer.Exit(exit_code)
     rows, total = accounting.aggregate(collected.intervals, start, end, groups, now)
     if g.verbose:
-        _sources(g, collected.intervals, groups)
+        _sources(rows, collected.intervals, groups)
     data: dict[str, Any] = {"since": _z(start), "until": _z(end), "by": groups, "rows": rows, "total": total}
     if g.output == "json" or g.output == "yaml":
         emit(ctx, data)
     else:
         columns = [Column(b, b.upper()) for b in groups] + FIGURES
+        if g.verbose:
+            columns.append(Column("sources", "FROM"))
         shown = [{**r, **_rounded(r)} for r in rows] if g.output == "table" else rows
         if g.output == "table":
             shown.append({groups[0]: "TOTAL", **_rounded(total)})
@@ -116,13 +118,14 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _sources(g: Any, intervals: list[Any], groups: list[str]) -> None:
-    """-v: where the numbers of each profile came from."""
-    seen: dict[str, set[str]] = {}
+def _sources(rows: list[dict[str, Any]], intervals: list[Any], groups: list[str]) -> None:
+    """-v: each row says where its numbers came from (a `sources` column)."""
+    keys = [b for b in groups if b != "day"]
+    seen: dict[tuple[Any, ...], set[str]] = {}
     for iv in intervals:
-        seen.setdefault(iv.profile, set()).add(iv.source)
-    for profile, sources in sorted(seen.items()):
-        verbose(g, f"profile '{profile}': from {', '.join(sorted(sources))}")
+        seen.setdefault(tuple(getattr(iv, b) for b in keys), set()).add(iv.source)
+    for row in rows:
+        row["sources"] = sorted(seen.get(tuple(row[b] for b in keys), ()))
 
 
 def _chart(days: list[dict[str, Any]]) -> None:
