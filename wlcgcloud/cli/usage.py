@@ -84,7 +84,9 @@ def usage(
             names = accounting.write_apel_queue(str(apel_dir), records)
             info(f"queued {len(records)} APEL record(s) in {len(names)} message(s) in {apel_dir}.")
         if g.output == "apel":
-            for i in range(0, max(len(records), 1), accounting.APEL_PER_MESSAGE):
+            if not records:
+                info("No usage in the window: no APEL records.")
+            for i in range(0, len(records), accounting.APEL_PER_MESSAGE):
                 sys.stdout.write(accounting.apel_message(records[i : i + accounting.APEL_PER_MESSAGE]))
         if g.output == "apel":
             raise typer.Exit(exit_code)
