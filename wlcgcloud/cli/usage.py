@@ -88,7 +88,6 @@ def usage(
                 info("No usage in the window: no APEL records.")
             for i in range(0, len(records), accounting.APEL_PER_MESSAGE):
                 sys.stdout.write(accounting.apel_message(records[i : i + accounting.APEL_PER_MESSAGE]))
-        if g.output == "apel":
             raise typer.Exit(exit_code)
     rows, total = accounting.aggregate(collected.intervals, start, end, groups, now)
     if g.verbose:
