@@ -230,3 +230,40 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
     assert sorted(names) == sorted(f"killed-{n}" for n in range(1, 11))  # ten, none twice
     recorded = {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "killed"}
     assert len(recorded) == 10
+
+
+def test_ctrl_c_reports_what_was_launched_and_leaves_the_ledger_true(world: World, one_world: dict[str, Any]) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from peers.faultproxy import Fault, FaultProxy
+
+    peer = one_world["big"]
+    with FaultProxy(peer.url.removesuffix("/RPC2")) as proxy:
+        proxy.always(Fault("delay", seconds=1.0, match="one.template.instantiate"))
+        write_profiles(world, {"slow": one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn")})  # type: ignore[arg-type]
+        env = {**os.environ, "WLCGCLOUD_SECRET_SLOW": "secret", **world.env()}
+        command = [str(Path(sys.executable).with_name("wlcgcloud")), "launch", "0", "--allow-unendorsed",
+                   "--credential", "none", "-p", "slow", "-n", "4", "--fleet", "interrupted", "-o", "json"]  # fmt: skip
+        victim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while not ledger_rows_or_none(world) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the instantiate calls are on their way
+        victim.send_signal(signal.SIGINT)
+        out, err = victim.communicate(timeout=60)
+    assert victim.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    reported = json.loads(out)
+    [launch] = ledger_rows(world, "launches")
+    assert launch["state"] in ("launched", "partial") and reported["launched"] == len(ledger_rows(world, "instances"))
+
+
+def ledger_rows_or_none(world: World) -> list[dict[str, Any]]:
+    try:
+        return ledger_rows(world, "launches")
+    except sqlite3.Error:
+        return []

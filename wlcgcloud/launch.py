@@ -166,6 +166,7 @@ class Launched:
     results: list[ProfileLaunched]
     rolled_back: int = 0
     waited: str | None = None  # "running", or why the wait ended early
+    interrupted: bool = False  # Ctrl-C: the result of what had been sent (exit 130)
 
     def to_dict(self) -> dict[str, Any]:
         rows = [r.to_dict() for r in self.results]
@@ -183,7 +184,9 @@ class Launched:
         return out
 
     def exit_code(self) -> int:
-        """0 when everything launched; 7 when some did; else the first failure's code."""
+        """0 when everything launched; 7 when some did; else the first failure's code; 130 when interrupted."""
+        if self.interrupted:
+            return 130
         failures = [r.error for r in self.results if r.error]
         if not failures:
             return 0
@@ -465,12 +468,25 @@ def launch(
         ledger.finish(launch_id, state, str(result.error) if result.error else None)
         return result
 
+    interrupted = False
     with ThreadPoolExecutor(max_workers=min(8, len(plan.profiles)), thread_name_prefix="launch") as pool:
-        results = list(pool.map(one, plan.profiles))
+        futures = [pool.submit(one, p) for p in plan.profiles]
+        try:
+            for future in futures:
+                future.result()
+        except KeyboardInterrupt:
+            # Ctrl-C: calls already sent cannot be taken back; let each profile finish and record
+            # what it made, so the ledger is true and the partial result can be reported.
+            interrupted = True
+            for future in futures:
+                future.cancel()
+        results = [f.result() for f in futures if not f.cancelled()]
     usage = [r.error for r in results if isinstance(r.error, UsageError)]
-    if usage:
+    if usage and not interrupted:
         raise usage[0]
-    outcome = Launched(plan.fleet, results)
+    outcome = Launched(plan.fleet, results, interrupted=interrupted)
+    if interrupted:
+        return outcome
     if rollback and any(r.error for r in results):
         outcome.rolled_back = _roll_back(results, ledger)
     elif wait is not None:

@@ -172,6 +172,8 @@ def launch(
     for r in result.results:
         if r.error:
             warn(str(r.error), g)
+    if result.interrupted:
+        warn("interrupted: this is what had been launched; the ledger has it. Run the same command to go on.", g)
     if result.rolled_back:
         warn(f"--rollback-on-failure: terminated the {result.rolled_back} instance(s) this launch had.", g)
     if result.waited and result.waited != "running":
