@@ -160,7 +160,7 @@ def test_ec2_usage_from_the_ledger_with_apel_queue(
     assert old.code == 0 and "EC2 forgets terminated instances" in old.err
 
     queue = world.root / "apel-queue"
-    queued = run("usage", "--since", "2026-10-01", "--until", "2026-11-30", "--apel-dir", str(queue))
+    queued = run("usage", "--since", "2026-10-01", "--until", "2026-11-01", "--apel-dir", str(queue))
     assert queued.code == 0, queued.err
     assert "profile 'quiet': publish_apel is not set" in queued.err
     files = [p for p in queue.rglob("*") if p.is_file()]
