@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import socket
 import sqlite3
@@ -196,21 +197,14 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
     world: World, one_world: dict[str, Any]
 ) -> None:
     """A real SIGKILL of the real command while its instantiate calls are in flight, then a re-run."""
-    import os
     import signal
     import subprocess
     import time
     import xmlrpc.client
 
-    from peers.faultproxy import Fault, FaultProxy
-
     peer = one_world["big"]
-    with FaultProxy(peer.url.removesuffix("/RPC2")) as proxy:
-        proxy.always(Fault("delay", seconds=1.0, match="one.template.instantiate"))
-        write_profiles(world, {"slow": one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn")})  # type: ignore[arg-type]
-        env = {**os.environ, "WLCGCLOUD_SECRET_SLOW": "secret", **world.env()}
-        command = [str(Path(sys.executable).with_name("wlcgcloud")), "launch", "0", "--allow-unendorsed",
-                   "--credential", "none", "-p", "slow", "-n", "10", "--fleet", "killed"]  # fmt: skip
+    with slow_instantiate(world, peer) as (proxy, env, launch):
+        command = [*launch, "-n", "10", "--fleet", "killed"]
         victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while proxy.forwarded("one.template.instantiate") < 1 and time.monotonic() < deadline:
@@ -234,20 +228,12 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
 
 def test_ctrl_c_reports_what_was_launched_and_leaves_the_ledger_true(world: World, one_world: dict[str, Any]) -> None:
     import json
-    import os
     import signal
     import subprocess
     import time
 
-    from peers.faultproxy import Fault, FaultProxy
-
-    peer = one_world["big"]
-    with FaultProxy(peer.url.removesuffix("/RPC2")) as proxy:
-        proxy.always(Fault("delay", seconds=1.0, match="one.template.instantiate"))
-        write_profiles(world, {"slow": one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn")})  # type: ignore[arg-type]
-        env = {**os.environ, "WLCGCLOUD_SECRET_SLOW": "secret", **world.env()}
-        command = [str(Path(sys.executable).with_name("wlcgcloud")), "launch", "0", "--allow-unendorsed",
-                   "--credential", "none", "-p", "slow", "-n", "4", "--fleet", "interrupted", "-o", "json"]  # fmt: skip
+    with slow_instantiate(world, one_world["big"]) as (_proxy, env, launch):
+        command = [*launch, "-n", "4", "--fleet", "interrupted", "-o", "json"]
         victim = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 30
         while not ledger_rows_or_none(world) and time.monotonic() < deadline:
@@ -260,6 +246,25 @@ def test_ctrl_c_reports_what_was_launched_and_leaves_the_ledger_true(world: Worl
     reported = json.loads(out)
     [launch] = ledger_rows(world, "launches")
     assert launch["state"] in ("launched", "partial") and reported["launched"] == len(ledger_rows(world, "instances"))
+
+
+@contextlib.contextmanager
+def slow_instantiate(world: World, peer: Any) -> Iterator[tuple[Any, dict[str, str], list[str]]]:
+    """Profile 'slow': the OpenNebula peer behind a proxy that holds each instantiate call for 1 s.
+
+    Yields the proxy, the environment for the real command, and the start of a launch command line.
+    """
+    import os
+
+    from peers.faultproxy import Fault, FaultProxy
+
+    with FaultProxy(peer.url.removesuffix("/RPC2")) as proxy:
+        proxy.always(Fault("delay", seconds=1.0, match="one.template.instantiate"))
+        write_profiles(world, {"slow": one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn")})  # type: ignore[arg-type]
+        env = {**os.environ, "WLCGCLOUD_SECRET_SLOW": "secret", **world.env()}
+        launch = [str(Path(sys.executable).with_name("wlcgcloud")), "launch", "0", "--allow-unendorsed",
+                  "--credential", "none", "-p", "slow"]  # fmt: skip
+        yield proxy, env, launch
 
 
 def ledger_rows_or_none(world: World) -> list[dict[str, Any]]:

@@ -194,16 +194,22 @@ def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2
 # --------------------------------------------------------------------------- OpenStack: Nova's own accounting
 
 
+def one_server(run: Run, world: World, peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch, fleet: str) -> Any:
+    """One running server of `fleet` on the OpenStack peer, launched through wlcgcloud; its JSON."""
+    write_profiles(world, {"osk": openstack_profile(peer, flavor="m1.small")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    made = run("launch", peer.image_id, "--allow-unendorsed", "--credential", "none", "-p", "osk",
+               "--fleet", fleet, "--wait", "--timeout", "2m", "-o", "json")  # fmt: skip
+    assert made.code == 0, made.err
+    [server] = made.json()["instances"]  # type: ignore[index,call-overload]
+    return server
+
+
 @pytest.mark.openstack
 def test_openstack_usage_matches_novas_launch_time(
     run: Run, world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_profiles(world, {"osk": openstack_profile(openstack_peer, flavor="m1.small")})
-    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
-    made = run("launch", openstack_peer.image_id, "--allow-unendorsed", "--credential", "none", "-p", "osk",
-               "--fleet", "metered", "--wait", "--timeout", "2m", "-o", "json")  # fmt: skip
-    assert made.code == 0, made.err
-    [server] = made.json()["instances"]  # type: ignore[index,call-overload]
+    server = one_server(run, world, openstack_peer, monkeypatch, "metered")
     try:
         time.sleep(5)
         result = run("usage", "--since", "1d", "--by", "instance", "-p", "osk", "-o", "json")
@@ -300,12 +306,7 @@ def test_openstack_history_set_in_novas_database_splits_across_midnight_and_mont
     mysql = shutil.which("mysql")
     if mysql is None:
         pytest.fail("the mysql client is missing: the OpenStack peer's up.sh installs it", pytrace=False)
-    write_profiles(world, {"osk": openstack_profile(openstack_peer, flavor="m1.small")})
-    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
-    made = run("launch", openstack_peer.image_id, "--allow-unendorsed", "--credential", "none", "-p", "osk",
-               "--fleet", "halloween", "--wait", "--timeout", "2m", "-o", "json")  # fmt: skip
-    assert made.code == 0, made.err
-    [server] = made.json()["instances"]  # type: ignore[index,call-overload]
+    server = one_server(run, world, openstack_peer, monkeypatch, "halloween")
     try:
         sql = ("UPDATE instances SET launched_at = '2026-10-31 22:00:00', terminated_at = '2026-11-01 02:00:00' "
                f"WHERE uuid = '{server['id']}'")  # fmt: skip
