@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import yaml
@@ -109,7 +110,6 @@ def test_profile_from_environment_selects_show_default(run: Run, monkeypatch: py
 @pytest.mark.parametrize(
     "args",
     [
-        ("doctor",),
         ("completion", "install"),
     ],
 )
@@ -233,3 +233,17 @@ def test_the_sdk_trap_works(world: World) -> None:
     r = subprocess.run([sys.executable, "-c", "import boto3"], env={**world.env(), "PYTHONPATH": str(trap)},
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode != 0 and "imported at start-up" in r.stderr
+
+
+def test_doctor_is_the_profile_check(run: Run, world: Any, moto_ec2: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import ec2_profile, write_profiles
+
+    assert run("doctor").code == 3  # no profiles: a configuration error, with the next step
+    write_profiles(world, {"aws": ec2_profile(moto_ec2), "nowhere": {"provider": "ec2", "region": "eu-west-1",
+                                                                     "endpoint_url": "http://127.0.0.1:9",
+                                                                     "access_key_id": "A", "timeout": 3}})  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_NOWHERE", "x")
+    both = run("doctor", "-o", "json")
+    assert both.code == 6 and both.json() == run("profile", "test", "-o", "json").json()
+    assert run("doctor", "aws").code == 0

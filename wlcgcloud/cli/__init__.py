@@ -82,7 +82,14 @@ def root(
 app.add_typer(profile.app, name="profile")
 later.register(
     app,
-    {"image": image.app, "launch": launch.launch, "fleet": fleet.app, "instance": instance.app, "usage": usage.usage},
+    {
+        "image": image.app,
+        "launch": launch.launch,
+        "fleet": fleet.app,
+        "instance": instance.app,
+        "usage": usage.usage,
+        "doctor": profile.doctor,
+    },
 )
 app.add_typer(completion.app, name="completion")
 

@@ -18,9 +18,7 @@ PENDING = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 NOUNS: dict[str, tuple[str, dict[str, str]]] = {}
 
-COMMANDS = {
-    "doctor": "Check each profile end to end and say why a site does not work.",
-}
+COMMANDS: dict[str, str] = {}
 ORDER = ("image", "launch", "fleet", "instance", "usage", "doctor")  # the contract's
 
 

@@ -472,10 +472,31 @@ def test(ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()
       wlcgcloud profile test
       wlcgcloud profile test cern-atlas -o json
     """
-    from wlcgcloud import doctor
+    _check(ctx, names)
+
+
+def doctor(
+    ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument(help="Profiles (default: all).")] = None
+) -> None:
+    """Check each profile end to end and say why a site does not work (the same check as `profile test`).
+
+    Every profile (or the PROFILEs, or -p) in parallel: the secret is found, the cloud answers,
+    the login is accepted, with the next step for each failure. Exits 0 when all pass, else with
+    the most severe class found, in the order 3, 4, 6, 5.
+
+    \b
+    Examples:
+      wlcgcloud doctor
+      wlcgcloud doctor cern-atlas -o json
+    """
+    _check(ctx, names)
+
+
+def _check(ctx: typer.Context, names: list[str] | None) -> None:
+    from wlcgcloud import doctor as checks
 
     g = globals_of(ctx)
     profiles = g.config().select(list(names or []) or g.profiles, all_when_empty=True)
-    results = doctor.check_profiles(profiles)
+    results = checks.check_profiles(profiles)
     emit(ctx, [r.to_dict() for r in results], TEST_COLUMNS)
-    raise typer.Exit(doctor.exit_code(results))
+    raise typer.Exit(checks.exit_code(results))
