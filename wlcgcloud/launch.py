@@ -344,8 +344,8 @@ def _spread(
     total = sum(caps)
     if total < count:
         where = ", ".join(f"{p.name} {c}" for p, c in zip(providers, caps, strict=True))
-        # (shares below never exceed a profile's room: count * cap / total <= cap when total >= count)
         raise PolicyError(f"--spread: the profiles' free quota holds {total} of the {count} instances ({where}).")
+    # Largest remainder: no share exceeds its profile's room, since count * cap / total <= cap.
     shares = [count * c // total for c in caps]
     order = sorted(range(len(caps)), key=lambda i: (count * caps[i] % total, caps[i]), reverse=True)
     for i in order[: count - sum(shares)]:
