@@ -32,7 +32,9 @@ ENVIRONMENT = (
     ("WLCGCLOUD_PROFILE", "profiles to use, comma-separated (as -p)"),
     ("WLCGCLOUD_OUTPUT", "output format (as -o)"),
     ("WLCGCLOUD_CONFIG", "the config file (as --config)"),
-    ("WLCGCLOUD_STATE_DIR", "the state directory: image lists, downloads"),
+    ("WLCGCLOUD_STATE_DIR", "the state directory: image lists, downloads, the ledger"),
+    ("X509_USER_PROXY", "the X.509 proxy to forward (else /tmp/x509up_u<uid>)"),
+    ("BEARER_TOKEN, BEARER_TOKEN_FILE", "the WLCG token to forward (then $XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid>)"),
     ("WLCGCLOUD_SECRET_<PROFILE>", "one profile's secret (profile name upper-cased, other characters as _)"),
     ("NO_COLOR", "plain output"),
 )
@@ -111,7 +113,7 @@ def man_page() -> str:
         "profiles (XDG config directory)",
         ".TP",
         "\\fI~/.local/state/wlcgcloud/\\fR",
-        "subscribed image lists and downloads (XDG state directory)",
+        "subscribed image lists, downloads, and ledger.sqlite: launches and instance lifetimes (XDG state directory)",
     ]
     return "\n".join(lines) + "\n"
 
