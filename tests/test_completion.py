@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,26 @@ def test_man_page_and_bash_script_are_generated_and_current() -> None:
     for command in ("wlcgcloud instance list", "wlcgcloud image subscribe", "wlcgcloud profile test"):
         assert f"\\fB{command}\\fR" in page
     assert ".SH EXIT STATUS" in page and "\\fB--fleet, -f\\fR" in page
+    pages = manpage.command_pages()
+    assert set(pages) == {f"wlcgcloud-{c}.1" for c in manpage.CONTRACT_ORDER}
+    committed = {p.name for p in manpage.MAN.parent.glob("wlcgcloud-*.1")}
+    assert committed == set(pages), "stale: python -m wlcgcloud.manpage"
+    for name, text in pages.items():
+        assert (manpage.MAN.parent / name).read_text(encoding="utf-8") == text, f"stale {name}"
+    assert "[\\fIOPTIONS\\fR] IMAGE" in pages["wlcgcloud-launch.1"] and ".SH SEE ALSO" in pages["wlcgcloud-launch.1"]
+
+
+def test_man_pages_render_without_warnings() -> None:
+    """`groff -ww` (all warnings) on every page: none, and `man -l` can show them."""
+    import shutil
+    import subprocess
+
+    from wlcgcloud import manpage
+
+    groff = shutil.which("groff")
+    if groff is None:
+        pytest.fail("groff is missing (Debian: groff-base, which man-db needs)", pytrace=False)
+    for page in sorted(manpage.MAN.parent.glob("*.1")):
+        done = subprocess.run([groff, "-ww", "-man", "-Tutf8", str(page)], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stderr == "", (page.name, done.stderr)
+        assert "EXIT STATUS" in re.sub(".\x08", "", done.stdout)  # (groff marks bold by overstriking)

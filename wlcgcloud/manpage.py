@@ -1,6 +1,6 @@
-"""The man page and the shell completion script, generated from the CLI itself (never by hand).
+"""The man pages and the shell completion script, generated from the CLI itself (never by hand).
 
-    python -m wlcgcloud.manpage            # writes man/wlcgcloud.1 and completions/wlcgcloud.bash
+    python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/wlcgcloud.bash
 
 A test fails when either file is stale, as for `cli/tree.json`. Not imported at run time.
 """
@@ -51,6 +51,20 @@ def _help(command: Any) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+def _text(command: Any) -> str:
+    """A command's help in roff, its Examples kept as typed (no filling)."""
+    body, sep, examples = _help(command).partition("Examples:")
+    text = _roff(body.strip()) or "."
+    if sep:
+        lines = [line.strip() for line in examples.strip().splitlines() if line.strip()]
+        text += "\n.PP\nExamples:\n.nf\n.RS 4\n" + "\n".join(_roff(line) for line in lines) + "\n.RE\n.fi"
+    return text
+
+
+def _arguments(command: Any) -> str:
+    return " ".join(p.human_readable_name.upper() for p in command.params if p.param_type_name == "argument")
+
+
 def _options(command: Any) -> list[str]:
     lines = []
     for param in command.params:
@@ -70,37 +84,22 @@ def _commands(command: Any, path: list[str]) -> list[str]:
             if not sub.hidden:
                 out += _commands(sub, [*path, name])
         return out
-    args = " ".join(p.human_readable_name.upper() for p in command.params if p.param_type_name == "argument")
-    out += [".SS", f"\\fB{' '.join(path)}\\fR {_roff(args)}".rstrip(), _roff(_help(command)) or "."]
+    out += [".SS", f"\\fB{' '.join(path)}\\fR {_roff(_arguments(command))}".rstrip(), _text(command)]
     out += _options(command)
     return out
 
 
-def man_page() -> str:
-    """The whole man page, in roff."""
+def _root() -> Any:
     import typer
 
-    from wlcgcloud import __version__
     from wlcgcloud.cli import app
 
-    root = typer.main.get_command(app)
-    lines = [
-        f'.TH WLCGCLOUD 1 "" "wlcgcloud {__version__}" "User Commands"',
-        ".SH NAME",
-        "wlcgcloud \\- launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and OpenNebula",
-        ".SH SYNOPSIS",
-        "\\fBwlcgcloud\\fR [\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
-        ".SH DESCRIPTION",
-        _roff(_help(root).split("\n\nExamples:")[0]),
-        ".SH GLOBAL OPTIONS",
-        *_options(root),
-        ".SH COMMANDS",
-    ]
-    commands = root.commands  # type: ignore[attr-defined]
-    for name in sorted(commands, key=lambda n: CONTRACT_ORDER.index(n) if n in CONTRACT_ORDER else 99):
-        if not commands[name].hidden:
-            lines += _commands(commands[name], ["wlcgcloud", name])
-    lines += [".SH EXIT STATUS"]
+    return typer.main.get_command(app)
+
+
+def _tail() -> list[str]:
+    """EXIT STATUS, ENVIRONMENT and FILES: the same on every page."""
+    lines = [".SH EXIT STATUS"]
     for code, meaning in EXIT_CODES:
         lines += [".TP", f"\\fB{code}\\fR", meaning]
     lines += [".SH ENVIRONMENT"]
@@ -115,6 +114,73 @@ def man_page() -> str:
         "\\fI~/.local/state/wlcgcloud/\\fR",
         "subscribed image lists, downloads, and ledger.sqlite: launches and instance lifetimes (XDG state directory)",
     ]
+    return lines
+
+
+def command_pages() -> dict[str, str]:
+    """One page per command of the contract (`wlcgcloud-launch.1`, ...), named in SEE ALSO of the main page."""
+    from wlcgcloud import __version__
+
+    root = _root()
+    pages = {}
+    for name in _ordered(root.commands):
+        command = root.commands[name]
+        summary = _help(command).split("\n")[0].rstrip(".")
+        title = f"WLCGCLOUD-{name.upper()}"
+        lines = [
+            f'.TH {title} 1 "" "wlcgcloud {__version__}" "User Commands"',
+            ".SH NAME",
+            f"wlcgcloud-{name} \\- {_roff(summary)}",
+            ".SH SYNOPSIS",
+            f"\\fBwlcgcloud {name}\\fR " + _synopsis(command),
+            ".SH DESCRIPTION",
+            _text(command),
+            ".SH COMMANDS" if getattr(command, "commands", None) else ".SH OPTIONS",
+            *(_commands(command, ["wlcgcloud", name]) if getattr(command, "commands", None) else _options(command)),
+            ".SH GLOBAL OPTIONS",
+            "Accepted before or after the command; see \\fBwlcgcloud\\fR(1).",
+            *_options(root),
+            *_tail(),
+            ".SH SEE ALSO",
+            "\\fBwlcgcloud\\fR(1)",
+        ]
+        pages[f"wlcgcloud-{name}.1"] = "\n".join(lines) + "\n"
+    return pages
+
+
+def _synopsis(command: Any) -> str:
+    if getattr(command, "commands", None):
+        return "\\fICOMMAND\\fR [\\fIOPTIONS\\fR]"
+    return f"[\\fIOPTIONS\\fR] {_roff(_arguments(command))}".rstrip()
+
+
+def _ordered(commands: dict[str, Any]) -> list[str]:
+    names = [n for n in commands if not commands[n].hidden]
+    return sorted(names, key=lambda n: CONTRACT_ORDER.index(n) if n in CONTRACT_ORDER else 99)
+
+
+def man_page() -> str:
+    """The main man page, in roff."""
+    from wlcgcloud import __version__
+
+    root = _root()
+    lines = [
+        f'.TH WLCGCLOUD 1 "" "wlcgcloud {__version__}" "User Commands"',
+        ".SH NAME",
+        "wlcgcloud \\- launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and OpenNebula",
+        ".SH SYNOPSIS",
+        "\\fBwlcgcloud\\fR [\\fIGLOBAL OPTIONS\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+        ".SH DESCRIPTION",
+        _roff(_help(root).split("\n\nExamples:")[0]),
+        ".SH GLOBAL OPTIONS",
+        *_options(root),
+        ".SH COMMANDS",
+    ]
+    commands = root.commands
+    for name in _ordered(commands):
+        lines += _commands(commands[name], ["wlcgcloud", name])
+    lines += _tail()
+    lines += [".SH SEE ALSO", ", ".join(f"\\fBwlcgcloud-{n}\\fR(1)" for n in _ordered(commands))]
     return "\n".join(lines) + "\n"
 
 
@@ -128,8 +194,14 @@ def main() -> int:
     MAN.parent.mkdir(exist_ok=True)
     BASH.parent.mkdir(exist_ok=True)
     MAN.write_text(man_page(), encoding="utf-8")
+    pages = command_pages()
+    for stale in MAN.parent.glob("wlcgcloud-*.1"):
+        if stale.name not in pages:
+            stale.unlink()
+    for name, text in pages.items():
+        (MAN.parent / name).write_text(text, encoding="utf-8")
     BASH.write_text(bash_script(), encoding="utf-8")
-    print(f"wrote {MAN.relative_to(ROOT)} and {BASH.relative_to(ROOT)}", file=sys.stderr)
+    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages and {BASH.relative_to(ROOT)}", file=sys.stderr)
     return 0
 
 
