@@ -106,7 +106,9 @@ def test_a_rerun_resumes_the_fleet_without_duplicates(
     assert ids == {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "resume-me"}
     other = run(*base, "--count", "7")
     assert other.code == 2 and "fleet scale resume-me" in other.err
-    run("instance", "terminate", *ids, "-p", "aws", "--yes")
+    assert run("instance", "terminate", *ids, "-p", "aws", "--yes").code == 0
+    ended = {r["id"]: r["ended_at"] for r in ledger_rows(world, "instances")}
+    assert all(ended[i] for i in ids)  # `instance terminate` records the ends in the ledger too
 
 
 def test_quota_exhausted_midway_is_a_partial_launch_and_rollback_undoes_it(

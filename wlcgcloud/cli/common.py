@@ -155,3 +155,42 @@ def report_failures(g: Globals, failures: Sequence[tuple[str, WlcgError]], asked
         raise first
     for _, error in rest:
         warn(str(error), g)
+
+
+def terminate_confirmed(
+    ctx: typer.Context,
+    g: Globals,
+    victims: Sequence[Any],
+    what: str,
+    dry_run: bool,
+    profiles: Sequence[Profile],
+    columns: Sequence[output.Column],
+) -> None:
+    """The one way instances are terminated from the CLI (`instance terminate`, `fleet terminate|scale|reap`).
+
+    Shows what will die, stops there with --dry-run, asks (or --yes), terminates per profile in
+    parallel (the ledger records the ends), warns per failure; exits 0, 7 or the failures' class.
+    """
+    from wlcgcloud import fleet
+    from wlcgcloud.errors import partial_exit
+
+    for inst in victims:
+        since = inst.to_dict()["launched_at"]
+        info(f"  {inst.id}  {inst.name}  fleet {inst.fleet}  profile {inst.profile}  {inst.state}  since {since}")
+    if dry_run:
+        info(f"dry run: would terminate {len(victims)} instance(s) ({what}).")
+        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims], columns)
+        return
+    if not victims:
+        info(f"Nothing to terminate ({what}).")
+        emit(ctx, [], columns)
+        return
+    confirm(g, f"terminate {len(victims)} instance(s) ({what})")
+    with working(g, f"Terminating {len(victims)} instance(s) ..."):
+        results = fleet.terminate(profiles, fleet.by_profile(victims))
+    failed = [r for r in results if r.error]
+    for r in failed:
+        reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
+        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {reason}", g)
+    emit(ctx, [r.to_dict() for r in results], columns)
+    raise typer.Exit(partial_exit([r.code for r in failed], len(results)))

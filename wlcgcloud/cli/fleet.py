@@ -14,19 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wlcgcloud.cli.common import (
-    Globals,
-    confirm,
     emit,
     globals_of,
     info,
     new_app,
     read_profiles,
     report_failures,
+    terminate_confirmed,
     warn,
     working,
 )
-from wlcgcloud.config import Profile
-from wlcgcloud.errors import UsageError, partial_exit
+from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
@@ -154,36 +152,6 @@ def _shown(inst: Instance, now: datetime) -> dict[str, Any]:
     return row
 
 
-def _confirmed_terminate(
-    ctx: typer.Context, g: Globals, victims: list[Instance], what: str, dry_run: bool, profiles: list[Profile]
-) -> None:
-    """Show what will die, confirm (or --yes), terminate per profile, record the ends; exit 0/7/code."""
-    from wlcgcloud import fleet
-    from wlcgcloud.ledger import opened
-
-    for inst in victims:
-        info(f"  {inst.id}  {inst.fleet}  profile {inst.profile}  {inst.state}  since {inst.to_dict()['launched_at']}")
-    if dry_run:
-        info(f"dry run: would terminate {len(victims)} instance(s) ({what}).")
-        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims], CHANGE_COLUMNS)
-        return
-    if not victims:
-        info(f"Nothing to terminate ({what}).")
-        emit(ctx, [], CHANGE_COLUMNS)
-        return
-    confirm(g, f"terminate {len(victims)} instance(s) ({what})")
-    with working(g, f"Terminating {len(victims)} instance(s) ..."):
-        results = fleet.terminate(profiles, fleet.by_profile(victims))
-    with opened() as ledger:
-        for profile, done in fleet.by_profile(r.instance for r in results if r.error is None).items():
-            ledger.mark_ended(profile, [i.id for i in done])
-    failed = [r for r in results if r.error]
-    for r in failed:
-        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {r.error}", g)
-    emit(ctx, [r.to_dict() for r in results], CHANGE_COLUMNS)
-    raise typer.Exit(partial_exit([r.code for r in failed], len(results)))
-
-
 @app.command("terminate")
 def terminate(
     ctx: typer.Context,
@@ -208,7 +176,7 @@ def terminate(
         instances, gathered = fleet.fleet_instances(profiles, names)
     report_failures(g, gathered.failures, gathered.asked)
     victims = [i for i in instances if i.state != "terminated"]
-    _confirmed_terminate(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles)
+    terminate_confirmed(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
 
 
@@ -265,7 +233,7 @@ def scale(
     info(f"fleet {name} on profile {profile.name}: {len(mine)} instance(s), to become {count}.")
     if count < len(mine):
         victims = fleet.newest_first(mine)[: len(mine) - count]
-        _confirmed_terminate(ctx, g, victims, f"shrink fleet {name} to {count}", dry_run, [profile])
+        terminate_confirmed(ctx, g, victims, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS)
         return
     if count == len(mine):
         info("Nothing to do.")
@@ -345,5 +313,5 @@ def reap(
         gathered = fleet.list_instances(profiles)
     report_failures(g, gathered.failures, gathered.asked)
     victims = fleet.expired_leases(gathered.instances, datetime.now(UTC))
-    _confirmed_terminate(ctx, g, victims, "past their lease", dry_run, profiles)
+    terminate_confirmed(ctx, g, victims, "past their lease", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())

@@ -12,17 +12,15 @@ from typing import Annotated
 import typer
 
 from wlcgcloud.cli.common import (
-    confirm,
     emit,
     globals_of,
     info,
     new_app,
     read_profiles,
     report_failures,
-    warn,
+    terminate_confirmed,
     working,
 )
-from wlcgcloud.errors import partial_exit
 from wlcgcloud.output import Column
 
 # The contract's normalised states (wlcgcloud.providers.base.STATES; a test keeps them equal).
@@ -164,18 +162,4 @@ def terminate(
         targets, gathered = fleet.resolve_instances(profiles, instance_ids)
     report_failures(g, gathered.failures, gathered.asked)
     chosen = [i for batch in targets.values() for i in batch]
-    for inst in chosen:
-        info(f"  {inst.id}  {inst.name}  profile {inst.profile}  {inst.state}")
-    if dry_run:
-        info(f"dry run: would terminate {len(chosen)} instance(s).")
-        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in chosen], TERMINATE_COLUMNS)
-        return
-    confirm(g, f"terminate {len(chosen)} instance(s)")
-    with working(g, f"Terminating {len(chosen)} instance(s) ..."):
-        results = fleet.terminate(profiles, targets)
-    failed = [r for r in results if r.error]
-    for r in failed:
-        reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
-        warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {reason}", g)
-    emit(ctx, [r.to_dict() for r in results], TERMINATE_COLUMNS)
-    raise typer.Exit(partial_exit([r.code for r in failed], len(results)))
+    terminate_confirmed(ctx, g, chosen, "by id", dry_run, profiles, TERMINATE_COLUMNS)
