@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, UsageError, WlcgError
 from wlcgcloud.providers import each
-from wlcgcloud.providers.base import STATES, Instance, Outcome, utc
+from wlcgcloud.providers.base import STATES, Instance, Outcome
+from wlcgcloud.times import stamp, utc
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -232,8 +233,8 @@ def by_profile(instances: Iterable[Instance]) -> dict[str, list[Instance]]:
 
 def expired_leases(instances: Iterable[Instance], now: datetime) -> list[Instance]:
     """Instances still alive past their fleet's wlcg:lease-until."""
-    stamp = utc(now) or ""
-    return [i for i in instances if i.state != "terminated" and (i.tags.get("wlcg:lease-until") or "~") < stamp]
+    now_stamp = stamp(now)
+    return [i for i in instances if i.state != "terminated" and (i.tags.get("wlcg:lease-until") or "~") < now_stamp]
 
 
 def newest_first(instances: Iterable[Instance]) -> list[Instance]:

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import CloudError, PolicyError, UsageError, WlcgError
-from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota, utc
-from wlcgcloud.times import human_duration
+from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota
+from wlcgcloud.times import human_duration, stamp
 
 if TYPE_CHECKING:
     from wlcgcloud.context.credentials import Credential
@@ -263,12 +263,12 @@ def plan_launch(
             "wlcg:experiment": experiment or "none",
             **decision.tags,
             "wlcg:launched-by": _launched_by(),
-            "wlcg:created": utc(now) or "",
+            "wlcg:created": stamp(now),
         }
         if credential is not None:
-            tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {utc(credential.not_after)}"
+            tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {stamp(credential.not_after)}"
         if options.lease is not None:
-            tags["wlcg:lease-until"] = utc(now + options.lease) or ""
+            tags["wlcg:lease-until"] = stamp(now + options.lease)
         request = LaunchRequest(
             name=fleet,
             image=decision.cloud_image,

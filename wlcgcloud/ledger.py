@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from wlcgcloud.errors import ConfigError
+from wlcgcloud.times import stamp, utc
 
 FILE_NAME = "ledger.sqlite"
 
@@ -77,7 +78,7 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return stamp(datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class Ledger:
                 "profile": i.profile, "id": i.id, "fleet": i.fleet, "launch_id": launch_id, "provider": i.provider,
                 "name": i.name, "flavor": i.flavor, "vcpus": i.vcpus, "memory_mb": i.memory_mb, "image": i.image,
                 "experiment": i.tags.get("wlcg:experiment"),
-                "launched_at": i.launched_at.strftime("%Y-%m-%dT%H:%M:%SZ") if i.launched_at else None,
+                "launched_at": utc(i.launched_at),
                 "ended_at": ended, "last_state": i.state, "last_seen": now,
             })  # fmt: skip
         if not rows:
@@ -268,8 +269,28 @@ class Ledger:
         with self._lock:
             return [tuple(r) for r in self.db.execute(query, (profile, until, since))]
 
-    def instances(self, fleet: str | None = None, profile: str | None = None) -> list[dict[str, Any]]:
-        where, args = [], []
+    def first_launch(self, profile: str) -> str | None:
+        """When the ledger first saw an instance of `profile` start (its memory begins there)."""
+        with self._lock:
+            row = self.db.execute("SELECT MIN(launched_at) FROM instances WHERE profile = ?", (profile,)).fetchone()
+        return row[0] if row else None
+
+    def instances(
+        self, fleet: str | None = None, profile: str | None = None, ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Instance rows, all or those of a fleet, a profile, and (with `ids`) only those ids."""
+        if ids is not None:
+            wanted = list(ids)
+            chunks = [wanted[i : i + 500] for i in range(0, len(wanted), 500)]  # SQLite's variable limit
+            return [row for chunk in chunks for row in self._instances(fleet, profile, chunk)]
+        return self._instances(fleet, profile, None)
+
+    def _instances(self, fleet: str | None, profile: str | None, ids: list[str] | None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args += ids
         if fleet:
             where.append("fleet = ?")
             args.append(fleet)

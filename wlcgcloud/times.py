@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from wlcgcloud.errors import UsageError
 
@@ -20,6 +20,21 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
     if not spec or "".join(n + u for n, u in parts) != spec:
         raise UsageError(f"{option}: '{text}' is not a duration.", "Write it as 90m, 12h, 7d or 1d12h.")
     return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+
+
+def stamp(moment: datetime) -> str:
+    """ISO 8601 UTC with `Z`, to the second: how the contract, the ledger and tags write times.
+
+    A naive datetime is taken as UTC.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utc(value: datetime | None) -> str | None:
+    """`stamp`, or None for no time (JSON null)."""
+    return None if value is None else stamp(value)
 
 
 def human_duration(seconds: float) -> str:

@@ -15,7 +15,6 @@ UTC midnights.
 
 from __future__ import annotations
 
-import calendar
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError, UsageError, WlcgError
-from wlcgcloud.providers.base import UsageRecord, utc
+from wlcgcloud.providers.base import UsageRecord
+from wlcgcloud.times import stamp
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -86,11 +86,12 @@ def _next_month(first: datetime) -> datetime:
 
 def window(since: str | None, until: str | None, now: datetime) -> tuple[datetime, datetime, list[str]]:
     """The [since, until) window of `usage` (default: this month so far), and warnings about it."""
-    start = parse_moment(since, "--since", now) if since else now.replace(day=1, hour=0, minute=0, second=0,
-                                                                           microsecond=0)  # fmt: skip
+    start = parse_moment(since or "this-month", "--since", now)
     end = parse_moment(until, "--until", now, end=True) if until else now
     if start >= end:
-        raise UsageError(f"--since {utc(start)} is not before --until {utc(end)}.", "Swap them, or widen the window.")
+        raise UsageError(
+            f"--since {stamp(start)} is not before --until {stamp(end)}.", "Swap them, or widen the window."
+        )
     warnings = []
     if (end - start).days > LONG_WINDOW_DAYS:
         warnings.append(
@@ -161,23 +162,21 @@ def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledge
     from wlcgcloud.providers import each
 
     out = Collected(asked=len(profiles))
-    rows = ledger.instances()
-    known = {(r["profile"], r["id"]): r for r in rows}
     answers = each(profiles, lambda p: p.usage(since, until))
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
             out.failures.append((profile.name, answer.error))
             continue
-        seen: set[str] = set()
-        for record in answer.value or []:
-            seen.add(record.instance_id)
-            out.intervals.append(from_record(record, known, SOURCES[profile.provider]))
+        records = answer.value or []
+        seen = {r.instance_id for r in records}
+        # Only the ledger rows of what the cloud reported: a ledger of millions is not loaded whole.
+        known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
+        out.intervals += [from_record(record, known, SOURCES[profile.provider]) for record in records]
         if profile.provider == "ec2":
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
-            first = min((r["launched_at"] for r in rows if r["profile"] == profile.name and r["launched_at"]),
-                        default=None)  # fmt: skip
-            if first is None or first > (utc(since) or ""):
+            first = ledger.first_launch(profile.name)
+            if first is None or first > stamp(since):
                 began = f"began {first}" if first else "holds nothing for it yet"
                 out.notes.append(f"profile '{profile.name}': EC2 forgets terminated instances within about an hour "
                                  f"and the ledger {began}: use before that is missing.")  # fmt: skip
@@ -207,10 +206,6 @@ def _ledger_intervals(profile: str, ledger: Ledger, seen: set[str], since: datet
         )
         if ident not in seen
     ]
-
-
-def _epoch(stamp: str) -> float:
-    return calendar.timegm(datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").timetuple())
 
 
 # Aggregation

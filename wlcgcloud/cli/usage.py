@@ -55,6 +55,7 @@ def usage(
     from wlcgcloud import __version__
     from wlcgcloud import usage as accounting
     from wlcgcloud.ledger import opened
+    from wlcgcloud.times import stamp
 
     g = globals_of(ctx)
     now = datetime.now(UTC)
@@ -92,7 +93,7 @@ def usage(
     rows, total = accounting.aggregate(collected.intervals, start, end, groups, now)
     if g.verbose:
         _sources(rows, collected.intervals, groups)
-    data: dict[str, Any] = {"since": _z(start), "until": _z(end), "by": groups, "rows": rows, "total": total}
+    data: dict[str, Any] = {"since": stamp(start), "until": stamp(end), "by": groups, "rows": rows, "total": total}
     if g.output == "json" or g.output == "yaml":
         emit(ctx, data)
     else:
@@ -106,10 +107,6 @@ def usage(
         if chart and g.output == "table":
             _chart(accounting.aggregate(collected.intervals, start, end, ["day"], now)[0])
     raise typer.Exit(exit_code)
-
-
-def _z(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:

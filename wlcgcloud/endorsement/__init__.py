@@ -27,6 +27,7 @@ from wlcgcloud.config import GRID_CA_DIR, atomic_write, state_dir
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
+from wlcgcloud.times import stamp
 
 if TYPE_CHECKING:
     from wlcgcloud.providers.base import Provider
@@ -198,21 +199,17 @@ def check(
     if expected and image_list.identifier != expected.lower():
         raise PolicyError(f"the list's identifier is {image_list.identifier}, not the expected {expected}.")
     if image_list.created > now + CLOCK_SKEW:
-        raise PolicyError(f"the list was created in the future ({_z(image_list.created)}).")
+        raise PolicyError(f"the list was created in the future ({stamp(image_list.created)}).")
     if image_list.expires <= now:
-        raise PolicyError(f"the list expired at {_z(image_list.expires)}.", "Ask its endorser for a new one.")
+        raise PolicyError(f"the list expired at {stamp(image_list.expires)}.", "Ask its endorser for a new one.")
     if previous and previous.version:
         new, held = version_key(image_list.version), version_key(previous.version)
-        if new < held or (new == held and previous.created and _z(image_list.created) < previous.created):
+        if new < held or (new == held and previous.created and stamp(image_list.created) < previous.created):
             raise PolicyError(
-                f"the list (version {image_list.version}, created {_z(image_list.created)}) is older than the "
+                f"the list (version {image_list.version}, created {stamp(image_list.created)}) is older than the "
                 f"subscribed one (version {previous.version}, created {previous.created}); a rollback is refused."
             )
     return image_list, verified
-
-
-def _z(moment: datetime) -> str:
-    return f"{moment:%Y-%m-%dT%H:%M:%SZ}"
 
 
 def slug(title: str) -> str:
@@ -233,9 +230,9 @@ def _record(base: Subscription, signed: bytes, image_list: ImageList, verified: 
             "pinned": pinned,
             "title": image_list.title,
             "version": image_list.version,
-            "created": _z(image_list.created),
-            "expires": _z(image_list.expires),
-            "fetched_at": _z(datetime.now(UTC)),
+            "created": stamp(image_list.created),
+            "expires": stamp(image_list.expires),
+            "fetched_at": stamp(datetime.now(UTC)),
             "warnings": list(verified.warnings),
             "images": [{"identifier": i.identifier, "title": i.title} for i in image_list.images],
             "signed": base64.b64encode(signed).decode(),

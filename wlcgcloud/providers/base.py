@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.secretstore import Secret
+from wlcgcloud.times import utc
 
 T = TypeVar("T")
 
@@ -78,15 +79,6 @@ def clean(text: str, secrets: Sequence[str] = ()) -> str:
     text = _LONG_BASE64.sub("(…)", text)
     text = " ".join(text.split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
-
-
-def utc(value: datetime | None) -> str | None:
-    """ISO 8601 UTC with `Z`, as every JSON shape of the contract writes times."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
