@@ -130,7 +130,8 @@ def read_proxy(path: Path, now: datetime) -> Credential:
         chain = [x509.load_pem_x509_certificate(b) for b in certs_pem]
     except ValueError as exc:
         raise PolicyError(f"{path}: a certificate in it does not parse ({exc}).") from None
-    if not _proxy_kind(chain[0]):
+    kind = _proxy_kind(chain[0])
+    if not kind:
         raise PolicyError(
             f"{path} is a plain certificate ({chain[0].subject.rfc4514_string()}), not a proxy.",
             "Make a proxy with 'voms-proxy-init' or 'grid-proxy-init'; never forward a long-lived key.",
@@ -168,7 +169,7 @@ def read_proxy(path: Path, now: datetime) -> Credential:
         issuer=slash_dn(end_entity.issuer),
         vo=vo,
         groups=fqans,
-        limited=_proxy_kind(chain[0]) == "limited",
+        limited=kind == "limited",
     )
 
 
@@ -180,7 +181,7 @@ def _proxy_kind(cert: Any) -> str | None:
     last = cert.subject.rdns[-1] if cert.subject.rdns else None
     last_cn = next((a.value for a in last if a.oid == NameOID.COMMON_NAME), None) if last else None
     if PROXY_CERT_INFO in oids or GT3_PROXY_CERT_INFO in oids:
-        limited = "limited" in str(_policy_language(cert)) or last_cn == "limited proxy"
+        limited = _limited_policy(cert) or last_cn == "limited proxy"
         return "limited" if limited else ("rfc3820" if PROXY_CERT_INFO in oids else "gt3")
     # Legacy GT2: the issuer's DN plus "CN=proxy" or "CN=limited proxy", no extension at all.
     if last_cn in ("proxy", "limited proxy") and cert.subject.rdns[:-1] == cert.issuer.rdns:
@@ -191,11 +192,13 @@ def _proxy_kind(cert: Any) -> str | None:
 LIMITED_POLICY = "1.3.6.1.4.1.3536.1.1.1.9"  # the proxy policy language of a limited proxy
 
 
-def _policy_language(cert: Any) -> str:
-    for ext in cert.extensions:
-        if ext.oid.dotted_string in (PROXY_CERT_INFO, GT3_PROXY_CERT_INFO):
-            return "limited" if _oid(LIMITED_POLICY) in ext.value.public_bytes() else "other"
-    return ""
+def _limited_policy(cert: Any) -> bool:
+    """Whether the proxy's ProxyCertInfo names the limited-proxy policy language."""
+    return any(
+        ext.oid.dotted_string in (PROXY_CERT_INFO, GT3_PROXY_CERT_INFO)
+        and _oid(LIMITED_POLICY) in ext.value.public_bytes()
+        for ext in cert.extensions
+    )
 
 
 # The VOMS attribute certificate (RFC 5755 with VOMS's attribute), read just far enough for
