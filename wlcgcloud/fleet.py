@@ -215,13 +215,13 @@ def list_fleets(profiles: Sequence[Profile]) -> tuple[list[FleetRow], Gathered]:
 
 
 def fleet_instances(profiles: Sequence[Profile], fleets: Sequence[str]) -> tuple[list[Instance], Gathered]:
-    """The instances of these fleets on every profile (terminated ones included)."""
-    out = Gathered(asked=len(profiles))
-    for name in fleets:
-        part = list_instances(profiles, fleet=name)
-        out.instances += part.instances
-        out.failures += [f for f in part.failures if f not in out.failures]
-    return out.instances, out
+    """The instances of these fleets on every profile (terminated ones included): one listing per profile."""
+    if len(fleets) == 1:
+        gathered = list_instances(profiles, fleet=fleets[0])  # the clouds filter by the fleet tag
+    else:
+        gathered = list_instances(profiles)
+        gathered.instances = [i for i in gathered.instances if i.fleet in fleets]
+    return gathered.instances, gathered
 
 
 def by_profile(instances: Iterable[Instance]) -> dict[str, list[Instance]]:
