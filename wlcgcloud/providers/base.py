@@ -231,7 +231,7 @@ class LaunchRequest:
     image: str
     flavor: str
     count: int = 1
-    user_data: bytes | None = None
+    user_data: bytes | None = field(default=None, repr=False)  # may hold a credential: never in a repr
     tags: Mapping[str, str] = field(default_factory=dict)
     key_name: str | None = None
     network: str | None = None  # overrides the profile's
