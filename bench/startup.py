@@ -3,9 +3,12 @@
     .venv/bin/python bench/startup.py [--runs 30]
 
 Measures `wlcgcloud --version`, `wlcgcloud --help`, completion of a subcommand
-(`wlcgcloud pro<TAB>`) and of a profile name, and, when they are installed, `aws --version` and
-`openstack --version` for comparison. Each run is a fresh process; peak RSS comes from wait4().
-Runs in a throwaway config/state directory, so it reads none of your files.
+(`wlcgcloud pro<TAB>`), of a profile name and of fleet names and instance ids from the
+completion cache, with 50 profiles and 1,000 cached fleets (20 per profile, 10,000 instance ids):
+the program alone, and the whole TAB through bash and the committed completions/wlcgcloud.bash.
+When installed, `aws --version` and `openstack --version` for comparison. Each run is a fresh
+process; peak RSS comes from GNU time. Runs in a throwaway config/state directory, so it reads
+none of your files.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-BUDGET_MS = {"--version": 60, "--help": 150, "complete subcommand": 60, "complete profile": 60}
-BUDGET_MB = {"--version": 25, "complete subcommand": 25, "complete profile": 25}
+COMPLETING = ("complete subcommand", "complete profile", "complete fleet", "complete fleet -p", "complete instance id")
+BUDGET_MS = {"--version": 60, "--help": 150, **{c: 60 for c in COMPLETING}}
+BUDGET_MS.update({f"TAB in bash: {c[9:]}": 60 for c in COMPLETING})
+BUDGET_MB = {"--version": 25, **{c: 25 for c in COMPLETING}}
 
 
 def measure(argv: list[str], env: dict[str, str], runs: int) -> tuple[float, float | None]:
@@ -66,38 +71,53 @@ def main() -> None:
         Path(tmp, "config.toml").write_text(
             "".join(f'[profiles.site-{i:02d}]\nprovider = "ec2"\nregion = "eu-west-1"\n\n' for i in range(50))
         )
+        import json
+
+        profiles = {
+            f"site-{i:02d}": {
+                "fleet": [f"atlas-202611{d:02d}-{i:02d}{d:02d}" for d in range(1, 21)],
+                "instance": [f"i-{i:02d}{n:015x}" for n in range(200)],
+            }
+            for i in range(50)
+        }
+        Path(tmp, "completion.json").write_text(json.dumps({"version": 1, "profiles": profiles}))
+        lines = {
+            "complete subcommand": "wlcgcloud\npro",
+            "complete profile": "wlcgcloud\nprofile\nshow\nsite-1",
+            "complete fleet": "wlcgcloud\nfleet\nshow\natlas-2026111",
+            "complete fleet -p": "wlcgcloud\n-p\nsite-07\nfleet\nterminate\n",
+            "complete instance id": "wlcgcloud\ninstance\nshow\ni-4",
+        }
         cases: list[tuple[str, list[str], dict[str, str]]] = [
             ("--version", [exe, "--version"], env),
             ("--help", [exe, "--help"], env),
-            (
-                "complete subcommand",
-                [exe],
-                {**env, "_WLCGCLOUD_COMPLETE": "bash", "COMP_WORDS": "wlcgcloud\npro\n", "COMP_CWORD": "1"},
-            ),
-            (
-                "complete profile",
-                [exe],
-                {
-                    **env,
-                    "_WLCGCLOUD_COMPLETE": "bash",
-                    "COMP_WORDS": "wlcgcloud\nprofile\nshow\nsite-1\n",
-                    "COMP_CWORD": "3",
-                },
-            ),
-            ("python -c pass", [sys.executable, "-c", "pass"], env),
         ]
+        bash = shutil.which("bash")
+        script = Path(__file__).resolve().parent.parent / "completions" / "wlcgcloud.bash"
+        for name, line in lines.items():
+            words = line.split("\n")
+            cword = str(len(words) - 1)
+            cases.append((name, [exe], {**env, "_WLCGCLOUD_COMPLETE": "bash", "COMP_WORDS": line + "\n",
+                                        "COMP_CWORD": cword}))  # fmt: skip
+            if bash:
+                quoted = " ".join(f"'{w}'" for w in words)
+                program = (f"source {script}; COMP_WORDS=({quoted}); COMP_CWORD={cword}; "
+                           f"_wlcgcloud_complete; (( ${{#COMPREPLY[@]}} ))")  # fmt: skip
+                path = f"{os.path.dirname(exe)}:{env['PATH']}"
+                cases.append((f"TAB in bash: {name[9:]}", [bash, "--norc", "-c", program], {**env, "PATH": path}))
+        cases.append(("python -c pass", [sys.executable, "-c", "pass"], env))
         for tool in ("aws", "openstack"):
             path = shutil.which(tool)
             if path:
                 cases.append((f"{tool} --version", [path, "--version"], env))
-        print(f"{'command':<22} {'median ms':>10} {'budget':>7} {'peak MB':>8} {'budget':>7}")
+        print(f"{'command':<30} {'median ms':>10} {'budget':>7} {'peak MB':>8} {'budget':>7}")
         for name, argv, case_env in cases:
             runs = args.runs if not name.startswith(("aws", "openstack")) else max(5, args.runs // 5)
             ms, mb = measure(argv, case_env, runs)
             b_ms = BUDGET_MS.get(name)
             b_mb = BUDGET_MB.get(name)
             rss = f"{mb:.1f}" if mb is not None else "n/a"
-            print(f"{name:<22} {ms:>10.1f} {b_ms or '':>7} {rss:>8} {b_mb or '':>7}")
+            print(f"{name:<30} {ms:>10.1f} {b_ms or '':>7} {rss:>8} {b_mb or '':>7}")
 
 
 if __name__ == "__main__":

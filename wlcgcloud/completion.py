@@ -1,19 +1,27 @@
-"""Shell completion answered without Typer, Rich or any cloud SDK.
+"""Shell completion answered without Typer, Rich or any cloud SDK, and the cache it reads.
 
 The command tree is generated from the CLI itself into `cli/tree.json` (`python -m
 wlcgcloud.completion > wlcgcloud/cli/tree.json`; a test fails when it is stale). Completing reads
-that file and, for dynamic values such as profile names, the config file: never the network.
+that file, the config file (profile names), the subscribed image lists (endorsed identifiers
+and titles) and the completion cache (`completion.json` in the state directory: fleet names,
+instance ids, flavors and networks per profile): never the network.
 
-Protocol: the shell script sets `_WLCGCLOUD_COMPLETE=bash`, `COMP_WORDS` (the words, joined by
-newlines) and `COMP_CWORD` (the index of the word being completed), runs `wlcgcloud`, and reads
-one candidate per line from stdout.
+The cache is written by the commands that learn those names from the clouds (`instance list`,
+`fleet list|show`, `launch`, `doctor`) through `remember()`; a listing that saw all of a
+profile's instances replaces what was cached for it, a narrower one adds to it.
+
+Protocol: the shell script sets `_WLCGCLOUD_COMPLETE=<shell>`, `COMP_WORDS` (the words,
+joined by newlines) and `COMP_CWORD` (the index of the word being completed), runs `wlcgcloud`,
+and reads one candidate per line from stdout. The same protocol serves bash, zsh and fish.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +32,68 @@ ALIASES = {"ls": "list", "rm": "remove"}  # hidden short forms of the contract's
 BASH_SCRIPT = """\
 # bash completion for wlcgcloud; load with: source <(wlcgcloud completion show bash)
 _wlcgcloud_complete() {
-    local IFS=$'\\n'
-    local words
+    local words c
+    local -a found
     printf -v words '%s\\n' "${COMP_WORDS[@]}"
-    COMPREPLY=( $(COMP_WORDS="$words" COMP_CWORD="$COMP_CWORD" _WLCGCLOUD_COMPLETE=bash \\
-                  "${COMP_WORDS[0]}" 2>/dev/null) )
+    mapfile -t found < <(COMP_WORDS="$words" COMP_CWORD="$COMP_CWORD" _WLCGCLOUD_COMPLETE=bash \\
+                         "${COMP_WORDS[0]}" 2>/dev/null)
+    local IFS=$'\\n'
+    if [[ "${found[*]}" != *[\\ $'\\t']* ]]; then
+        COMPREPLY=("${found[@]}")
+    else
+        COMPREPLY=()
+        for c in "${found[@]}"; do
+            [[ $c == *[[:space:]]* ]] && printf -v c '%q' "$c"  # an image title: one word
+            COMPREPLY+=("$c")
+        done
+    fi
 }
 complete -o default -F _wlcgcloud_complete wlcgcloud
 """
+
+ZSH_SCRIPT = """\
+#compdef wlcgcloud
+# zsh completion for wlcgcloud; load with: source <(wlcgcloud completion show zsh)
+# or put it in a directory of $fpath as _wlcgcloud (wlcgcloud completion install zsh)
+_wlcgcloud() {
+    local -a found
+    found=("${(@f)$(COMP_WORDS="${(pj:\\n:)${(@Q)words}}" COMP_CWORD=$((CURRENT - 1)) \\
+                    _WLCGCLOUD_COMPLETE=zsh "${words[1]}" 2>/dev/null)}")
+    found=("${(@)found:#}")
+    if (( ${#found} )); then
+        compadd -- "${found[@]}"
+    else
+        _files
+    fi
+}
+if [[ ${zsh_eval_context[-1]} == loadautofunc ]]; then
+    _wlcgcloud "$@"
+else
+    compdef _wlcgcloud wlcgcloud
+fi
+"""
+
+FISH_SCRIPT = """\
+# fish completion for wlcgcloud; load with: wlcgcloud completion show fish | source
+# or install it: wlcgcloud completion install fish
+function __wlcgcloud_complete
+    set -l words (commandline -opc)
+    set -l current (commandline -ct | string unescape)
+    set -lx COMP_WORDS (string join \\n -- $words $current | string collect)
+    set -lx COMP_CWORD (count $words)
+    set -lx _WLCGCLOUD_COMPLETE fish
+    set -l found ($words[1] 2>/dev/null)
+    if test (count $found) -gt 0
+        printf '%s\\n' $found
+    else
+        __fish_complete_path $current
+    end
+end
+complete -c wlcgcloud -f -a '(__wlcgcloud_complete)'
+"""
+
+SCRIPTS = {"bash": BASH_SCRIPT, "zsh": ZSH_SCRIPT, "fish": FISH_SCRIPT}
+SCRIPT_NAMES = {"bash": "wlcgcloud.bash", "zsh": "_wlcgcloud", "fish": "wlcgcloud.fish"}  # in completions/
 
 
 def load_tree() -> dict[str, Any]:
@@ -89,31 +151,98 @@ def _subscriptions(words: list[str]) -> list[dict[str, Any]]:
 
 
 def _endorsed(words: list[str]) -> list[str]:
-    return sorted({i["identifier"] for s in _subscriptions(words) for i in s.get("images", []) if "identifier" in i})
+    """Endorsed identifiers and titles, so `launch "ATLAS wo<TAB>` works as well as a UUID."""
+    found: set[str] = set()
+    for s in _subscriptions(words):
+        for image in s.get("images", []):
+            found.update(str(image[k]) for k in ("identifier", "title") if image.get(k))
+    return sorted(found)
 
 
 def _lists(words: list[str]) -> list[str]:
     return sorted(str(s["name"]) for s in _subscriptions(words) if "name" in s)
 
 
-def _fleets(words: list[str]) -> list[str]:
-    """Fleet names the ledger knows (read-only, no network; nothing when there is no ledger)."""
-    import sqlite3
+# ----------------------------------------------------------------------------- the cache
 
-    path = _state_dir() / "ledger.sqlite"
-    if not path.exists():
-        return []
+CACHE = "completion.json"
+CACHED_KINDS = ("fleet", "instance", "flavor", "network")
+CACHE_LIMIT = 5000  # values per profile and kind: enough for any fleet, and completion stays fast
+
+
+def cache_path(state: Path | None = None) -> Path:
+    return (state or _state_dir()) / CACHE
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    profiles = data.get("profiles") if isinstance(data, dict) else None
+    return profiles if isinstance(profiles, dict) else {}
+
+
+def remember(profile: str, names: dict[str, Any], complete: bool = False, state: Path | None = None) -> None:
+    """Note the names a command just learnt from `profile`'s cloud, by kind, for completion.
+
+    `complete=True` means the values are everything of their kind the profile has (a full
+    listing): they replace what was cached. Otherwise they are added. A cache that cannot be
+    written is skipped silently: it only ever makes completion poorer, never a command fail.
+    """
+    import contextlib
+    import fcntl
+
+    unknown = set(names) - set(CACHED_KINDS)
+    if unknown:
+        raise ValueError(f"unknown completion cache kinds {sorted(unknown)}")
+    path = cache_path(state)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            rows = db.execute(
-                "SELECT fleet FROM launches UNION SELECT fleet FROM instances WHERE fleet IS NOT NULL"
-            ).fetchall()
+            fcntl.flock(fd, fcntl.LOCK_EX)  # two commands at once: neither loses the other's names
+            profiles = _read_cache(path)
+            entry = profiles.setdefault(profile, {})
+            for kind, values in names.items():
+                old = set() if complete else {v for v in entry.get(kind, []) if isinstance(v, str)}
+                entry[kind] = sorted(old | {str(v) for v in values if v})[:CACHE_LIMIT]
+            tmp = path.with_name(f".{CACHE}.{os.getpid()}.tmp")
+            fd_tmp = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd_tmp, "w", encoding="utf-8") as fh:
+                json.dump({"version": 1, "profiles": profiles}, fh, sort_keys=True)
+            os.replace(tmp, path)
         finally:
-            db.close()
-    except sqlite3.Error:
-        return []
-    return sorted(str(r[0]) for r in rows)
+            os.close(fd)
+
+
+def _line_profiles(words: list[str]) -> list[str]:
+    """Profiles named before the word being completed (`-p a -p b`, `--profile=a`, `profile edit NAME`)."""
+    named = []
+    before = words[:-1]
+    for i, word in enumerate(before):
+        if word in ("-p", "--profile") and i + 1 < len(before):
+            named.append(before[i + 1])
+        elif word.startswith("--profile="):
+            named.append(word.split("=", 1)[1])
+        elif word.startswith("-p") and len(word) > 2 and not word.startswith("--"):
+            named.append(word[2:])
+    if not named and before[1:3] == ["profile", "edit"] and len(before) > 3:
+        named.append(before[3])
+    return named
+
+
+def _cached(kind: str) -> Callable[[list[str]], list[str]]:
+    def values(words: list[str]) -> list[str]:
+        profiles = _read_cache(cache_path())
+        found: set[str] = set()
+        for name in _line_profiles(words) or list(profiles):
+            entry = profiles.get(name)
+            if isinstance(entry, dict) and isinstance(entry.get(kind), list):
+                found.update(v for v in entry[kind] if isinstance(v, str))
+        return sorted(found)
+
+    return values
 
 
 BOOTSTRAPS = Path(__file__).parent / "context" / "bootstraps"
@@ -136,7 +265,7 @@ def _settings(words: list[str]) -> list[str]:
 
 
 DYNAMIC = {"@profile": _profiles, "@endorsed": _endorsed, "@list": _lists, "@bootstrap": _bootstraps,
-           "@setting": _settings, "@fleet": _fleets}  # fmt: skip
+           "@setting": _settings, **{f"@{kind}": _cached(kind) for kind in CACHED_KINDS}}  # fmt: skip
 
 
 def _values(spec: Any, words: list[str]) -> list[str]:
@@ -154,7 +283,7 @@ def complete(words: list[str], cword: int) -> list[str]:
     options: dict[str, Any] = dict(tree["options"])  # global options work at every level
     positional = 0
     i = 1
-    while i < cword:
+    while i < min(cword, len(words)):
         word = words[i]
         if word.startswith("-"):
             if "=" not in word and options.get(word, FLAG) != FLAG:
@@ -167,11 +296,15 @@ def complete(words: list[str], cword: int) -> list[str]:
             positional += 1
         i += 1
     current = words[cword] if cword < len(words) else ""
+    current = re.sub(r"\\(.)", r"\1", current.lstrip("'\""))  # bash passes the word as typed: "ATLAS\ wo
     previous = words[cword - 1] if cword >= 1 else ""
     if previous == "=" and cword >= 2:  # bash splits `--output=` at "=" (COMP_WORDBREAKS)
         previous = words[cword - 2]
+    name, equals, value = current.partition("=")
     if cword > 1 and previous.startswith("-") and options.get(previous, FLAG) != FLAG:
         candidates = _values(options[previous], words)
+    elif current.startswith("--") and equals and options.get(name, FLAG) != FLAG:  # zsh, fish: --output=js
+        return [f"{name}={v}" for v in _values(options[name], words) if v.startswith(value)]
     elif current.startswith("-"):
         candidates = sorted(options)
     elif node.get("commands"):
@@ -191,6 +324,7 @@ def complete_from_environment() -> int:
         cword = int(os.environ.get("COMP_CWORD", "0"))
     except ValueError:
         return 1
+    words += [""] * (cword + 1 - len(words))  # the word being completed may be empty and not passed (fish)
     for candidate in complete(words, cword):
         print(candidate)
     return 0
@@ -228,6 +362,8 @@ def build_tree() -> dict[str, Any]:
             return list(GROUPS)
         if param.name in ("since", "until"):
             return ["today", "this-month", "last-month", "7d", "30d"]
+        if param.name in ("flavor", "network"):
+            return f"@{param.name}"
         if param.name == "settings":
             return "@setting"
         if param.name == "state":
@@ -251,6 +387,10 @@ def build_tree() -> dict[str, Any]:
                     kind = "@endorsed"
                 if path[:1] == ("fleet",) and param.name in ("name", "names"):
                     kind = "@fleet"
+                if path[:1] == ("instance",) and param.name in ("instance_id", "instance_ids"):
+                    kind = "@instance"
+                if path == ("doctor",) and param.name == "names":
+                    kind = "@profile"
                 if path[:1] == ("completion",) and param.name == "shell":
                     kind = ["bash", "zsh", "fish"]
                 node.setdefault("args", []).append(kind)
@@ -258,7 +398,8 @@ def build_tree() -> dict[str, Any]:
             for key in KEYS:
                 if key.name == "provider":
                     continue
-                node["options"][key.option] = FLAG if key.kind == "bool" else (list(key.choices) or VALUE)
+                spec: Any = list(key.choices) or (f"@{key.name}" if key.name in ("flavor", "network") else VALUE)
+                node["options"][key.option] = FLAG if key.kind == "bool" else spec
                 if key.kind == "bool":
                     node["options"]["--no-" + key.option[2:]] = FLAG
             if path == ("profile", "edit"):

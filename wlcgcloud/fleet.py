@@ -55,9 +55,21 @@ def list_instances(
         if answer.error is not None:
             out.failures.append((answer.profile.name, answer.error))
         else:
-            out.instances.extend(i for i in answer.value or [] if state is None or i.state == state)
+            found = answer.value or []
+            remember_names(answer.profile.name, found, complete=fleet is None)
+            out.instances.extend(i for i in found if state is None or i.state == state)
     out.instances.sort(key=lambda i: (i.profile, i.fleet or "", i.name, i.id))
     return out
+
+
+def remember_names(profile: str, instances: Sequence[Instance], complete: bool = False) -> None:
+    """Keep the fleet names and instance ids just seen for shell completion (`complete`: all of them)."""
+    from wlcgcloud.completion import remember
+    from wlcgcloud.config import state_dir
+
+    live = [i for i in instances if i.state != "terminated"]
+    names = {"fleet": {i.fleet for i in live}, "instance": [i.id for i in live]}
+    remember(profile, names, complete=complete, state=state_dir())
 
 
 def find_instance(profiles: Sequence[Profile], instance_id: str) -> tuple[Instance, Gathered]:

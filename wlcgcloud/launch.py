@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import CloudError, PolicyError, UsageError, WlcgError
+from wlcgcloud.fleet import remember_names
 from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota
 from wlcgcloud.times import human_duration, stamp
 
@@ -466,6 +467,7 @@ def launch(
             result.error = exc  # what was found or made before stays in the result and the ledger
         state = "launched" if not result.error else ("partial" if result.instances else "failed")
         ledger.finish(launch_id, state, str(result.error) if result.error else None)
+        remember_names(p.name, result.instances)
         return result
 
     interrupted = False

@@ -1,8 +1,8 @@
-"""The man pages and the shell completion script, generated from the CLI itself (never by hand).
+"""The man pages and the shell completion scripts, generated from the CLI itself (never by hand).
 
-    python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/wlcgcloud.bash
+    python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/*
 
-A test fails when either file is stale, as for `cli/tree.json`. Not imported at run time.
+A test fails when any of them is stale, as for `cli/tree.json`. Not imported at run time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man" / "wlcgcloud.1"
-BASH = ROOT / "completions" / "wlcgcloud.bash"
+COMPLETIONS = ROOT / "completions"
 
 CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "doctor", "completion"]
 EXIT_CODES = (
@@ -112,7 +112,8 @@ def _tail() -> list[str]:
         "profiles (XDG config directory)",
         ".TP",
         "\\fI~/.local/state/wlcgcloud/\\fR",
-        "subscribed image lists, downloads, and ledger.sqlite: launches and instance lifetimes (XDG state directory)",
+        "subscribed image lists, downloads, ledger.sqlite (launches and instance lifetimes) and completion.json "
+        "(fleet names, instance ids, flavors and networks per profile, for completion) (XDG state directory)",
     ]
     return lines
 
@@ -184,15 +185,16 @@ def man_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-def bash_script() -> str:
-    from wlcgcloud.completion import BASH_SCRIPT
+def completion_scripts() -> dict[str, str]:
+    """completions/wlcgcloud.bash, _wlcgcloud (zsh) and wlcgcloud.fish, by file name."""
+    from wlcgcloud.completion import SCRIPT_NAMES, SCRIPTS
 
-    return BASH_SCRIPT
+    return {SCRIPT_NAMES[shell]: text for shell, text in SCRIPTS.items()}
 
 
 def main() -> int:
     MAN.parent.mkdir(exist_ok=True)
-    BASH.parent.mkdir(exist_ok=True)
+    COMPLETIONS.mkdir(exist_ok=True)
     MAN.write_text(man_page(), encoding="utf-8")
     pages = command_pages()
     for stale in MAN.parent.glob("wlcgcloud-*.1"):
@@ -200,8 +202,11 @@ def main() -> int:
             stale.unlink()
     for name, text in pages.items():
         (MAN.parent / name).write_text(text, encoding="utf-8")
-    BASH.write_text(bash_script(), encoding="utf-8")
-    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages and {BASH.relative_to(ROOT)}", file=sys.stderr)
+    scripts = completion_scripts()
+    for name, text in scripts.items():
+        (COMPLETIONS / name).write_text(text, encoding="utf-8")
+    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages and {len(scripts)} completion scripts",
+          file=sys.stderr)  # fmt: skip
     return 0
 
 
