@@ -135,6 +135,16 @@ def moto_ec2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def moto_own(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A moto server of one test module: quota checks must not depend on what other modules left running."""
+    from peers import ec2
+
+    server = ec2.start(tmp_path_factory.mktemp("moto-own") / "moto.log")
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def moto_unchecked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A second moto server that does not check signatures (see peers.ec2.start: EBS CompleteSnapshot)."""

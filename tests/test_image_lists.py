@@ -182,8 +182,9 @@ def test_endorsed_identifiers_and_list_names_complete(run: Run, grid: Grid) -> N
     from wlcgcloud.completion import complete
 
     assert subscribe(run, grid, grid.signed(), "--name", "atlas").code == 0
-    identifiers = [i["identifier"] for i in run("image", "list", "-o", "json").json()]  # type: ignore[union-attr]
-    assert complete(["wlcgcloud", "image", "show", ""], 3) == sorted(identifiers)
+    listed: Any = run("image", "list", "-o", "json").json()
+    identifiers = [i["identifier"] for i in listed]
+    assert complete(["wlcgcloud", "image", "show", ""], 3) == sorted(identifiers + [i["title"] for i in listed])
     assert complete(["wlcgcloud", "image", "verify", identifiers[0][:6]], 3) == [identifiers[0]]
     assert complete(["wlcgcloud", "image", "unsubscribe", "at"], 3) == ["atlas"]
 

@@ -80,18 +80,18 @@ def test_opennebula_catalogue(world: World, one_peer: OneNebulaPeer, monkeypatch
 
 
 def test_profile_test_checks_every_profile_and_exits_with_the_most_severe_class(
-    run: Any, world: World, moto_ec2: Any, one_peer: OneNebulaPeer, monkeypatch: pytest.MonkeyPatch
+    run: Any, world: World, moto_own: Any, one_peer: OneNebulaPeer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_profiles(
         world,
         {
-            "aws": ec2_profile(moto_ec2),
+            "aws": ec2_profile(moto_own),
             "one": one_profile(one_peer),
-            "gone": ec2_profile(moto_ec2, endpoint_url="http://127.0.0.1:9"),
+            "gone": ec2_profile(moto_own, endpoint_url="http://127.0.0.1:9"),
             "nosecret": one_profile(one_peer),
         },
     )
-    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_own.secret_key)
     monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "wrong")
     monkeypatch.setenv("WLCGCLOUD_SECRET_GONE", "x")
     result = run("profile", "test", "-o", "json")

@@ -81,12 +81,3 @@ class Interrupted(WlcgError):
 
     exit_code = 130
 
-
-class NotYetAvailable(UsageError):
-    """A command of the contract that this version does not implement yet."""
-
-    def __init__(self, command: str) -> None:
-        super().__init__(
-            f"'wlcgcloud {command}' is not yet available in this version.",
-            "See 'wlcgcloud --help' for the commands that are.",
-        )

@@ -20,7 +20,7 @@ CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "d
 EXIT_CODES = (
     ("0", "success"),
     ("1", "unexpected internal error (a bug; a traceback only with --debug)"),
-    ("2", "usage error, a confirmation needed without a terminal, a command not yet available"),
+    ("2", "usage error: a bad option or argument, a confirmation needed without a terminal"),
     ("3", "configuration error: unknown or invalid profile, unreadable config, missing secret"),
     ("4", "authentication or authorisation refused by the cloud"),
     ("5", "refused by policy: not endorsed, endorsement expired or unverifiable, user-data too large"),
@@ -52,13 +52,22 @@ def _help(command: Any) -> str:
 
 
 def _text(command: Any) -> str:
-    """A command's help in roff, its Examples kept as typed (no filling)."""
-    body, sep, examples = _help(command).partition("Examples:")
-    text = _roff(body.strip()) or "."
-    if sep:
-        lines = [line.strip() for line in examples.strip().splitlines() if line.strip()]
-        text += "\n.PP\nExamples:\n.nf\n.RS 4\n" + "\n".join(_roff(line) for line in lines) + "\n.RE\n.fi"
-    return text
+    """A command's help and epilog in roff: prose filled, Click's \\b blocks (examples, lists) kept as typed."""
+    raw = (command.help or "") + (f"\n\n{command.epilog}" if getattr(command, "epilog", None) else "")
+    parts = []
+    for paragraph in re.split(r"\n\s*\n", raw.strip()):
+        verbatim = paragraph.startswith("\b\n") or paragraph.lstrip().startswith("Examples:")
+        lines = [line.rstrip() for line in paragraph.removeprefix("\b\n").splitlines() if line.strip()]
+        if not lines:
+            continue
+        if not verbatim:
+            parts.append(_roff("\n".join(line.strip() for line in lines)))
+            continue
+        head, body = (lines[0].strip(), lines[1:]) if lines[0].rstrip().endswith(":") else ("", lines)
+        indent = min((len(line) - len(line.lstrip()) for line in body), default=0)
+        block = "\n".join(_roff(line[indent:]) for line in body)
+        parts.append((f"{_roff(head)}\n" if head else "") + f".nf\n.RS 4\n{block}\n.RE\n.fi")
+    return "\n.PP\n".join(parts) or "."
 
 
 def _arguments(command: Any) -> str:

@@ -23,6 +23,7 @@ simple, correct and hides peers without keep-alive. Not restartable after stop()
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import socket
 import socketserver
@@ -39,9 +40,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
-Kind = Literal["status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay"]
+Kind = Literal["status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay", "clock"]
 Matcher = str | Callable[[str, str, bytes], bool] | None
-KINDS = frozenset(("status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay"))
+KINDS = frozenset(("status", "ec2_throttle", "xmlrpc_fault", "reset", "lose_answer", "stall", "delay", "clock"))
 
 # Hop-by-hop headers (RFC 9110 7.6.1) plus the ones the proxy sets itself: never copied across.
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te"}
@@ -59,7 +60,8 @@ _EC2_THROTTLE = (
 
 @dataclass(frozen=True)
 class Fault:
-    """One misbehaviour. ``seconds``: the wait for ``delay``; for ``stall``, None = until stop()."""
+    """One misbehaviour. ``seconds``: the wait for ``delay``; for ``stall``, None = until stop(); for
+    ``clock``, how far the answer's ``Date`` header is off (the request is forwarded untouched)."""
 
     kind: Kind
     match: Matcher = None
@@ -72,8 +74,8 @@ class Fault:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; one of {sorted(KINDS)}")
-        if self.kind == "delay" and self.seconds is None:
-            raise ValueError("a delay fault needs seconds")
+        if self.kind in ("delay", "clock") and self.seconds is None:
+            raise ValueError(f"a {self.kind} fault needs seconds")
         if self.kind == "xmlrpc_fault" and not self.value:
             raise ValueError("an xmlrpc_fault needs value, e.g. [False, 'message', 0x2000, -1, -1]")
 
@@ -265,6 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "delay":
             if not proxy._stopping.wait(fault.seconds):
                 self._forward(body, entry)
+        elif fault.kind == "clock":
+            self._forward(body, entry, date_offset=fault.seconds)
         elif fault.kind == "lose_answer":
             # The request reaches the peer and is acted on; its answer never reaches the client.
             self._forward(body, entry, answer=False)
@@ -295,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         return b"".join(chunks)
 
-    def _forward(self, body: bytes, entry: _Entry, answer: bool = True) -> None:
+    def _forward(self, body: bytes, entry: _Entry, answer: bool = True, date_offset: float | None = None) -> None:
         proxy = self.server.proxy
         dropped = _NOT_COPIED | {h.strip().lower() for h in self.headers.get("Connection", "").split(",")}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in dropped}
@@ -320,8 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
         # send_response_only: the upstream's own Date and Server headers are passed on, not doubled.
         self.send_response_only(resp.status, resp.reason)
         for k, v in resp.getheaders():
+            if date_offset is not None and k.lower() == "date":
+                continue
             if k.lower() not in _NOT_COPIED or (k.lower() == "content-length" and self.command == "HEAD"):
                 self.send_header(k, v)
+        if date_offset is not None:  # a server whose clock is off
+            self.send_header("Date", email.utils.formatdate(time.time() + date_offset, usegmt=True))
         if self.command != "HEAD" and resp.status >= 200 and resp.status not in (204, 304):
             self.send_header("Content-Length", str(len(payload)))
         self.send_header("Connection", "close")

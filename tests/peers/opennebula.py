@@ -451,6 +451,7 @@ class OpenNebulaPeer:
             "one.vmpool.infoextended": self._vmpool_info,
             "one.vmpool.accounting": self._vmpool_accounting,
             "one.imagepool.info": self._imagepool_info,
+            "one.vnpool.info": self._vnpool_info,
             "one.image.allocate": self._image_allocate,
             "one.image.info": self._image_info,
             "one.image.delete": self._image_delete,
@@ -929,6 +930,22 @@ class OpenNebulaPeer:
     def _imagepool_info(self, method: str, user: _User, p: list[Any]) -> str:
         rows = self._page(method, user, list(self._images.values()), p)
         return "<IMAGE_POOL>" + "".join(self._image_xml(i) for i in rows) + "</IMAGE_POOL>"
+
+    def _vnpool_info(self, method: str, user: _User, p: list[Any]) -> str:
+        """one.vnpool.info(session, filter, start, end): VNET_POOL, elements in vnet_pool.xsd's order."""
+        rows = self._page(method, user, list(self._networks.values()), p)
+        return "<VNET_POOL>" + "".join(self._vnet_xml(n) for n in rows) + "</VNET_POOL>"
+
+    def _vnet_xml(self, net: _Obj) -> str:
+        used = len({i for vm in self._vms.values() if vm.state != DONE for n, i in vm.leases if n == net.id})
+        return (
+            f"<VNET>{self._head_xml(net)}<CLUSTERS><ID>0</ID></CLUSTERS>"
+            f"{_tags(('BRIDGE', f'onebr{net.id}'), ('BRIDGE_TYPE', 'linux'), ('STATE', 1), ('PREV_STATE', 0))}"
+            f"{_tags(('PARENT_NETWORK_ID', ''), ('VN_MAD', 'bridge'), ('PHYDEV', ''), ('VLAN_ID', ''))}"
+            f"{_tags(('OUTER_VLAN_ID', ''), ('VLAN_ID_AUTOMATIC', 0), ('OUTER_VLAN_ID_AUTOMATIC', 0))}"
+            f"{_tags(('USED_LEASES', used))}<VROUTERS/><UPDATED_VMS/><OUTDATED_VMS/><UPDATING_VMS/><ERROR_VMS/>"
+            f"<TEMPLATE>{_attrs_xml(net.attrs)}</TEMPLATE><AR_POOL/></VNET>"
+        )
 
     def _image_allocate(self, method: str, user: _User, p: list[Any]) -> int:
         """ImageAllocate: the image is LOCKED while the datastore copies PATH, then READY or ERROR.

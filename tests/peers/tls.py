@@ -11,6 +11,7 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,7 +30,8 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])  # fmt: skip
 
 
-def make_ca(directory: Path) -> ThrowawayCA:
+def make_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1",), expired: bool = False) -> ThrowawayCA:
+    """A CA and a server certificate it signed for `names` (IP addresses or DNS names); `expired`: ended yesterday."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
@@ -44,23 +46,44 @@ def make_ca(directory: Path) -> ThrowawayCA:
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
     directory.mkdir(parents=True, exist_ok=True)
     ca_file = directory / "ca.pem"
     ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    chain = directory / "server.pem"
+    starts = now - datetime.timedelta(days=2)
+    ends = now - datetime.timedelta(days=1) if expired else now + datetime.timedelta(days=1)
+    return ThrowawayCA(ca_file, _server(directory, names, ca_cert.subject, ca_key, starts, ends))
+
+
+def self_signed(directory: Path, names: tuple[str, ...] = ("127.0.0.1",)) -> ssl.SSLContext:
+    """A server context presenting a certificate that signed itself (no CA), for `names`."""
+    now = datetime.datetime.now(datetime.UTC)
+    return _server(directory, names, None, None, now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30))
+
+
+def _server(
+    directory: Path, names: tuple[str, ...], issuer: x509.Name | None, ca_key: Any, start: Any, end: Any
+) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(issuer or _name(names[0]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key or key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    chain = directory / f"server-{x509.random_serial_number():x}.pem"
     chain.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         + cert.public_bytes(serialization.Encoding.PEM)
@@ -68,4 +91,4 @@ def make_ca(directory: Path) -> ThrowawayCA:
     chain.chmod(0o600)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(chain)
-    return ThrowawayCA(ca_file, server)
+    return server

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from wlcgcloud import __version__
-from wlcgcloud.cli import completion, fleet, image, instance, later, launch, profile, usage
+from wlcgcloud.cli import completion, fleet, image, instance, launch, profile, usage
 from wlcgcloud.cli.common import Globals, new_app
 from wlcgcloud.errors import UsageError
 
@@ -79,18 +79,14 @@ def root(
     ctx.obj = g
 
 
+# In the contract's order (the man pages and the completion tree follow it).
 app.add_typer(profile.app, name="profile")
-later.register(
-    app,
-    {
-        "image": image.app,
-        "launch": launch.launch,
-        "fleet": fleet.app,
-        "instance": instance.app,
-        "usage": usage.usage,
-        "doctor": profile.doctor,
-    },
-)
+app.add_typer(image.app, name="image")
+app.command("launch")(launch.launch)
+app.add_typer(fleet.app, name="fleet")
+app.add_typer(instance.app, name="instance")
+app.command("usage")(usage.usage)
+app.command("doctor", epilog=profile.DOCTOR_EPILOG)(profile.doctor)
 app.add_typer(completion.app, name="completion")
 
 

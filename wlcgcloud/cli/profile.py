@@ -13,7 +13,7 @@ import typer
 
 from wlcgcloud import config as cfg
 from wlcgcloud import secretstore
-from wlcgcloud.cli.common import confirm, emit, globals_of, info, interactive, new_app, read_secret, warn
+from wlcgcloud.cli.common import confirm, emit, globals_of, info, interactive, new_app, read_secret, warn, working
 from wlcgcloud.errors import ConfigError, UsageError
 from wlcgcloud.output import Column
 
@@ -454,23 +454,48 @@ def import_(
 
 TEST_COLUMNS = [
     Column("profile", "PROFILE"),
-    Column("provider", "PROVIDER"),
-    Column("ok", "OK"),
-    Column("reason", "REASON"),
+    Column("check", "CHECK"),
+    Column("status", "RESULT"),
+    Column("ms", "MS"),
+    Column("detail", "DETAIL"),
+    Column("hint", "NEXT STEP"),
 ]
 
+DOCTOR_EPILOG = """\b
+Checks, in order (a step an earlier failure makes pointless is skipped):
+  secret    found in the environment, the keyring or secret_file
+  dns       the endpoint's host resolves (within the profile's timeout)
+  tcp       a connection opens
+  tls       the chain verifies against ca_bundle (else the default bundle), the host name
+            matches, days to expiry (warns under 14)
+  clock     the server's Date header is within 30 s (warn) / 5 min (fail) of this clock
+  login     the cloud accepts the credentials
+  api       API version / Nova microversion range, against what wlcgcloud uses
+  flavor    the profile's flavor exists (and refreshes flavor completion)
+  quota     room for one more instance of that flavor: instances, cores, RAM
+  image     the profile's default image is endorsed and has a cloud copy
+  key pair  key_name exists (EC2, OpenStack)
+  network   network (OpenStack, OpenNebula) or subnet (EC2) exists (refreshes completion)
 
-@app.command("test")
-def test(ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()] = None) -> None:
-    """Check that each profile's secret is found, its cloud answers and accepts the login.
+Exit status: 0 when nothing failed, else the most severe class found: 3 configuration,
+4 credentials, 6 unreachable (DNS, TCP, TLS, clock), 5 policy (quota, image).
 
-    Every profile (or the NAMEs, or -p) is checked in parallel. Exits 0 when all pass, else
-    with the most severe class found: 3 configuration, 4 credentials refused, 6 unreachable.
+\b
+Examples:
+  wlcgcloud doctor
+  wlcgcloud doctor cern-atlas -o json
+  wlcgcloud doctor -o json --query '[].checks[?status==`fail`][]'
+"""
 
-    \b
-    Examples:
-      wlcgcloud profile test
-      wlcgcloud profile test cern-atlas -o json
+
+@app.command("test", epilog=DOCTOR_EPILOG)
+def test(
+    ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument(help="Profiles (default: all).")] = None
+) -> None:
+    """Check each profile end to end: the same checklist as `wlcgcloud doctor`.
+
+    Every profile (or the NAMEs, or -p) in parallel, each step timed, with the next step for
+    each failure.
     """
     _check(ctx, names)
 
@@ -478,16 +503,10 @@ def test(ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument()
 def doctor(
     ctx: typer.Context, names: Annotated[list[str] | None, typer.Argument(help="Profiles (default: all).")] = None
 ) -> None:
-    """Check each profile end to end and say why a site does not work (the same check as `profile test`).
+    """Say why a site does or does not work: a checklist per profile, with the next step for each failure.
 
-    Every profile (or the PROFILEs, or -p) in parallel: the secret is found, the cloud answers,
-    the login is accepted, with the next step for each failure. Exits 0 when all pass, else with
-    the most severe class found, in the order 3, 4, 6, 5.
-
-    \b
-    Examples:
-      wlcgcloud doctor
-      wlcgcloud doctor cern-atlas -o json
+    Every profile (or the PROFILEs, or -p) in parallel, each step timed. `-o json` gives
+    [{"profile","provider","ok","exit_code","reason","checks":[{"check","status","seconds","detail","hint"}]}].
     """
     _check(ctx, names)
 
@@ -497,6 +516,12 @@ def _check(ctx: typer.Context, names: list[str] | None) -> None:
 
     g = globals_of(ctx)
     profiles = g.config().select(list(names or []) or g.profiles, all_when_empty=True)
-    results = checks.check_profiles(profiles)
-    emit(ctx, [r.to_dict() for r in results], TEST_COLUMNS)
+    with working(g, f"Checking {len(profiles)} profile(s) ..."):
+        results = checks.diagnose_all(profiles)
+    if g.output == "table":
+        rows = [{"profile": r.profile.name, **s.to_dict(), "ms": round(s.seconds * 1000)} for r in results
+                for s in r.steps]  # fmt: skip
+        emit(ctx, rows, TEST_COLUMNS)
+    else:
+        emit(ctx, [r.to_dict() for r in results])
     raise typer.Exit(checks.exit_code(results))

@@ -330,6 +330,22 @@ class Provider(ABC):
         """Limits and current use."""
 
     @abstractmethod
+    def api_version(self) -> tuple[str, str | None]:
+        """The API version spoken, in words, and a warning when it is older than what we use."""
+
+    def service_url(self) -> str | None:
+        """The API endpoint behind the profile's URL, where there is one (OpenStack: Nova, from the catalog)."""
+        return None
+
+    @abstractmethod
+    def key_pairs(self) -> list[str] | None:
+        """Names of the SSH key pairs; None where the cloud has no key pairs (OpenNebula)."""
+
+    @abstractmethod
+    def networks(self) -> list[tuple[str, str]]:
+        """(id, name) of what a launch attaches to: networks, EC2 subnets (name: the Name tag)."""
+
+    @abstractmethod
     def create(self, request: LaunchRequest) -> list[Instance]:
         """Create `request.count` instances in one request where the cloud allows it."""
 

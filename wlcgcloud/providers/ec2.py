@@ -242,6 +242,28 @@ class EC2Provider(Provider):
         memory = sum(i.memory_mb or 0 for i in live)
         return Quota(instances=limit, instances_used=len(live), cores_used=cores, memory_mb_used=memory)
 
+    def api_version(self) -> tuple[str, str | None]:
+        import botocore
+
+        # The EC2 query API is versioned by botocore's service model; the server does not say.
+        return f"EC2 API {self.client.meta.service_model.api_version} (botocore {botocore.__version__})", None
+
+    def key_pairs(self) -> list[str] | None:
+        reply = self.call("list key pairs", self.client.describe_key_pairs)
+        return [k["KeyName"] for k in reply.get("KeyPairs", [])]
+
+    def networks(self) -> list[tuple[str, str]]:
+        found = []
+        kwargs: dict[str, Any] = {"MaxResults": 1000}
+        while True:
+            reply = self.call("list subnets", self.client.describe_subnets, **kwargs)
+            for subnet in reply.get("Subnets", []):
+                name = next((t["Value"] for t in subnet.get("Tags") or () if t["Key"] == "Name"), "")
+                found.append((subnet["SubnetId"], name))
+            if not reply.get("NextToken"):
+                return found
+            kwargs["NextToken"] = reply["NextToken"]
+
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         filters = []
         if fleet:

@@ -364,6 +364,19 @@ class OpenNebulaProvider(Provider):
             memory_mb_used=used("MEMORY"),
         )
 
+    def api_version(self) -> tuple[str, str | None]:
+        version = str(self.rpc("read the version", self.one.system.version))
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 0
+        warning = "older than 6.0, which brought one.vmpool.infoextended (listings)" if major < 6 else None
+        return f"OpenNebula {version}", warning
+
+    def key_pairs(self) -> list[str] | None:
+        return None  # SSH keys live in the user's template (SSH_PUBLIC_KEY), not in key pairs
+
+    def networks(self) -> list[tuple[str, str]]:
+        pool = self.rpc("list virtual networks", self.one.vnpool.info, ALL_VISIBLE, -1, -1)
+        return [(str(n.ID), str(n.NAME)) for n in pool.VNET or []]
+
     def _pool(self, search: str | None) -> list[Any]:
         vms: list[Any] = []
         start = 0

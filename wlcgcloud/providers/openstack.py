@@ -69,10 +69,17 @@ STATES = {
     "ERROR": "error",
     "UNKNOWN": "unknown",
 }
+
+
 # Glance pages 25 images by default: ask for 500, so a chunk of fetch_all is one request. Nova
 # pages by its own max_limit (1000) with next links; giving openstacksdk a `limit` there makes
 # it probe one page further by marker, which it aborts as an "endless pagination loop" when
 # servers change meanwhile (seen on the peer while 20 servers were being built).
+def _dotted(version: Any) -> str:
+    return ".".join(str(int(v)) for v in version)
+
+
+NEEDED = (2, 47)  # the highest Nova microversion a feature of ours relies on (flavor embedded in servers)
 PAGE = 500
 STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
 USER_DATA_LIMIT = 65535 // 4 * 3  # Nova keeps at most 65535 characters of base64: 49149 bytes
@@ -268,6 +275,27 @@ class OpenStackProvider(Provider):
     def flavors(self) -> list[Flavor]:
         raws = self.fetch_all("list flavors", lambda: self.conn.compute.flavors(details=True))
         return [Flavor(name=f.name, id=f.id, vcpus=f.vcpus, memory_mb=f.ram, disk_gb=f.disk) for f in raws]
+
+    def api_version(self) -> tuple[str, str | None]:
+        data = self.call("read Nova's API versions", lambda: self.conn.compute.get_endpoint_data())
+        low, top = (data.min_microversion, data.max_microversion) if data is not None else (None, None)
+        if not top:
+            return "Nova API v2.1 without microversions", f"microversion {NEEDED[0]}.{NEEDED[1]} needed"
+        shown = f"Nova API v2.1, microversions {_dotted(low or (2, 1))} to {_dotted(top)}"
+        if tuple(top) < NEEDED:
+            return shown, f"below {_dotted(NEEDED)} (flavors embedded in servers): instances list without vCPUs/memory"
+        return shown, None
+
+    def service_url(self) -> str | None:
+        url = self.call("find Nova in the catalog", lambda: self.conn.compute.get_endpoint())
+        return str(url) if url else None
+
+    def key_pairs(self) -> list[str] | None:
+        return [k.name for k in self.fetch_all("list key pairs", lambda: self.conn.compute.keypairs())]
+
+    def networks(self) -> list[tuple[str, str]]:
+        raws = self.fetch_all("list networks", lambda: self.conn.network.networks())
+        return [(n.id, n.name or "") for n in raws]
 
     def quota(self) -> Quota:
         limits = self.call("read limits", lambda: self.conn.compute.get_limits()).absolute
