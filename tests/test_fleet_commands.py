@@ -135,3 +135,41 @@ def test_reconcile_records_strangers_and_ends_the_forgotten(run: Run, world: Wor
     assert set(strangers) <= set(known) and known[ours[0]] is not None and known[ours[1]] is None
     quiet = run("fleet", "reconcile", "-p", "one")
     assert quiet.code == 0 and "agrees" in quiet.err
+
+
+def test_fleet_list_on_ec2_reads_tags_and_states_not_whole_instances(
+    run: Run, world: World, moto_own: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our fleets come from DescribeTags + DescribeInstanceStatus; only a fleet without wlcg:flavor
+    (another tool's) is described in full, and the rows are the same as from full descriptions."""
+    from peers.faultproxy import FaultProxy
+
+    from conftest import ec2_profile
+
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_own.secret_key)
+    client: Any = moto_own.client()
+    with FaultProxy(moto_own.url, preserve_host=True) as proxy:
+        write_profiles(world, {"aws": ec2_profile(moto_own, endpoint_url=proxy.url, experiment="atlas")})
+        result = run("launch", "ami-03cf127a", "-p", "aws", "--allow-unendorsed", "--credential", "none", "-n", "3",
+                     "--flavor", "t3.micro", "--fleet", "ours", "-o", "json")  # fmt: skip
+        assert result.code == 0, result.err
+        ids = [i["id"] for i in result.json()["instances"]]  # type: ignore[index,call-overload]
+        assert run("instance", "terminate", ids[0], "--yes").code == 0
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "wlcg:fleet", "Value": "theirs"}]}]
+        foreign = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.small", MinCount=1, MaxCount=1,
+                                       TagSpecifications=tags)["Instances"][0]["InstanceId"]  # fmt: skip
+        before = proxy.forwarded("Action=DescribeInstances&")
+        light = run("fleet", "list", "-o", "json")
+        described = proxy.bodies("Action=DescribeInstances&")[before:]
+        full = run("instance", "list", "-o", "json").json()
+    assert light.code == 0, light.err
+    rows = {r["fleet"]: r for r in light.json()}  # type: ignore[union-attr]
+    assert rows["ours"]["counts"] == {"running": 2, "terminated": 1} and rows["ours"]["flavor"] == "t3.micro"
+    assert rows["ours"]["created"] and rows["ours"]["experiment"] == "atlas" and rows["ours"]["total"] == 3
+    assert rows["theirs"]["counts"] == {"running": 1} and rows["theirs"]["flavor"] == "t3.small"
+    assert len(described) == 1 and foreign.encode() in described[0] and ids[1].encode() not in described[0]
+    # the same rows as built from whole instance descriptions
+    for name in ("ours", "theirs"):
+        live = [i for i in full if i["fleet"] == name]  # type: ignore[union-attr]
+        assert {i["flavor"] for i in live} == {rows[name]["flavor"]}
+        assert len([i for i in live if i["state"] == "running"]) == rows[name]["counts"]["running"]

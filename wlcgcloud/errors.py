@@ -80,4 +80,3 @@ class Interrupted(WlcgError):
     """Interrupted by the user; state is consistent (exit 130)."""
 
     exit_code = 130
-

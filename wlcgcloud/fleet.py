@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, UsageError, WlcgError
 from wlcgcloud.providers import each
-from wlcgcloud.providers.base import STATES, Instance, Outcome
+from wlcgcloud.providers.base import STATES, Instance, Outcome, Provider
 from wlcgcloud.times import stamp, utc
 
 if TYPE_CHECKING:
@@ -50,13 +50,20 @@ def list_instances(
     """Instances of our fleets (or one fleet, or with `everything` all) on every profile."""
     if state is not None and state not in STATES:
         raise UsageError(f"unknown state '{state}'; use one of {', '.join(STATES)}.")
+    return _gathered(profiles, lambda p: p.instances(fleet=fleet, everything=everything), fleet is None, state)
+
+
+def _gathered(
+    profiles: Sequence[Profile], fetch: Callable[[Provider], list[Instance]], everything: bool, state: str | None = None
+) -> Gathered:
+    """`fetch` on every profile in parallel; what answered is remembered for completion (`everything`: all of it)."""
     out = Gathered(asked=len(profiles))
-    for answer in each(profiles, lambda p: p.instances(fleet=fleet, everything=everything)):
+    for answer in each(profiles, fetch):
         if answer.error is not None:
             out.failures.append((answer.profile.name, answer.error))
         else:
             found = answer.value or []
-            remember_names(answer.profile.name, found, complete=fleet is None)
+            remember_names(answer.profile.name, found, complete=everything)
             out.instances.extend(i for i in found if state is None or i.state == state)
     out.instances.sort(key=lambda i: (i.profile, i.fleet or "", i.name, i.id))
     return out
@@ -215,8 +222,8 @@ def _most_common(values: Iterable[str | None]) -> str | None:
 
 
 def list_fleets(profiles: Sequence[Profile]) -> tuple[list[FleetRow], Gathered]:
-    """One row per fleet and profile, from every profile in parallel."""
-    gathered = list_instances(profiles)
+    """One row per fleet and profile, from every profile in parallel (each cloud's lightest listing)."""
+    gathered = _gathered(profiles, lambda p: p.fleet_members(), everything=True)
     rows: dict[tuple[str, str], FleetRow] = {}
     for inst in gathered.instances:
         if not inst.fleet:

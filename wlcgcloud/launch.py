@@ -265,6 +265,7 @@ def plan_launch(
             **decision.tags,
             "wlcg:launched-by": _launched_by(),
             "wlcg:created": stamp(now),
+            "wlcg:flavor": flavor,
         }
         if credential is not None:
             tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {stamp(credential.not_after)}"

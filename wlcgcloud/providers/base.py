@@ -43,6 +43,7 @@ TAG_KEYS = (
     "wlcg:endorsement",
     "wlcg:launched-by",
     "wlcg:created",
+    "wlcg:flavor",  # the flavor launched, so `fleet list` on EC2 needs no DescribeInstances
     "wlcg:lease-until",
     "wlcg:credential",  # kind, fingerprint and end of life of the forwarded credential: never the credential
     "wlcg:request",
@@ -356,6 +357,14 @@ class Provider(ABC):
     @abstractmethod
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         """Our instances (those with wlcg:fleet), one fleet's, or with `everything` all visible ones."""
+
+    def fleet_members(self) -> list[Instance]:
+        """Every fleet instance with what `fleet list` shows of it: state, flavor, tags.
+
+        A cloud with a lighter way than a full listing overrides it (EC2); the Instances may then
+        lack addresses, image, vCPUs and memory.
+        """
+        return self.instances()
 
     @abstractmethod
     def instance(self, instance_id: str) -> Instance | None:
