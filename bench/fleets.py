@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fleets.py launch [--count 200] [--runs 3]
     .venv/bin/python bench/fleets.py list [--ec2 1000] [--one 1000] [--openstack 100] [--runs 3]
-    .venv/bin/python bench/fleets.py kill [--runs 20] [--count 30]
+    .venv/bin/python bench/fleets.py kill [--runs 20] [--count 30] [--hold 1.0]
 
 launch: `wlcgcloud launch -n 200` on a fresh moto EC2 endpoint, as a fresh process, against a
   fresh Python process that imports boto3, makes the client and calls run_instances(MinCount=200)
@@ -14,8 +14,9 @@ list:   `wlcgcloud fleet list` over EC2 (moto), OpenNebula (the XML-RPC peer) an
   carry the tags `wlcgcloud launch` sets; `fleet list` reads them with DescribeTags and
   DescribeInstanceStatus, so `instance list` (DescribeInstances, like the raw SDKs) is timed too.
 kill:   `wlcgcloud launch -n 30` on the OpenNebula peer killed with SIGKILL at a random moment,
-  run again to completion, then `fleet reconcile`; over 20 runs, zero duplicate instances and
-  zero instances missing from the ledger.
+  run again at once to completion, then `fleet reconcile`; over 20 runs, zero duplicate
+  instances and zero instances missing from the ledger. A proxy holds each instantiate call for
+  --hold seconds, so the killed process leaves calls on the wire that land after it died.
 """
 
 from __future__ import annotations
@@ -272,13 +273,21 @@ def _cli_listing(moto: Any, env: dict[str, str], osk_auth: str, runs: int) -> fl
 
 def bench_kill(args: argparse.Namespace) -> int:
     from peers import opennebula
+    from peers.faultproxy import Fault, FaultProxy
 
     world = World()
     one_url, one_proc = opennebula.spawn()
     control = xmlrpc.client.ServerProxy(one_url, allow_none=True)
+    # Each instantiate call is held on the wire for --hold seconds (as by a slow or distant cloud),
+    # so a kill leaves calls in flight that land after the process died.
+    proxy = FaultProxy(one_url.removesuffix("/RPC2"))
+    proxy.start()
+    if args.hold:
+        proxy.always(Fault("delay", seconds=args.hold, match="one.template.instantiate"))
     try:
-        world.profiles({"one": {"provider": "opennebula", "endpoint": one_url, "username": "atlas",
-                                "vm_template": "atlas-wn", "experiment": "atlas"}}, {"one": "secret"})  # fmt: skip
+        world.profiles({"one": {"provider": "opennebula", "endpoint": proxy.url + "/RPC2", "username": "atlas",
+                                "vm_template": "atlas-wn", "experiment": "atlas", "timeout": 5}},
+                       {"one": "secret"})  # fmt: skip
         base = ["launch", "0", "--allow-unendorsed", "--credential", "none", "-p", "one", "-n", str(args.count)]
         start = time.perf_counter()
         world.run(*base, "--fleet", "kill-calibrate")
@@ -304,10 +313,12 @@ def bench_kill(args: argparse.Namespace) -> int:
             duplicates += max(0, on_cloud - args.count)
             missing += max(0, on_cloud - recorded)
             print(f"  run {n + 1:2d}: on the cloud {on_cloud}, in the ledger {recorded}")
-        print(f"SIGKILL-and-resume over {args.runs} runs of {args.count} VMs (kill within {full:.2f} s): "
+        print(f"SIGKILL-and-resume over {args.runs} runs of {args.count} VMs (kill within {full:.2f} s, "
+              f"calls held {args.hold:g} s on the wire): "
               f"{duplicates} duplicate instances, {missing} missing from the ledger after reconcile")  # fmt: skip
         return 0 if duplicates == missing == 0 else 1
     finally:
+        proxy.stop()
         one_proc.terminate()
 
 
@@ -326,6 +337,7 @@ def main() -> int:
     kill = sub.add_parser("kill")
     kill.add_argument("--runs", type=int, default=20)
     kill.add_argument("--count", type=int, default=30)
+    kill.add_argument("--hold", type=float, default=1.0, help="seconds each instantiate call is held on the wire")
     args = parser.parse_args()
     return {"launch": bench_launch, "list": bench_list, "kill": bench_kill}[args.which](args)
 

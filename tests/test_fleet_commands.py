@@ -94,6 +94,8 @@ def test_fleets_on_three_clouds_listed_shown_scaled_and_terminated(
     done = run("fleet", "terminate", *fleets.values(), "--yes", "-o", "json")
     assert done.code == 0, done.err
     assert len(done.json()) == 6 and all(r["terminated"] for r in done.json())  # type: ignore[union-attr,arg-type]
+    for name in fleets.values():
+        wait_for_total(run, name, 0)  # Nova deletes asynchronously: until then its servers are "stopping"
     again = run("fleet", "terminate", *fleets.values(), "--yes")
     assert again.code == 0 and "Nothing to terminate" in again.err
     db = sqlite3.connect(world.state / "ledger.sqlite")

@@ -218,11 +218,11 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
         [intent] = ledger_rows(world, "launches")
         assert intent["state"] == "intent" and intent["requested"] == 10  # the record of an unfinished launch
         # Calls a dead process had on the wire still reach the cloud (here: after the proxy's 1 s).
-        # A re-run that lists the fleet before they land cannot see them, so like an operator we
-        # re-run a little later (the README says so): more than the proxy's hold of the last calls.
-        time.sleep(2.5)
+        # The re-run, at once, must not list the fleet before they can have landed: it waits out
+        # the dead launch's heartbeat plus one call's timeout, then resumes.
         again = subprocess.run(command, env=env, capture_output=True, text=True)
         assert again.returncode == 0, again.stderr
+        assert "for calls of an interrupted launch to land" in again.stderr
         assert "resumed" in again.stderr and "launched 10/10" in again.stderr
     _ok, body = xmlrpc.client.ServerProxy(peer.url).one.vmpool.info("atlas:secret", -1, -1, -1, -1)[:2]
     assert body.count("killed") >= 10
@@ -230,6 +230,24 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
     assert sorted(names) == sorted(f"killed-{n}" for n in range(1, 11))  # ten, none twice
     recorded = {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "killed"}
     assert len(recorded) == 10
+
+
+def test_a_second_launch_of_a_fleet_being_launched_is_refused(world: World, one_world: dict[str, Any]) -> None:
+    """Two launches of one fleet at once would each see the other's VMs missing: the second is refused."""
+    import subprocess
+    import time
+
+    with slow_instantiate(world, one_world["big"], hold=3.0) as (proxy, env, launch):
+        command = [*launch, "-n", "12", "--fleet", "twice"]  # two rounds of calls held 3 s each (the quota: 12)
+        first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while proxy.forwarded("one.template.instantiate") < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = subprocess.run(command, env=env, capture_output=True, text=True)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    assert second.returncode == 2 and "is launching fleet 'twice' on profile 'slow' right now" in second.stderr
+    assert len({r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "twice"}) == 12
 
 
 def test_ctrl_c_reports_what_was_launched_and_leaves_the_ledger_true(world: World, one_world: dict[str, Any]) -> None:
@@ -255,8 +273,8 @@ def test_ctrl_c_reports_what_was_launched_and_leaves_the_ledger_true(world: Worl
 
 
 @contextlib.contextmanager
-def slow_instantiate(world: World, peer: Any) -> Iterator[tuple[Any, dict[str, str], list[str]]]:
-    """Profile 'slow': the OpenNebula peer behind a proxy that holds each instantiate call for 1 s.
+def slow_instantiate(world: World, peer: Any, hold: float = 1.0) -> Iterator[tuple[Any, dict[str, str], list[str]]]:
+    """Profile 'slow': the OpenNebula peer behind a proxy that holds each instantiate call `hold` s (< timeout 4 s).
 
     Yields the proxy, the environment for the real command, and the start of a launch command line.
     """
@@ -265,8 +283,9 @@ def slow_instantiate(world: World, peer: Any) -> Iterator[tuple[Any, dict[str, s
     from peers.faultproxy import Fault, FaultProxy
 
     with FaultProxy(peer.url.removesuffix("/RPC2")) as proxy:
-        proxy.always(Fault("delay", seconds=1.0, match="one.template.instantiate"))
-        write_profiles(world, {"slow": one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn")})  # type: ignore[arg-type]
+        proxy.always(Fault("delay", seconds=hold, match="one.template.instantiate"))
+        settings = one_profile(peer, endpoint=proxy.url + "/RPC2", vm_template="atlas-wn", timeout=4)  # type: ignore[arg-type]
+        write_profiles(world, {"slow": settings})
         env = {**os.environ, "WLCGCLOUD_SECRET_SLOW": "secret", **world.env()}
         launch = [str(Path(sys.executable).with_name("wlcgcloud")), "launch", "0", "--allow-unendorsed",
                   "--credential", "none", "-p", "slow"]  # fmt: skip

@@ -17,9 +17,12 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -391,7 +394,6 @@ def _fleet_name(
 
 def _launched_by() -> str:
     import getpass
-    import socket
 
     try:
         user = getpass.getuser()
@@ -401,6 +403,64 @@ def _launched_by() -> str:
 
 
 # Launching
+
+
+BEAT = 0.5  # seconds between a launch's heartbeats in the ledger
+
+
+@contextmanager
+def _heartbeat(ledger: Ledger, launch_id: int, timeout: float) -> Iterator[None]:
+    """While a profile's calls are made, keep the ledger saying until when they may reach the cloud.
+
+    Every call is bounded by the profile's timeout, so a call sent before the process died lands
+    (if at all) within a timeout of its last heartbeat; a re-run waits for that (`_calls_of_others`).
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            ledger.calls_may_land_until(launch_id, time.time() + timeout + 2 * BEAT)
+            if stop.wait(BEAT):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="ledger-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _calls_of_others(ledger: Ledger, fleet: str, p: ProfilePlan, launch_id: int, tell: Progress) -> None:
+    """Before listing the fleet to resume it: refuse while another live process launches it here,
+    and wait while calls of a killed one may still land (they would not be listed yet)."""
+    now = time.time()
+    landing = [r for r in ledger.on_the_wire(fleet, p.name, now) if r.id != launch_id]
+    live = [r for r in landing if _alive(r.owner)]
+    if live:
+        raise UsageError(
+            f"another wlcgcloud ({live[0].owner}) is launching fleet '{fleet}' on profile '{p.name}' right now.",
+            "Wait for it to finish (or stop it), then run this again.",
+        )
+    if landing:
+        until = max(r.calls_until or now for r in landing)
+        tell(p.name, f"waiting {until - now:.0f} s for calls of an interrupted launch to land", 0, p.request.count)
+        time.sleep(max(0.0, until - time.time()))
+
+
+def _alive(owner: str | None) -> bool:
+    """Whether `owner` (host:pid, as the ledger records it) is another process still running here."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 def launch(
@@ -439,6 +499,20 @@ def launch(
         launch_id = intents[p.name]
         result = ProfileLaunched(p)
         try:
+            _calls_of_others(ledger, plan.fleet, p, launch_id, tell)
+        except WlcgError as exc:
+            result.error = exc
+            ledger.finish(launch_id, "failed", str(exc))
+            return result
+        with _heartbeat(ledger, launch_id, p.provider.profile.timeout):
+            _launch_on(p, launch_id, result)
+        state = "launched" if not result.error else ("partial" if result.instances else "failed")
+        ledger.finish(launch_id, state, str(result.error) if result.error else None)
+        remember_names(p.name, result.instances)
+        return result
+
+    def _launch_on(p: ProfilePlan, launch_id: int, result: ProfileLaunched) -> None:
+        try:
             have = existing(p)
             foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
             if foreign:
@@ -466,10 +540,6 @@ def launch(
             tell(p.name, "launched", len(result.instances), p.request.count)
         except WlcgError as exc:
             result.error = exc  # what was found or made before stays in the result and the ledger
-        state = "launched" if not result.error else ("partial" if result.instances else "failed")
-        ledger.finish(launch_id, state, str(result.error) if result.error else None)
-        remember_names(p.name, result.instances)
-        return result
 
     interrupted = False
     with ThreadPoolExecutor(max_workers=min(8, len(plan.profiles)), thread_name_prefix="launch") as pool:

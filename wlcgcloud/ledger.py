@@ -13,6 +13,7 @@ carries the schema version and `MIGRATIONS` bring an older file up to date in on
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -73,6 +74,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX instances_fleet ON instances (fleet);
     """,
+    # v2: which process makes a launch's calls, and until when calls it sent may still land
+    # (a heartbeat moves it on while the process lives; NULL once the launch is finished).
+    """
+    ALTER TABLE launches ADD COLUMN owner TEXT;
+    ALTER TABLE launches ADD COLUMN calls_until REAL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -105,6 +112,14 @@ class LaunchRecord:
     state: str
     error: str | None
     finished: str | None
+    owner: str | None = None  # host:pid of the process that made the calls
+    calls_until: float | None = None  # epoch seconds: its calls may land until then
+
+
+def this_process() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Ledger:
@@ -174,6 +189,7 @@ class Ledger:
         """A launch about to be made on one profile; its id. Written before the first API call."""
         row = {**fields, "options": json.dumps(fields.get("options") or {}, sort_keys=True)}
         row.setdefault("created", _now())
+        row.setdefault("owner", this_process())
         row["state"] = "intent"
         columns = ", ".join(row)
         marks = ", ".join(f":{k}" for k in row)
@@ -184,9 +200,19 @@ class Ledger:
     def finish(self, launch_id: int, state: str, error: str | None = None) -> None:
         with self._transaction() as db:
             db.execute(
-                "UPDATE launches SET state = ?, error = ?, finished = ? WHERE id = ?",
+                "UPDATE launches SET state = ?, error = ?, finished = ?, calls_until = NULL WHERE id = ?",
                 (state, error, _now(), launch_id),
             )
+
+    def calls_may_land_until(self, launch_id: int, until: float) -> None:
+        """The heartbeat of a launch making calls: what it sent may reach the cloud until `until`."""
+        with self._transaction() as db:
+            db.execute("UPDATE launches SET calls_until = ? WHERE id = ?", (until, launch_id))
+
+    def on_the_wire(self, fleet: str, profile: str, now: float) -> list[LaunchRecord]:
+        """Unfinished launches of this fleet and profile whose calls may still land after `now`."""
+        return [r for r in self.launches(fleet) if r.profile == profile and r.state == "intent"
+                and r.calls_until is not None and r.calls_until > now]  # fmt: skip
 
     def launches(self, fleet: str | None = None) -> list[LaunchRecord]:
         query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "") + " ORDER BY id"

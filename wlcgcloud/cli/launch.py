@@ -102,7 +102,8 @@ def launch(
 
     Each launch is written to the local ledger before its first API call. Run the same command
     again after a crash or Ctrl-C and it resumes the fleet: what the cloud already has (found by
-    the fleet's tags) is kept, only the rest is launched. Some profiles or instances failing is
+    the fleet's tags) is kept, only the rest is launched; after a kill it first waits (up to the
+    profile's timeout) for calls the dead process had sent. Some profiles or instances failing is
     exit 7, with each failure on stderr and in the JSON's "errors".
 
     \b
