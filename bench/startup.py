@@ -64,11 +64,13 @@ def main() -> None:
     if not exe:
         raise SystemExit("wlcgcloud is not installed next to this interpreter; run dev/test first")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("WLCGCLOUD_", "AWS_", "OS_"))}
-        env.update(
-            WLCGCLOUD_CONFIG=str(Path(tmp, "config.toml")), WLCGCLOUD_STATE_DIR=tmp, AWS_EC2_METADATA_DISABLED="true"
-        )
-        Path(tmp, "config.toml").write_text(
+        # A throwaway HOME with the default (XDG) places, so the paths are found as a user's are.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WLCGCLOUD_", "AWS_", "OS_", "XDG_"))}
+        env.update(HOME=tmp, AWS_EC2_METADATA_DISABLED="true")
+        config, state = Path(tmp, ".config/wlcgcloud"), Path(tmp, ".local/state/wlcgcloud")
+        config.mkdir(parents=True)
+        state.mkdir(parents=True)
+        Path(config, "config.toml").write_text(
             "".join(f'[profiles.site-{i:02d}]\nprovider = "ec2"\nregion = "eu-west-1"\n\n' for i in range(50))
         )
         import json
@@ -80,7 +82,7 @@ def main() -> None:
             }
             for i in range(50)
         }
-        Path(tmp, "completion.json").write_text(json.dumps({"version": 1, "profiles": profiles}))
+        Path(state, "completion.json").write_text(json.dumps({"version": 1, "profiles": profiles}))
         lines = {
             "complete subcommand": "wlcgcloud\npro",
             "complete profile": "wlcgcloud\nprofile\nshow\nsite-1",

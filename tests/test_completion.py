@@ -304,15 +304,15 @@ def test_completion_install_into_an_unwritable_place_says_what_to_do(run: Run, w
 def test_the_cache_is_replaced_by_full_listings_and_added_to_by_narrow_ones(world: World) -> None:
     from wlcgcloud.completion import remember
 
-    remember("a", {"fleet": ["f1", "f2"], "instance": ["i1"]}, complete=True, state=world.state)
-    remember("a", {"fleet": ["f3"]}, state=world.state)
+    remember("a", {"fleet": ["f1", "f2"], "instance": ["i1"]}, complete=True)
+    remember("a", {"fleet": ["f3"]})
     assert complete(["wlcgcloud", "fleet", "show", ""], 3) == ["f1", "f2", "f3"]
-    remember("a", {"fleet": ["f2"], "instance": []}, complete=True, state=world.state)
+    remember("a", {"fleet": ["f2"], "instance": []}, complete=True)
     assert complete(["wlcgcloud", "fleet", "show", ""], 3) == ["f2"]
     assert complete(["wlcgcloud", "instance", "show", ""], 3) == []
     assert (world.state / "completion.json").stat().st_mode & 0o777 == 0o600
     with pytest.raises(ValueError):
-        remember("a", {"secret": ["x"]}, state=world.state)
+        remember("a", {"secret": ["x"]})
 
 
 def test_a_broken_cache_completes_nothing_and_is_rewritten(world: World) -> None:
@@ -321,7 +321,7 @@ def test_a_broken_cache_completes_nothing_and_is_rewritten(world: World) -> None
     world.state.mkdir(parents=True)
     (world.state / "completion.json").write_text("{not json")
     assert complete(["wlcgcloud", "fleet", "show", ""], 3) == []
-    remember("a", {"fleet": ["f1"]}, state=world.state)
+    remember("a", {"fleet": ["f1"]})
     assert complete(["wlcgcloud", "fleet", "show", ""], 3) == ["f1"]
 
 

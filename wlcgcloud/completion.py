@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wlcgcloud.paths import default_config_path, state_dir
+
 TREE_PATH = Path(__file__).parent / "cli" / "tree.json"
 FLAG, VALUE = 0, 1  # option kinds in the tree; a list is a choice, "@kind" a dynamic value
 ALIASES = {"ls": "list", "rm": "remove"}  # hidden short forms of the contract's verbs
@@ -119,11 +121,7 @@ def _profiles(words: list[str]) -> list[str]:
             path = words[i + 1]
         elif word.startswith("--config="):
             path = word.split("=", 1)[1]
-    if path:
-        config = Path(path).expanduser()
-    else:
-        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-        config = Path(base) / "wlcgcloud" / "config.toml"
+    config = Path(path).expanduser() if path else default_config_path()
     try:
         profiles = tomllib.loads(config.read_text(encoding="utf-8")).get("profiles", {})
     except (OSError, ValueError):
@@ -131,18 +129,10 @@ def _profiles(words: list[str]) -> list[str]:
     return sorted(profiles) if isinstance(profiles, dict) else []
 
 
-def _state_dir() -> Path:
-    env = os.environ.get("WLCGCLOUD_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "wlcgcloud"
-
-
 def _subscriptions(words: list[str]) -> list[dict[str, Any]]:
     """The subscribed image lists' records (no signature work: completion only reads the index)."""
     found = []
-    for meta in sorted((_state_dir() / "image-lists").glob("*.json")):
+    for meta in sorted((state_dir() / "image-lists").glob("*.json")):
         try:
             found.append(json.loads(meta.read_text(encoding="utf-8")))
         except (OSError, ValueError):
@@ -170,8 +160,8 @@ CACHED_KINDS = ("fleet", "instance", "flavor", "network")
 CACHE_LIMIT = 5000  # values per profile and kind: enough for any fleet, and completion stays fast
 
 
-def cache_path(state: Path | None = None) -> Path:
-    return (state or _state_dir()) / CACHE
+def cache_path() -> Path:
+    return state_dir() / CACHE
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -183,7 +173,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
     return profiles if isinstance(profiles, dict) else {}
 
 
-def remember(profile: str, names: dict[str, Any], complete: bool = False, state: Path | None = None) -> None:
+def remember(profile: str, names: dict[str, Any], complete: bool = False) -> None:
     """Note the names a command just learnt from `profile`'s cloud, by kind, for completion.
 
     `complete=True` means the values are everything of their kind the profile has (a full
@@ -196,7 +186,7 @@ def remember(profile: str, names: dict[str, Any], complete: bool = False, state:
     unknown = set(names) - set(CACHED_KINDS)
     if unknown:
         raise ValueError(f"unknown completion cache kinds {sorted(unknown)}")
-    path = cache_path(state)
+    path = cache_path()
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wlcgcloud.errors import ConfigError
+from wlcgcloud.paths import default_config_path
 
 PROVIDERS = ("ec2", "openstack", "opennebula")
 ALL = frozenset(PROVIDERS)
@@ -163,28 +164,8 @@ class Config:
         raise UsageError("no profile given and no default_profile set.", "Pass -p PROFILE.")
 
 
-def default_config_path() -> Path:
-    """`WLCGCLOUD_CONFIG`, else config.toml in the XDG config directory."""
-    env = os.environ.get("WLCGCLOUD_CONFIG")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_config_path
-
-    return user_config_path("wlcgcloud") / "config.toml"
-
-
 # Where grid hosts keep their trust anchors (hashed CA certificates and CRLs, kept by fetch-crl).
 GRID_CA_DIR = "/etc/grid-security/certificates"
-
-
-def state_dir() -> Path:
-    """`WLCGCLOUD_STATE_DIR`, else the XDG state directory: ledger, caches, image lists."""
-    env = os.environ.get("WLCGCLOUD_STATE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_state_path
-
-    return user_state_path("wlcgcloud")
 
 
 # ----------------------------------------------------------------------------- validation

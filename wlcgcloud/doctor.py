@@ -460,9 +460,8 @@ def _clock_again(profile: Profile, provider: Any, clock: Step, timeout: float) -
 
 def _remember(profile: Profile, kind: str, values: Sequence[str]) -> None:
     from wlcgcloud.completion import remember
-    from wlcgcloud.config import state_dir
 
-    remember(profile.name, {kind: values}, complete=True, state=state_dir())
+    remember(profile.name, {kind: values}, complete=True)
 
 
 def _flavor(profile: Profile, provider: Any, found: list[Any]) -> Step | str:

@@ -72,11 +72,10 @@ def _gathered(
 def remember_names(profile: str, instances: Sequence[Instance], complete: bool = False) -> None:
     """Keep the fleet names and instance ids just seen for shell completion (`complete`: all of them)."""
     from wlcgcloud.completion import remember
-    from wlcgcloud.config import state_dir
 
     live = [i for i in instances if i.state != "terminated"]
     names = {"fleet": {i.fleet for i in live}, "instance": [i.id for i in live]}
-    remember(profile, names, complete=complete, state=state_dir())
+    remember(profile, names, complete=complete)
 
 
 def find_instance(profiles: Sequence[Profile], instance_id: str) -> tuple[Instance, Gathered]:

@@ -145,7 +145,7 @@ class Ledger:
 
     @classmethod
     def default(cls) -> Ledger:
-        from wlcgcloud.config import state_dir
+        from wlcgcloud.paths import state_dir
 
         return cls(state_dir() / FILE_NAME)
 

@@ -13,8 +13,9 @@ from typing import Any
 import typer
 
 from wlcgcloud import output
-from wlcgcloud.config import Config, Profile, default_config_path, load_config
+from wlcgcloud.config import Config, Profile, load_config
 from wlcgcloud.errors import UsageError, WlcgError
+from wlcgcloud.paths import default_config_path
 
 
 @dataclass

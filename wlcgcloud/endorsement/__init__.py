@@ -23,10 +23,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wlcgcloud.config import GRID_CA_DIR, atomic_write, state_dir
+from wlcgcloud.config import GRID_CA_DIR, atomic_write
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
+from wlcgcloud.paths import state_dir
 from wlcgcloud.times import stamp
 
 if TYPE_CHECKING:
