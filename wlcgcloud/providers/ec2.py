@@ -201,23 +201,19 @@ class EC2Provider(Provider):
         return list(self._describe_types(None))
 
     def _describe_types(self, names: Sequence[str] | None) -> Iterator[Flavor]:
-        kwargs: dict[str, Any] = {"InstanceTypes": list(names)} if names else {"MaxResults": 100}
-        while True:
-            reply = self.call("describe instance types", self.client.describe_instance_types, **kwargs)
-            for raw in reply.get("InstanceTypes", []):
-                flavor = Flavor(
-                    name=raw["InstanceType"],
-                    id=raw["InstanceType"],
-                    vcpus=raw.get("VCpuInfo", {}).get("DefaultVCpus"),
-                    memory_mb=raw.get("MemoryInfo", {}).get("SizeInMiB"),
-                    disk_gb=raw.get("InstanceStorageInfo", {}).get("TotalSizeInGB"),
-                )
-                self._types[flavor.name] = flavor
-                yield flavor
-            token = reply.get("NextToken")
-            if names or not token:
-                return
-            kwargs["NextToken"] = token
+        # MaxResults (at most 100 here) may not be combined with named InstanceTypes.
+        kwargs: dict[str, Any] = {"InstanceTypes": list(names)} if names else {}
+        for raw in self._paged("describe instance types", self.client.describe_instance_types, "InstanceTypes",
+                               page=None if names else 100, **kwargs):  # fmt: skip
+            flavor = Flavor(
+                name=raw["InstanceType"],
+                id=raw["InstanceType"],
+                vcpus=raw.get("VCpuInfo", {}).get("DefaultVCpus"),
+                memory_mb=raw.get("MemoryInfo", {}).get("SizeInMiB"),
+                disk_gb=raw.get("InstanceStorageInfo", {}).get("TotalSizeInGB"),
+            )
+            self._types[flavor.name] = flavor
+            yield flavor
 
     def _type(self, name: str | None) -> Flavor | None:
         return self._types.get(name) if name else None
@@ -259,9 +255,12 @@ class EC2Provider(Provider):
             (s["SubnetId"], next((t["Value"] for t in s.get("Tags") or () if t["Key"] == "Name"), "")) for s in subnets
         ]
 
-    def _paged(self, what: str, method: Callable[..., Any], field: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        """The items of `field` over every page of a Describe call (MaxResults 1000, NextToken)."""
-        kwargs.setdefault("MaxResults", 1000)
+    def _paged(
+        self, what: str, method: Callable[..., Any], field: str, page: int | None = 1000, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The items of `field` over every page of a Describe call (MaxResults `page`, NextToken)."""
+        if page:
+            kwargs["MaxResults"] = page
         while True:
             reply = self.call(what, method, **kwargs)
             yield from reply.get(field, [])
