@@ -148,10 +148,6 @@ def _after(check: str) -> tuple[str, ...]:
     return CHECKS[CHECKS.index(check) + 1 :]
 
 
-def _cloud_checks() -> tuple[str, ...]:
-    return _after("login")
-
-
 def diagnose(profile: Profile) -> Diagnosis:
     """One profile's checklist (see the module docstring)."""
     from wlcgcloud.secretstore import require_secret
@@ -164,7 +160,7 @@ def diagnose(profile: Profile) -> Diagnosis:
 
     secret = run.step("secret", lambda: f"found in {require_secret(profile).source}")
     if secret.status == "fail":
-        run.block(("login", *_cloud_checks()), "no secret to log in with")
+        run.block(("login", *_after("login")), "no secret to log in with")
 
     addresses: list[Any] = []
 
@@ -226,7 +222,7 @@ def diagnose(profile: Profile) -> Diagnosis:
         return check.reason
 
     if run.step("login", login).status == "fail":
-        run.block(_cloud_checks(), "the login failed")
+        run.block(_after("login"), "the login failed")
     clock = next(s for s in run.diagnosis.steps if s.check == "clock")
     if provider and clock.status == "warn" and "no Date" in clock.detail:
         _clock_again(profile, provider[0], clock, run.timeout)

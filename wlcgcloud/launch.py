@@ -500,12 +500,10 @@ def launch(
         result = ProfileLaunched(p)
         try:
             _calls_of_others(ledger, plan.fleet, p, launch_id, tell)
-        except WlcgError as exc:
+            with _heartbeat(ledger, launch_id, p.provider.profile.timeout):
+                _launch_on(p, launch_id, result)
+        except WlcgError as exc:  # refused: another launch of the fleet is running
             result.error = exc
-            ledger.finish(launch_id, "failed", str(exc))
-            return result
-        with _heartbeat(ledger, launch_id, p.provider.profile.timeout):
-            _launch_on(p, launch_id, result)
         state = "launched" if not result.error else ("partial" if result.instances else "failed")
         ledger.finish(launch_id, state, str(result.error) if result.error else None)
         remember_names(p.name, result.instances)
