@@ -214,6 +214,32 @@ def ec2_profile(server: object, **extra: object) -> dict[str, object]:
     }
 
 
+def openstack_sdk(creds: dict[str, str]) -> Any:
+    """An openstacksdk connection for test setup (the admin, or the operator behind our back)."""
+    import openstack
+
+    if creds.get("OS_AUTH_TYPE") == "v3applicationcredential":
+        auth = {
+            "auth_url": creds["OS_AUTH_URL"],
+            "application_credential_id": creds["OS_APPLICATION_CREDENTIAL_ID"],
+            "application_credential_secret": creds["OS_APPLICATION_CREDENTIAL_SECRET"],
+        }
+        kind = "v3applicationcredential"
+    else:
+        auth = {
+            "auth_url": creds["OS_AUTH_URL"],
+            "username": creds["OS_USERNAME"],
+            "password": creds["OS_PASSWORD"],
+            "project_name": creds["OS_PROJECT_NAME"],
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        }
+        kind = "password"
+    return openstack.connect(
+        auth_type=kind, auth=auth, region_name="RegionOne", load_yaml_config=False, load_envvars=False
+    )
+
+
 def openstack_profile(peer: OpenStackPeer, **extra: object) -> dict[str, object]:
     return {
         "provider": "openstack",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from conftest import (
     ec2_profile,
     one_profile,
     openstack_profile,
+    openstack_sdk,
     own_marked_ami,
     write_profiles,
 )
@@ -65,6 +67,17 @@ def _checks(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["check"]: c for c in report["checks"]}
 
 
+def _not_passing(reports: dict[str, dict[str, Any]]) -> str:
+    """Every check that did not pass, in full, one per line: the message of a failing assertion."""
+    lines = [
+        f"{name}: {c['check']} {c['status']}: {c.get('detail')} | next: {c.get('hint')}"
+        for name, report in reports.items()
+        for c in report["checks"]
+        if c["status"] != "pass"
+    ]
+    return "\n" + "\n".join(lines)
+
+
 def test_a_healthy_ec2_profile_passes_every_check_and_feeds_completion(
     run: Run, world: World, moto: Any, endorsed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,7 +88,7 @@ def test_a_healthy_ec2_profile_passes_every_check_and_feeds_completion(
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto.secret_key)
     code, reports = _doctor(run)
     checks = _checks(reports["aws"])
-    assert code == 0 and reports["aws"]["ok"], reports
+    assert code == 0 and reports["aws"]["ok"], _not_passing(reports)
     assert [c["check"] for c in reports["aws"]["checks"]] == [
         "secret", "dns", "tcp", "tls", "clock", "login", "api", "flavor", "quota", "image", "key pair", "network",
     ]  # fmt: skip
@@ -96,12 +109,19 @@ def test_a_healthy_ec2_profile_passes_every_check_and_feeds_completion(
 def test_a_healthy_openstack_profile_reports_nova_microversions(
     run: Run, world: World, openstack_peer: OpenStackPeer, endorsed: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = openstack_profile(openstack_peer, flavor="m1.tiny", key_name="wlcg-test", image=endorsed["first"])
-    write_profiles(world, {"osk": settings})
-    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
-    code, reports = _doctor(run)
+    # A key pair of this test's own: what other tests left on the peer (or a freshly reset peer) must not matter.
+    operator = openstack_sdk(openstack_peer.appcred)
+    key_name = f"doctor-{uuid.uuid4().hex[:8]}"
+    operator.compute.create_keypair(name=key_name, public_key=_ssh_public_key().decode())
+    try:
+        settings = openstack_profile(openstack_peer, flavor="m1.tiny", key_name=key_name, image=endorsed["first"])
+        write_profiles(world, {"osk": settings})
+        monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+        code, reports = _doctor(run)
+    finally:
+        operator.compute.delete_keypair(key_name, ignore_missing=True)
     checks = _checks(reports["osk"])
-    assert code == 0, reports
+    assert code == 0, _not_passing(reports)
     assert "microversions 2.1 to 2." in checks["api"]["detail"] and checks["api"]["status"] == "pass"
     assert checks["clock"]["status"] == "pass" and "network 'osk-net' exists" in checks["network"]["detail"]
     assert checks["image"]["status"] == "pass" and checks["key pair"]["status"] == "pass"
@@ -116,7 +136,7 @@ def test_a_healthy_opennebula_profile_by_host_name(
     monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
     code, reports = _doctor(run)
     checks = _checks(reports["one"])
-    assert code == 0, [c for c in checks.values() if c["status"] == "fail"]
+    assert code == 0, _not_passing(reports)
     assert checks["dns"]["status"] == "pass" and "'localhost' is" in checks["dns"]["detail"]
     assert checks["api"]["detail"] == "OpenNebula 7.0.0"
     assert checks["flavor"]["detail"].startswith("'atlas-wn'")  # vm_template is OpenNebula's flavor
@@ -188,7 +208,7 @@ def test_tls_certificates_are_judged_with_the_next_step(
         code, reports = _doctor(run)
     tls = _checks(reports["aws"])["tls"]
     if case == "trusted":
-        assert code == 0 and tls["status"] in ("pass", "warn"), reports
+        assert code == 0 and tls["status"] in ("pass", "warn"), _not_passing(reports)
         assert "verified against ca_bundle" in tls["detail"] and "expires in" in tls["detail"]
         return
     assert code == 6 and tls["status"] == "fail"
@@ -219,7 +239,7 @@ def test_a_server_clock_ten_minutes_off_fails_the_clock_check(
         write_profiles(world, {"aws": ec2_profile(moto, endpoint_url=proxy.url)})
         code, reports = _doctor(run)
     clock = _checks(reports["aws"])["clock"]
-    assert code == 6 and clock["status"] == "fail", reports
+    assert code == 6 and clock["status"] == "fail", _not_passing(reports)
     assert "600 s behind" in clock["detail"] or "599 s behind" in clock["detail"] or "601 s behind" in clock["detail"]
     assert "timedatectl" in clock["hint"]
 
@@ -244,7 +264,7 @@ def test_an_exhausted_quota_fails_with_exit_5(
         proc.terminate()
         proc.wait(10)
     quota = _checks(reports["one"])["quota"]
-    assert code == 5 and quota["status"] == "fail", reports
+    assert code == 5 and quota["status"] == "fail", _not_passing(reports)
     assert "instances 2 of 2" in quota["detail"] and "more quota" in quota["hint"]
 
 
@@ -256,7 +276,7 @@ def test_settings_naming_what_the_cloud_lacks_are_configuration_errors(
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto.secret_key)
     code, reports = _doctor(run)
     checks = _checks(reports["aws"])
-    assert code == 3, reports  # configuration (3) outranks policy (5)
+    assert code == 3, _not_passing(reports)  # configuration (3) outranks policy (5)
     assert checks["flavor"]["status"] == "fail" and "--flavor NAME" in checks["flavor"]["hint"]
     assert checks["key pair"]["status"] == "fail" and "wlcg-ops" in checks["key pair"]["detail"]
     assert checks["network"]["status"] == "fail" and "atlas-workers" in checks["network"]["detail"]

@@ -22,8 +22,6 @@ from wlcgcloud.context import userdata
 from wlcgcloud.context.credentials import Credential, read_proxy, read_token
 from wlcgcloud.errors import PolicyError, UsageError
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 USER_CONFIG = b"#cloud-config\npackages: [htop]\nwrite_files:\n- path: /etc/motd\n  content: welcome\n"
 USER_SCRIPT = b"#!/bin/sh\necho started > /var/tmp/started\n"
 BOOTHOOK = b"#cloud-boothook\n#!/bin/sh\necho early\n"
@@ -64,7 +62,7 @@ def grid(tmp_path_factory: pytest.TempPathFactory) -> Grid:
 def credentials(grid: Grid, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Credential | None]:
     where = tmp_path_factory.mktemp("creds")
     return {
-        "proxy": read_proxy(grid.grid_proxy_init(where / "x509up"), NOW),
+        "proxy": read_proxy(grid.grid_proxy_init(where / "x509up"), datetime.datetime.now(datetime.UTC)),
         "token": read_token(make_token(), "$BEARER_TOKEN"),
         "none": None,
     }
@@ -123,7 +121,7 @@ def test_every_rendered_document_is_valid_and_gives_back_what_went_in(
         bootstrap=userdata.bootstrap(name) if name else None,
         settings=settings,
         lease=datetime.timedelta(hours=lease) if lease else None,
-        now=NOW,
+        now=datetime.datetime.now(datetime.UTC),  # the moment of this test, never of collection
     )
     if not document.parts:
         assert credential is None and user == "none" and name is None

@@ -20,7 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def _now() -> datetime.datetime:
+    """Now, when the thing is made: never a moment fixed at import (a long suite would outlive it)."""
+    return datetime.datetime.now(datetime.UTC)
 
 
 def dn(*parts: tuple[Any, str]) -> x509.Name:
@@ -54,8 +57,8 @@ def make_ca(common_name: str) -> Identity:
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .not_valid_before(_now() - datetime.timedelta(days=1))
+        .not_valid_after(_now() + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -68,7 +71,7 @@ def make_endorser(ca: Identity, common_name: str, *, expired: bool = False) -> I
     name = dn((NameOID.DOMAIN_COMPONENT, "org"), (NameOID.DOMAIN_COMPONENT, "wlcgcloud-test"),
               (NameOID.ORGANIZATIONAL_UNIT_NAME, "Users"), (NameOID.COMMON_NAME, common_name))  # fmt: skip
     key = ec.generate_private_key(ec.SECP256R1())
-    start = NOW - datetime.timedelta(days=20 if expired else 1)
+    start = _now() - datetime.timedelta(days=20 if expired else 1)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -76,7 +79,7 @@ def make_endorser(ca: Identity, common_name: str, *, expired: bool = False) -> I
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(NOW - datetime.timedelta(days=1) if expired else NOW + datetime.timedelta(days=10))
+        .not_valid_after(_now() - datetime.timedelta(days=1) if expired else _now() + datetime.timedelta(days=10))
         .add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
         .sign(ca.key, hashes.SHA256())
@@ -102,8 +105,8 @@ def install_ca(directory: Path, ca: Identity, *, crl: bool = True, revoked: tupl
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.name)
-        .last_update(NOW - datetime.timedelta(hours=1))
-        .next_update(NOW + datetime.timedelta(days=7))
+        .last_update(_now() - datetime.timedelta(hours=1))
+        .next_update(_now() + datetime.timedelta(days=7))
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
         .add_extension(x509.CRLNumber(1), critical=False)
     )
@@ -111,7 +114,7 @@ def install_ca(directory: Path, ca: Identity, *, crl: bool = True, revoked: tupl
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
             .serial_number(cert.serial_number)
-            .revocation_date(NOW - datetime.timedelta(minutes=30))
+            .revocation_date(_now() - datetime.timedelta(minutes=30))
             .build()
         )
     crl_obj = builder.sign(ca.key, hashes.SHA256())
@@ -153,8 +156,8 @@ def image_list(endorser: Identity, ca: Identity, **changes: Any) -> dict[str, An
         "dc:title": "ATLAS endorsed images",
         "dc:description": "Images endorsed by ATLAS for the grid",
         "dc:source": "https://images.example.org/",
-        "dc:date:created": (NOW - datetime.timedelta(hours=1)).strftime(fmt),
-        "dc:date:expires": (NOW + datetime.timedelta(days=14)).strftime(fmt),
+        "dc:date:created": (_now() - datetime.timedelta(hours=1)).strftime(fmt),
+        "dc:date:expires": (_now() + datetime.timedelta(days=14)).strftime(fmt),
         "hv:uri": "https://images.example.org/atlas/image.list",
         "hv:version": "3.1",
         "hv:endorser": {

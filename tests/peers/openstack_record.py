@@ -37,13 +37,13 @@ TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS))
 
 from peers.openstack_replay import KEPT_HEADERS, PAYLOADS, URL, Listeners, Reply, rewrite  # noqa: E402
-from test_instances_openstack import sdk  # noqa: E402
 
 from wlcgcloud.config import load_config  # noqa: E402
 from wlcgcloud.providers import connect  # noqa: E402
 from wlcgcloud.providers.base import Provider  # noqa: E402
 
 import conftest  # noqa: E402
+from conftest import openstack_sdk as sdk  # noqa: E402
 
 NOT_FORWARDED = frozenset({"host", "connection", "keep-alive", "accept-encoding", "content-length"})
 

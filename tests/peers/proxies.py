@@ -25,7 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from peers.gridca import subject_hash
 
-NOW = datetime.datetime.now(datetime.UTC)
+
+def _now() -> datetime.datetime:
+    """Now, when the thing is made: never a moment fixed at import (a long suite would outlive it)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 TOOLS = {"grid-proxy-init": "globus-proxy-utils", "voms-proxy-fake": "voms-clients"}
 
 
@@ -103,8 +108,8 @@ class Grid:
             .issuer_name(self.user_cert.subject)
             .public_key(proxy_key.public_key())
             .serial_number(serial)
-            .not_valid_before(NOW - datetime.timedelta(minutes=5) - max(-lifetime, datetime.timedelta(0)))
-            .not_valid_after(NOW + lifetime)
+            .not_valid_before(_now() - datetime.timedelta(minutes=5) - max(-lifetime, datetime.timedelta(0)))
+            .not_valid_after(_now() + lifetime)
             .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
         )
         if not legacy:
@@ -166,8 +171,8 @@ def _rsa_cert(
         .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=30))
+        .not_valid_before(_now() - datetime.timedelta(days=1))
+        .not_valid_after(_now() + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
@@ -234,7 +239,7 @@ def make_token(lifetime: datetime.timedelta = datetime.timedelta(hours=1), **cla
     """A signed WLCG access token living `lifetime` from now; `claims` add or override."""
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-    now = int(NOW.timestamp())
+    now = int(_now().timestamp())
     body = {
         "wlcg.ver": "1.0",
         "sub": "e1eb758b-b73c-4761-bfff-adc793da409c",
