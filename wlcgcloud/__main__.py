@@ -59,9 +59,12 @@ def hoist_global_options(argv: Sequence[str]) -> list[str]:
 
 
 def _print_error(message: str) -> None:
+    from wlcgcloud.escape import escape_controls
+
     color = sys.stderr.isatty() and "NO_COLOR" not in os.environ and "--no-color" not in sys.argv
     prefix = "\x1b[31merror:\x1b[0m" if color else "error:"
-    print(f"{prefix} {message}", file=sys.stderr)
+    # A profile name, file name or cloud reply quoted in the message may hold control characters.
+    print(f"{prefix} {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except Exception as exc:  # the last line of defence: a bug, never a traceback by default
-        from wlcgcloud.errors import WlcgError
+        from wlcgcloud.errors import UsageError, WlcgError
 
         if isinstance(exc, WlcgError):
-            if debug:
+            if debug and not isinstance(exc, UsageError):  # a mistyped command needs no traceback
                 import traceback
 
                 # Our frames only: a cloud SDK's exception behind ours may quote a request

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from wlcgcloud.errors import UsageError
+from wlcgcloud.escape import escape_controls
 
 FORMATS = ("table", "json", "yaml", "csv")
 
@@ -36,8 +37,22 @@ def apply_query(data: Any, query: str | None) -> Any:
 
     try:
         return jmespath.search(query, json.loads(to_json(data)))
+    except jmespath.exceptions.ParseError as exc:
+        # The expression on a line of its own and the caret under the place it went wrong.
+        where = exc.lex_position if isinstance(exc.lex_position, int) else 0
+        shown = escape_controls(query)
+        caret = " " * len(escape_controls(query[:where])) + "^"
+        if isinstance(exc, jmespath.exceptions.IncompleteExpressionError):
+            reason = "the expression ends too early"
+        elif getattr(exc, "token_value", None) not in (None, ""):
+            reason = f"unexpected '{escape_controls(str(exc.token_value))}'"
+        else:
+            reason = str(exc.msg).rstrip(".")
+        message = f"invalid --query expression: {reason}, at column {where + 1}:\n  {shown}\n  {caret}"
+        raise UsageError(message) from None
     except jmespath.exceptions.JMESPathError as exc:
-        raise UsageError(f"invalid --query expression {query!r}: {exc}".replace("\n", " ")) from None
+        message = f"invalid --query expression {escape_controls(query)!r}: {escape_controls(str(exc))}"
+        raise UsageError(message) from None
 
 
 def to_json(data: Any) -> str:
@@ -45,7 +60,7 @@ def to_json(data: Any) -> str:
 
 
 def cell(value: Any) -> str:
-    """How one value reads in a table or CSV cell."""
+    """How one value reads in a table or CSV cell: control characters from a cloud reply shown escaped."""
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -53,8 +68,8 @@ def cell(value: Any) -> str:
     if isinstance(value, list):
         return ", ".join(cell(v) for v in value)
     if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
+        return json.dumps(value, ensure_ascii=True, default=str)
+    return escape_controls(str(value))
 
 
 def _rows_and_columns(data: Any, columns: Sequence[Column] | None) -> tuple[list[dict[str, Any]], list[Column]]:
@@ -137,7 +152,7 @@ def _render_table(data: Any, columns: Sequence[Column] | None, out: TextIO, colo
         table.add_column("KEY")
         table.add_column("VALUE", overflow="fold")
         for key, value in data.items():
-            table.add_row(Text(key), Text(cell(value)))
+            table.add_row(Text(escape_controls(key)), Text(cell(value)))
     else:
         rows, cols = _rows_and_columns(data, columns)
         for col in cols:

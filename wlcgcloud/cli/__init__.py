@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,11 +101,13 @@ def run(argv: list[str]) -> int:
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="wlcgcloud", standalone_mode=False)
-    except click_exc.NoArgsIsHelpError:
-        return 2  # Typer has already printed the help
     except click_exc.UsageError as exc:
+        if exc.ctx is not None and _names_no_command(exc):
+            # `wlcgcloud`, `wlcgcloud fleet`, `wlcgcloud --debug`: a noun alone asks what it can do.
+            print(exc.ctx.get_help())
+            return 0
         where = exc.ctx.command_path if exc.ctx else "wlcgcloud"
-        raise UsageError(exc.format_message().rstrip(".") + ".", f"Run '{where} --help'.") from None
+        raise UsageError(_sentence(exc.format_message()), f"Run '{where} --help'.") from None
     except click_exc.ClickException as exc:
         raise UsageError(exc.format_message()) from None
     except typer.Abort:
@@ -113,3 +115,20 @@ def run(argv: list[str]) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     return result if isinstance(result, int) else 0
+
+
+def _names_no_command(exc: Any) -> bool:
+    """A group was called with no command: with no arguments at all, or with only options (`--debug`)."""
+    from typer._click import exceptions as click_exc
+    from typer.core import TyperGroup
+
+    if isinstance(exc, click_exc.NoArgsIsHelpError):
+        return True
+    # Typer's own words when a group's callback ran but no command followed (typer.core.TyperGroup.invoke).
+    return isinstance(exc.ctx.command, TyperGroup) and exc.format_message() == "Missing command."
+
+
+def _sentence(message: str) -> str:
+    """Click's message as one sentence: a full stop added only where it has no end of its own."""
+    message = message.strip()
+    return message if message.endswith((".", "?", "!")) else message + "."

@@ -15,6 +15,7 @@ import typer
 from wlcgcloud import output
 from wlcgcloud.config import Config, Profile, load_config
 from wlcgcloud.errors import UsageError, WlcgError
+from wlcgcloud.escape import escape_controls
 from wlcgcloud.paths import default_config_path
 
 
@@ -79,12 +80,12 @@ def _stderr_color(g: Globals | None) -> bool:
 
 def info(message: str) -> None:
     """A progress or confirmation line for people: stderr, never stdout."""
-    print(message, file=sys.stderr)
+    print(escape_controls(message, keep_newlines=True), file=sys.stderr)
 
 
 def warn(message: str, g: Globals | None = None) -> None:
     prefix = "\x1b[33mwarning:\x1b[0m" if _stderr_color(g) else "warning:"
-    print(f"{prefix} {message}", file=sys.stderr)
+    print(f"{prefix} {escape_controls(message, keep_newlines=True)}", file=sys.stderr)
 
 
 def verbose(g: Globals, message: str) -> None:
