@@ -112,15 +112,17 @@ def test_import_everything_found(run: Run, files: World) -> None:
     assert "several regions" in r.err
 
     p = profiles(run)
+    osdir, aws, one = files.home / ".config" / "openstack", files.home / ".aws", files.home / ".one"
     assert p["cern-atlas"] == {
         "name": "cern-atlas",
         "provider": "openstack",
-        "default": False,
+        "default": True,  # imported into an empty config: the first profile is the default
         "auth_url": "https://keystone.example.org:5000/v3",
         "auth_type": "v3applicationcredential",
         "application_credential_id": "4f3c9a0e1c",
         "region": "RegionOne",
         "ca_bundle": "/etc/grid-security/ca-bundle.pem",
+        "secret_from": f"clouds.yaml:{osdir / 'clouds.yaml'}#cern-atlas",
     }
     assert p["ral-cms"]["username"] == "operator"
     assert p["ral-cms"]["project"] == "cms"
@@ -134,13 +136,13 @@ def test_import_everything_found(run: Run, files: World) -> None:
     assert p["one-one-example-org"]["endpoint"] == "https://one.example.org:2633/RPC2"
     assert p["one-one-example-org"]["username"] == "atlas"
 
-    assert files.secrets() == {
-        "wlcgcloud/cern-atlas": "appcred-SECRET-1",
-        "wlcgcloud/ral-cms": "pw-SECRET-2",
-        "wlcgcloud/default": "aws-SECRET-3",
-        "wlcgcloud/atlas-lab": "aws-SECRET-4",
-        "wlcgcloud/one-one-example-org": "one-SECRET-5",
-    }
+    # No copy anywhere: each profile names the file (and entry) that holds its secret.
+    assert files.secrets() == {}
+    assert p["ral-cms"]["secret_from"] == f"clouds.yaml:{osdir / 'secure.yaml'}#ral-cms"  # secure.yaml holds it
+    assert p["default"]["secret_from"] == f"aws:{aws / 'credentials'}#default"
+    assert p["atlas-lab"]["secret_from"] == f"aws:{aws / 'credentials'}#atlas-lab"
+    assert p["one-one-example-org"]["secret_from"] == f"one_auth:{one / 'one_auth'}"
+    assert [x["name"] for x in p.values() if x["default"]] == ["cern-atlas"]
     text = files.config.read_text()
     for secret in ALL_SECRETS:
         assert secret not in text
@@ -191,12 +193,20 @@ def test_import_from_explicit_paths_and_env(run: Run, world: World, monkeypatch:
 
 
 @pytest.mark.usefixtures("no_keyring")
-def test_import_on_headless_machine_keeps_secrets_out_and_says_so(run: Run, files: World) -> None:
+def test_import_on_headless_machine_reads_secrets_where_they_are_and_says_when_it_cannot(
+    run: Run, files: World
+) -> None:
+    credentials = files.home / ".aws" / "credentials"
+    credentials.chmod(0o644)  # as many are: then the reference cannot be used until it is owner-only
     r = run("profile", "import", "--from", "aws")
     assert r.code == 0, r.err
-    assert "secret not stored" in r.err and "WLCGCLOUD_SECRET_ATLAS_LAB" in r.err
-    assert "aws-SECRET-4" not in files.config.read_text()
+    assert "'atlas-lab': its secret cannot be used yet" in r.err and f"chmod 600 {credentials}" in r.err
+    assert "aws-SECRET-4" not in files.config.read_text() and "aws-SECRET-4" not in r.err + r.out
     assert set(profiles(run)) == {"default", "atlas-lab"}
+    credentials.chmod(0o600)
+    shown = run("profile", "show", "atlas-lab", "-o", "json").json()
+    assert isinstance(shown, dict)
+    assert shown["secret"] == {"found": True, "source": f"AWS credentials file {credentials} [atlas-lab]"}
 
 
 def test_import_nothing_found(run: Run) -> None:

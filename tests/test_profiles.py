@@ -80,7 +80,9 @@ def test_round_trip_add_list_show_remove(run: Run, world: World) -> None:
     assert r.code == 0, r.err
     assert [p["name"] for p in run("profile", "list", "-o", "json").json()] == ["cern-atlas"]  # type: ignore[union-attr]
     assert "wlcgcloud/aws-atlas" not in world.secrets()
-    assert "default_profile" not in world.config.read_text()
+    # the default was removed and one profile is left: that one is the default now, and the user is told
+    assert 'default_profile = "cern-atlas"' in world.config.read_text()
+    assert "'cern-atlas' is the default profile now" in r.err
 
 
 def test_remove_needs_yes_without_a_terminal(run: Run, world: World) -> None:

@@ -116,14 +116,14 @@ def test_missing_secret_names_every_way(run: Run, world: World) -> None:
 
 
 @pytest.mark.usefixtures("no_keyring")
-def test_headless_keyring_add_with_secret_fails_cleanly_and_writes_nothing(run: Run, world: World) -> None:
+def test_headless_keyring_add_with_secret_keeps_the_profile_and_says_how_in_one_line(run: Run, world: World) -> None:
     r = run("profile", "add", "aws-atlas", "--provider", "ec2", "--region", "r", "--secret-stdin", input="abc\n")
     assert r.code == 3
     assert len(r.err.strip().splitlines()) == 1
-    assert "no system keyring" in r.err
-    assert "WLCGCLOUD_SECRET_AWS_ATLAS" in r.err and "secret_file" in r.err
-    assert "abc" not in r.err
-    assert not world.config.exists()
+    assert "no system keyring" in r.err and "profile 'aws-atlas' is saved" in r.err
+    assert "WLCGCLOUD_SECRET_AWS_ATLAS" in r.err and "--secret-file FILE" in r.err
+    assert "abc" not in r.err and "abc" not in world.config.read_text()
+    assert "[profiles.aws-atlas]" in world.config.read_text()
 
 
 @pytest.mark.usefixtures("no_keyring")

@@ -90,6 +90,7 @@ KEYS: tuple[Key, ...] = (
     _k("ca_bundle", "str", ALL, "CA bundle file or directory for TLS"),
     _k("timeout", "int", ALL, "seconds per API call (default 30)"),
     _k("secret_file", "str", ALL, "file holding the secret, readable only by its owner"),
+    _k("secret_from", "str", ALL, "file the secret was imported from, read at run time: KIND:FILE[#ENTRY]"),
     _k("benchmarks", "benchmarks", ALL, 'APEL benchmark per flavor: type = "...", "<flavor>" = value'),
 )
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
@@ -494,17 +495,25 @@ def set_default(doc: Any, name: str) -> None:
 
 
 def remove_profile(doc: Any, name: str) -> None:
-    """Drop `[profiles.NAME]`, and default_profile when it named it (rebuilding as set_profile does)."""
+    """Drop `[profiles.NAME]` (rebuilding as set_profile does). When it was the default, the one
+    profile left, if only one is, becomes the default; with several left there is none."""
     import tomlkit
+
+    expected = tomllib.loads(tomlkit.dumps(doc))
+    expected.get("profiles", {}).pop(name, None)
+    successor = None
+    if expected.get("default_profile") == name:
+        del expected["default_profile"]
+        left = list(expected.get("profiles", {}))
+        if len(left) == 1:
+            successor = expected["default_profile"] = left[0]
 
     def edit() -> None:
         if "profiles" in doc and name in doc["profiles"]:
             del doc["profiles"][name]
         if doc.get("default_profile") == name:
             del doc["default_profile"]
+            if successor is not None:
+                doc["default_profile"] = successor
 
-    expected = tomllib.loads(tomlkit.dumps(doc))
-    expected.get("profiles", {}).pop(name, None)
-    if expected.get("default_profile") == name:
-        del expected["default_profile"]
     _edit_or_rebuild(doc, expected, edit)

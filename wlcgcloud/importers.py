@@ -11,7 +11,8 @@
 - OpenNebula: the `$ONE_AUTH` file (else ~/.one/one_auth, /var/lib/one/.one/one_auth) holding
   `user:password`, and `$ONE_XMLRPC` (else ~/.one/one_endpoint, else the documented default).
 
-Secrets found go to the caller as `Candidate.secret` for the secret store, never into settings.
+A secret found is never copied: the profile keeps `secret_from`, a reference to the file that holds it,
+read again at run time (wlcgcloud.secretstore). `Candidate.secret` only tells that one was there.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from wlcgcloud.errors import ConfigError
+from wlcgcloud.secretstore import read_bounded_text, secret_reference
 
 SOURCES = ("clouds.yaml", "aws", "one")
 ONE_DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
@@ -40,6 +42,7 @@ class Candidate:
     settings: dict[str, Any]
     source: str
     secret: str | None = field(default=None, repr=False)
+    secret_from: str | None = None  # where the secret is, for the profile's `secret_from` (never the secret)
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,17 +68,33 @@ def find_openstack_file(stem: str, env_var: str) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-def _load_yaml_or_json(path: Path) -> Mapping[str, Any]:
+# The largest clouds.yaml, secure.yaml or AWS file we read: real ones are a few KiB.
+FILE_LIMIT = 1024 * 1024
+
+
+def _read_text(path: Path) -> str:
+    """A file's text, refused past FILE_LIMIT bytes before more is read (never `/dev/zero` to the end)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return read_bounded_text(path, FILE_LIMIT)
+    except ValueError as exc:  # UnicodeDecodeError is a ValueError too: its text would quote the file
+        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"larger than {FILE_LIMIT // 1024} KiB"
+        raise ConfigError(f"{path}: {why}; not read.") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}.") from None
+
+
+def load_yaml_or_json(path: Path) -> Mapping[str, Any]:
+    """clouds.yaml or secure.yaml (or their .json forms): a mapping, or a one-line error that quotes nothing."""
+    text = _read_text(path)
+    try:
         if path.suffix == ".json":
             data = json.loads(text)
         else:
             import yaml
 
             data = yaml.safe_load(text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read.") from None
     except ValueError as exc:  # JSON, or text that is not UTF-8; the message would quote the file
         raise ConfigError(
             f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({type(exc).__name__})."
@@ -112,14 +131,30 @@ def from_clouds_yaml(path: Path | None = None) -> list[Candidate]:
     path = path or find_openstack_file("clouds", "OS_CLIENT_CONFIG_FILE")
     if path is None:
         return []
-    data = _load_yaml_or_json(path)
+    data = load_yaml_or_json(path)
     secure_path = find_openstack_file("secure", "OS_CLIENT_SECURE_FILE")
+    secure: Mapping[str, Any] = {}
     if secure_path is not None:
-        data = _merge(data, _load_yaml_or_json(secure_path))
+        secure = load_yaml_or_json(secure_path)
+        data = _merge(data, secure)
     clouds = data.get("clouds")
     if not isinstance(clouds, dict):
         raise ConfigError(f"{path}: no 'clouds' mapping.")
-    return [_openstack_candidate(name, entry, str(path)) for name, entry in clouds.items()]
+    out = []
+    for name, entry in clouds.items():
+        cand = _openstack_candidate(name, entry, str(path))
+        if cand.secret:  # the secret is read again at run time from whichever file holds it (secure.yaml wins)
+            holder = secure_path if secure_path is not None and _has_secret(secure, name, cand.secret) else path
+            cand.secret_from = secret_reference("clouds.yaml", holder, str(name))
+        out.append(cand)
+    return out
+
+
+def _has_secret(data: Mapping[str, Any], name: str, secret: str) -> bool:
+    clouds = data.get("clouds")
+    cloud = clouds.get(name) if isinstance(clouds, Mapping) else None
+    auth = cloud.get("auth") if isinstance(cloud, Mapping) else None
+    return isinstance(auth, Mapping) and secret in auth.values()
 
 
 def _openstack_candidate(name: str, entry: Any, source: str) -> Candidate:
@@ -185,11 +220,13 @@ def _put(settings: dict[str, Any], key: str, value: Any) -> None:
 # ----------------------------------------------------------------------------- AWS
 
 
-def _read_ini(path: Path) -> configparser.RawConfigParser:
+def read_ini(path: Path) -> configparser.RawConfigParser:
+    """An AWS config or credentials file; an error names the line but never shows it (it may hold a key)."""
     parser = configparser.RawConfigParser()
+    text = _read_text(path)
     try:
-        parser.read(path, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError) as exc:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
         # configparser quotes the offending line, which may hold a secret key: say only where.
         line = getattr(exc, "lineno", None) or next(iter(getattr(exc, "errors", [])), (None,))[0]
         at = f"{path}:{line}" if line else str(path)
@@ -215,8 +252,8 @@ def from_aws() -> list[Candidate]:
     creds_path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
     if not config_path.is_file() and not creds_path.is_file():
         return []
-    config = _read_ini(config_path) if config_path.is_file() else configparser.RawConfigParser()
-    creds = _read_ini(creds_path) if creds_path.is_file() else configparser.RawConfigParser()
+    config = read_ini(config_path) if config_path.is_file() else configparser.RawConfigParser()
+    creds = read_ini(creds_path) if creds_path.is_file() else configparser.RawConfigParser()
     sections: dict[str, dict[str, str]] = {}
     services: dict[str, dict[str, str]] = {}
     for section in config.sections():
@@ -234,7 +271,12 @@ def from_aws() -> list[Candidate]:
         conf = sections.get(name, {})
         cred = dict(creds.items(name)) if creds.has_section(name) else {}
         source = ", ".join(str(p) for p, d in ((config_path, conf), (creds_path, cred)) if d)
-        out.append(_aws_candidate(name, conf, cred, services, default_region, source))
+        cand = _aws_candidate(name, conf, cred, services, default_region, source)
+        if cand.secret:
+            in_credentials = bool(cred.get("aws_secret_access_key"))
+            section = name if in_credentials or name == "default" else f"profile {name}"
+            cand.secret_from = secret_reference("aws", creds_path if in_credentials else config_path, section)
+        out.append(cand)
     return out
 
 
@@ -300,7 +342,7 @@ def from_one(name: str | None = None) -> list[Candidate]:
     if not endpoint:
         ep_file = _first_file([Path.home() / ".one" / "one_endpoint", Path("/var/lib/one/.one/one_endpoint")])
         if ep_file is not None:
-            endpoint, endpoint_source = ep_file.read_text(encoding="utf-8").strip(), str(ep_file)
+            endpoint, endpoint_source = _read_text(ep_file).strip(), str(ep_file)
     if not endpoint:
         endpoint, endpoint_source = ONE_DEFAULT_ENDPOINT, "the default endpoint"
     host = urlparse(endpoint).hostname or "localhost"
@@ -310,9 +352,9 @@ def from_one(name: str | None = None) -> list[Candidate]:
         source=f"{auth_path}, {endpoint_source}",
     )
     try:
-        text = auth_path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        cand.notes.append(f"cannot read {auth_path}: {exc}; skipped")
+        text = _read_text(auth_path).strip()
+    except ConfigError as exc:
+        cand.notes.append(f"{exc.message.rstrip('.')}; skipped")
         return [cand]
     user, sep, password = text.partition(":")
     if not sep or not user or not password:
@@ -320,8 +362,7 @@ def from_one(name: str | None = None) -> list[Candidate]:
         return [cand]
     cand.settings["username"] = user
     cand.secret = password
-    if auth_path.stat().st_mode & 0o077:
-        cand.notes.append(f"{auth_path} is readable by others: run 'chmod 600 {auth_path}'")
+    cand.secret_from = secret_reference("one_auth", auth_path)
     return [cand]
 
 

@@ -6,12 +6,16 @@ Resolution order, first match wins:
      `OS_APPLICATION_CREDENTIAL_SECRET`, `OS_ACCESS_TOKEN`, the `ONE_AUTH` file), used only when
      the identity it belongs to is the profile's or the profile names none;
   3. the system keyring (service "wlcgcloud", user = profile name);
-  4. the profile's `secret_file`, refused unless only its owner can read it.
+  4. the profile's `secret_file`, refused unless only its owner can read it;
+  5. the profile's `secret_from`: the file `profile import` found the secret in (an AWS
+     credentials or config file, clouds.yaml or secure.yaml, a ONE_AUTH file), read again at
+     run time under the same owner-only rule: a reference, never a copy.
 There is no plaintext fallback: on a machine without a keyring backend we say so and name 1 and 4.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass, field
@@ -122,8 +126,8 @@ def _from_ecosystem(profile: Profile, notes: list[str]) -> Secret | None:
     return None
 
 
-def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") -> Secret:
-    """Read a secret file that only its owner may read. OpenNebula files hold `user:password`."""
+def owner_only(path: Path, profile: Profile, what: str) -> None:
+    """Refuse a file that holds a secret unless it is ours and no one else may read or write it."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -134,16 +138,94 @@ def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") ->
             f"(mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}); refused.",
             f"Run 'chmod 600 {path}' as its owner.",
         )
+
+
+def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") -> Secret:
+    """Read a secret file that only its owner may read. OpenNebula files hold `user:password`."""
+    owner_only(path, profile, what)
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {exc}.") from None
+        text = read_bounded_text(path, SECRET_FILE_LIMIT).strip()
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+        raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {reason}.") from None
     if not text:
         raise ConfigError(f"profile '{profile.name}': {what} {path} is empty.")
     if profile.provider == "opennebula" and ":" in text:
         user, _, password = text.partition(":")
         return Secret(password, f"{what} {path}", user)
     return Secret(text, f"{what} {path}")
+
+
+# A secret file holds one line; anything near this size is not one (and /dev/zero never ends).
+SECRET_FILE_LIMIT = 64 * 1024
+
+
+def read_bounded_text(path: Path, limit: int) -> str:
+    """A file's text, refused (ValueError) past `limit` bytes before more is read."""
+    with path.open("rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode("utf-8")
+
+
+# ----------------------------------------------------------------------------- imported files
+
+# `secret_from` = KIND:PATH[#ENTRY], written by `profile import`.
+REFERENCE_KINDS = {
+    "aws": "AWS credentials file",  # ENTRY: the section ("atlas", "profile atlas" in ~/.aws/config)
+    "clouds.yaml": "OpenStack clouds file",  # ENTRY: the cloud's name
+    "one_auth": "ONE_AUTH file",  # no ENTRY: the file holds user:password
+}
+_CLOUDS_SECRET_KEYS = {
+    "password": "password",
+    "v3applicationcredential": "application_credential_secret",
+    "v3oidcaccesstoken": "access_token",
+}
+
+
+def secret_reference(kind: str, path: Path, entry: str | None = None) -> str:
+    """The `secret_from` value for a secret in `path` (an absolute path: the profile must not depend on cwd)."""
+    return f"{kind}:{path.expanduser().absolute()}" + (f"#{entry}" if entry is not None else "")
+
+
+def read_secret_reference(reference: str, profile: Profile) -> Secret:
+    """The secret that `secret_from` points at, read now, under the owner-only rule of secret_file."""
+    kind, _, rest = reference.partition(":")
+    if kind not in REFERENCE_KINDS or not rest:
+        raise ConfigError(
+            f"profile '{profile.name}': secret_from '{reference}' is not KIND:FILE[#ENTRY] "
+            f"with KIND one of {', '.join(REFERENCE_KINDS)}.",
+            f"Run 'wlcgcloud profile import --overwrite' again, or 'wlcgcloud profile edit {profile.name} "
+            "--unset secret-from'.",
+        )
+    what = f"secret_from ({REFERENCE_KINDS[kind]})"
+    if kind == "one_auth":
+        found = read_secret_file(Path(rest).expanduser(), profile, what)
+        return Secret(found.value, f"{REFERENCE_KINDS[kind]} {rest}", found.username)
+    path_text, _, entry = rest.rpartition("#")
+    path = Path(path_text).expanduser()
+    owner_only(path, profile, what)
+    from wlcgcloud import importers  # the same readers that imported it (and their bounds)
+
+    value: object = None
+    if kind == "aws":
+        parser = importers.read_ini(path)
+        if parser.has_section(entry):
+            value = parser.get(entry, "aws_secret_access_key", fallback=None)
+    else:
+        clouds = importers.load_yaml_or_json(path).get("clouds")
+        cloud = clouds.get(entry) if isinstance(clouds, dict) else None
+        auth = cloud.get("auth") if isinstance(cloud, dict) else None
+        if isinstance(auth, dict):
+            value = auth.get(_CLOUDS_SECRET_KEYS[auth_type(profile)])
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"profile '{profile.name}': {path} holds no secret for '{entry}' any more.",
+            f"Import it again with 'wlcgcloud profile import --overwrite', or store one with "
+            f"'wlcgcloud profile edit {profile.name} --secret-stdin'.",
+        )
+    return Secret(value.strip(), f"{REFERENCE_KINDS[kind]} {path} [{entry}]")
 
 
 # ----------------------------------------------------------------------------- keyring
@@ -156,8 +238,8 @@ class KeyringUnavailable(ConfigError):
 def _no_keyring(profile_name: str) -> KeyringUnavailable:
     return KeyringUnavailable(
         "this machine has no system keyring (keyring found no backend), so the secret cannot be stored.",
-        f"Give it in the environment as {secret_variable(profile_name)}, or put it in a file only you can read "
-        f"and set it as the profile's secret_file (wlcgcloud profile edit {profile_name} --secret-file PATH).",
+        f"Give it in the environment as {secret_variable(profile_name)}, or keep it in a file only you can read: "
+        f"'wlcgcloud profile edit {profile_name} --secret-stdin --secret-file FILE' writes FILE with mode 0600.",
     )
 
 
@@ -223,7 +305,48 @@ def find_secret(profile: Profile) -> tuple[Secret | None, list[str]]:
     path = profile.get("secret_file")
     if path:
         return read_secret_file(Path(path).expanduser(), profile), notes
+    reference = profile.get("secret_from")
+    if reference:
+        return read_secret_reference(str(reference), profile), notes
     return None, notes
+
+
+def write_secret_file(path: Path, profile: Profile, value: str) -> None:
+    """Keep a secret in the file the user named: created owner-only (0600), replaced atomically.
+
+    An existing file is replaced only when it is ours; nothing is ever written with wider
+    permissions, even for a moment (the temporary file is made 0600 before the secret goes in).
+    """
+    path = path.expanduser()
+    if path.exists() or path.is_symlink():
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            raise ConfigError(f"profile '{profile.name}': cannot use secret_file {path}: {exc.strerror}.") from None
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise ConfigError(
+                f"profile '{profile.name}': secret_file {path} is not a regular file of yours; nothing written.",
+                "Name a new file, e.g. ~/.config/wlcgcloud/NAME.secret.",
+            )
+    if profile.provider == "opennebula" and profile.get("username") and ":" not in value:
+        value = f"{profile.get('username')}:{value}"  # a ONE_AUTH-style file: user:password
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp makes it 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(value + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise ConfigError(f"profile '{profile.name}': cannot write secret_file {path}: {exc.strerror}.") from None
 
 
 def require_secret(profile: Profile) -> Secret:
@@ -236,5 +359,5 @@ def require_secret(profile: Profile) -> Secret:
     raise ConfigError(
         f"profile '{profile.name}': no {secret_label(profile)} found{why}.",
         f"Set {' or '.join(ways)}, store it with 'wlcgcloud profile edit {profile.name} --secret-stdin', "
-        "or name a secret_file.",
+        "or keep it in a secret_file (add --secret-file FILE to that command: it is written with mode 0600).",
     )

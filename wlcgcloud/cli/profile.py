@@ -121,12 +121,25 @@ def _parse_value(spec: cfg.Key, text: str, previous: Any, word: str) -> Any:
     return text
 
 
-def _take_secret(profile: cfg.Profile, from_stdin: bool, required: bool = False) -> str | None:
-    """Read a secret (stdin or hidden prompt) and check the keyring can hold it, before any write."""
-    secret = read_secret(secretstore.secret_label(profile), from_stdin, required)
-    if secret is not None:
-        secretstore.keyring_get(profile.name)  # raises KeyringUnavailable on a headless machine
-    return secret
+def _store_secret(profile: cfg.Profile, value: str, named_file: str | None, *, saved: bool) -> str:
+    """Keep a secret: in the file this command named with --secret-file (written 0600), else the keyring.
+
+    Returns the words for the confirmation line. `saved` tells whether the profile itself is
+    already in config.toml, so that a refusal says the profile was kept and how to add the secret.
+    """
+    if named_file:
+        secretstore.write_secret_file(Path(named_file), profile, value)
+        secretstore.keyring_delete(profile.name)  # an older copy there would be found first
+        return f"secret written to {named_file} (mode 0600)"
+    try:
+        secretstore.keyring_set(profile.name, value)
+    except ConfigError as exc:
+        if not saved:
+            raise
+        raise ConfigError(
+            f"profile '{profile.name}' is saved, but its secret is not: {exc.message}", exc.hint
+        ) from None
+    return "secret stored in the keyring"
 
 
 def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
@@ -150,7 +163,8 @@ def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
         "  wlcgcloud profile add cern-atlas --provider openstack \\\n"
         "      --auth-url https://keystone.example.org:5000/v3 --auth-type v3applicationcredential \\\n"
         "      --application-credential-id 4f3c... --secret-stdin < secret\n"
-        "  wlcgcloud profile add aws-atlas --provider ec2 --region eu-west-1 --access-key-id AKIA... --default\n\n"
+        "  wlcgcloud profile add aws-atlas --provider ec2 --region eu-west-1 --access-key-id AKIA... \\\n"
+        "      --secret-stdin --secret-file ~/.config/wlcgcloud/aws-atlas.secret < key   (no keyring needed)\n\n"
         "Settings per provider (--KEY VALUE; lists comma-separated or repeated; --no-KEY for false):\n\n" + _keys_help()
     ),
 )
@@ -165,10 +179,13 @@ def add(
     ] = False,
     default: Annotated[bool, typer.Option("--default", help="Make it the default profile.")] = False,
 ) -> None:
-    """Add a profile. The secret goes to the system keyring, never to config.toml.
+    """Add a profile. The secret goes to the system keyring, or to --secret-file; never to config.toml.
 
     On a terminal the secret is asked for with a hidden prompt; in scripts use --secret-stdin,
-    or give it at run time as WLCGCLOUD_SECRET_<PROFILE> or the cloud's own variables.
+    or give it at run time as WLCGCLOUD_SECRET_<PROFILE> or the cloud's own variables. On a
+    machine without a keyring (CI, servers) add --secret-file FILE: with --secret-stdin (or the
+    prompt) the secret is written there with mode 0600, and the profile reads it from there.
+    Without either, the profile is saved and the command exits 3 saying how to give the secret.
     """
     g = globals_of(ctx)
     if provider is None:
@@ -181,12 +198,15 @@ def add(
     settings, _ = parse_key_options(list(ctx.args), provider)
     settings = {"provider": provider, **settings}
     profile = cfg.validate_profile(name, settings, conf.path)
-    secret = _take_secret(profile, secret_stdin)
+    secret = read_secret(secretstore.secret_label(profile), secret_stdin)
+    named_file = settings.get("secret_file")
+    stored = None
+    if secret is not None and named_file:  # the file first: the profile never names a file that was not written
+        stored = _store_secret(profile, secret, named_file, saved=False)
     cfg.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
-    if secret is not None:
-        secretstore.keyring_set(name, secret)
-    stored = "; secret stored in the keyring." if secret is not None else "."
-    info(f"Added profile '{name}' ({provider}) to {conf.path}{stored}")
+    if secret is not None and stored is None:
+        stored = _store_secret(profile, secret, None, saved=True)
+    info(f"Added profile '{name}' ({provider}) to {conf.path}" + (f"; {stored}." if stored else "."))
     if secret is None:
         status = _secret_status(profile)
         if not status["found"]:
@@ -269,6 +289,7 @@ def show(
         "\b\nExamples:\n"
         "  wlcgcloud profile edit cern-atlas --flavor m1.xlarge --unset key-name\n"
         "  wlcgcloud profile edit aws-atlas --secret-stdin < new-secret\n"
+        "  wlcgcloud profile edit aws-atlas --secret-stdin --secret-file ~/.config/wlcgcloud/aws.secret < key\n"
         "  wlcgcloud profile edit cern-atlas        (opens $EDITOR on the config file)"
     ),
 )
@@ -297,12 +318,16 @@ def edit(
     new = {k: v for k, v in profile.settings.items() if k not in unset}
     new.update(settings)
     updated = cfg.validate_profile(name, new, conf.path)
-    new_secret = _take_secret(updated, secret_stdin, required=secret) if (secret_stdin or secret) else None
+    label = secretstore.secret_label(updated)
+    new_secret = read_secret(label, secret_stdin, required=secret) if (secret_stdin or secret) else None
+    stored = None
+    if new_secret is not None and settings.get("secret_file"):
+        stored = _store_secret(updated, new_secret, settings["secret_file"], saved=False)
     if settings or unset or default:
         cfg.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
-    if new_secret is not None:
-        secretstore.keyring_set(name, new_secret)
-    info(f"Updated profile '{name}'" + (" and its secret in the keyring." if new_secret is not None else "."))
+    if new_secret is not None and stored is None:
+        stored = _store_secret(updated, new_secret, None, saved=True)
+    info(f"Updated profile '{name}'" + (f"; {stored}." if stored else "."))
 
 
 def _edit_in_editor(path: Path) -> None:
@@ -339,9 +364,13 @@ def remove(
     conf = g.config()
     conf.profile(name)
     confirm(g, f"remove profile '{name}' and its stored secret")
-    cfg.update_config(conf.path, lambda doc: cfg.remove_profile(doc, name))
+    after = cfg.update_config(conf.path, lambda doc: cfg.remove_profile(doc, name))
     forgot = secretstore.keyring_delete(name)
     info(f"Removed profile '{name}'" + (" and its secret in the keyring." if forgot else "."))
+    if conf.default_profile == name and after.default_profile:
+        info(f"'{after.default_profile}' is the default profile now.")
+    elif conf.default_profile == name and after.profiles:
+        info("There is no default profile now; choose one with 'wlcgcloud profile edit NAME --default'.")
 
 
 app.command("rm", hidden=True)(remove)
@@ -379,8 +408,10 @@ def import_(
 ) -> None:
     """Import profiles from OpenStack clouds.yaml, ~/.aws/config + credentials, and ONE_AUTH/ONE_XMLRPC.
 
-    Secrets found there go to the system keyring, never into config.toml. Existing profiles
-    are skipped unless --overwrite.
+    A secret found there is not copied: the profile keeps a reference to the file that holds it
+    (secret_from) and reads it there at run time, so it works without a keyring; that file must
+    be readable only by its owner, as secret_file must. Importing into an empty config makes the
+    first profile the default. Existing profiles are skipped unless --overwrite.
     """
     from wlcgcloud import importers
 
@@ -426,24 +457,26 @@ def import_(
             row["action"] = "skipped (exists; --overwrite replaces it)"
             continue
         row["action"] = ("would " if dry_run else "") + ("overwrite" if cand.name in conf.profiles else "add")
-        accepted[cand.name] = cand.settings
-        if cand.secret and not dry_run:
+        settings = dict(cand.settings)
+        if cand.secret_from:
+            # A reference to the file that holds the secret, read at run time: no copy, so a key
+            # rotated in ~/.aws/credentials or clouds.yaml is the one used, and no keyring is needed.
+            settings["secret_from"] = cand.secret_from
+            profile = cfg.validate_profile(cand.name, settings, conf.path)
+            row["secret"] = f"read from {cand.secret_from.partition(':')[2]}"
             try:
-                secretstore.keyring_set(cand.name, cand.secret)
-                row["secret"] = "stored in keyring"
+                secretstore.read_secret_reference(cand.secret_from, profile)
             except ConfigError as exc:
-                row["secret"] = "not stored"
-                warn(f"'{cand.name}': secret not stored: {exc}", g)
-        elif cand.secret:
-            row["secret"] = "would store in keyring"
+                warn(f"'{cand.name}': its secret cannot be used yet: {exc}", g)
+        accepted[cand.name] = settings
     if accepted and not dry_run:
-        first_profiles = not conf.profiles
+        first = None if conf.profiles else next(iter(accepted))
 
         def change(doc: Any) -> None:
             for name, settings in accepted.items():
                 cfg.set_profile(doc, name, settings)
-            if first_profiles and len(accepted) == 1:
-                cfg.set_default(doc, next(iter(accepted)))
+            if first is not None:  # into an empty config: the first profile becomes the default
+                cfg.set_default(doc, first)
 
         cfg.update_config(conf.path, change)
     emit(ctx, rows, IMPORT_COLUMNS)
