@@ -78,7 +78,11 @@ def test_show_console_log_and_unknown_id(run: Run, world: World, aws: Any) -> No
     log = run("instance", "console-log", iid, "-n", "2")
     assert log.code == 0 and 1 <= len(log.out.splitlines()) <= 2
     missing = run("instance", "show", "i-0123456789abcdef0")
-    assert missing.code == 6 and "no instance 'i-0123456789abcdef0'" in missing.err
+    # An id no profile knows is a bad argument (2), naming the profiles asked; not "cloud unreachable" (6).
+    assert missing.code == 2 and "no instance 'i-0123456789abcdef0' in profile(s) aws" in missing.err
+    for lines in ("-5", "0"):
+        refused = run("instance", "console-log", iid, "-n", lines)
+        assert refused.code == 2 and "-n" in refused.err and refused.out == ""
 
 
 def test_terminate_needs_confirmation_and_refuses_unknown_ids(run: Run, world: World, aws: Any) -> None:
@@ -89,7 +93,7 @@ def test_terminate_needs_confirmation_and_refuses_unknown_ids(run: Run, world: W
     dry = run("instance", "terminate", iid, "--dry-run", "-o", "json")
     assert dry.code == 0 and dry.json()[0]["terminated"] is False  # type: ignore[index]
     mixed = run("instance", "terminate", iid, "i-0123456789abcdef0", "--yes")
-    assert mixed.code == 6 and "nothing was terminated" in mixed.err
+    assert mixed.code == 2 and "nothing was terminated" in mixed.err and "profile(s) aws" in mixed.err
     state = run("instance", "show", iid, "-o", "json").json()
     assert state["state"] in ("pending", "running")  # type: ignore[index]
 

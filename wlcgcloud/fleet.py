@@ -92,12 +92,24 @@ def find_instance(profiles: Sequence[Profile], instance_id: str) -> tuple[Instan
     if not out.instances:
         if out.failures and len(out.failures) == out.asked:
             raise out.failures[0][1]
-        names = ", ".join(p.name for p in profiles)
-        unanswered = f" ({len(out.failures)} did not answer)" if out.failures else ""
-        raise CloudError(
-            f"no instance '{instance_id}' in profile(s) {names}{unanswered}.", "See 'wlcgcloud instance list --all'."
-        )
+        raise unknown_ids([instance_id], profiles, out.failures)
     return out.instances[0], out
+
+
+def unknown_ids(
+    ids: Sequence[str], profiles: Sequence[Profile], failures: Sequence[tuple[str, WlcgError]]
+) -> WlcgError:
+    """The error for ids no profile has: a bad argument (2) when every profile answered; when some
+    did not, the id may live there, so it is their failure (6) that is reported, naming them."""
+    shown = ", ".join(repr(i) for i in ids)
+    asked = ", ".join(p.name for p in profiles)
+    if failures:
+        silent = ", ".join(name for name, _ in failures)
+        return CloudError(
+            f"no instance {shown} in the profiles that answered ({asked} asked; {silent} did not answer).",
+            "Try again, or narrow with -p PROFILE.",
+        )
+    return UsageError(f"no instance {shown} in profile(s) {asked}.", "See 'wlcgcloud instance list --all'.")
 
 
 def resolve_instances(profiles: Sequence[Profile], ids: Sequence[str]) -> tuple[dict[str, list[Instance]], Gathered]:
@@ -111,11 +123,8 @@ def resolve_instances(profiles: Sequence[Profile], ids: Sequence[str]) -> tuple[
     if unknown:
         if listed.failures and len(listed.failures) == listed.asked:
             raise listed.failures[0][1]
-        silent = f"; {len(listed.failures)} profile(s) did not answer" if listed.failures else ""
-        raise CloudError(
-            f"no instance {', '.join(repr(u) for u in unknown)} in the profiles asked{silent}; nothing was terminated.",
-            "See 'wlcgcloud instance list --all'.",
-        )
+        error = unknown_ids(unknown, profiles, listed.failures)
+        raise type(error)(error.message.rstrip(".") + "; nothing was terminated.", error.hint)
     ambiguous = {i: [x.profile for x in found] for i, found in holders.items() if len(found) > 1}
     if ambiguous:
         first, where = next(iter(ambiguous.items()))

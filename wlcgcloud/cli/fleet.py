@@ -118,7 +118,8 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
         launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
         remembered = ledger.instances(fleet=name)
     if not instances and not launches:
-        raise UsageError(f"no fleet '{name}' on the profiles asked, nor in the ledger.", "See 'wlcgcloud fleet list'.")
+        asked = ", ".join(p.name for p in profiles)
+        raise UsageError(f"no fleet '{name}' on profile(s) {asked}, nor in the ledger.", "See 'wlcgcloud fleet list'.")
     now = datetime.now(UTC)
     rows = [_shown(i, now) for i in instances]
     live = {(i.profile, i.id) for i in instances}
@@ -225,7 +226,8 @@ def scale(
         launched_on = sorted({r.profile for r in ledger.launches(name)})
     where = holders or [p for p in launched_on if p in {q.name for q in profiles}]
     if not where:
-        raise UsageError(f"no fleet '{name}' on the profiles asked.", "See 'wlcgcloud fleet list'.")
+        asked = ", ".join(p.name for p in profiles)
+        raise UsageError(f"no fleet '{name}' on profile(s) {asked}.", "See 'wlcgcloud fleet list'.")
     if len(where) > 1:
         raise UsageError(f"fleet '{name}' lives on profiles {', '.join(where)}.", "Scale one at a time with -p.")
     profile = g.config().profile(where[0])

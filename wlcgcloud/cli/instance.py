@@ -117,7 +117,9 @@ def _as_rows(data: dict[str, object]) -> list[dict[str, object]]:
 def console_log(
     ctx: typer.Context,
     instance_id: Annotated[str, typer.Argument(help="Instance id.")],
-    lines: Annotated[int | None, typer.Option("--lines", "-n", help="Only the last N lines.")] = None,
+    lines: Annotated[
+        int | None, typer.Option("--lines", "-n", min=1, help="Only the last N lines (at least 1).")
+    ] = None,
 ) -> None:
     """Print an instance's console log (the cloud's serial console output).
 
