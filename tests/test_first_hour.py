@@ -211,3 +211,21 @@ def test_removing_the_default_leaves_the_one_profile_left_as_default(run: Run, w
     assert r.code == 0 and "'c' is the default profile now" in r.err
     listed = run("profile", "list", "-o", "json").json()
     assert listed == [{"name": "c", "provider": "ec2", "default": True, "region": "eu-west-1"}]
+
+
+@pytest.mark.parametrize(
+    ("prepare", "problem"),
+    [
+        (lambda f: None, "cannot read secret_file"),
+        (lambda f: (f.write_text("s\n"), f.chmod(0o644)), "readable by others"),
+        (lambda f: (f.write_text(""), f.chmod(0o600)), "is empty"),
+    ],
+)
+def test_a_secret_file_named_without_a_secret_is_checked_before_it_is_saved(
+    run: Run, world: World, prepare: Any, problem: str
+) -> None:
+    named = world.root / "given.secret"
+    prepare(named)
+    r = run("profile", "add", "x", "--provider", "ec2", "--region", "eu-west-1", "--secret-file", str(named))
+    assert r.code == 3 and problem in r.err and len(r.err.splitlines()) == 1
+    assert not world.config.exists()

@@ -96,7 +96,12 @@ def test_secret_file_readable_by_others_is_refused(run: Run, world: World, mode:
     secret_file = world.root / "secret"
     secret_file.write_text("x")
     secret_file.chmod(mode)
-    run("profile", "add", "a", "--provider", "ec2", "--region", "r", "--secret-file", str(secret_file))
+    add = ("profile", "add", "a", "--provider", "ec2", "--region", "r", "--secret-file", str(secret_file))
+    refused = run(*add)  # named now: checked now, and nothing is saved
+    assert refused.code == 3 and "readable by others" in refused.err and not world.config.exists()
+    secret_file.chmod(0o600)
+    assert run(*add).code == 0
+    secret_file.chmod(mode)  # and a file that becomes readable by others later is refused when it is read
     with pytest.raises(ConfigError, match="readable by others") as info:
         secretstore.require_secret(load_config(world.config).profile("a"))
     assert f"chmod 600 {secret_file}" in str(info.value)

@@ -20,13 +20,15 @@ CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "d
 EXIT_CODES = (
     ("0", "success"),
     ("1", "unexpected internal error (a bug; a traceback only with --debug)"),
-    ("2", "usage error: a bad option or argument, a confirmation needed without a terminal"),
+    ("2", "usage error: a bad option or argument, a confirmation needed without a terminal; "
+     "an instance id or fleet that no profile knows (the message names the profiles asked)"),
     ("3", "configuration error: unknown or invalid profile, unreadable config, missing secret"),
     ("4", "authentication or authorisation refused by the cloud"),
     ("5", "refused by policy: not endorsed, endorsement expired or unverifiable, user-data too large"),
     ("6", "cloud unreachable, or an API error after retries"),
     ("7", "partial success: some profiles or instances failed, others succeeded"),
-    ("130", "interrupted"),
+    ("130", "interrupted; what the clouds made is in the ledger and the partial result is reported"),
+    ("141", "standard output closed by its reader (| head), as a process killed by SIGPIPE"),
 )
 ENVIRONMENT = (
     ("WLCGCLOUD_PROFILE", "profiles to use, comma-separated (as -p)"),
@@ -36,6 +38,10 @@ ENVIRONMENT = (
     ("X509_USER_PROXY", "the X.509 proxy to forward (else /tmp/x509up_u<uid>)"),
     ("BEARER_TOKEN, BEARER_TOKEN_FILE", "the WLCG token to forward (then $XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid>)"),
     ("WLCGCLOUD_SECRET_<PROFILE>", "one profile's secret (profile name upper-cased, other characters as _)"),
+    ("AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID", "an EC2 profile's secret key, when the key id is the profile's"),
+    ("OS_PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET, OS_ACCESS_TOKEN", "an OpenStack profile's secret, by auth type"),
+    ("ONE_AUTH, ONE_XMLRPC", "an OpenNebula user:password file and endpoint (also read by profile import)"),
+    ("AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, OS_CLIENT_CONFIG_FILE", "where profile import looks"),
     ("NO_COLOR", "plain output"),
 )
 
@@ -123,6 +129,11 @@ def _tail() -> list[str]:
         "\\fI~/.local/state/wlcgcloud/\\fR",
         "subscribed image lists, downloads, ledger.sqlite (launches and instance lifetimes) and completion.json "
         "(fleet names, instance ids, flavors and networks per profile, for completion) (XDG state directory)",
+        ".TP",
+        "\\fIsecret_file\\fR, \\fIsecret_from\\fR",
+        "a profile's secret kept in a file of the user's (written 0600 by --secret-stdin --secret-file), or read "
+        "from the AWS, clouds.yaml/secure.yaml or ONE_AUTH file it was imported from; refused unless only its "
+        "owner can read it",
     ]
     return lines
 

@@ -143,7 +143,11 @@ def read_secret(label: str, from_stdin: bool, required: bool = False) -> str | N
         return None
     import getpass
 
-    value = getpass.getpass(f"{label} (input hidden; empty to skip): ")
+    try:
+        value = getpass.getpass(f"{label} (input hidden; empty to skip): ")
+    except EOFError:  # Ctrl-D: the same as an empty answer
+        print(file=sys.stderr)
+        return None
     return value or None
 
 

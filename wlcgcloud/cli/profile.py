@@ -198,8 +198,14 @@ def add(
     settings, _ = parse_key_options(list(ctx.args), provider)
     settings = {"provider": provider, **settings}
     profile = cfg.validate_profile(name, settings, conf.path)
-    secret = read_secret(secretstore.secret_label(profile), secret_stdin)
     named_file = settings.get("secret_file")
+    if not secret_stdin and (named_file or os.environ.get(cfg.secret_variable(name))):
+        # The secret is given already, in the environment or in a file (checked now): nothing to ask for.
+        if named_file:
+            secretstore.read_secret_file(Path(named_file).expanduser(), profile)
+        secret = None
+    else:
+        secret = read_secret(secretstore.secret_label(profile), secret_stdin)
     stored = None
     if secret is not None and named_file:  # the file first: the profile never names a file that was not written
         stored = _store_secret(profile, secret, named_file, saved=False)
@@ -320,6 +326,8 @@ def edit(
     updated = cfg.validate_profile(name, new, conf.path)
     label = secretstore.secret_label(updated)
     new_secret = read_secret(label, secret_stdin, required=secret) if (secret_stdin or secret) else None
+    if settings.get("secret_file") and new_secret is None:  # a file named now is checked now, before it is saved
+        secretstore.read_secret_file(Path(settings["secret_file"]).expanduser(), updated)
     stored = None
     if new_secret is not None and settings.get("secret_file"):
         stored = _store_secret(updated, new_secret, settings["secret_file"], saved=False)
@@ -496,7 +504,7 @@ TEST_COLUMNS = [
 
 DOCTOR_EPILOG = """\b
 Checks, in order (a step an earlier failure makes pointless is skipped):
-  secret    found in the environment, the keyring or secret_file
+  secret    found in the environment, the keyring, secret_file or the imported file
   dns       the endpoint's host resolves (within the profile's timeout)
   tcp       a connection opens
   tls       the chain verifies against ca_bundle (else the default bundle), the host name
