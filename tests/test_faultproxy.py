@@ -125,6 +125,23 @@ def test_planned_faults_are_used_once_in_order_then_requests_pass(proxy: FaultPr
     assert proxy.pending() == 0 and proxy.forwarded() == 1 and proxy.forwarded("/n/4") == 1
 
 
+def test_a_status_body_can_quote_the_request_escaped_for_its_content_type(proxy: FaultProxy) -> None:
+    """`{request}` in a status fault's body: the request as received, as a server quoting a bad request."""
+    echo = '{"error": {"code": 400, "message": "bad request: {request}"}}'
+    xml = {"Content-Type": "text/xml"}
+    proxy.plan(Fault("status", status=400, headers={"Content-Type": "application/json"}, body=echo),
+               Fault("status", status=400, headers=xml, body="<Message>{request}</Message>"))  # fmt: skip
+    status, _, body = call(proxy.url + "/v3/auth/tokens", b'{"secret": "a<b"}', "POST", {"X-Auth-Token": "tok-1"})
+    message = json.loads(body)["error"]["message"]  # still JSON: quotes and newlines escaped
+    assert status == 400 and message.startswith("bad request: POST /v3/auth/tokens\r\n")
+    assert "X-Auth-Token: tok-1" in message and message.endswith('{"secret": "a<b"}')
+    _, _, body = call(proxy.url + "/", b"Action=RunInstances&UserData=a<b")
+    assert ET.fromstring(body).text.endswith("Action=RunInstances&UserData=a<b")  # type: ignore[union-attr]
+    proxy.plan(Fault("status", status=400, body="you sent {body}"))
+    assert call(proxy.url + "/", b"x=1")[2] == b"you sent x=1"
+    assert proxy.forwarded() == 0
+
+
 def test_always_applies_until_clear(proxy: FaultProxy) -> None:
     proxy.always(Fault("status", status=502))
     assert [call(proxy.url + "/")[0] for _ in range(3)] == [502, 502, 502]

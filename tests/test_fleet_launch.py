@@ -95,7 +95,9 @@ def test_a_rerun_resumes_the_fleet_without_duplicates(
     assert result.code == 0, result.err
     data = result.json()
     assert isinstance(data, dict)
-    assert data["launched"] == 5 and data["profiles"][0]["resumed"] == 3
+    # Truthful: 3 found from the earlier run, 2 started by this one.
+    assert (data["resumed"], data["launched"], data["failed"]) == (3, 2, 0)
+    assert (data["profiles"][0]["resumed"], data["profiles"][0]["launched"]) == (3, 2)
     ids = {i["id"] for i in data["instances"]}
     assert set(earlier) <= ids and len(ids) == 5
     listed = run("instance", "list", "--fleet", "resume-me", "-p", "aws", "-o", "json")
@@ -103,6 +105,9 @@ def test_a_rerun_resumes_the_fleet_without_duplicates(
     assert ids <= {r["id"] for r in ledger_rows(world, "instances")}
     again = run(*base, "--count", "5")  # the same command once more: nothing new
     assert again.code == 0 and again.json()["profiles"][0]["resumed"] == 5  # type: ignore[index,call-overload]
+    assert again.json()["launched"] == 0  # type: ignore[index,call-overload]
+    table = run(*base[:-2], "--count", "5")
+    assert "5 requested; found 5 of an earlier run, started 0." in table.err
     assert ids == {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "resume-me"}
     other = run(*base, "--count", "7")
     assert other.code == 2 and "fleet scale resume-me" in other.err
@@ -223,13 +228,20 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
         again = subprocess.run(command, env=env, capture_output=True, text=True)
         assert again.returncode == 0, again.stderr
         assert "for calls of an interrupted launch to land" in again.stderr
-        assert "resumed" in again.stderr and "launched 10/10" in again.stderr
+        # It says what it found and what it started, never "launched 10/10" for VMs it did not start.
+        found = re.search(r"resumed (\d+)/10", again.stderr)
+        started = re.search(r"launched (\d+)/(\d+)", again.stderr)
+        assert found and started and started[1] == started[2], again.stderr
+        assert int(found[1]) + int(started[1]) == 10 and int(started[1]) >= 2  # two calls were never sent
+        assert f"found {found[1]} of an earlier run, started {started[1]}." in again.stderr
     _ok, body = xmlrpc.client.ServerProxy(peer.url).one.vmpool.info("atlas:secret", -1, -1, -1, -1)[:2]
     assert body.count("killed") >= 10
     names = re.findall(r"<NAME>(killed-\d+)</NAME>", body)
     assert sorted(names) == sorted(f"killed-{n}" for n in range(1, 11))  # ten, none twice
     recorded = {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "killed"}
     assert len(recorded) == 10
+    # The killed launch's intent stayed open until the re-run's listing adopted what it had made.
+    assert [r["state"] for r in ledger_rows(world, "launches")] == ["adopted", "launched"]
 
 
 def test_a_second_launch_of_a_fleet_being_launched_is_refused(world: World, one_world: dict[str, Any]) -> None:

@@ -285,7 +285,11 @@ class Finding:
 
 
 def reconcile(profiles: Sequence[Profile], ledger: Ledger, write: bool = True) -> tuple[list[Finding], Gathered]:
-    """Compare the ledger with the clouds; cloud tags are the truth, the ledger is brought in line."""
+    """Compare the ledger with the clouds; cloud tags are the truth, the ledger is brought in line.
+
+    Launches left open because they may have made instances no answer showed are closed
+    ('adopted') on every profile that answered: those instances are recorded now.
+    """
     gathered = list_instances(profiles)
     answered = {p.name for p in profiles} - {name for name, _ in gathered.failures}
     seen = {(i.profile, i.id): i for i in gathered.instances}
@@ -306,4 +310,6 @@ def reconcile(profiles: Sequence[Profile], ledger: Ledger, write: bool = True) -
         for name, rows in itertools.groupby(sorted(gone, key=lambda r: r["profile"]), key=lambda r: r["profile"]):
             ledger.mark_ended(name, [r["id"] for r in rows], state="unknown")
         ledger.record_instances(i for key, i in seen.items() if key in known)  # states and ends, as seen now
+        for name in answered:  # every fleet there is recorded now: so is whatever launches may have made unseen
+            ledger.adopted(name)
     return findings, gathered

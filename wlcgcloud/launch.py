@@ -32,7 +32,7 @@ from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import CloudError, PolicyError, UsageError, WlcgError
 from wlcgcloud.fleet import remember_names
-from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota
+from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota, UncertainLaunch
 from wlcgcloud.times import human_duration, stamp
 
 if TYPE_CHECKING:
@@ -147,19 +147,30 @@ class LaunchPlan:
 
 @dataclass
 class ProfileLaunched:
-    """One profile's outcome: the instances it has for this launch (resumed ones included)."""
+    """One profile's outcome: the instances it has for this launch, those an earlier run made included."""
 
     plan: ProfilePlan
     instances: list[Instance] = field(default_factory=list)
     error: WlcgError | None = None
-    resumed: int = 0  # instances an earlier attempt had made, found by the fleet's tags
+    found: set[str] = field(default_factory=set)  # ids of instances an earlier run had made, found by the fleet's tags
+    uncertain: int = 0  # instances this run may have made that no answer showed (a re-run adopts them)
     failed_after: list[Instance] = field(default_factory=list)  # went to error while --wait waited
+
+    @property
+    def resumed(self) -> int:
+        """Instances it has that an earlier run made."""
+        return sum(1 for i in self.instances if i.id in self.found)
+
+    @property
+    def launched(self) -> int:
+        """Instances it has that this run started."""
+        return len(self.instances) - self.resumed
 
     def to_dict(self) -> dict[str, Any]:
         requested = self.plan.request.count
-        launched = len(self.instances)
-        return {"profile": self.plan.name, "requested": requested, "launched": launched,
-                "failed": max(0, requested - launched), "resumed": self.resumed}  # fmt: skip
+        return {"profile": self.plan.name, "requested": requested, "launched": self.launched,
+                "failed": max(0, requested - len(self.instances) - self.uncertain), "resumed": self.resumed,
+                "uncertain": self.uncertain}  # fmt: skip
 
 
 @dataclass
@@ -179,6 +190,8 @@ class Launched:
             "requested": sum(r["requested"] for r in rows),
             "launched": sum(r["launched"] for r in rows),
             "failed": sum(r["failed"] for r in rows),
+            "resumed": sum(r["resumed"] for r in rows),
+            "uncertain": sum(r["uncertain"] for r in rows),
             "profiles": rows,
             "instances": [i.to_dict() for r in self.results for i in r.instances],
             "errors": [{"profile": r.plan.name, "message": str(r.error)} for r in self.results if r.error],
@@ -505,7 +518,9 @@ def launch(
         except WlcgError as exc:  # refused: another launch of the fleet is running
             result.error = exc
         state = "launched" if not result.error else ("partial" if result.instances else "failed")
-        ledger.finish(launch_id, state, str(result.error) if result.error else None)
+        if result.uncertain:
+            state = "intent"  # stays open: what it may have made is adopted by the next listing of the fleet
+        ledger.finish(launch_id, state, str(result.error) if result.error else None, uncertain=result.uncertain)
         remember_names(p.name, result.instances)
         return result
 
@@ -520,7 +535,9 @@ def launch(
                     "Choose another --fleet, or change the fleet with 'wlcgcloud fleet scale'.",
                 )
             ledger.record_instances(have, launch_id)
-            result.instances, result.resumed = list(have), len(have)
+            if p.name in earlier or resize:  # the fleet was listed: what earlier runs may have made is known now
+                ledger.adopted(p.name, launch_id, fleet=plan.fleet)
+            result.instances, result.found = list(have), {i.id for i in have}
             if have:
                 tell(p.name, "resumed", len(have), p.request.count)
             missing = p.request.count - len(have)
@@ -529,13 +546,16 @@ def launch(
                 # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
                 pattern = re.compile(rf"{re.escape(plan.fleet)}-(\d+)")
                 numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
-                try:
-                    made = p.provider.create(replace(p.request, count=missing, first=max(numbers, default=0) + 1))
+                request = replace(p.request, count=missing, first=max(numbers, default=0) + 1)
+                try:  # each instance is recorded as soon as the cloud has told its id
+                    made = p.provider.create(request, lambda known: ledger.record_instances(known, launch_id))
                 except PartialLaunch as exc:
                     made, result.error = exc.instances, exc
+                except UncertainLaunch as exc:
+                    made, result.error, result.uncertain = exc.instances, exc, exc.unknown
                 ledger.record_instances(made, launch_id)
                 result.instances += made
-            tell(p.name, "launched", len(result.instances), p.request.count)
+                tell(p.name, "launched", len(made), missing)
         except WlcgError as exc:
             result.error = exc  # what was found or made before stays in the result and the ledger
 

@@ -16,6 +16,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE launches ADD COLUMN owner TEXT;
     ALTER TABLE launches ADD COLUMN calls_until REAL;
     """,
+    # v3: how many instances a launch may have made that no answer showed (answers lost, and
+    # looking for them failed). Such a launch stays in state 'intent' until a later listing of
+    # the fleet on its profile (a re-run, `fleet reconcile`) adopts what it made: state
+    # 'adopted', uncertain 0. A killed launch whose calls can no longer land is adopted so too.
+    """
+    ALTER TABLE launches ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -114,6 +122,7 @@ class LaunchRecord:
     finished: str | None
     owner: str | None = None  # host:pid of the process that made the calls
     calls_until: float | None = None  # epoch seconds: its calls may land until then
+    uncertain: int = 0  # instances it may have made that no answer showed, until a listing adopts them
 
 
 def this_process() -> str:
@@ -197,12 +206,32 @@ class Ledger:
             cursor = db.execute(f"INSERT INTO launches ({columns}) VALUES ({marks})", row)
         return int(cursor.lastrowid or 0)
 
-    def finish(self, launch_id: int, state: str, error: str | None = None) -> None:
+    def finish(self, launch_id: int, state: str, error: str | None = None, uncertain: int = 0) -> None:
+        """The end of a launch's calls. With `uncertain` instances it may have made unseen, give state 'intent'."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE launches SET state = ?, error = ?, finished = ?, calls_until = NULL WHERE id = ?",
-                (state, error, _now(), launch_id),
+                "UPDATE launches SET state = ?, error = ?, finished = ?, calls_until = NULL, uncertain = ?"
+                " WHERE id = ?",
+                (state, error, _now(), uncertain, launch_id),
             )
+
+    def adopted(self, profile: str, by: int | None = None, fleet: str | None = None) -> None:
+        """A full listing of `fleet` (or of every fleet) on `profile` has been recorded: close the open intents
+        there whose calls can no longer land (finished with instances unseen, or of a killed process).
+
+        `by` is the launch that listed, left as it is; a launch still making calls is never touched.
+        """
+        query = """
+            UPDATE launches SET state = 'adopted', uncertain = 0
+            WHERE profile = ? AND state = 'intent' AND id IS NOT ?
+              AND (finished IS NOT NULL OR (calls_until IS NOT NULL AND calls_until <= ?))
+        """
+        args: list[Any] = [profile, by, time.time()]
+        if fleet is not None:
+            query += " AND fleet = ?"
+            args.append(fleet)
+        with self._transaction() as db:
+            db.execute(query, args)
 
     def calls_may_land_until(self, launch_id: int, until: float) -> None:
         """The heartbeat of a launch making calls: what it sent may reach the cloud until `until`."""

@@ -11,6 +11,11 @@ else is forwarded untouched, so the peer's real behaviour stays under test.
         ...  # point the client at proxy.url
         assert proxy.forwarded("Action=RunInstances") == 1
 
+A ``status`` fault's body may hold ``{request}`` (the request as received: request line, headers, body)
+or ``{body}`` (its body alone), escaped for the fault's Content-Type (JSON, XML/HTML), as servers that
+quote a bad request back do; so a test can see whether anything the client sent leaks from the error
+it shows.
+
 Matching (``Fault.match``, ``forwarded(match)``): None matches every request; a string matches when
 it occurs in ``"METHOD /path?query"`` or in the request body (``"Action=RunInstances"`` for the EC2
 query API, ``"/servers"``, ``"one.vm.allocate"`` for XML-RPC); a callable gets (method, path, body).
@@ -24,7 +29,9 @@ simple, correct and hides peers without keep-alive. Not restartable after stop()
 from __future__ import annotations
 
 import email.utils
+import html
 import http.client
+import json
 import socket
 import socketserver
 import ssl
@@ -82,8 +89,12 @@ class Fault:
     def matches(self, method: str, path: str, body: bytes) -> bool:
         return _matches(self.match, method, path, body)
 
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        """The (status, headers, body) a synthesized answer carries (kinds status/ec2_throttle/xmlrpc_fault)."""
+    def response(self, request: str = "", body: str = "") -> tuple[int, dict[str, str], bytes]:
+        """The (status, headers, body) a synthesized answer carries (kinds status/ec2_throttle/xmlrpc_fault).
+
+        ``request`` (the request as received) and ``body`` (its body) replace ``{request}`` and ``{body}``
+        in a status fault's body.
+        """
         if self.kind == "ec2_throttle":
             body = _EC2_THROTTLE.format(uuid.uuid4()).encode()
             return 503, {"Content-Type": "text/xml;charset=UTF-8"}, body
@@ -91,8 +102,15 @@ class Fault:
             # OpenNebula reports failures in-band: HTTP 200 and a normal methodResponse whose array says False.
             body = xmlrpc.client.dumps((list(self.value),), methodresponse=True, allow_none=True).encode()
             return 200, {"Content-Type": "text/xml"}, body
-        body = self.body.encode() if isinstance(self.body, str) else self.body
-        return self.status, dict(self.headers), body
+        answer = self.body.encode() if isinstance(self.body, str) else self.body
+        kind = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "").lower()
+        for mark, text in ((b"{request}", request), (b"{body}", body)):
+            if "json" in kind:
+                text = json.dumps(text)[1:-1]
+            elif "xml" in kind or "html" in kind:
+                text = html.escape(text, quote=False)
+            answer = answer.replace(mark, text.encode())
+        return self.status, dict(self.headers), answer
 
 
 class Seen(NamedTuple):
@@ -278,7 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "stall":
             proxy._stopping.wait(fault.seconds)  # then close without answering
         else:
-            self._answer(*fault.response())
+            head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+            text = body.decode(errors="replace")
+            self._answer(*fault.response(f"{self.command} {self.path}\r\n{head}\r\n{text}", text))
 
     def _reset(self) -> None:
         # SO_LINGER on with timeout 0 makes close() send RST instead of FIN: a connection reset.

@@ -29,7 +29,8 @@ LABELS/ERROR/SCHED_MESSAGE.
 
 Test control lives in the ``peer.`` namespace (no session): peer.reset, peer.calls, peer.set_state,
 peer.add_vm, peer.add_vms, peer.set_time_offset (peer clock = wall clock + offset), peer.now,
-peer.set_deploy_delay.
+peer.set_deploy_delay, peer.fail (the next calls of a method fail with a code and a message that
+may quote the request's session string, as oned's own messages quote requests).
 
 Run it: ``python tests/peers/opennebula.py --port 0 [--user NAME:PASSWORD]... [--config world.json]``
 prints ``READY http://127.0.0.1:<port>/RPC2``; or in-process ``with OpenNebulaPeer() as peer: peer.url``.
@@ -459,7 +460,7 @@ class OpenNebulaPeer:
         self._control: dict[str, Callable[..., Any]] = {
             "peer.reset": self.reset, "peer.calls": self.calls, "peer.set_state": self.set_state,
             "peer.add_vm": self.add_vm, "peer.add_vms": self.add_vms, "peer.set_time_offset": self.set_time_offset,
-            "peer.now": self.now, "peer.set_deploy_delay": self.set_deploy_delay,
+            "peer.now": self.now, "peer.set_deploy_delay": self.set_deploy_delay, "peer.fail": self.fail,
         }  # fmt: skip
 
     # ---------------------------------------------------------------- lifecycle
@@ -506,6 +507,7 @@ class OpenNebulaPeer:
             self._vms: dict[int, _VM] = {}
             self._pending: set[int] = set()
             self._next_vm = 0
+            self._failures: dict[str, list[tuple[int, str]]] = {}
         return True
 
     def _obj(self, spec: dict[str, Any], now: int) -> _Obj:
@@ -530,6 +532,13 @@ class OpenNebulaPeer:
         with self._lock:
             self._offset = float(seconds)
             return int(self.now())
+
+    def fail(self, method: str, code: int, message: str, times: int = 1) -> bool:
+        """The next `times` authenticated calls of `method` fail with `code` (e.g. AUTHORIZATION, 0x200) and
+        `message`, in which "{session}" stands for the call's session string ("user:password")."""
+        with self._lock:
+            self._failures.setdefault(method, []).extend([(int(code), message)] * int(times))
+        return True
 
     def set_deploy_delay(self, seconds: float) -> bool:
         self._delay = float(seconds)
@@ -578,6 +587,9 @@ class OpenNebulaPeer:
                 user = next((u for u in self._users.values() if u.name == name), None)
                 if user is None or user.password != password:
                     raise OneError(AUTHENTICATION, f"[{method}] User couldn't be authenticated, aborting call.")
+                if self._failures.get(method):
+                    code, message = self._failures[method].pop(0)
+                    raise OneError(code, message.replace("{session}", session))
                 self._tick()
                 return [True, handler(method, user, params), 0]
             except OneError as err:

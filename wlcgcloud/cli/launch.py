@@ -52,10 +52,12 @@ def launch(
         str, typer.Option("--credential", help="auto | x509 | token | none: what to forward into the VMs.")
     ] = "auto",
     proxy: Annotated[
-        Path | None, typer.Option("--proxy", help="X.509 proxy file; default $X509_USER_PROXY, /tmp/x509up_u<uid>.")
+        Path | None,
+        typer.Option("--proxy", readable=False, help="X.509 proxy file; default $X509_USER_PROXY, /tmp/x509up_u<uid>."),
     ] = None,
     token_file: Annotated[
-        Path | None, typer.Option("--token-file", help="Bearer token file; default: WLCG token discovery.")
+        Path | None,
+        typer.Option("--token-file", readable=False, help="Bearer token file; default: WLCG token discovery."),
     ] = None,
     min_lifetime: Annotated[
         str | None,
@@ -65,7 +67,10 @@ def launch(
         str, typer.Option("--credential-owner", help="Account that owns the credential file in the VM.")
     ] = "root",
     user_data: Annotated[
-        Path | None, typer.Option("--user-data", help="Your own cloud-init part(s): cloud-config, script, multipart.")
+        Path | None,
+        typer.Option(
+            "--user-data", readable=False, help="Your own cloud-init part(s): cloud-config, script, multipart."
+        ),
     ] = None,
     bootstrap: Annotated[
         str | None, typer.Option("--bootstrap", help="A shipped bootstrap (htcondor, script); 'list' lists them.")
@@ -141,17 +146,17 @@ def launch(
         credential=credential,
         proxy=proxy.expanduser() if proxy else None,
         token_file=token_file.expanduser() if token_file else None,
-        min_lifetime=parse_duration(min_lifetime, "--min-lifetime") if min_lifetime else None,
+        min_lifetime=None if min_lifetime is None else parse_duration(min_lifetime, "--min-lifetime"),
         credential_owner=credential_owner,
         user_data=user_data.expanduser() if user_data else None,
         bootstrap=bootstrap,
         settings=parse_settings(settings or []),
-        lease=parse_duration(lease, "--lease") if lease else None,
+        lease=None if lease is None else parse_duration(lease, "--lease"),
         allow_unendorsed=allow_unendorsed,
         spread=spread,
         spot=spot,
     )
-    waiting = parse_duration(timeout, "--timeout") if timeout else timedelta(minutes=DEFAULT_WAIT_MINUTES)
+    waiting = timedelta(minutes=DEFAULT_WAIT_MINUTES) if timeout is None else parse_duration(timeout, "--timeout")
     profiles = g.config().select(g.profiles, all_when_empty=False)
     with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
         plan = launching.plan_launch(profiles, options, quotas=dry_run)
@@ -181,10 +186,7 @@ def launch(
         warn(f"--wait: {result.waited}.", g)
     data = result.to_dict()
     if g.output == "table":
-        resumed = sum(r.resumed for r in result.results)
-        again = f" ({resumed} found from an earlier attempt)" if resumed else ""
-        info(f"fleet {data['fleet']}: {data['launched']} of {data['requested']} launched{again}, "
-             f"{data['failed']} failed.")  # fmt: skip
+        info(_summary(data))
         emit(ctx, data["instances"], COLUMNS)
     else:
         emit(ctx, data)
@@ -195,6 +197,17 @@ def launch(
 
 
 DEFAULT_WAIT_MINUTES = 15
+
+
+def _summary(data: dict[str, Any]) -> str:
+    """`fleet f: 20 requested; found 20 of an earlier run, started 0.`: what was found apart from what was started."""
+    parts = [f"found {data['resumed']} of an earlier run"] if data["resumed"] else []
+    parts.append(f"started {data['launched']}")
+    if data["failed"]:
+        parts.append(f"{data['failed']} failed")
+    if data["uncertain"]:
+        parts.append(f"up to {data['uncertain']} may exist unseen (run the same launch again to adopt them)")
+    return f"fleet {data['fleet']}: {data['requested']} requested; {', '.join(parts)}."
 
 
 @contextlib.contextmanager

@@ -6,14 +6,18 @@ SDK crosses this line. Provider-specific detail goes in `extra`. This module imp
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import html
 import itertools
 import json
 import random
 import re
+import socket
 import ssl
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from wlcgcloud.secretstore import Secret
 from wlcgcloud.times import utc
 
 T = TypeVar("T")
+E = TypeVar("E", bound=WlcgError)
 
 # Normalised instance states of the contract, in lifecycle order.
 STATES = ("pending", "running", "stopping", "stopped", "terminated", "error", "unknown")
@@ -68,18 +73,76 @@ def aware(moment: datetime) -> datetime:
 _ECHOED_VALUE = re.compile(r"(?i)(\b(?:value|user_data|userdata)\b\"?\s*[:=]\s*)[^\n]*")
 _LONG_BASE64 = re.compile(r"[A-Za-z0-9+/=_-]{64,}")
 MAX_DETAIL = 300
+SHORTEST_SECRET = 6  # shorter ones would blank out ordinary words
+USER_DATA_LINE = 16  # user-data lines this long or longer are kept out of errors (a token, a PEM line)
 
 
-def clean(text: str, secrets: Sequence[str] = ()) -> str:
-    """A cloud's error text fit for a one-line message: no echoed input or secret, one line, bounded."""
-    text = str(text)
-    for secret in secrets:
-        if len(secret) >= 6:  # shorter ones would blank out ordinary words
-            text = text.replace(secret, "(secret)")
+def _quoted_forms(secret: str) -> set[str]:
+    """A secret as an answer may quote it back: as it is, JSON-escaped, URL-encoded, XML-escaped."""
+    return {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret),
+            html.escape(secret, quote=False), html.escape(secret)}  # fmt: skip
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` without any of `secrets` (in every form an answer may quote them), echoed input or long base64.
+
+    The one filter every cloud error passes before it is shown, logged or recorded in the ledger.
+    """
+    forms = {form for secret in secrets if len(secret) >= SHORTEST_SECRET for form in _quoted_forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):  # a session string before the password inside it
+        text = text.replace(form, "(secret)")
     text = _ECHOED_VALUE.sub(r"\1(not shown)", text)
-    text = _LONG_BASE64.sub("(…)", text)
-    text = " ".join(text.split())
+    return _LONG_BASE64.sub("(…)", text)
+
+
+def clean(text: str, secrets: Iterable[str] = ()) -> str:
+    """A cloud's error text fit for a one-line message: scrubbed, one line, bounded."""
+    text = " ".join(scrub(str(text), secrets).split())
     return text if len(text) <= MAX_DETAIL else text[: MAX_DETAIL - 1] + "…"
+
+
+class NotTheApi(Exception):
+    """An answer that is not the cloud API's: an HTML page, an empty body, another root element.
+
+    The providers' transports raise it where an SDK would take such an answer for an empty
+    result; `Provider.call` makes it exit 6 naming the profile.
+    """
+
+
+_ROOT = re.compile(rb"\s*(?:<\?xml[^>]*\?>\s*)?<(?:[\w.-]+:)?([\w.-]+)")
+
+
+def check_root(body: bytes, due: str, status: int, kind: str | None) -> None:
+    """NotTheApi unless `body` is XML whose root element is `due` (a namespace prefix aside).
+
+    `status` and `kind` (the Content-Type) only describe the answer in the message.
+    """
+    found = _ROOT.match(body)
+    root = found[1].decode(errors="replace") if found else None
+    if root != due:
+        what = f"<{root}>" if root else "no XML" if body.strip() else "an empty body"
+        raise NotTheApi(f"HTTP {status}, {kind or 'no content type'}, {what} where <{due}> was due")
+
+
+def sent(exc: BaseException) -> bool:
+    """Whether a request that failed with `exc` may have reached the cloud.
+
+    False only when the connection was never made: refused, name not resolved, connect timed
+    out, TLS handshake failed, found anywhere in the exception's chain (the SDKs wrap them).
+    """
+    import urllib3.exceptions  # only on a failure: a dependency of every SDK here, never imported at start-up
+
+    never = (urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError, socket.gaierror, ssl.SSLError)
+    seen: BaseException | None = exc
+    for _ in range(12):
+        if seen is None:
+            return True
+        if isinstance(seen, never):
+            return False
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError
+        seen = seen.__cause__ or seen.__context__ or inner or (reason if isinstance(reason, BaseException) else None)
+    return True
 
 
 @dataclass(frozen=True)
@@ -294,6 +357,27 @@ class PartialLaunch(PartialFailure):
         self.instances = instances
 
 
+class UncertainLaunch(CloudError):
+    """A create whose outcome is partly unknown: answers were lost and the look-up for what they made failed.
+
+    `instances` are the ones known; the cloud may have made up to `unknown` more. Those carry the
+    fleet's tags, so a later listing of the fleet (the same launch again, `fleet reconcile`)
+    adopts them; the launch's intent stays open in the ledger until then.
+    """
+
+    def __init__(self, profile: str, requested: int, instances: list[Instance], unknown: int, why: str) -> None:
+        known = f"{len(instances)} of {requested} instances made; up to {unknown} more" if instances else ""
+        super().__init__(
+            f"profile '{profile}': {known or f'up to {unknown}'} instance(s) may exist that no answer showed ({why}).",
+            "Re-run the same launch to adopt them (or run 'wlcgcloud fleet reconcile').",
+        )
+        self.instances = instances
+        self.unknown = unknown
+
+
+Made = Callable[[list[Instance]], None]  # told of instances a create has made, as soon as their ids are known
+
+
 class Provider(ABC):
     """One cloud account (a profile) behind the operations wlcgcloud needs.
 
@@ -309,6 +393,18 @@ class Provider(ABC):
     def __init__(self, profile: Profile, secret: Secret) -> None:
         self.profile = profile
         self.secret = secret
+        self._hidden: frozenset[str] = frozenset({secret.value})  # replaced whole: threads read it while others add
+
+    def hide(self, *values: str | None) -> None:
+        """Keep these out of every error too: a session string, a token, what a user-data holds."""
+        self._hidden = self._hidden | {v for v in values if v}
+
+    def scrubbed(self, error: E) -> E:
+        """`error` with every secret this provider knows taken out of its message and hint."""
+        error.message = scrub(error.message, self._hidden)
+        error.hint = scrub(error.hint, self._hidden) if error.hint else error.hint
+        error.args = (error.message,)
+        return error
 
     @property
     def name(self) -> str:
@@ -347,8 +443,13 @@ class Provider(ABC):
         """(id, name) of what a launch attaches to: networks, EC2 subnets (name: the Name tag)."""
 
     @abstractmethod
-    def create(self, request: LaunchRequest) -> list[Instance]:
-        """Create `request.count` instances in one request where the cloud allows it."""
+    def create(self, request: LaunchRequest, made: Made | None = None) -> list[Instance]:
+        """Create `request.count` instances in one request where the cloud allows it.
+
+        `made` is told of instances as soon as their ids are known, before any later step can
+        fail. Raises PartialLaunch when some were refused, UncertainLaunch when answers were lost
+        and what they made could not be looked up.
+        """
 
     @abstractmethod
     def launch_calls(self, request: LaunchRequest) -> list[str]:
@@ -409,6 +510,19 @@ class Provider(ABC):
     def translate(self, what: str, exc: Exception) -> WlcgError:
         """Turn an SDK exception raised while doing `what` into one of ours, naming the profile."""
 
+    def answered(self, exc: Exception) -> bool:
+        """Whether `exc` is the API's own answer (a refusal, an error code): then the call was not carried out."""
+        return False
+
+    def may_have_acted(self, error: WlcgError) -> bool:
+        """Whether the call that failed with `error` may still have been carried out by the cloud.
+
+        So when it was sent and no answer of the API came back: a broken connection, a timeout,
+        an answer that is not the API's.
+        """
+        cause = error.__cause__
+        return isinstance(cause, Exception) and not self.answered(cause) and sent(cause)
+
     # Shared helpers for the concrete providers.
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -416,20 +530,32 @@ class Provider(ABC):
 
         The SDKs' own timeouts bound each socket operation, but a call that keeps trickling or
         retries for long could outlive it; this deadline is what makes `timeout` hold for every
-        cloud alike.
+        cloud alike. Every error leaves scrubbed (`scrubbed`): whatever the SDK or the cloud
+        quoted, no secret of this provider's reaches a message, the ledger or --debug output.
         """
         try:
             return within(self.profile.timeout, lambda: fn(*args, **kwargs))
-        except WlcgError:
+        except WlcgError as exc:
+            self.scrubbed(exc)
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
             raise self.cloud_error(
                 what,
                 f"no answer within {self.profile.timeout} s",
                 f"Check that the endpoint is up, or raise 'timeout' with 'wlcgcloud profile edit {self.name}'.",
-            ) from None
+            ) from exc
+        except NotTheApi as exc:
+            raise self.not_the_api(what, str(exc)) from exc
         except Exception as exc:
-            raise self.translate(what, exc) from exc
+            raise self.scrubbed(self.translate(what, exc)) from exc
+
+    def check_request(self, request: LaunchRequest) -> None:
+        """Before a create: refuse user-data the cloud would refuse, and keep what it holds out of every error."""
+        self.check_user_data(request.user_data)
+        data = request.user_data or b""
+        lines = data.decode("utf-8", "replace").splitlines() if data else []
+        self.hide(base64.b64encode(data).decode() if data else None,
+                  *(line.strip() for line in lines if len(line.strip()) >= USER_DATA_LINE))  # fmt: skip
 
     def check_user_data(self, data: bytes | None) -> None:
         """Refuse user-data the cloud would refuse, before anything is created."""
@@ -461,8 +587,26 @@ class Provider(ABC):
             seen = seen.__cause__ or seen.__context__ or inner
         return None
 
+    def detail(self, text: str) -> str:
+        """A cloud's error text fit for one of our messages: `clean` with every secret this provider knows."""
+        return clean(text, self._hidden)
+
     def cloud_error(self, what: str, detail: str, hint: str | None = None) -> CloudError:
-        return CloudError(f"profile '{self.name}': {what}: {clean(detail, [self.secret.value])}", hint)
+        return CloudError(f"profile '{self.name}': {what}: {self.detail(detail)}", hint)
+
+    def unreachable(self, what: str, where: str, exc: Exception) -> CloudError:
+        """The error for a connection that failed: never made, or broken before the answer came."""
+        if sent(exc):
+            return self.cloud_error(what, f"no answer from {where}: the connection broke ({type(exc).__name__})")
+        return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
+
+    def not_the_api(self, what: str, detail: str) -> CloudError:
+        """The error for an answer that is not the cloud API's (an HTML page, an empty body, garbage)."""
+        return self.cloud_error(
+            what,
+            f"the answer is not the {self.kind} API's ({detail})",
+            f"Check the endpoint of profile '{self.name}': something else (a proxy, a web page) answers there.",
+        )
 
     def fetch_all(self, what: str, items: Callable[[], Iterable[T]], chunk: int = 500) -> list[T]:
         """Everything a paging SDK iterator yields, each chunk of `chunk` items within the timeout.

@@ -23,6 +23,7 @@ from typing import Any
 import boto3
 import botocore.config
 import botocore.exceptions
+import botocore.parsers
 
 from wlcgcloud import __version__
 from wlcgcloud.errors import AuthError, ConfigError, UsageError, WlcgError
@@ -37,13 +38,15 @@ from wlcgcloud.providers.base import (
     ImageUpload,
     Instance,
     LaunchRequest,
+    Made,
     Outcome,
     PartialLaunch,
     Provider,
     Quota,
+    UncertainLaunch,
     UsageRecord,
     aware,
-    clean,
+    check_root,
     tail,
 )
 
@@ -78,6 +81,19 @@ UNREACHABLE = (
     botocore.exceptions.ReadTimeoutError,
     botocore.exceptions.ConnectionClosedError,
 )
+
+
+def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any) -> None:
+    """Refuse a 2xx answer that is not `<{Operation}Response>` (botocore's before-parse hook).
+
+    botocore parses whatever a 2xx carries against the operation's shape, so an HTML page from
+    a proxy or a captive portal would read as an empty result: "no instances", "no image".
+    """
+    status = int(response_dict.get("status_code") or 0)
+    if 200 <= status < 300:  # errors have their own envelope, which botocore reads
+        kind = response_dict.get("headers", {}).get("content-type")
+        check_root(response_dict.get("body") or b"", f"{operation_model.name}Response", status, kind)
+
 
 # Never let botocore probe the instance metadata address for credentials or region. Set once,
 # at import (under the import lock), not from the threads that use the provider.
@@ -128,10 +144,12 @@ class EC2Provider(Provider):
                 f"profile '{self.name}': no EC2 access key id.",
                 f"Set access_key_id with 'wlcgcloud profile edit {self.name}' or AWS_ACCESS_KEY_ID.",
             )
+        token = os.environ.get("AWS_SESSION_TOKEN") if not p.get("access_key_id") else None
+        self.hide(token)
         session = boto3.session.Session(
             aws_access_key_id=access_key,
             aws_secret_access_key=self.secret.value,
-            aws_session_token=os.environ.get("AWS_SESSION_TOKEN") if not p.get("access_key_id") else None,
+            aws_session_token=token,
             region_name=p.get("region"),
         )
         config = botocore.config.Config(
@@ -142,6 +160,7 @@ class EC2Provider(Provider):
         )
         verify: str | bool | None = p.get("ca_bundle")
         self.client = session.client("ec2", endpoint_url=p.get("endpoint_url"), config=config, verify=verify)
+        self.client.meta.events.register("before-parse.ec2", _check_answer)
         self._session, self._config, self._verify = session, config, verify
         self._ebs: Any = None
         self._types: dict[str, Flavor] = {}
@@ -163,8 +182,13 @@ class EC2Provider(Provider):
         if tls := self.tls_error(what, exc, where):  # our connection, not EC2's answer
             return tls
         if isinstance(exc, UNREACHABLE):
-            return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
-        return self.cloud_error(what, f"{type(exc).__name__}: {clean(str(exc))}")
+            return self.unreachable(what, where, exc)
+        if isinstance(exc, botocore.parsers.ResponseParserError):  # the right root element, then garbage
+            return self.not_the_api(what, "XML that does not parse")
+        return self.cloud_error(what, f"{type(exc).__name__}: {exc}")
+
+    def answered(self, exc: Exception) -> bool:
+        return isinstance(exc, botocore.exceptions.ClientError)
 
     # Reading
 
@@ -391,8 +415,8 @@ class EC2Provider(Provider):
 
     # Changing
 
-    def create(self, request: LaunchRequest) -> list[Instance]:
-        self.check_user_data(request.user_data)
+    def create(self, request: LaunchRequest, made: Made | None = None) -> list[Instance]:
+        self.check_request(request)
         p = self.profile
         tags = [{"Key": k, "Value": v} for k, v in request.tags.items()]
         tags.append({"Key": "Name", "Value": request.name})
@@ -440,18 +464,26 @@ class EC2Provider(Provider):
                 kwargs["SubnetId"] = subnet
             if groups:
                 kwargs["SecurityGroupIds"] = groups
-        reply = self.call("launch instances", self.client.run_instances, **kwargs)
+        try:
+            reply = self.call("launch instances", self.client.run_instances, **kwargs)
+        except WlcgError as exc:
+            if self.may_have_acted(exc):  # the instances carry the fleet's tags: a listing finds them
+                why = exc.message.removeprefix(f"profile '{self.name}': ")
+                raise UncertainLaunch(self.name, request.count, [], request.count, why) from exc
+            raise
         raws = reply.get("Instances", [])
-        self._learn_types(r.get("InstanceType") for r in raws)
+        self._learn_types(r.get("InstanceType") for r in raws)  # never fails: vCPUs and memory stay null
         # TagSpecifications tag the instances as they are made; not every endpoint echoes them.
-        made = [self._instance({**r, "Tags": r.get("Tags") or tags}) for r in raws]
-        if len(made) < request.count:
+        started = [self._instance({**r, "Tags": r.get("Tags") or tags}) for r in raws]
+        if made:
+            made(started)
+        if len(started) < request.count:
             raise PartialLaunch(
-                f"profile '{self.name}': EC2 started {len(made)} of {request.count} spot instances; "
+                f"profile '{self.name}': EC2 started {len(started)} of {request.count} spot instances; "
                 "the market refused the others (no capacity at the price).",
-                made,
+                started,
             )
-        return made
+        return started
 
     def launch_calls(self, request: LaunchRequest) -> list[str]:
         size = f", UserData={len(request.user_data)} bytes" if request.user_data else ""

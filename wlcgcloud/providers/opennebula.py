@@ -19,6 +19,7 @@ import base64
 import contextlib
 import hashlib
 import time
+import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,13 +40,16 @@ from wlcgcloud.providers.base import (
     ImageUpload,
     Instance,
     LaunchRequest,
+    Made,
+    NotTheApi,
     Outcome,
     PartialLaunch,
     Provider,
     Quota,
+    UncertainLaunch,
     UsageRecord,
     aware,
-    clean,
+    check_root,
     one_attribute,
     when_throttled,
 )
@@ -63,10 +67,11 @@ IMAGE_READY, IMAGE_ERROR = 1, 5  # Image::ImageState
 REGISTER_TIMEOUT = 3600  # seconds for the datastore to fetch and copy an image
 REGISTER_POLL = 2.0
 ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
+NOT_PROCESSED = (429, 503)  # HTTP answers that say the call was not carried out (retried by `rpc`)
 
 
 class _TimedTransport(pyone.server_xrpc.RequestsTransport):  # type: ignore[misc]
-    """pyone's requests-based XML-RPC transport, with a timeout on connect and on every read."""
+    """pyone's requests-based XML-RPC transport: a timeout on connect and on every read; oned's answers only."""
 
     def __init__(self, timeout: float, verify: str | bool, endpoint: str) -> None:
         super().__init__()
@@ -82,6 +87,23 @@ class _TimedTransport(pyone.server_xrpc.RequestsTransport):  # type: ignore[misc
         if resp.status_code >= 400:
             raise xmlrpc.client.ProtocolError(url, resp.status_code, resp.reason, dict(resp.headers))
         return self.parse_response(resp)
+
+    def parse_response(self, response: requests.Response) -> Any:
+        """The parsed answer, if it is oned's: a methodResponse holding [ok, value-or-message, code, ...].
+
+        Anything else (an HTML page, an empty body, other XML) would otherwise surface as an odd
+        Python error inside pyone, or as an answer it misreads.
+        """
+        kind = response.headers.get("Content-Type")
+        check_root(response.content, "methodResponse", response.status_code, kind)
+        try:
+            answer = super().parse_response(response)
+        except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError) as exc:
+            raise NotTheApi(f"HTTP {response.status_code}, {kind}, XML-RPC that does not parse") from exc
+        value = answer[0] if isinstance(answer, tuple) and answer else None
+        if not (isinstance(value, list) and len(value) >= 3 and isinstance(value[0], bool)):
+            raise NotTheApi(f"HTTP {response.status_code}, a methodResponse that is not [ok, value, code]")
+        return answer
 
 
 # VM STATE and, while ACTIVE, LCM_STATE, by number (OpenNebula 7.0 "Virtual Machine States").
@@ -192,6 +214,7 @@ class OpenNebulaProvider(Provider):
         # socket default, which requests ignores): give this client a transport with the
         # profile's own, so a stalled oned never holds a thread for good.
         self.one._ServerProxy__transport = _TimedTransport(p.timeout, ca or True, str(p.get("endpoint")))
+        self.hide(session)  # an answer may quote the request, whose first argument is the session
         self._templates: dict[str, Any] | None = None
         self._me: str | None = None
 
@@ -212,7 +235,7 @@ class OpenNebulaProvider(Provider):
             if "limit of" in text and "quota" in text.lower():
                 return self.cloud_error(what, f"over quota: {text}", "See 'wlcgcloud instance list' or ask for more.")
             return AuthError(
-                f"profile '{self.name}': {what}: OpenNebula refused it (AUTHORIZATION, 0x200): {clean(text)}"
+                f"profile '{self.name}': {what}: OpenNebula refused it (AUTHORIZATION, 0x200): {self.detail(text)}"
             )
         if isinstance(exc, pyone.OneNoExistsException):
             return self.cloud_error(what, f"not found (NO_EXISTS, 0x400): {text}")
@@ -221,8 +244,15 @@ class OpenNebulaProvider(Provider):
         if isinstance(exc, xmlrpc.client.ProtocolError):
             return self.cloud_error(what, f"HTTP {exc.errcode} from {self.profile.get('endpoint')}")
         if isinstance(exc, requests.RequestException | OSError):
-            return self.cloud_error(what, f"cannot reach {self.profile.get('endpoint')} ({type(exc).__name__})")
+            return self.unreachable(what, str(self.profile.get("endpoint")), exc)
         return self.cloud_error(what, f"{type(exc).__name__}: {text}")
+
+    def answered(self, exc: Exception) -> bool:
+        # oned answers every failure in-band; an HTTP error comes from in front of it, and only
+        # 429/503 say the call was not passed on.
+        if isinstance(exc, xmlrpc.client.ProtocolError):
+            return exc.errcode < 500 or exc.errcode in NOT_PROCESSED
+        return isinstance(exc, pyone.OneException)
 
     def rpc(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One XML-RPC call within the profile's timeout; 429/503 answers are retried with full jitter.
@@ -232,7 +262,7 @@ class OpenNebulaProvider(Provider):
         """
 
         def throttled(exc: Exception) -> str | None:
-            if isinstance(exc, xmlrpc.client.ProtocolError) and exc.errcode in (429, 503):
+            if isinstance(exc, xmlrpc.client.ProtocolError) and exc.errcode in NOT_PROCESSED:
                 return str((exc.headers or {}).get("Retry-After") or "")
             return None
 
@@ -484,8 +514,8 @@ class OpenNebulaProvider(Provider):
 
     # Changing
 
-    def create(self, request: LaunchRequest) -> list[Instance]:
-        self.check_user_data(request.user_data)
+    def create(self, request: LaunchRequest, made: Made | None = None) -> list[Instance]:
+        self.check_request(request)
         name = request.flavor or self.profile.get("vm_template")
         if not name:
             raise UsageError(
@@ -498,17 +528,25 @@ class OpenNebulaProvider(Provider):
             raise UsageError(f"profile '{self.name}': no VM template '{name}' (templates: {known}).")
         extra = self._extra_template(request, template)
         wanted = [f"{request.name}-{n}" for n in range(request.first, request.first + request.count)]
+        tell = made or (lambda _: None)
         done = {i.name: i for i in self._made_by(request.token)}  # a retry adopts what exists
+        tell(list(done.values()))
 
         def make(vm_name: str) -> Instance:
-            vm_id = self.rpc(
+            vm_id = int(self.rpc(
                 "instantiate", self.one.template.instantiate, int(template.ID), vm_name, False, extra, False
-            )
-            return self._instance(self.rpc("show VM", self.one.vm.info, int(vm_id)))
+            ))  # fmt: skip
+            known = self._just_made(vm_id, vm_name, template, request)
+            tell([known])  # its id is known: recorded before anything else can fail
+            with contextlib.suppress(WlcgError):  # a VM that cannot be read back yet still exists
+                known = self._instance(self.rpc("show VM", self.one.vm.info, vm_id))
+            return known
 
         missing = [n for n in wanted if n not in done]
+        prefix = f"profile '{self.name}': "
         errors: list[str] = []
         first_error: WlcgError | None = None
+        lost: list[str] = []  # why calls failed that may still have made their VM (no answer said not)
         if missing:
             with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(missing)), thread_name_prefix="one") as pool:
                 futures = {n: pool.submit(make, n) for n in missing}
@@ -516,19 +554,38 @@ class OpenNebulaProvider(Provider):
                 try:
                     done[vm_name] = future.result()
                 except WlcgError as exc:
-                    errors.append(exc.message.removeprefix(f"profile '{self.name}': "))
+                    errors.append(exc.message.removeprefix(prefix))
                     first_error = first_error or exc
-        if errors:  # an instantiate whose answer was lost may still have made its VM
-            done.update({i.name: i for i in self._made_by(request.token) if i.name not in done})
-        made = [done[n] for n in wanted if n in done]
-        if len(made) < len(wanted):
+                    if self.may_have_acted(exc):
+                        lost.append(errors[-1])
+        if lost:  # an instantiate whose answer was lost may still have made its VM: look for it
+            try:
+                found = [i for i in self._made_by(request.token) if i.name not in done]
+            except WlcgError as exc:
+                have = [done[n] for n in wanted if n in done]
+                why = f"{lost[0]}; looking for them: {exc.message.removeprefix(prefix)}"
+                raise UncertainLaunch(self.name, request.count, have, len(lost), why) from exc
+            tell(found)
+            done.update({i.name: i for i in found})
+        made_now = [done[n] for n in wanted if n in done]
+        if len(made_now) < len(wanted):
             why = errors[0] if errors else "not found after creation"
-            if not made:
+            if not made_now:
                 raise first_error or self.cloud_error("instantiate", why)
             raise PartialLaunch(
-                f"profile '{self.name}': {len(made)} of {request.count} VMs created; the others failed: {why}", made
+                f"profile '{self.name}': {len(made_now)} of {request.count} VMs created; the others failed: {why}",
+                made_now,
             )
-        return made
+        return made_now
+
+    def _just_made(self, vm_id: int, vm_name: str, template: Any, request: LaunchRequest) -> Instance:
+        """A VM instantiate has just made (PENDING), from what the request says of it, before it is read back."""
+        size = self._flavor(template)
+        return Instance(
+            id=str(vm_id), name=vm_name, profile=self.name, provider="opennebula", state="pending",
+            provider_state="PENDING", flavor=size.name, vcpus=size.vcpus, memory_mb=size.memory_mb,
+            tags={**request.tags, "wlcg:request": request.token},
+        )  # fmt: skip
 
     def launch_calls(self, request: LaunchRequest) -> list[str]:
         size = f", CONTEXT/USER_DATA={len(request.user_data)} bytes base64" if request.user_data else ""

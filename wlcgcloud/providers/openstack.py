@@ -10,8 +10,10 @@ for servers with that tag, so a retried launch finds what the first attempt made
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,13 +34,14 @@ from wlcgcloud.providers.base import (
     ImageUpload,
     Instance,
     LaunchRequest,
+    Made,
     Match,
     Outcome,
     Provider,
     Quota,
+    UncertainLaunch,
     UsageRecord,
     aware,
-    clean,
     tail,
     when_throttled,
 )
@@ -168,7 +171,8 @@ class OpenStackProvider(Provider):
 
         # The session's own get_token, not Connection.authorize: that one hides keystoneauth's
         # exceptions (and their HTTP status) inside a generic SDKException.
-        super().call("authenticate", lambda: when_throttled(self.conn.session.get_token, throttled))
+        token = super().call("authenticate", lambda: when_throttled(self.conn.session.get_token, throttled))
+        self.hide(str(token))  # the token stands for the secret until it expires
         self._logged_in = True
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -192,14 +196,19 @@ class OpenStackProvider(Provider):
                 f"Run 'wlcgcloud profile test {self.name}'.",
             )
         if status == 403 and "quota" not in text.lower():
-            return AuthError(f"profile '{self.name}': {what}: OpenStack refused it (HTTP 403): {clean(text)}")
+            return AuthError(f"profile '{self.name}': {what}: OpenStack refused it (HTTP 403): {self.detail(text)}")
+        if isinstance(exc, json.JSONDecodeError | ksa.InvalidResponse):  # e.g. an HTML page with HTTP 200
+            return self.not_the_api(what, f"HTTP {status or 200}, not JSON")
         if isinstance(exc, ksa.ConnectFailure | ksa.ConnectTimeout | ksa.DiscoveryFailure | ksa.UnknownConnectionError):
-            return self.cloud_error(what, f"cannot reach {self.profile.get('auth_url')} ({type(exc).__name__})")
+            return self.unreachable(what, str(self.profile.get("auth_url")), exc)
         if isinstance(exc, ksa.EndpointNotFound | sdk.EndpointNotFound):
             return self.cloud_error(what, f"the catalog has no such service in this region: {text}")
         if status:
             return self.cloud_error(what, f"HTTP {status}: {text}")
         return self.cloud_error(what, f"{type(exc).__name__}: {text}")
+
+    def answered(self, exc: Exception) -> bool:
+        return (getattr(exc, "status_code", None) or getattr(exc, "http_status", None)) is not None
 
     # Reading
 
@@ -408,11 +417,14 @@ class OpenStackProvider(Provider):
         tag = f"{REQUEST_TAG}={token}"
         return self.fetch_all("look for an earlier attempt", lambda: self.conn.compute.servers(details=True, tags=tag))
 
-    def create(self, request: LaunchRequest) -> list[Instance]:
-        self.check_user_data(request.user_data)
+    def create(self, request: LaunchRequest, made: Made | None = None) -> list[Instance]:
+        self.check_request(request)
+        tell = made or (lambda _: None)
         earlier = self._by_request(request.token)
         if earlier:
-            return [self._instance(r) for r in earlier]
+            found = [self._instance(r) for r in earlier]
+            tell(found)
+            return found
         p = self.profile
         metadata = {k: v[:255] for k, v in request.tags.items()}
         metadata[REQUEST_TAG] = request.token
@@ -441,16 +453,34 @@ class OpenStackProvider(Provider):
             attrs["key_name"] = key
         if request.user_data:
             attrs["user_data"] = base64.b64encode(request.user_data).decode()  # the SDK wants it encoded
+        prefix = f"profile '{self.name}': "
         try:
-            self.call("create servers", lambda: self.conn.compute.create_server(**attrs))
-        except WlcgError:
+            first = self.call("create servers", lambda: self.conn.compute.create_server(**attrs))
+        except WlcgError as exc:
             # The POST may have reached Nova before the connection broke: adopt what it made.
-            earlier = self._by_request(request.token)
+            try:
+                earlier = self._by_request(request.token)
+            except WlcgError as missed:
+                if not self.may_have_acted(exc):
+                    raise exc from exc.__cause__  # Nova answered: nothing was made
+                why = f"{exc.message.removeprefix(prefix)}; looking for them: {missed.message.removeprefix(prefix)}"
+                raise UncertainLaunch(self.name, request.count, [], request.count, why) from missed
             if earlier:
-                return [self._instance(r) for r in earlier]
+                found = [self._instance(r) for r in earlier]
+                tell(found)
+                return found
             raise
-        # Nova answers a multi-create with the first server only; the request tag finds them all.
-        return [self._instance(r) for r in self._by_request(request.token)]
+        # Nova answers a multi-create with the first server only (all or none are made); the
+        # request tag finds them all.
+        known = [replace(self._instance(first), tags=metadata)]
+        tell(known)
+        try:
+            found = [self._instance(r) for r in self._by_request(request.token)]
+        except WlcgError as missed:
+            why = f"Nova made them; looking for them: {missed.message.removeprefix(prefix)}"
+            raise UncertainLaunch(self.name, request.count, known, request.count - 1, why) from missed
+        tell(found)
+        return found
 
     def launch_calls(self, request: LaunchRequest) -> list[str]:
         size = f", user_data={4 * ((len(request.user_data) + 2) // 3)} base64 chars" if request.user_data else ""
