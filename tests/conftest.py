@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keyring
 import keyring.backends.fail
@@ -20,6 +20,9 @@ from wlcgcloud.__main__ import main
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 from keyring_backend import FileKeyring  # noqa: E402
+
+if TYPE_CHECKING:
+    from peers.faultproxy import FaultProxy
 
 CLEARED_PREFIXES = ("AWS_", "OS_", "ONE_", "WLCGCLOUD_", "BEARER_TOKEN", "X509_", "PYTHON_KEYRING")
 
@@ -375,3 +378,46 @@ def three_clouds(
     monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
     monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
     return {"aws": moto_ec2, "osk": openstack_peer, "one": one_endorsed}
+
+
+# ----------------------------------------------------------------------------- OpenStack fixtures
+
+
+@pytest.fixture
+def osk(world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenStackPeer]:
+    write_profiles(world, {"osk": openstack_profile(openstack_peer)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
+    yield openstack_peer
+
+
+@pytest.fixture
+def nova_behind_proxy(osk: OpenStackPeer) -> Iterator[tuple[FaultProxy, str]]:
+    """A fault proxy in front of Nova, published in the catalog as its own region.
+
+    Our code finds Nova through the Keystone catalog, as it would on any cloud: so the test
+    registers a region whose compute endpoint is the proxy, and the profile names that region.
+    """
+    from peers.faultproxy import FaultProxy
+
+    admin = openstack_sdk(osk.admin)
+    region = "WlcgFaults"
+    if admin.identity.find_region(region) is None:
+        admin.identity.create_region(id=region)
+    public = [e for e in admin.identity.endpoints(interface="public") if e.region_id != region]
+    nova = next(e for e in public if ":8774" in e.url)
+    with FaultProxy(nova.url.split("/v2.1")[0], preserve_host=True) as proxy:
+        # Nova through the proxy; the other services of the region point at the real ones.
+        made = [
+            admin.identity.create_endpoint(
+                service_id=e.service_id,
+                interface="public",
+                url=proxy.url + "/v2.1" if e is nova else e.url,
+                region_id=region,
+            )
+            for e in public
+        ]
+        try:
+            yield proxy, region
+        finally:
+            for endpoint in made:
+                admin.identity.delete_endpoint(endpoint)

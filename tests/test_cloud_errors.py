@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import test_instances_openstack
 from peers.faultproxy import Fault, FaultProxy
 from peers.opennebula import AUTHORIZATION, DEFAULT_WORLD, INTERNAL, NO_EXISTS, OpenNebulaPeer
 
@@ -24,7 +23,6 @@ EC2_ERROR = (
     "</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
 )
 # Fixtures: profile 'osk' on the OpenStack peer, and Nova behind a fault proxy as a region of its own.
-osk, nova_behind_proxy = test_instances_openstack.osk, test_instances_openstack.nova_behind_proxy
 HTML = "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>Please log in.</body></html>"
 
 

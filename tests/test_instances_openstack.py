@@ -32,13 +32,6 @@ pytestmark = pytest.mark.openstack
 
 
 @pytest.fixture
-def osk(world: World, openstack_peer: OpenStackPeer, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenStackPeer]:
-    write_profiles(world, {"osk": openstack_profile(openstack_peer)})
-    monkeypatch.setenv("WLCGCLOUD_SECRET_OSK", openstack_peer.appcred["OS_APPLICATION_CREDENTIAL_SECRET"])
-    yield openstack_peer
-
-
-@pytest.fixture
 def fleet(osk: OpenStackPeer) -> Iterator[str]:
     """A fresh fleet name; whatever is left of it is deleted afterwards (the peer's quota is 100)."""
     name = "t-" + uuid.uuid4().hex[:10]
@@ -158,37 +151,6 @@ def test_unreachable_keystone_is_exit_6_quickly(
     assert result.code == 6 and "profile 'osk'" in result.err and "cannot reach" in result.err
     assert "Traceback" not in result.err and result.err.count("\n") == 1
     assert time.monotonic() - started < 8
-
-
-@pytest.fixture
-def nova_behind_proxy(osk: OpenStackPeer) -> Iterator[tuple[FaultProxy, str]]:
-    """A fault proxy in front of Nova, published in the catalog as its own region.
-
-    Our code finds Nova through the Keystone catalog, as it would on any cloud: so the test
-    registers a region whose compute endpoint is the proxy, and the profile names that region.
-    """
-    admin = sdk(osk.admin)
-    region = "WlcgFaults"
-    if admin.identity.find_region(region) is None:
-        admin.identity.create_region(id=region)
-    public = [e for e in admin.identity.endpoints(interface="public") if e.region_id != region]
-    nova = next(e for e in public if ":8774" in e.url)
-    with FaultProxy(nova.url.split("/v2.1")[0], preserve_host=True) as proxy:
-        # Nova through the proxy; the other services of the region point at the real ones.
-        made = [
-            admin.identity.create_endpoint(
-                service_id=e.service_id,
-                interface="public",
-                url=proxy.url + "/v2.1" if e is nova else e.url,
-                region_id=region,
-            )
-            for e in public
-        ]
-        try:
-            yield proxy, region
-        finally:
-            for endpoint in made:
-                admin.identity.delete_endpoint(endpoint)
 
 
 def test_nova_throttling_honours_retry_after(
