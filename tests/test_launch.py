@@ -127,6 +127,8 @@ def test_a_launch_with_a_proxy_on_three_clouds_forwards_it_and_shows_it_nowhere(
         assert plan.code == 0, plan.err
         shown = plan.json()
         assert isinstance(shown, dict) and shown["dry_run"] is True
+        kinds = {"aws": "ec2", "osk": "openstack", "one": "opennebula"}
+        assert [p["provider"] for p in shown["profiles"]] == [kinds[profile]]  # the config's name, as everywhere
         assert shown["credential"]["vo"] == "atlas" and shown["credential"]["fingerprint"].startswith("sha256:")
         result = run("launch", "ATLAS worker node 1", "-p", profile, "--proxy", str(proxy), "--count", "2",
                      "--fleet", f"fwd-{profile}", "-o", "json", "-v", "--debug")  # fmt: skip

@@ -103,7 +103,7 @@ class ProfilePlan:
         d = self.decision
         out = {
             "profile": self.name,
-            "provider": self.provider.kind,
+            "provider": self.provider.profile.provider,  # ec2 | openstack | opennebula, as everywhere
             "requested": self.request.count,
             "image": {
                 "endorsed": d.endorsed.identifier if d.endorsed else None,
