@@ -156,7 +156,7 @@ def test_unknown_profile_names_the_known_ones(run: Run) -> None:
             "key 'security_groups': not a setting of provider 'opennebula'",
         ),
         (
-            '[profiles.a]\nprovider = "openstack"\nauth_url = "u"\nsecurity_groups = [1]\n',
+            '[profiles.a]\nprovider = "openstack"\nauth_url = "https://k/v3"\nsecurity_groups = [1]\n',
             "key 'security_groups': expected a list of strings",
         ),
         (
@@ -177,9 +177,9 @@ def test_invalid_config_names_file_profile_and_key(run: Run, world: World, table
 
 
 def test_add_rejects_unknown_and_foreign_keys_with_usage_error(run: Run, world: World) -> None:
-    r = run("profile", "add", "x", "--provider", "openstack", "--auth-url", "u", "--regoin", "r")
+    r = run("profile", "add", "x", "--provider", "openstack", "--auth-url", "https://k/v3", "--regoin", "r")
     assert r.code == 2 and "did you mean --region?" in r.err
-    r = run("profile", "add", "x", "--provider", "openstack", "--auth-url", "u", "--subnet", "s")
+    r = run("profile", "add", "x", "--provider", "openstack", "--auth-url", "https://k/v3", "--subnet", "s")
     assert r.code == 2 and "not a setting of provider 'openstack'" in r.err
     r = run("profile", "add", "x", "--provider", "ec2")
     assert r.code == 3 and "missing key 'region'" in r.err

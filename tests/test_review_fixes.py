@@ -17,7 +17,8 @@ from conftest import Run, World
 
 
 def test_values_that_look_like_options_stay_with_their_option(run: Run) -> None:
-    argv = ["profile", "add", "x", "--provider", "openstack", "--auth-url", "U", "--username", "-p", "--project", "a"]
+    argv = ["profile", "add", "x", "--provider", "openstack", "--auth-url", "https://k/v3"]
+    argv += ["--username", "-p", "--project", "a"]
     assert hoist_global_options(argv) == argv
     r = run(*argv)
     assert r.code == 0, r.err
@@ -98,14 +99,14 @@ def test_malformed_clouds_yaml_never_echoes_its_text(run: Run, world: World) -> 
 def test_application_credential_in_env_does_not_displace_a_password_profile(
     run: Run, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert run("profile", "add", "pw", "--provider", "openstack", "--auth-url", "u", "--username", "operator",
-               "--secret-stdin", input="my-password\n").code == 0  # fmt: skip
+    assert run("profile", "add", "pw", "--provider", "openstack", "--auth-url", "https://k/v3",
+               "--username", "operator", "--secret-stdin", input="my-password\n").code == 0  # fmt: skip
     monkeypatch.setenv("OS_APPLICATION_CREDENTIAL_ID", "other")
     monkeypatch.setenv("OS_APPLICATION_CREDENTIAL_SECRET", "other-secret")
     secret, _ = secretstore.find_secret(load_config(world.config).profile("pw"))
     assert secret is not None and secret.value == "my-password"
     # a profile that names no identity takes its auth type from the environment
-    assert run("profile", "add", "ci", "--provider", "openstack", "--auth-url", "u").code == 0
+    assert run("profile", "add", "ci", "--provider", "openstack", "--auth-url", "https://k/v3").code == 0
     secret, _ = secretstore.find_secret(load_config(world.config).profile("ci"))
     assert secret is not None and secret.source == "environment OS_APPLICATION_CREDENTIAL_SECRET"
 

@@ -42,7 +42,7 @@ def test_ecosystem_secret_of_another_identity_is_not_used(
     run: Run, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run("profile", "add", "aws-atlas", "--provider", "ec2", "--region", "r", "--access-key-id", "AKIAMINE")
-    run("profile", "add", "os", "--provider", "openstack", "--auth-url", "u", "--username", "operator")
+    run("profile", "add", "os", "--provider", "openstack", "--auth-url", "https://k/v3", "--username", "operator")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAOTHER")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "other-secret")
     monkeypatch.setenv("OS_USERNAME", "someone-else")
@@ -56,7 +56,17 @@ def test_ecosystem_secret_of_another_identity_is_not_used(
 
 
 def test_openstack_secret_variable_follows_auth_type(run: Run, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    run("profile", "add", "ac", "--provider", "openstack", "--auth-url", "u", "--application-credential-id", "id1")
+    run(
+        "profile",
+        "add",
+        "ac",
+        "--provider",
+        "openstack",
+        "--auth-url",
+        "https://k/v3",
+        "--application-credential-id",
+        "id1",
+    )
     run(
         "profile",
         "add",
@@ -64,7 +74,7 @@ def test_openstack_secret_variable_follows_auth_type(run: Run, world: World, mon
         "--provider",
         "openstack",
         "--auth-url",
-        "u",
+        "https://k/v3",
         "--auth-type",
         "v3oidcaccesstoken",
         "--identity-provider",
@@ -111,7 +121,7 @@ def test_secret_file_readable_by_others_is_refused(run: Run, world: World, mode:
 
 
 def test_missing_secret_names_every_way(run: Run, world: World) -> None:
-    run("profile", "add", "cern-atlas", "--provider", "openstack", "--auth-url", "u")
+    run("profile", "add", "cern-atlas", "--provider", "openstack", "--auth-url", "https://k/v3")
     with pytest.raises(ConfigError) as info:
         secretstore.require_secret(load_config(world.config).profile("cern-atlas"))
     text = str(info.value)

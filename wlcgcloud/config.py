@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import ConfigError
 from wlcgcloud.paths import default_config_path
 
@@ -40,6 +41,8 @@ class Key:
     help: str
     required_for: frozenset[str] = frozenset()
     choices: tuple[str, ...] = ()
+    url: bool = False  # a str that must be an http(s) URL
+    maximum: int = bounded.SETTING_INT_MAX  # the largest value of an int
 
     @property
     def option(self) -> str:
@@ -57,10 +60,10 @@ OS, EC2, ONE = "openstack", "ec2", "opennebula"
 # by `profile show`. Keys marked "(extension)" in README.md are our additions to the contract.
 KEYS: tuple[Key, ...] = (
     _k("provider", "str", ALL, "cloud kind", choices=PROVIDERS, required_for=ALL),
-    _k("auth_url", "str", OS, "Keystone v3 URL", required_for=frozenset({OS})),
+    _k("auth_url", "str", OS, "Keystone v3 URL", required_for=frozenset({OS}), url=True),
     _k("region", "str", frozenset({OS, EC2}), "cloud region", required_for=frozenset({EC2})),
-    _k("endpoint", "str", ONE, "OpenNebula XML-RPC URL", required_for=frozenset({ONE})),
-    _k("endpoint_url", "str", EC2, "EC2-compatible endpoint URL"),
+    _k("endpoint", "str", ONE, "OpenNebula XML-RPC URL", required_for=frozenset({ONE}), url=True),
+    _k("endpoint_url", "str", EC2, "EC2-compatible endpoint URL", url=True),
     _k("auth_type", "str", OS, "Keystone auth method", choices=AUTH_TYPES),
     _k("application_credential_id", "str", OS, "application credential id (secret is in the store)"),
     _k("username", "str", frozenset({OS, ONE}), "user name"),
@@ -76,7 +79,9 @@ KEYS: tuple[Key, ...] = (
     _k("public_ip", "bool", EC2, "associate a public IP address"),
     _k("image_owners", "list", EC2, "accounts whose AMIs may carry endorsement tags"),
     _k("vm_template", "str", ONE, "VM template to instantiate"),
-    _k("user_data_limit", "int", ONE, "largest user-data in bytes (default 65536)"),
+    _k(
+        "user_data_limit", "int", ONE, "largest user-data in bytes (default 65536)", maximum=bounded.USER_DATA_LIMIT_MAX
+    ),
     _k("image_datastore", "int", ONE, "image datastore id for 'image register' (default 1)"),
     _k("network", "str", frozenset({OS, ONE}), "network to attach"),
     _k("security_groups", "list", frozenset({OS, EC2}), "security groups"),
@@ -88,7 +93,7 @@ KEYS: tuple[Key, ...] = (
     _k("compute_service", "str", ALL, "APEL CloudComputeService"),
     _k("publish_apel", "bool", ALL, "write APEL records for this profile"),
     _k("ca_bundle", "str", ALL, "CA bundle file or directory for TLS"),
-    _k("timeout", "int", ALL, "seconds per API call (default 30)"),
+    _k("timeout", "int", ALL, "seconds per API call (default 30)", maximum=bounded.TIMEOUT_MAX),
     _k("secret_file", "str", ALL, "file holding the secret, readable only by its owner"),
     _k("secret_from", "str", ALL, "file the secret was imported from, read at run time: KIND:FILE[#ENTRY]"),
     _k("benchmarks", "benchmarks", ALL, 'APEL benchmark per flavor: type = "...", "<flavor>" = value'),
@@ -193,17 +198,20 @@ def _did_you_mean(word: str, options: list[str]) -> str:
 
 
 def check_value(key: Key, value: Any, where: str) -> Any:
-    """Check one value against its key's type; return it normalised (lists of str, etc.)."""
+    """Check one value against its key's type and bounds; return it normalised (lists of str, etc.)."""
     kind = key.kind
     if kind == "str":
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty string, got {_show(value)}.")
+        _check_text(value, where)
         if key.choices and value not in key.choices:
-            raise ConfigError(f"{where}: must be one of {', '.join(key.choices)}, got '{value}'.")
+            raise ConfigError(f"{where}: must be one of {', '.join(key.choices)}, got {_show(value)}.")
+        if key.url:
+            _check_url(value, where)
         return value
     if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{where}: expected a positive integer, got {_show(value)}.")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= key.maximum:
+            raise ConfigError(f"{where}: expected a positive integer up to {key.maximum}, got {_show(value)}.")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -214,22 +222,56 @@ def check_value(key: Key, value: Any, where: str) -> Any:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {_show(value)}.")
+        for item in value:
+            _check_text(item, where)
         return list(value)
     if kind == "benchmarks":
         if not isinstance(value, dict):
             raise ConfigError(f'{where}: expected a table (type = "HEPscore23", "<flavor>" = number).')
         out: dict[str, Any] = {}
         for flavor, score in value.items():
+            _check_text(flavor, where)
             if flavor == "type":
                 if not isinstance(score, str) or not score:
                     raise ConfigError(f'{where}.type: expected the benchmark name, e.g. "HEPscore23".')
-            elif isinstance(score, bool) or not isinstance(score, int | float) or score <= 0:
-                raise ConfigError(f'{where}."{flavor}": expected a positive number, got {_show(score)}.')
+                _check_text(score, f"{where}.type")
+            elif (
+                isinstance(score, bool)
+                or not isinstance(score, int | float)
+                or not 0 < score <= bounded.BENCHMARK_MAX  # also refuses nan and inf
+            ):
+                top = bounded.BENCHMARK_MAX
+                raise ConfigError(f'{where}."{flavor}": expected a positive number up to {top:g}, got {_show(score)}.')
             out[str(flavor)] = score
         if len(out) > 0 and "type" not in out:
             raise ConfigError(f'{where}: needs type = "<benchmark name>" beside the per-flavor values.')
         return out
     raise AssertionError(kind)
+
+
+def _check_text(text: str, where: str) -> None:
+    """A setting's text is one printable line of sane length: no newline, NUL or terminal escape."""
+    if len(text) > bounded.SETTING_LENGTH:
+        raise ConfigError(f"{where}: longer than {bounded.SETTING_LENGTH} characters.")
+    if not text.isprintable():
+        raise ConfigError(f"{where}: holds a control or unprintable character: {_show(text)}.")
+
+
+def _check_url(text: str, where: str) -> None:
+    """An http:// or https:// URL with a host (and, if any, a port that is a number)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 -- raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a URL ({exc}): {_show(text)}.") from None
+    if url.scheme not in ("http", "https") or not url.hostname or any(c.isspace() for c in text):
+        raise ConfigError(f"{where}: expected an http:// or https:// URL, got {_show(text)}.")
+
+
+# What botocore accepts as a region name (a DNS label); anything else fails inside it.
+EC2_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
 
 
 def _show(value: Any) -> str:
@@ -262,6 +304,10 @@ def validate_profile(name: str, table: Any, path: Path) -> Profile:
     for spec in allowed.values():
         if provider in spec.required_for and spec.name not in settings:
             raise ConfigError(f"{where}: missing key '{spec.name}', required for provider '{provider}'.")
+    if provider == "ec2" and "region" in settings and not EC2_REGION.fullmatch(settings["region"]):
+        raise ConfigError(
+            f"{_where(path, name, 'region')}: not an EC2 region name (like eu-west-1): {_show(settings['region'])}."
+        )
     return Profile(name=name, provider=provider, settings=settings)
 
 
@@ -317,23 +363,48 @@ def _parse_error(path: Path, source: str, exc: tomllib.TOMLDecodeError) -> Confi
 
 
 def read_text(path: Path) -> str | None:
-    """The config file's text, or None when it does not exist."""
+    """The config file's text, or None when it does not exist; never more than the bound is read."""
     try:
-        return path.read_text(encoding="utf-8")
+        return bounded.read_bytes(path, bounded.CONFIG_SIZE).decode("utf-8")
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}.") from None
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}.") from None
+    except bounded.TooLarge:
+        raise _too_large(path) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: cannot read the config file: it is not UTF-8 text.") from None
 
 
+def _too_large(path: Path) -> ConfigError:
+    return ConfigError(
+        f"{path}: larger than {bounded.size_text(bounded.CONFIG_SIZE)}; no config file is that big.",
+        "Check that --config or WLCGCLOUD_CONFIG names the right file.",
+    )
+
+
 def parse_config(text: str, path: Path) -> Config:
-    """Parse and validate config text; errors name `path`, with line and column for syntax."""
+    """Parse and validate config text; errors name `path`, with line and column for syntax.
+
+    Size and nesting are bounded before the parser sees the text: tomllib recurses once per
+    nested array or inline table, and dotted keys cost it memory by the square of their length.
+    """
+    if len(text) > bounded.CONFIG_SIZE:
+        raise _too_large(path)
+    if bounded.too_deep(text, dotted_keys=True):
+        raise ConfigError(
+            f"{path}: nested more than {bounded.MAX_DEPTH} levels deep (arrays, tables or dotted keys); "
+            "no profile needs that.",
+            "The file was left as it is; fix it and run again.",
+        )
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _parse_error(path, text, exc) from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise ConfigError(f"{path}: a value does not read as TOML: {str(exc)[:80]}.") from None
+    except RecursionError:  # the last line: too_deep() is the bound
+        raise ConfigError(f"{path}: nested too deeply to read.") from None
     return validate_document(data, path)
 
 

@@ -57,7 +57,9 @@ def root(
     ] = "table",
     query: Annotated[str | None, typer.Option("--query", help="JMESPath applied to the JSON form.")] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", envvar="WLCGCLOUD_CONFIG", help="Config file.", show_default=False)
+        Path | None,
+        # readable=False: a config we cannot read is a configuration error (3) said by load_config, not a usage error.
+        typer.Option("--config", envvar="WLCGCLOUD_CONFIG", readable=False, help="Config file.", show_default=False),
     ] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to confirmations.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
