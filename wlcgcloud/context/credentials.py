@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import PolicyError, UsageError
 from wlcgcloud.times import human_duration
 
@@ -115,7 +116,7 @@ class Choice:
 
 def read_proxy(path: Path, now: datetime) -> Credential:
     """An X.509 proxy file read and checked; PolicyError naming what is wrong with it otherwise."""
-    data = _private_file(path, "proxy")
+    data = _private_file(path, "proxy", bounded.PROXY_SIZE)
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -297,17 +298,30 @@ def _oid(dotted: str) -> bytes:
 
 
 def read_token(text: bytes, source: str) -> Credential:
-    """A WLCG JWT read without verifying its signature (we are not its audience)."""
+    """A WLCG JWT read without verifying its signature (we are not its audience).
+
+    Bounded like a token file (64 KiB), its claims' nesting and its `exp` (a time before 2200).
+    """
     token = text.strip()
+    if len(token) > bounded.TOKEN_SIZE:
+        raise PolicyError(f"{source}: more than {bounded.size_text(bounded.TOKEN_SIZE)}; no token is that big.")
     parts = token.split(b".")
     if len(parts) != 3 or not all(parts[:2]):
         raise PolicyError(f"{source} does not hold a JWT (expected three base64url parts separated by dots).")
     try:
-        claims = json.loads(base64.urlsafe_b64decode(parts[1] + b"=" * (-len(parts[1]) % 4)))
+        payload = base64.urlsafe_b64decode(parts[1] + b"=" * (-len(parts[1]) % 4)).decode("utf-8")
+        if bounded.too_deep(payload):
+            raise PolicyError(f"{source}: the token's claims nest more than {bounded.MAX_DEPTH} levels deep.")
+        claims = json.loads(payload)
     except (binascii.Error, ValueError) as exc:
         raise PolicyError(f"{source}: the token's claims do not decode ({type(exc).__name__}).") from None
     if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int | float):
         raise PolicyError(f"{source}: the token has no 'exp' claim; a token that never expires is not forwarded.")
+    # `not <=` also refuses NaN; beyond 2200 (10^30, infinity) is no time a token lives to.
+    if not bounded.EARLIEST.timestamp() <= claims["exp"] <= bounded.LATEST.timestamp():
+        raise PolicyError(
+            f"{source}: the token's 'exp' claim is no time before {bounded.LATEST.year}: it is not a usable token."
+        )
     groups = claims.get("wlcg.groups") or []
     scope = claims.get("scope") or ""
     return Credential(
@@ -340,7 +354,7 @@ def find_token(given: Path | None, env: Mapping[str, str]) -> tuple[str, bytes] 
     An empty value or file passes on to the next step, as the discovery document says.
     """
     if given:
-        return str(given), _private_file(given, "token")
+        return str(given), _private_file(given, "token", bounded.TOKEN_SIZE)
     if env.get("BEARER_TOKEN", "").strip():
         return "$BEARER_TOKEN", env["BEARER_TOKEN"].strip().encode()
     places = []
@@ -350,8 +364,10 @@ def find_token(given: Path | None, env: Mapping[str, str]) -> tuple[str, bytes] 
         places.append(Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{os.geteuid()}")
     places.append(Path(f"/tmp/bt_u{os.geteuid()}"))
     for place in places:
-        if place.is_file() and place.stat().st_size and place.read_bytes().strip():
-            return str(place), _private_file(place, "token")
+        if place.is_file() and place.stat().st_size:
+            data = _private_file(place, "token", bounded.TOKEN_SIZE)
+            if data.strip():
+                return str(place), data
     return None
 
 
@@ -433,8 +449,8 @@ def choose(
     return Choice(None, (f"no credential found (looked for {' and '.join(looked)}); the VMs get none.",))
 
 
-def _private_file(path: Path, what: str) -> bytes:
-    """The bytes of a credential file that only its owner can read; PolicyError otherwise."""
+def _private_file(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of a credential file that only its owner can read, at most `limit`; PolicyError otherwise."""
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
@@ -444,8 +460,14 @@ def _private_file(path: Path, what: str) -> bytes:
                 f"{what} file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}).",
                 f"Run 'chmod 600 {path}' and make a new {what}: this one may have been copied.",
             )
-        return path.read_bytes()
+        return bounded.read_bytes(path, limit)
     except FileNotFoundError:
         raise PolicyError(f"{what} file {path} does not exist.") from None
     except PermissionError:
         raise PolicyError(f"{what} file {path} is not readable by you.") from None
+    except bounded.TooLarge:
+        raise PolicyError(
+            f"{what} file {path} holds more than {bounded.size_text(limit)}; no {what} is that big."
+        ) from None
+    except OSError as exc:
+        raise PolicyError(f"{what} file {path} cannot be read: {exc.strerror or exc}.") from None

@@ -32,6 +32,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from wlcgcloud import bounded
 from wlcgcloud.context.credentials import Credential
 from wlcgcloud.errors import PolicyError, UsageError
 
@@ -40,7 +41,6 @@ ENV_NAMES = {"x509": "X509_USER_PROXY", "token": "BEARER_TOKEN_FILE"}
 # How our cloud-config joins the user's: lists appended, dicts merged, strings replaced.
 MERGE_TYPE = "list(append)+dict(recurse_array)+str()"
 SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
-MAX_USER_DATA_FILE = 1024 * 1024
 
 # What cloud-init recognises by a part's first line, and the MIME type it gives it.
 STARTS = (
@@ -236,22 +236,29 @@ def fit(document: Document, limit: int, where: str) -> Payload | None:
     )
 
 
+MULTIPART = re.compile(rb"^content-type:\s*multipart/", re.IGNORECASE | re.MULTILINE)
+
+
 def read_user_data(path: Path) -> list[Part]:
-    """The parts of a `--user-data` file: a MIME multipart's own parts, or one part typed by its first line."""
+    """The parts of a `--user-data` file: a MIME multipart's own parts, or one part typed by its first line.
+
+    A file (or its gzip content) larger than any cloud accepts is refused by policy, as too-large
+    user-data is (exit 5); a file that cannot be read or is not user-data is a bad argument (exit 2).
+    """
     try:
-        if path.stat().st_size > MAX_USER_DATA_FILE:
-            raise UsageError(f"--user-data {path}: {path.stat().st_size} bytes is more than any cloud accepts.")
-        data = path.read_bytes()
+        data = bounded.read_bytes(path, bounded.USER_DATA_SIZE)
+    except bounded.TooLarge:
+        raise _too_large(path) from None
     except OSError as exc:
         raise UsageError(f"--user-data {path}: {exc.strerror or exc}.") from None
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            raise UsageError(f"--user-data {path}: a broken gzip file ({exc}).") from None
+        data = _gunzip(data, path)
     origin = f"--user-data {path.name}"
     head = data.lstrip()[:200].lower()
     if head.startswith((b"content-type:", b"mime-version:")):
+        # The email parser recurses once per multipart inside a multipart: bound how many there are.
+        if len(MULTIPART.findall(data)) > bounded.MAX_DEPTH:
+            raise UsageError(f"--user-data {path}: more than {bounded.MAX_DEPTH} multiparts; user-data has one or two.")
         message = email.message_from_bytes(data, policy=email.policy.compat32)
         inner = message.get_payload() if message.is_multipart() else [message]
         return [Part(m, origin) for m in inner if isinstance(m, Message)]
@@ -267,6 +274,30 @@ def read_user_data(path: Path) -> list[Part]:
             "or give a MIME multipart.",
         )
     return [Part(_text_part(data, subtype.split("/", 1)[1], path.name), origin)]
+
+
+def _too_large(path: Path) -> PolicyError:
+    return PolicyError(
+        f"--user-data {path}: user-data too large: more than {bounded.size_text(bounded.USER_DATA_SIZE)}, "
+        "more than any cloud accepts.",
+        "Ship less, or fetch large files from the VM with #include or a script.",
+    )
+
+
+def _gunzip(data: bytes, path: Path) -> bytes:
+    """A gzipped --user-data file's content, inflated no further than the bound (a gzip bomb stops there)."""
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        content = inflater.decompress(data, bounded.USER_DATA_SIZE + 1)
+    except zlib.error as exc:
+        raise UsageError(f"--user-data {path}: a broken gzip file ({exc}).") from None
+    if len(content) > bounded.USER_DATA_SIZE:
+        raise _too_large(path)
+    if not inflater.eof:
+        raise UsageError(f"--user-data {path}: a broken gzip file (truncated).")
+    return content
 
 
 def _is_utf8(data: bytes) -> bool:

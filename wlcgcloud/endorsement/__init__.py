@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud import bounded
 from wlcgcloud.config import GRID_CA_DIR, atomic_write
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
@@ -98,17 +99,20 @@ def fetch(source: str, ca_bundle: str | None = None) -> bytes:
     if source.startswith("https://"):
         try:
             with _open_https(source, ca_bundle) as answer:
-                data: bytes = answer.read(smime.MAX_SIZE + 1)
+                data: bytes = answer.read(bounded.IMAGE_LIST_SIZE + 1)
                 return data
         except OSError as exc:
             raise CloudError(f"cannot download {source}: {exc}.") from None
     if re.match(r"^[a-z]+://", source):
         raise UsageError(f"{source}: only local files and https:// URLs can be subscribed.")
     try:
-        with open(Path(source).expanduser(), "rb") as fh:
-            return fh.read(smime.MAX_SIZE + 1)
+        return bounded.read_bytes(Path(source).expanduser(), bounded.IMAGE_LIST_SIZE)
+    except bounded.TooLarge:
+        raise PolicyError(
+            f"{source}: larger than {bounded.size_text(bounded.IMAGE_LIST_SIZE)}; no image list is that big."
+        ) from None
     except OSError as exc:
-        raise UsageError(f"cannot read {source}: {exc.strerror}.") from None
+        raise UsageError(f"cannot read {source}: {exc.strerror or exc}.") from None
 
 
 def _open_https(url: str, ca_bundle: str | None) -> Any:

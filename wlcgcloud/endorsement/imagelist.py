@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import PolicyError
 
 LIST_FIELDS = ("dc:date:created", "dc:date:expires", "dc:identifier", "dc:description", "dc:title",
@@ -84,17 +85,27 @@ def _uuid(value: Any, where: str) -> str:
 
 
 def _int(value: Any, where: str) -> int:
+    """A size or minimum: a whole number from 0 to 2^63 (a float of 1e400 reads as infinity)."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
         raise PolicyError(f"{where} is not a whole number: {str(value)[:40]!r}.") from None
+    if not 0 <= number < 2**63:
+        raise PolicyError(f"{where} is out of range: {str(value)[:40]!r}.")
+    return number
 
 
 def parse(content: bytes) -> ImageList:
-    """The list in `content` (the signed JSON), or a PolicyError saying what is wrong with it."""
+    """The list in `content` (the signed JSON), or a PolicyError saying what is wrong with it.
+
+    Its nesting is bounded before json parses it: a validly signed list is still outside input.
+    """
     try:
-        doc = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = content.decode("utf-8-sig")
+        if bounded.too_deep(text):
+            raise PolicyError(f"the signed content nests more than {bounded.MAX_DEPTH} levels deep: not an image list.")
+        doc = json.loads(text)
+    except ValueError as exc:  # not UTF-8, not JSON, or a number of more than 4300 digits
         raise PolicyError(f"the signed content is not a JSON image list ({exc.__class__.__name__}).") from None
     body = doc.get("hv:imagelist") if isinstance(doc, dict) else None
     if body is None:
@@ -145,4 +156,5 @@ def parse(content: bytes) -> ImageList:
 def version_key(version: str) -> tuple[tuple[int, str], ...]:
     """A dotted version as a sortable key: `1.10` > `1.9`; non-numeric parts compare as text."""
     parts = re.split(r"[.\-]", version.strip())
-    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in parts)
+    # Only ASCII digits of sane length are numbers: int() of "²" or of 5000 digits raises.
+    return tuple((int(p), "") if p.isascii() and p.isdigit() and len(p) <= 18 else (-1, p) for p in parts)

@@ -27,9 +27,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import ConfigError, PolicyError
-
-MAX_SIZE = 16 * 1024 * 1024  # an image list is kilobytes; anything this big is not one
 
 # Attribute names as grid tools write DNs in slash form (/DC=ch/DC=cern/OU=.../CN=...).
 SHORT_NAMES = {
@@ -71,8 +70,10 @@ def parts(signed: bytes) -> tuple[bytes, bytes]:
     bytes themselves (openssl writes it without MIME headers), which a MIME parser would take
     for headers when the JSON's first line looks like one.
     """
-    if len(signed) > MAX_SIZE:
-        raise PolicyError(f"the image list is {len(signed)} bytes; no image list is that big (at most {MAX_SIZE}).")
+    if len(signed) > bounded.IMAGE_LIST_SIZE:
+        raise PolicyError(
+            f"the image list is larger than {bounded.size_text(bounded.IMAGE_LIST_SIZE)}; no image list is that big."
+        )
     head, blank, _ = signed.partition(b"\n\n") if b"\r\n\r\n" not in signed[:4096] else signed.partition(b"\r\n\r\n")
     headers = email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
     boundary = headers.get_param("boundary")
@@ -114,8 +115,10 @@ def _crl_for(issuer: x509.Name, anchors: Path) -> x509.CertificateRevocationList
         return None
     for path in sorted(anchors.glob("*.r[0-9]")):
         try:
-            data = path.read_bytes()
+            data = bounded.read_bytes(path, bounded.CRL_SIZE)
             crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+        except bounded.TooLarge:
+            raise PolicyError(f"the CRL {path} is larger than {bounded.size_text(bounded.CRL_SIZE)}.") from None
         except (OSError, ValueError):
             continue
         if crl.issuer == issuer:
