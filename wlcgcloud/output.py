@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import UsageError
 from wlcgcloud.escape import escape_controls
 
@@ -32,6 +33,7 @@ def apply_query(data: Any, query: str | None) -> Any:
     """Apply a JMESPath expression to the JSON form of `data` (as `aws --query` does)."""
     if not query:
         return data
+    check_query(query)
     import jmespath
     import jmespath.exceptions
 
@@ -53,6 +55,16 @@ def apply_query(data: Any, query: str | None) -> Any:
     except jmespath.exceptions.JMESPathError as exc:
         message = f"invalid --query expression {escape_controls(query)!r}: {escape_controls(str(exc))}"
         raise UsageError(message) from None
+    except RecursionError:  # the last line: a long chain of operators (a|a|a..., !!!...) within the bounds
+        raise UsageError("--query: the expression is too complex to evaluate.", "Write a shorter one.") from None
+
+
+def check_query(query: str) -> None:
+    """Refuse a --query longer or deeper than any real one (exit 2), before the recursive parser sees it."""
+    if len(query) > bounded.QUERY_LENGTH:
+        raise UsageError(f"--query: the expression is longer than {bounded.QUERY_LENGTH} characters.")
+    if bounded.too_deep(query):
+        raise UsageError(f"--query: the expression nests more than {bounded.MAX_DEPTH} levels deep.")
 
 
 def to_json(data: Any) -> str:

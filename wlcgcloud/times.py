@@ -5,21 +5,41 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+from wlcgcloud.bounded import EARLIEST, LATEST, MAX_DURATION
 from wlcgcloud.errors import UsageError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-DURATION = re.compile(r"(\d+)([smhdw])")
+DURATION = re.compile(r"(\d+)([smhdw])", re.ASCII)
 
 
 def parse_duration(text: str, option: str = "duration") -> timedelta:
-    """`90m`, `12h`, `7d`, `1d12h` or plain seconds; a UsageError (exit 2) for anything else."""
+    """`90m`, `12h`, `7d`, `1d12h` or plain seconds, up to 100 years; a UsageError (exit 2) for anything else.
+
+    An empty text is an error too: an option given as `''` never falls back to its default.
+    """
     spec = text.strip().lower()
-    if spec.isdigit():
-        return timedelta(seconds=int(spec))
+    if spec.isascii() and spec.isdigit():
+        spec += "s"
     parts = DURATION.findall(spec)
     if not spec or "".join(n + u for n, u in parts) != spec:
-        raise UsageError(f"{option}: '{text}' is not a duration.", "Write it as 90m, 12h, 7d or 1d12h.")
-    return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+        raise UsageError(f"{option}: {shown(text)} is not a duration.", "Write it as 90m, 12h, 7d or 1d12h.")
+    # More than 12 digits outlasts the bound in any unit: such a number never reaches int().
+    seconds = sum(int(n) * UNITS[u] for n, u in parts) if all(len(n) <= 12 for n, _ in parts) else None
+    if seconds is None or seconds > MAX_DURATION.total_seconds():
+        raise UsageError(f"{option}: {shown(text)} is longer than {MAX_DURATION.days} days.", "Give a shorter one.")
+    return timedelta(seconds=seconds)
+
+
+def check_moment(moment: datetime, option: str) -> datetime:
+    """`moment` when it lies between 1970 and 2200; a UsageError (exit 2) naming `option` otherwise."""
+    if not EARLIEST <= moment <= LATEST:
+        raise UsageError(f"{option}: {moment.date().isoformat()} is not between {EARLIEST.date()} and {LATEST.date()}.")
+    return moment
+
+
+def shown(text: str, width: int = 40) -> str:
+    """`text` quoted for a message, cut to `width` characters: a hostile value never floods the line."""
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def stamp(moment: datetime) -> str:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError, UsageError, WlcgError
 from wlcgcloud.providers.base import UsageRecord
-from wlcgcloud.times import stamp
+from wlcgcloud.times import check_moment, parse_duration, shown, stamp
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -49,12 +49,13 @@ APEL_PER_MESSAGE = 100
 def parse_moment(text: str, option: str, now: datetime, end: bool = False) -> datetime:
     """An ISO date or time (UTC unless it says otherwise), or `7d`, `12h`, `today`, `this-month`, `last-month`.
 
-    With `end`, a bare date or month name means the end of that day or month (for --until).
+    With `end`, a bare date or month name means the end of that day or month (for --until). An
+    empty text, and a moment before 1970 or after 2200, is a UsageError like any other bad date.
     """
     spec = text.strip().lower()
     today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     month = today.replace(day=1)
-    if spec in ("now", ""):
+    if spec == "now":
         return now
     if spec == "today":
         return today + timedelta(days=1) if end else today
@@ -64,20 +65,18 @@ def parse_moment(text: str, option: str, now: datetime, end: bool = False) -> da
         previous = (month - timedelta(days=1)).replace(day=1)
         return month if end else previous
     if re.fullmatch(r"\d+[smhdw]([0-9smhdw]*)", spec):
-        from wlcgcloud.times import parse_duration
-
-        return now - parse_duration(spec, option)
+        return check_moment(now - parse_duration(spec, option), option)
     try:
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", spec):
-            day = datetime.combine(date.fromisoformat(spec), datetime.min.time(), UTC)
+            day = check_moment(datetime.combine(date.fromisoformat(spec), datetime.min.time(), UTC), option)
             return day + timedelta(days=1) if end else day
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
-            f"{option}: '{text}' is not a date.",
+            f"{option}: {shown(text)} is not a date.",
             "Write 2026-11-01, 2026-11-01T12:00Z, 7d, 12h, today, this-month or last-month.",
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return check_moment(moment if moment.tzinfo else moment.replace(tzinfo=UTC), option)
 
 
 def _next_month(first: datetime) -> datetime:
@@ -86,8 +85,8 @@ def _next_month(first: datetime) -> datetime:
 
 def window(since: str | None, until: str | None, now: datetime) -> tuple[datetime, datetime, list[str]]:
     """The [since, until) window of `usage` (default: this month so far), and warnings about it."""
-    start = parse_moment(since or "this-month", "--since", now)
-    end = parse_moment(until, "--until", now, end=True) if until else now
+    start = parse_moment("this-month" if since is None else since, "--since", now)
+    end = now if until is None else parse_moment(until, "--until", now, end=True)
     if start >= end:
         raise UsageError(
             f"--since {stamp(start)} is not before --until {stamp(end)}.", "Swap them, or widen the window."
