@@ -287,6 +287,66 @@ def test_profile_edit_refuses_a_bad_url_and_keeps_the_profile(run: Run, world: W
     assert world.config.read_text() == before
 
 
+# ----------------------------------------------------------------------------- imported files and secrets (exit 3)
+#
+# What `profile import` reads (clouds.yaml, ~/.aws files) and what a profile's secret comes from
+# (secret_file, secret_from, --secret-stdin): bounded and refused in one line, never quoted.
+
+IMPORTED: dict[str, Callable[[Path], Path]] = {
+    "larger than the bound": _huge(bounded.IMPORTED_FILE_SIZE),
+    "/dev/zero": _dev_zero,
+    "a directory": _directory,
+    "a symlink loop": _symlink_loop,
+    "not UTF-8": NON_UTF8,
+    "nested flow YAML": _content(b"clouds: " + b"[" * 100_000 + SECRET.encode() + b"\n"),
+    "nested block YAML": _content(
+        b"clouds:\n" + b"".join(b" " * (i + 1) + b"k%d:\n" % i for i in range(900)) + b" " * 901 + SECRET.encode()
+    ),
+}
+
+
+@pytest.mark.parametrize("case", IMPORTED)
+def test_a_hostile_clouds_yaml_is_exit_3_and_not_quoted(run: Run, world: World, case: str) -> None:
+    made = IMPORTED[case](world.root)
+    refused(run("profile", "import", "--from", "clouds.yaml", "--file", str(made)), 3, str(made))
+    assert not world.config.exists()
+
+
+@pytest.mark.parametrize("case", ["larger than the bound", "/dev/zero", "not UTF-8", "a directory"])
+def test_a_hostile_aws_credentials_file_is_exit_3_and_not_quoted(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    made = IMPORTED[case](world.root)
+    config = world.root / "aws-config"
+    config.write_text("[default]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(made))
+    refused(run("profile", "import", "--from", "aws"), 3, str(made))
+
+
+@pytest.mark.parametrize(
+    "case", ["larger than the bound", "/dev/zero", "not UTF-8", "a directory", "a symlink loop", "empty"]
+)
+def test_a_hostile_secret_file_is_exit_3_when_the_secret_is_needed(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    makers = {**IMPORTED, "larger than the bound": _huge(bounded.SECRET_SIZE), "empty": EMPTY}
+    made = makers[case](world.root)
+    write_profiles(world, {"a": {"provider": "ec2", "region": "eu-west-1", "secret_file": str(made)}})
+    refused(run("instance", "list"), 3, "profile 'a'")
+
+
+def test_secret_stdin_of_dev_zero_is_exit_2_at_once(run: Run, world: World) -> None:
+    with open("/dev/zero") as zeros:
+        import io
+
+        endless = io.StringIO(zeros.read(bounded.SECRET_SIZE + 10))  # as much as the bound reads, and more
+    r = run("profile", "add", "a", "--provider", "ec2", "--region", "eu-west-1", "--secret-stdin",
+            input=endless.getvalue())  # fmt: skip
+    refused(r, 2, "--secret-stdin")
+    assert not world.config.exists()
+
+
 # ----------------------------------------------------------------------------- image lists (exit 5)
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from wlcgcloud import bounded
 from wlcgcloud.errors import ConfigError
-from wlcgcloud.secretstore import read_bounded_text, secret_reference
+from wlcgcloud.secretstore import secret_reference
 
 SOURCES = ("clouds.yaml", "aws", "one")
 ONE_DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
@@ -68,19 +69,19 @@ def find_openstack_file(stem: str, env_var: str) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
-# The largest clouds.yaml, secure.yaml or AWS file we read: real ones are a few KiB.
-FILE_LIMIT = 1024 * 1024
-
-
 def _read_text(path: Path) -> str:
-    """A file's text, refused past FILE_LIMIT bytes before more is read (never `/dev/zero` to the end)."""
+    """An imported file's text, bounded (bounded.IMPORTED_FILE_SIZE: never `/dev/zero` to the end) and shallow."""
     try:
-        return read_bounded_text(path, FILE_LIMIT)
-    except ValueError as exc:  # UnicodeDecodeError is a ValueError too: its text would quote the file
-        why = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"larger than {FILE_LIMIT // 1024} KiB"
-        raise ConfigError(f"{path}: {why}; not read.") from None
+        text = bounded.read_bytes(path, bounded.IMPORTED_FILE_SIZE).decode("utf-8")
+    except bounded.TooLarge:
+        raise ConfigError(f"{path}: larger than {bounded.size_text(bounded.IMPORTED_FILE_SIZE)}; not read.") from None
+    except UnicodeDecodeError:  # its text would quote the file
+        raise ConfigError(f"{path}: not UTF-8 text; not read.") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}.") from None
+    if bounded.too_deep(text):  # YAML's and JSON's parsers recurse on nesting
+        raise ConfigError(f"{path}: nested more than {bounded.MAX_DEPTH} levels deep; not read.")
+    return text
 
 
 def load_yaml_or_json(path: Path) -> Mapping[str, Any]:
@@ -250,10 +251,11 @@ def from_aws() -> list[Candidate]:
     """EC2 profiles from ~/.aws/config and ~/.aws/credentials."""
     config_path = Path(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config").expanduser()
     creds_path = Path(os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or "~/.aws/credentials").expanduser()
-    if not config_path.is_file() and not creds_path.is_file():
+    # What exists is read (and refused in one line if it is a directory, a device, too large ...).
+    if not config_path.exists() and not creds_path.exists():
         return []
-    config = read_ini(config_path) if config_path.is_file() else configparser.RawConfigParser()
-    creds = read_ini(creds_path) if creds_path.is_file() else configparser.RawConfigParser()
+    config = read_ini(config_path) if config_path.exists() else configparser.RawConfigParser()
+    creds = read_ini(creds_path) if creds_path.exists() else configparser.RawConfigParser()
     sections: dict[str, dict[str, str]] = {}
     services: dict[str, dict[str, str]] = {}
     for section in config.sections():

@@ -21,6 +21,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wlcgcloud import bounded
 from wlcgcloud.config import Profile, secret_variable
 from wlcgcloud.errors import ConfigError
 
@@ -144,9 +145,12 @@ def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") ->
     """Read a secret file that only its owner may read. OpenNebula files hold `user:password`."""
     owner_only(path, profile, what)
     try:
-        text = read_bounded_text(path, SECRET_FILE_LIMIT).strip()
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+        text = bounded.read_bytes(path, bounded.SECRET_SIZE).decode("utf-8").strip()
+    except bounded.TooLarge:
+        raise ConfigError(f"profile '{profile.name}': {what} {path} holds more than a secret "
+                          f"(over {bounded.size_text(bounded.SECRET_SIZE)}).") from None  # fmt: skip
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {reason}.") from None
     if not text:
         raise ConfigError(f"profile '{profile.name}': {what} {path} is empty.")
@@ -154,19 +158,6 @@ def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") ->
         user, _, password = text.partition(":")
         return Secret(password, f"{what} {path}", user)
     return Secret(text, f"{what} {path}")
-
-
-# A secret file holds one line; anything near this size is not one (and /dev/zero never ends).
-SECRET_FILE_LIMIT = 64 * 1024
-
-
-def read_bounded_text(path: Path, limit: int) -> str:
-    """A file's text, refused (ValueError) past `limit` bytes before more is read."""
-    with path.open("rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes")
-    return data.decode("utf-8")
 
 
 # ----------------------------------------------------------------------------- imported files

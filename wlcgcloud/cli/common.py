@@ -128,11 +128,12 @@ def read_secret(label: str, from_stdin: bool, required: bool = False) -> str | N
     With `required` (the user asked to be prompted), no terminal is a usage error, not a silent skip.
     """
     if from_stdin:
-        from wlcgcloud.secretstore import SECRET_FILE_LIMIT
+        from wlcgcloud import bounded
 
-        line = sys.stdin.readline(SECRET_FILE_LIMIT + 1)  # bounded: `< /dev/zero` must not fill memory
-        if len(line) > SECRET_FILE_LIMIT:
-            raise UsageError(f"--secret-stdin: the first line is longer than {SECRET_FILE_LIMIT} bytes; not a secret.")
+        line = sys.stdin.readline(bounded.SECRET_SIZE + 1)  # bounded: `< /dev/zero` must not fill memory
+        if len(line) > bounded.SECRET_SIZE:
+            limit = bounded.size_text(bounded.SECRET_SIZE)
+            raise UsageError(f"--secret-stdin: the first line is longer than {limit}; not a secret.")
         value = line.rstrip("\r\n")
         if not value:
             raise UsageError("--secret-stdin was given but standard input was empty.")
