@@ -15,9 +15,11 @@ import gzip
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -616,3 +618,50 @@ def test_a_real_query_still_works(run: Run, world: World) -> None:
     write_profiles(world, {"a": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": NOWHERE}})
     r = run("profile", "list", "-o", "json", "--query", "[?provider == 'ec2'].{name: name, url: endpoint_url}")
     assert r.code == 0 and r.json() == [{"name": "a", "url": NOWHERE}], r.err
+
+
+def test_a_bad_query_is_refused_before_any_cloud_is_asked(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An endpoint that never answers: were it asked, the command would wait out its timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        write_profiles(world, {"a": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": url, "timeout": 30}})
+        monkeypatch.setenv("WLCGCLOUD_SECRET_A", "x")
+        started = time.monotonic()
+        r = run("instance", "list", "--query", "[?state == ]")
+        assert time.monotonic() - started < 5
+    refused(r, 2, "invalid --query")
+
+
+# ----------------------------------------------------------------------------- counts (exit 2)
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "10001", "99999999999999999999"])
+def test_launch_refuses_a_count_out_of_range_before_any_cloud(run: Run, world: World, count: str) -> None:
+    write_profiles(world, {"a": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": NOWHERE}})
+    refused(run("launch", "img", "-p", "a", "--count", count, "--dry-run"), 2, "--count")
+
+
+@pytest.mark.parametrize("count", ["-1", "10001"])
+def test_fleet_scale_refuses_a_count_out_of_range(run: Run, world: World, count: str) -> None:
+    write_profiles(world, {"a": {"provider": "ec2", "region": "eu-west-1", "endpoint_url": NOWHERE}})
+    refused(run("fleet", "scale", "f", "--count", count, "--dry-run"), 2, "--count")
+
+
+# ----------------------------------------------------------------------------- completion (never hangs)
+
+
+@pytest.mark.parametrize("case", ["/dev/zero", "nested arrays", "32 MiB"])
+def test_completion_with_a_hostile_config_answers_at_once_with_no_profile(
+    world: World, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    from wlcgcloud.completion import complete
+
+    made = CONFIGS[case][0](world.root) if case in CONFIGS else _dev_zero(world.root)
+    monkeypatch.setenv("WLCGCLOUD_CONFIG", str(made))
+    started = time.monotonic()
+    assert complete(["wlcgcloud", "instance", "list", "-p", ""], 4) == []
+    assert time.monotonic() - started < 5

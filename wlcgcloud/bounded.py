@@ -13,9 +13,11 @@ Callers turn `TooLarge`, `OSError` and a too-deep text into the error class of t
 from __future__ import annotations
 
 import errno
+import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -29,6 +31,7 @@ TOKEN_SIZE = 64 * KiB  # a WLCG bearer token (JWT) is one to a few KiB; also $BE
 SECRET_SIZE = 64 * KiB  # a secret_file
 IMPORTED_FILE_SIZE = 1 * MiB  # clouds.yaml, secure.yaml, ~/.aws files, ONE_AUTH: a few KiB
 CRL_SIZE = 64 * MiB  # a CA's revocation list in the trust anchors
+STATE_FILE_SIZE = 64 * MiB  # our own JSON in the state directory (completion cache, list records)
 
 # Nesting: our documents are a few levels deep (a profile's benchmarks table is 3, an image
 # list 5). Recursive parsers (tomllib, json, jmespath) need a few frames per level.
@@ -79,6 +82,18 @@ def read_bytes(path: Path | str, limit: int) -> bytes:
     if len(data) > limit:
         raise TooLarge(path, limit)
     return data
+
+
+def read_state_json(path: Path | str, limit: int = STATE_FILE_SIZE) -> Any:
+    """JSON that wlcgcloud wrote itself (state directory), bounded in size; ValueError or OSError otherwise.
+
+    Completion reads these on every TAB, so depth is not measured beforehand (a scan of the whole
+    cache): a file nested deep enough to exhaust the parser's stack is a ValueError all the same.
+    """
+    try:
+        return json.loads(read_bytes(path, limit))
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply") from None
 
 
 # Strings (skipped: brackets inside them are not structure), comments, and the characters that

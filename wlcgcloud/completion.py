@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wlcgcloud import bounded
 from wlcgcloud.paths import default_config_path, state_dir
 
 TREE_PATH = Path(__file__).parent / "cli" / "tree.json"
@@ -122,9 +123,12 @@ def _profiles(words: list[str]) -> list[str]:
         elif word.startswith("--config="):
             path = word.split("=", 1)[1]
     config = Path(path).expanduser() if path else default_config_path()
-    try:
-        profiles = tomllib.loads(config.read_text(encoding="utf-8")).get("profiles", {})
-    except (OSError, ValueError):
+    try:  # the config's own bounds (wlcgcloud.config reads it the same way): a TAB never hangs on /dev/zero
+        text = bounded.read_bytes(config, bounded.CONFIG_SIZE).decode("utf-8")
+        if bounded.too_deep(text, dotted_keys=True):
+            return []
+        profiles = tomllib.loads(text).get("profiles", {})
+    except (OSError, ValueError, RecursionError):
         return []
     return sorted(profiles) if isinstance(profiles, dict) else []
 
@@ -134,7 +138,7 @@ def _subscriptions(words: list[str]) -> list[dict[str, Any]]:
     found = []
     for meta in sorted((state_dir() / "image-lists").glob("*.json")):
         try:
-            found.append(json.loads(meta.read_text(encoding="utf-8")))
+            found.append(bounded.read_state_json(meta))
         except (OSError, ValueError):
             continue
     return [f for f in found if isinstance(f, dict)]
@@ -166,7 +170,7 @@ def cache_path() -> Path:
 
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = bounded.read_state_json(path)
     except (OSError, ValueError):
         return {}
     profiles = data.get("profiles") if isinstance(data, dict) else None

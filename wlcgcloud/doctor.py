@@ -408,7 +408,7 @@ def _clock(url: Any, address: Any, context: ssl.SSLContext | None, timeout: floa
         conn.sock = context.wrap_socket(raw, server_hostname=url.hostname) if context is not None else raw
         conn.request("GET", url.path or "/", headers={"Host": url.netloc, "User-Agent": "wlcgcloud-doctor"})
         response = conn.getresponse()
-        response.read()
+        response.read(64 * 1024)  # only its headers matter: a hostile endpoint's endless body is not read
         after = time.time()
     except (OSError, http.client.HTTPException) as exc:
         return Step("clock", "warn", f"no answer to read the server's clock from ({exc}).")

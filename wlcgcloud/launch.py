@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
 
 FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
+MAX_COUNT = 10_000  # instances in one launch or fleet: beyond any site's quota, below what overflows a cloud's int
 WAIT_POLL = 3.0  # seconds between listings while --wait waits
 SETTLED = ("running", "error", "terminated", "stopped")
 
@@ -303,8 +304,11 @@ def plan_launch(
 
 
 def _check_options(profiles: Sequence[Profile], options: LaunchOptions) -> None:
-    if options.count < 1:
-        raise UsageError(f"--count {options.count}: launch at least one instance.")
+    if not 1 <= options.count <= MAX_COUNT:
+        raise UsageError(
+            f"--count {options.count}: launch from 1 to {MAX_COUNT} instances at once.",
+            "A larger fleet is several launches (or 'fleet scale').",
+        )
     if options.fleet is not None and not FLEET_NAME.fullmatch(options.fleet):
         raise UsageError(
             f"--fleet '{options.fleet}': fleet names are 1-40 of a-z, 0-9 and '-', starting with a letter or digit."

@@ -33,12 +33,29 @@ def apply_query(data: Any, query: str | None) -> Any:
     """Apply a JMESPath expression to the JSON form of `data` (as `aws --query` does)."""
     if not query:
         return data
+    import jmespath.exceptions
+
+    compiled = compile_query(query)
+    try:
+        return compiled.search(json.loads(to_json(data)))
+    except jmespath.exceptions.JMESPathError as exc:
+        message = f"invalid --query expression {escape_controls(query)!r}: {escape_controls(str(exc))}"
+        raise UsageError(message) from None
+    except RecursionError:  # the last line: a long chain of operators (a|a|a..., !!!...) within the bounds
+        raise UsageError("--query: the expression is too complex to evaluate.", "Write a shorter one.") from None
+
+
+def compile_query(query: str) -> Any:
+    """The parsed --query; a usage error (exit 2) for one too long, too deep or not JMESPath.
+
+    The root command calls it before any cloud is asked, so a typo costs no listing.
+    """
     check_query(query)
     import jmespath
     import jmespath.exceptions
 
     try:
-        return jmespath.search(query, json.loads(to_json(data)))
+        return jmespath.compile(query)
     except jmespath.exceptions.ParseError as exc:
         # The expression on a line of its own and the caret under the place it went wrong.
         where = exc.lex_position if isinstance(exc.lex_position, int) else 0
@@ -55,8 +72,8 @@ def apply_query(data: Any, query: str | None) -> Any:
     except jmespath.exceptions.JMESPathError as exc:
         message = f"invalid --query expression {escape_controls(query)!r}: {escape_controls(str(exc))}"
         raise UsageError(message) from None
-    except RecursionError:  # the last line: a long chain of operators (a|a|a..., !!!...) within the bounds
-        raise UsageError("--query: the expression is too complex to evaluate.", "Write a shorter one.") from None
+    except RecursionError:
+        raise UsageError("--query: the expression is too complex to parse.", "Write a shorter one.") from None
 
 
 def check_query(query: str) -> None:

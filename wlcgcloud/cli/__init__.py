@@ -71,6 +71,10 @@ def root(
 ) -> None:
     if output not in OUTPUTS:
         raise UsageError(f"unknown output format '{output}'; use one of {', '.join(OUTPUTS)}.")
+    if query is not None:
+        from wlcgcloud.output import compile_query
+
+        compile_query(query)  # a bad expression is refused before any cloud is asked
     profiles = list(profile or [])
     if not profiles and os.environ.get("WLCGCLOUD_PROFILE"):
         profiles = [p for p in re.split(r"[,\s]+", os.environ["WLCGCLOUD_PROFILE"]) if p]

@@ -189,8 +189,12 @@ def scale(
     credential: Annotated[
         str | None, typer.Option("--credential", help="Growing: auto | x509 | token | none (default: as launched).")
     ] = None,
-    proxy: Annotated[Path | None, typer.Option("--proxy", help="Growing: the X.509 proxy to forward.")] = None,
-    token_file: Annotated[Path | None, typer.Option("--token-file", help="Growing: the token file.")] = None,
+    proxy: Annotated[
+        Path | None, typer.Option("--proxy", readable=False, help="Growing: the X.509 proxy to forward.")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", readable=False, help="Growing: the token file.")
+    ] = None,
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Growing: bootstrap settings, secret ones again.")
     ] = None,
@@ -214,8 +218,10 @@ def scale(
     from wlcgcloud.ledger import opened
 
     g = globals_of(ctx)
-    if count < 0:
-        raise UsageError(f"--count {count}: a fleet cannot have fewer than 0 instances.")
+    from wlcgcloud.launch import MAX_COUNT
+
+    if not 0 <= count <= MAX_COUNT:
+        raise UsageError(f"--count {count}: a fleet has from 0 to {MAX_COUNT} instances.")
     profiles = read_profiles(g)
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])

@@ -348,7 +348,7 @@ def _edit_in_editor(path: Path) -> None:
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     if subprocess.call([*shlex.split(editor), tmp]) != 0:
         raise UsageError(f"the editor '{editor}' failed; your edit is kept in {tmp}.")
-    new_text = Path(tmp).read_text(encoding="utf-8")
+    new_text = cfg.read_text(Path(tmp)) or ""  # the config's bounds: an editor can write anything
     if new_text == text:
         os.unlink(tmp)
         info("No change.")
@@ -409,7 +409,9 @@ def import_(
         list[str] | None,
         typer.Option("--from", help="clouds.yaml | aws | one; repeatable (default: all found).", show_default=False),
     ] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="A clouds.yaml to read instead of searching.")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", readable=False, help="A clouds.yaml to read instead of searching.")
+    ] = None,
     one_name: Annotated[str | None, typer.Option("--name", help="Name of the OpenNebula profile.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace profiles that exist.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be imported; write nothing.")] = False,

@@ -74,7 +74,7 @@ def subscriptions() -> list[Subscription]:
     found = []
     for meta in sorted(lists_dir().glob("*.json")):
         try:
-            found.append(Subscription(**json.loads(meta.read_text())))
+            found.append(Subscription(**bounded.read_state_json(meta)))
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot read subscription {meta}: {exc.__class__.__name__}.") from None
     return sorted(found, key=lambda s: s.name)
