@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,7 +290,7 @@ def find_secret(profile: Profile) -> tuple[Secret | None, list[str]]:
     try:
         value = keyring_get(profile.name)
     except KeyringUnavailable:
-        notes.append("this machine has no system keyring")
+        notes.append(NO_KEYRING)
     else:
         if value:
             return Secret(value, "system keyring"), notes
@@ -340,15 +341,25 @@ def write_secret_file(path: Path, profile: Profile, value: str) -> None:
         raise ConfigError(f"profile '{profile.name}': cannot write secret_file {path}: {exc.strerror}.") from None
 
 
+NO_KEYRING = "this machine has no system keyring"
+
+
+def how_to_give(profile: Profile, notes: Sequence[str] = ()) -> str:
+    """The next step for a profile with no secret: only the ways that work on this machine."""
+    ways = " or ".join([secret_variable(profile.name), *ecosystem_variables(profile)])
+    keep_in_file = f"'wlcgcloud profile edit {profile.name} --secret-stdin --secret-file FILE' (written with mode 0600)"
+    if NO_KEYRING in notes:
+        return f"Set {ways}, or keep it in a file of yours: {keep_in_file}."
+    return (
+        f"Set {ways}, store it in the keyring with 'wlcgcloud profile edit {profile.name} --secret-stdin', "
+        f"or keep it in a secret_file: {keep_in_file}."
+    )
+
+
 def require_secret(profile: Profile) -> Secret:
     """The profile's secret, or a configuration error that names every way to give one."""
     secret, notes = find_secret(profile)
     if secret is not None:
         return secret
-    ways = [secret_variable(profile.name), *ecosystem_variables(profile)]
     why = f" ({'; '.join(notes)})" if notes else ""
-    raise ConfigError(
-        f"profile '{profile.name}': no {secret_label(profile)} found{why}.",
-        f"Set {' or '.join(ways)}, store it with 'wlcgcloud profile edit {profile.name} --secret-stdin', "
-        "or keep it in a secret_file (add --secret-file FILE to that command: it is written with mode 0600).",
-    )
+    raise ConfigError(f"profile '{profile.name}': no {secret_label(profile)} found{why}.", how_to_give(profile, notes))

@@ -146,9 +146,14 @@ def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
     try:
         secret, notes = secretstore.find_secret(profile)
     except ConfigError as exc:
-        return {"found": False, "source": None, "problem": exc.message}
+        return {"found": False, "source": None, "problem": exc.message, "next_step": exc.hint}
     if secret is None:
-        return {"found": False, "source": None, "problem": "; ".join(["none found", *notes])}
+        return {
+            "found": False,
+            "source": None,
+            "problem": "; ".join(["none found", *notes]),
+            "next_step": secretstore.how_to_give(profile, notes),
+        }
     return {"found": True, "source": secret.source}
 
 
@@ -216,11 +221,7 @@ def add(
     if secret is None:
         status = _secret_status(profile)
         if not status["found"]:
-            info(
-                f"No secret stored. Give it at run time as {cfg.secret_variable(name)} or "
-                f"{' / '.join(secretstore.ecosystem_variables(profile))}, or run "
-                f"'wlcgcloud profile edit {name} --secret-stdin'."
-            )
+            info(f"No secret stored. {status['next_step']}")
 
 
 def _add_to(doc: Any, name: str, settings: dict[str, Any], make_default: bool) -> None:
@@ -284,7 +285,11 @@ def show(
     data["config"] = str(conf.path)
     if g.output in ("table", "csv") and not g.query:
         status = data["secret"]
-        data["secret"] = f"from {status['source']}" if status["found"] else f"missing: {status['problem']}"
+        data["secret"] = (
+            f"from {status['source']}"
+            if status["found"]
+            else " ".join(filter(None, [f"missing: {status['problem'].rstrip('.')}.", status["next_step"]]))
+        )
     emit(ctx, data)
 
 
