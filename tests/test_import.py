@@ -185,8 +185,8 @@ def test_import_from_explicit_paths_and_env(run: Run, world: World, monkeypatch:
     r = run("profile", "import", "--name", "lal-one")
     assert r.code == 0, r.err
     p = profiles(run)
-    assert p["ci"]["endpoint_url"] == "http://127.0.0.1:5998"
-    assert "ci" not in world.secrets()
+    # a section with no access key could sign nothing: skipped, saying why, not a profile that fails every listing
+    assert "ci" not in p and "'ci': no aws_access_key_id in the credentials or config file; skipped" in r.err
     assert p["lal-one"]["endpoint"] == "http://localhost:2633/RPC2"  # the documented default
     assert p["lal-one"]["username"] == "lhcb"
     assert "cern-atlas" in p

@@ -314,7 +314,9 @@ def _aws_candidate(
         indirect = [k for k in ("role_arn", "sso_session", "sso_start_url", "credential_process") if k in conf]
         if indirect:
             cand.notes.append(f"uses {indirect[0]}; only static access keys are imported; skipped")
-            return cand
+        else:  # a region-only section: as a profile it could sign nothing, and every listing would warn of it
+            cand.notes.append("no aws_access_key_id in the credentials or config file; skipped")
+        return cand
     _put(s, "access_key_id", key_id)
     cand.secret = secret
     return cand
