@@ -229,3 +229,36 @@ def test_a_secret_file_named_without_a_secret_is_checked_before_it_is_saved(
     r = run("profile", "add", "x", "--provider", "ec2", "--region", "eu-west-1", "--secret-file", str(named))
     assert r.code == 3 and problem in r.err and len(r.err.splitlines()) == 1
     assert not world.config.exists()
+
+
+def test_a_cloud_that_cannot_be_reached_says_why_and_points_at_doctor(run: Run, world: World) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_profiles(world, {"aws": {"provider": "ec2", "region": "eu-west-1", "access_key_id": "AKIA1",
+                                   "endpoint_url": f"http://127.0.0.1:{port}", "timeout": 5}})  # fmt: skip
+    r = run("instance", "list")
+    assert r.code in (3, 6)  # no secret is configured: 3 comes first
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WLCGCLOUD_SECRET_AWS", "x")
+        r = run("instance", "list")
+    assert r.code == 6
+    [line] = r.err.splitlines()
+    assert "connection refused (nothing listens there)" in line and "Run 'wlcgcloud doctor aws'" in line
+
+
+def test_a_termination_plan_says_what_it_lists(run: Run, world: World, moto_ec2: Any) -> None:
+    client: Any = moto_ec2.client()
+    made = client.run_instances(ImageId="ami-03cf127a", InstanceType="t3.micro", MinCount=1, MaxCount=1)
+    iid = made["Instances"][0]["InstanceId"]
+    write_profiles(world, {"aws": ec2_profile(moto_ec2)})
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+        r = run("instance", "terminate", iid, "--dry-run")
+    client.terminate_instances(InstanceIds=[iid])
+    assert r.code == 0, r.err
+    lines = r.err.splitlines()
+    assert lines[0].startswith("Would terminate: 1 instance(s)")
+    assert f"  {iid}  fleet -  profile aws" in lines[1] and "None" not in r.err

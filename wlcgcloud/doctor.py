@@ -168,9 +168,13 @@ def diagnose(profile: Profile) -> Diagnosis:
         found = _resolve(host, port, run.timeout)
         if isinstance(found, str):
             key = _url_key(profile)
+            named = (
+                f"the host name in {key} ('wlcgcloud profile show {name}')"
+                if profile.get(key)
+                else f"the region ('{profile.get('region')}': its default EC2 endpoint is {host})"
+            )
             return Step("dns", "fail", f"cannot resolve '{host}': {found}.", exit_code=6,
-                        hint=f"Check the host name in {key} ('wlcgcloud profile show {name}') and this machine's DNS "
-                        "(/etc/resolv.conf).")  # fmt: skip
+                        hint=f"Check {named} and this machine's DNS (/etc/resolv.conf).")  # fmt: skip
         addresses.extend(found)
         shown = ", ".join(sorted({a[4][0] for a in found})[:3])
         return f"'{host}' is {shown}" if not _is_address(host) else f"{host} is an address: nothing to resolve"

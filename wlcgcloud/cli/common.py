@@ -186,9 +186,12 @@ def terminate_confirmed(
     from wlcgcloud import fleet
     from wlcgcloud.errors import partial_exit
 
+    if victims:
+        info(f"{'Would terminate' if dry_run else 'To terminate'}: {len(victims)} instance(s) ({what}):")
     for inst in victims:
-        since = inst.to_dict()["launched_at"]
-        info(f"  {inst.id}  {inst.name}  fleet {inst.fleet}  profile {inst.profile}  {inst.state}  since {since}")
+        since = inst.to_dict()["launched_at"] or "-"
+        name = f"  {inst.name}" if inst.name and inst.name != inst.id and inst.name != inst.fleet else ""
+        info(f"  {inst.id}{name}  fleet {inst.fleet or '-'}  profile {inst.profile}  {inst.state}  since {since}")
     if dry_run:
         info(f"dry run: would terminate {len(victims)} instance(s) ({what}).")
         emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims], columns)

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,6 +124,19 @@ def check_root(body: bytes, due: str, status: int, kind: str | None) -> None:
         raise NotTheApi(f"HTTP {status}, {kind or 'no content type'}, {what} where <{due}> was due")
 
 
+def causes(exc: BaseException, most: int = 12) -> Iterator[BaseException]:
+    """`exc` and what lies behind it, as the SDKs wrap them: __cause__, __context__, an exception
+    as first argument, urllib3's `reason`; at most `most` deep."""
+    seen: BaseException | None = exc
+    for _ in range(most):
+        if seen is None:
+            return
+        yield seen
+        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
+        reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError
+        seen = seen.__cause__ or seen.__context__ or inner or (reason if isinstance(reason, BaseException) else None)
+
+
 def sent(exc: BaseException) -> bool:
     """Whether a request that failed with `exc` may have reached the cloud.
 
@@ -133,16 +146,27 @@ def sent(exc: BaseException) -> bool:
     import urllib3.exceptions  # only on a failure: a dependency of every SDK here, never imported at start-up
 
     never = (urllib3.exceptions.ConnectTimeoutError, ConnectionRefusedError, socket.gaierror, ssl.SSLError)
-    seen: BaseException | None = exc
-    for _ in range(12):
-        if seen is None:
-            return True
-        if isinstance(seen, never):
-            return False
-        inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-        reason = getattr(seen, "reason", None)  # urllib3's MaxRetryError
-        seen = seen.__cause__ or seen.__context__ or inner or (reason if isinstance(reason, BaseException) else None)
-    return True
+    return not any(isinstance(seen, never) for seen in causes(exc))
+
+
+def why_unreachable(exc: BaseException) -> str:
+    """In a few words, why a connection was never made, from the first cause the SDKs' wrapping still shows."""
+    import urllib3.exceptions
+
+    chain = list(causes(exc))
+    # The deepest cause speaks first: urllib3's NewConnectionError is a ConnectTimeoutError too.
+    for seen in reversed(chain):
+        if isinstance(seen, socket.gaierror):
+            return "the host name does not resolve"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused (nothing listens there)"
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"the TLS certificate does not verify ({seen.verify_message})"
+        if isinstance(seen, ssl.SSLError):
+            return "the TLS handshake failed"
+        if isinstance(seen, urllib3.exceptions.ConnectTimeoutError | TimeoutError):
+            return "no connection within the timeout"
+    return type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -572,10 +596,7 @@ class Provider(ABC):
         Call it only for failures of our own connection, never for a cloud's answer (which may
         quote a certificate error of its own, e.g. from fetching an image).
         """
-        seen: BaseException | None = exc
-        for _ in range(8):  # the SDKs wrap ssl's error in their own, sometimes several times over
-            if seen is None:
-                return None
+        for seen in causes(exc):  # the SDKs wrap ssl's error in their own, sometimes several times over
             if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(seen):
                 why = getattr(seen, "verify_message", None) or "certificate verify failed"
                 return CloudError(
@@ -583,8 +604,6 @@ class Provider(ABC):
                     f"If a CA your system does not trust signed it, point ca_bundle at that CA: "
                     f"'wlcgcloud profile edit {self.name} --ca-bundle FILE'.",
                 )
-            inner = seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None
-            seen = seen.__cause__ or seen.__context__ or inner
         return None
 
     def detail(self, text: str) -> str:
@@ -596,9 +615,11 @@ class Provider(ABC):
 
     def unreachable(self, what: str, where: str, exc: Exception) -> CloudError:
         """The error for a connection that failed: never made, or broken before the answer came."""
+        hint = f"Run 'wlcgcloud doctor {self.name}' to see which step fails (DNS, TCP, TLS, clock, login)."
         if sent(exc):
-            return self.cloud_error(what, f"no answer from {where}: the connection broke ({type(exc).__name__})")
-        return self.cloud_error(what, f"cannot reach {where} ({type(exc).__name__})")
+            broke = f"no answer from {where}: the connection broke ({type(exc).__name__})."
+            return self.cloud_error(what, broke, hint)
+        return self.cloud_error(what, f"cannot reach {where}: {why_unreachable(exc)}.", hint)
 
     def not_the_api(self, what: str, detail: str) -> CloudError:
         """The error for an answer that is not the cloud API's (an HTML page, an empty body, garbage)."""

@@ -142,7 +142,7 @@ class EC2Provider(Provider):
         if not access_key:
             raise ConfigError(
                 f"profile '{self.name}': no EC2 access key id.",
-                f"Set access_key_id with 'wlcgcloud profile edit {self.name}' or AWS_ACCESS_KEY_ID.",
+                f"Set it with 'wlcgcloud profile edit {self.name} --access-key-id ID', or AWS_ACCESS_KEY_ID.",
             )
         token = os.environ.get("AWS_SESSION_TOKEN") if not p.get("access_key_id") else None
         self.hide(token)
