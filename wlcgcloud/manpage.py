@@ -20,8 +20,11 @@ CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "d
 EXIT_CODES = (
     ("0", "success"),
     ("1", "unexpected internal error (a bug; a traceback only with --debug)"),
-    ("2", "usage error: a bad option or argument, a confirmation needed without a terminal; "
-     "an instance id or fleet that no profile knows (the message names the profiles asked)"),
+    (
+        "2",
+        "usage error: a bad option or argument, a confirmation needed without a terminal; "
+        "an instance id or fleet that no profile knows (the message names the profiles asked)",
+    ),
     ("3", "configuration error: unknown or invalid profile, unreadable config, missing secret"),
     ("4", "authentication or authorisation refused by the cloud"),
     ("5", "refused by policy: not endorsed, endorsement expired or unverifiable, user-data too large"),
