@@ -209,7 +209,12 @@ def diagnose(profile: Profile) -> Diagnosis:
         if tls.status == "fail":
             run.block(_after("tls"), "TLS did not verify: nothing safe can be sent")
     else:
-        run.step("tls", lambda: ("skip", f"{url.scheme}:// endpoint: no TLS (credentials travel in clear text)"))
+        plain = (
+            "requests travel unencrypted; SigV4 sends no secret key, but the key id and every answer are readable"
+            if profile.provider == "ec2"
+            else "the password or token travels in clear text"
+        )
+        run.step("tls", lambda: ("skip", f"{url.scheme}:// endpoint: no TLS ({plain})"))
 
     run.step("clock", lambda: _clock(url, connected[0], context[0] if context else None, run.timeout))
 

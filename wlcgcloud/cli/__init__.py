@@ -70,7 +70,8 @@ def root(
     ] = False,
 ) -> None:
     if output not in OUTPUTS:
-        raise UsageError(f"unknown output format '{output}'; use one of {', '.join(OUTPUTS)}.")
+        formats = ", ".join(OUTPUTS[:-1])
+        raise UsageError(f"unknown output format '{output}'; use one of {formats} ('apel': usage only).")
     if query is not None:
         from wlcgcloud.output import compile_query
 

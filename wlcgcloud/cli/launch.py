@@ -38,7 +38,8 @@ BOOTSTRAP_COLUMNS = [Column("name", "NAME"), Column("summary", "WHAT IT DOES"), 
 def launch(
     ctx: typer.Context,
     image: Annotated[
-        str | None, typer.Argument(help="Endorsed image: its identifier or title (see 'wlcgcloud image list').")
+        str | None,
+        typer.Argument(help="Endorsed image: its identifier or title (see 'wlcgcloud image list').", metavar="IMAGE"),
     ] = None,
     flavor: Annotated[
         str | None, typer.Option("--flavor", help="Instance type / flavor / VM template; default: the profile's.")

@@ -482,7 +482,8 @@ def import_(
             try:
                 secretstore.read_secret_reference(cand.secret_from, profile)
             except ConfigError as exc:
-                warn(f"'{cand.name}': its secret cannot be used yet: {exc}", g)
+                why = exc.message.removeprefix(f"profile '{cand.name}': ")
+                warn(f"'{cand.name}': its secret cannot be used yet: {why} {exc.hint or ''}".rstrip(), g)
         accepted[cand.name] = settings
     if accepted and not dry_run:
         first = None if conf.profiles else next(iter(accepted))
