@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from wlcgcloud.bounded import EARLIEST, LATEST, MAX_DURATION
+from wlcgcloud.bounded import EARLIEST_YEAR, LATEST_YEAR, MAX_DURATION_DAYS
 from wlcgcloud.errors import UsageError
 
+MAX_DURATION = timedelta(days=MAX_DURATION_DAYS)
+EARLIEST = datetime(EARLIEST_YEAR, 1, 1, tzinfo=UTC)
+LATEST = datetime(LATEST_YEAR, 1, 1, tzinfo=UTC)
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 DURATION = re.compile(r"(\d+)([smhdw])", re.ASCII)
 

@@ -318,9 +318,9 @@ def read_token(text: bytes, source: str) -> Credential:
     if not isinstance(claims, dict) or not isinstance(claims.get("exp"), int | float):
         raise PolicyError(f"{source}: the token has no 'exp' claim; a token that never expires is not forwarded.")
     # `not <=` also refuses NaN; beyond 2200 (10^30, infinity) is no time a token lives to.
-    if not bounded.EARLIEST.timestamp() <= claims["exp"] <= bounded.LATEST.timestamp():
+    if not bounded.EARLIEST_EPOCH <= claims["exp"] <= bounded.LATEST_EPOCH:
         raise PolicyError(
-            f"{source}: the token's 'exp' claim is no time before {bounded.LATEST.year}: it is not a usable token."
+            f"{source}: the token's 'exp' claim is no time before {bounded.LATEST_YEAR}: it is not a usable token."
         )
     groups = claims.get("wlcg.groups") or []
     scope = claims.get("scope") or ""
