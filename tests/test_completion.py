@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from wlcgcloud.completion import TREE_PATH, build_tree, complete
+from wlcgcloud.completion import TREE_PATH, complete
+from wlcgcloud.manpage import build_tree
 
 from conftest import Run, World
 
@@ -26,9 +27,7 @@ FISH = shutil.which("fish")
 
 def test_committed_tree_matches_the_cli() -> None:
     committed = json.loads(TREE_PATH.read_text())
-    assert committed == build_tree(), (
-        "wlcgcloud/cli/tree.json is stale: run  .venv/bin/python -m wlcgcloud.completion > wlcgcloud/cli/tree.json"
-    )
+    assert committed == build_tree(), "wlcgcloud/cli/tree.json is stale: run  .venv/bin/python -m wlcgcloud.manpage"
 
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "completions"
@@ -178,7 +177,9 @@ def test_man_pages_render_without_warnings() -> None:
     groff = shutil.which("groff")
     if groff is None:
         pytest.fail("groff is missing (Debian: groff-base, which man-db needs)", pytrace=False)
-    for page in sorted(manpage.MAN.parent.glob("*.1")):
+    pages = sorted(manpage.MAN.parent.glob("*.1"))
+    assert pages, f"no man pages in {manpage.MAN.parent}"
+    for page in pages:
         done = subprocess.run([groff, "-ww", "-man", "-Tutf8", str(page)], capture_output=True, text=True)
         assert done.returncode == 0 and done.stderr == "", (page.name, done.stderr)
         assert "EXIT STATUS" in re.sub(".\x08", "", done.stdout)  # (groff marks bold by overstriking)
@@ -302,7 +303,7 @@ def test_completion_install_into_an_unwritable_place_says_what_to_do(run: Run, w
 
 
 def test_the_cache_is_replaced_by_full_listings_and_added_to_by_narrow_ones(world: World) -> None:
-    from wlcgcloud.completion import remember
+    from wlcgcloud.completion_cache import remember
 
     remember("a", {"fleet": ["f1", "f2"], "instance": ["i1"]}, complete=True)
     remember("a", {"fleet": ["f3"]})
@@ -316,7 +317,7 @@ def test_the_cache_is_replaced_by_full_listings_and_added_to_by_narrow_ones(worl
 
 
 def test_a_broken_cache_completes_nothing_and_is_rewritten(world: World) -> None:
-    from wlcgcloud.completion import remember
+    from wlcgcloud.completion_cache import remember
 
     world.state.mkdir(parents=True)
     (world.state / "completion.json").write_text("{not json")
@@ -346,3 +347,13 @@ def test_listings_and_launches_refresh_the_cache_from_the_cloud(
     assert run("instance", "terminate", *ids, "--yes").code == 0
     assert run("instance", "list").code == 0
     assert fleet not in complete(["wlcgcloud", "fleet", "show", ""], 3)  # what ended is forgotten
+
+
+def test_completion_details(run: Run, world: World) -> None:
+    other = world.root / "other.toml"
+    other.write_text('[profiles.elsewhere]\nprovider = "ec2"\nregion = "r"\n')
+    assert complete(["wlcgcloud", "--config", str(other), "profile", "show", ""], 5) == ["elsewhere"]
+    assert complete(["wlcgcloud", "profile", "list", "--output", "=", "j"], 5) == ["json"]
+    assert complete(["wlcgcloud", "completion", "show", ""], 3) == ["bash", "zsh", "fish"]
+    assert run("profile", "add", "p1", "--provider", "ec2", "--region", "r").code == 0
+    assert complete(["wlcgcloud", "profile", "rm", ""], 3) == ["p1"]

@@ -226,3 +226,24 @@ def test_import_broken_clouds_yaml_reports_position(run: Run, world: World) -> N
 def test_import_unknown_source_is_usage_error(run: Run) -> None:
     r = run("profile", "import", "--from", "gcp")
     assert r.code == 2
+
+
+def test_malformed_aws_credentials_never_echo_the_line(run: Run, world: World) -> None:
+    aws = world.home / ".aws"
+    aws.mkdir()
+    (aws / "config").write_text("[default]\nregion = eu-west-1\n")
+    (aws / "credentials").write_text("[default]\naws_access_key_id = AKIA\naws_secret_access_key wJalrTOPSECRET\n")
+    r = run("profile", "import", "--from", "aws", "--debug")
+    assert r.code == 3
+    assert "credentials:3" in r.err
+    assert "TOPSECRET" not in r.err and "TOPSECRET" not in r.out
+    (aws / "credentials").write_text("aws_secret_access_key = wJalrTOPSECRET\n")
+    r = run("profile", "import", "--from", "aws", "--debug")
+    assert r.code == 3 and "TOPSECRET" not in r.err
+
+
+def test_malformed_clouds_yaml_never_echoes_its_text(run: Run, world: World) -> None:
+    (world.root / "clouds.yaml").write_text("clouds:\n  a:\n    auth: !secret SUPERSECRET\n")
+    r = run("profile", "import", "--from", "clouds.yaml", "--debug")
+    assert r.code == 3 and "not valid YAML" in r.err
+    assert "SUPERSECRET" not in r.err

@@ -238,3 +238,25 @@ def test_doctor_is_the_profile_check(run: Run, world: Any, moto_own: Any, monkey
 
     assert both.code == 6 and untimed(both) == untimed(run("profile", "test", "-o", "json"))
     assert run("doctor", "aws").code == 0
+
+
+def test_values_that_look_like_options_stay_with_their_option(run: Run) -> None:
+    argv = ["profile", "add", "x", "--provider", "openstack", "--auth-url", "https://k/v3"]
+    argv += ["--username", "-p", "--project", "a"]
+    assert hoist_global_options(argv) == argv
+    r = run(*argv)
+    assert r.code == 0, r.err
+    shown = run("profile", "show", "x", "-o", "json").json()
+    assert isinstance(shown, dict)
+    assert (shown["username"], shown["project"]) == ("-p", "a")
+
+
+def test_clustered_global_flags_after_the_command(run: Run) -> None:
+    assert hoist_global_options(["profile", "list", "-vv"]) == ["-v", "-v", "profile", "list"]
+    assert run("profile", "list", "-yv").code == 0
+
+
+def test_table_cells_are_not_rich_markup() -> None:
+    buf = io.StringIO()
+    render([{"url": "https://[fe80::1]:5000/v3", "e": "atlas[x]"}], fmt="table", stream=buf)
+    assert "https://[fe80::1]:5000/v3" in buf.getvalue() and "atlas[x]" in buf.getvalue()

@@ -6,6 +6,8 @@ import stat
 
 import pytest
 
+from wlcgcloud.config import load_config
+
 from conftest import Run, World
 
 SECRET = "s3cr3t-Value-that-must-stay-out-of-config"
@@ -268,3 +270,56 @@ def test_config_and_env_override_paths(run: Run, world: World, monkeypatch: pyte
     r = run("--config", str(third), "profile", "add", "viaflag", "--provider", "ec2", "--region", "x")
     assert r.code == 0, r.err
     assert "viaflag" in third.read_text() and "viaflag" not in other.read_text()
+
+
+def test_unwritable_config_is_a_configuration_error(run: Run) -> None:
+    target = "/proc/wlcgcloud-test-config.toml"  # nobody, not even root, can create files in /proc
+    r = run("--config", target, "profile", "add", "a", "--provider", "ec2", "--region", "r")
+    assert r.code == 3, r.err
+    assert "cannot write the config file" in r.err and "internal error" not in r.err
+
+
+def test_symlinked_config_is_written_through_the_link(run: Run, world: World) -> None:
+    real = world.root / "dotfiles" / "config.toml"
+    real.parent.mkdir()
+    real.write_text("")
+    world.config.parent.mkdir(parents=True)
+    world.config.symlink_to(real)
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r").code == 0
+    assert world.config.is_symlink()
+    assert "[profiles.a]" in real.read_text()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[profiles]\na = {provider = "ec2", region = "x"}\nb = {provider = "ec2", region = "z"}\n',
+        'default_profile = "a"\nprofiles.a.provider = "ec2"\nprofiles.a.region = "x"\n',
+    ],
+)
+def test_edit_and_remove_inline_and_dotted_profiles(run: Run, world: World, text: str) -> None:
+    world.config.parent.mkdir(parents=True)
+    world.config.write_text(text)
+    r = run("profile", "edit", "a", "--benchmarks", "type=HS23,m5.large=10", "--region", "y")
+    assert r.code == 0, r.err
+    a = load_config(world.config).profile("a")
+    assert a.get("region") == "y" and a.get("benchmarks") == {"type": "HS23", "m5.large": 10.0}
+    assert run("profile", "remove", "a", "--yes").code == 0
+    assert "a" not in load_config(world.config).profiles
+
+
+def test_profiles_sharing_a_secret_variable_are_refused(run: Run, world: World) -> None:
+    assert run("profile", "add", "a-b", "--provider", "ec2", "--region", "r").code == 0
+    r = run("profile", "add", "a.b", "--provider", "ec2", "--region", "r")
+    assert r.code == 3 and "WLCGCLOUD_SECRET_A_B" in r.err
+    assert "a.b" not in world.config.read_text()
+
+
+def test_declining_a_confirmation_is_not_a_bug_exit(run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    import wlcgcloud.cli.common as common
+
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r").code == 0
+    monkeypatch.setattr(common, "interactive", lambda: True)  # a person at a terminal answers "n"
+    r = run("profile", "remove", "a", input="n\n")
+    assert r.code == 2 and "not confirmed" in r.err
+    assert "a" in load_config().profiles

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from wlcgcloud.providers.base import STATES, LaunchRequest, aware, clean, within
+from wlcgcloud.providers.base import STATES, LaunchRequest, aware, call_with_timeout, clean
 
 
 def test_clean_never_shows_an_echoed_value_and_stays_one_short_line() -> None:
@@ -40,12 +40,12 @@ def test_within_bounds_a_stuck_call_and_passes_results_and_errors() -> None:
     release = threading.Event()
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        within(0.2, lambda: release.wait(10))
+        call_with_timeout(0.2, lambda: release.wait(10))
     assert time.monotonic() - started < 1
     release.set()
-    assert within(1, lambda: 42) == 42
+    assert call_with_timeout(1, lambda: 42) == 42
     with pytest.raises(KeyError):
-        within(1, lambda: {}["missing"])
+        call_with_timeout(1, lambda: {}["missing"])
 
 
 def test_naive_times_are_utc() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,40 @@ def test_secret_file_path_expands_home(run: Run, world: World) -> None:
         "~/.one/one_auth",
     )
     assert source(world, "lal").endswith("=pw")
+
+
+def test_edit_secret_prompt_without_a_terminal_is_a_usage_error(run: Run, world: World) -> None:
+    assert run("profile", "add", "a", "--provider", "ec2", "--region", "r", "--secret-stdin", input="old\n").code == 0
+    r = run("profile", "edit", "a", "--secret")
+    assert r.code == 2 and "--secret-stdin" in r.err
+    assert world.secrets()["wlcgcloud/a"] == "old"
+
+
+def test_application_credential_in_env_does_not_displace_a_password_profile(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("profile", "add", "pw", "--provider", "openstack", "--auth-url", "https://k/v3",
+               "--username", "operator", "--secret-stdin", input="my-password\n").code == 0  # fmt: skip
+    monkeypatch.setenv("OS_APPLICATION_CREDENTIAL_ID", "other")
+    monkeypatch.setenv("OS_APPLICATION_CREDENTIAL_SECRET", "other-secret")
+    secret, _ = secretstore.find_secret(load_config(world.config).profile("pw"))
+    assert secret is not None and secret.value == "my-password"
+    # a profile that names no identity takes its auth type from the environment
+    assert run("profile", "add", "ci", "--provider", "openstack", "--auth-url", "https://k/v3").code == 0
+    secret, _ = secretstore.find_secret(load_config(world.config).profile("ci"))
+    assert secret is not None and secret.source == "environment OS_APPLICATION_CREDENTIAL_SECRET"
+
+
+def test_unusable_one_auth_does_not_hide_the_keyring_secret(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert run("profile", "add", "lal", "--provider", "opennebula", "--endpoint", "http://h/RPC2",
+               "--secret-stdin", input="kr\n").code == 0  # fmt: skip
+    auth = world.root / "one_auth"
+    auth.write_text("atlas:pw")
+    auth.chmod(0o644)
+    monkeypatch.setenv("ONE_AUTH", str(auth))
+    secret, notes = secretstore.find_secret(load_config(world.config).profile("lal"))
+    assert secret is not None and secret.value == "kr"
+    assert any("readable by others" in n for n in notes)
+    assert stat.S_IMODE(auth.stat().st_mode) == 0o644

@@ -87,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(hoist_global_options(args))
     except KeyboardInterrupt:
+        from wlcgcloud.errors import Interrupted
+
         _print_error("interrupted.")
-        return 130
+        return Interrupted.exit_code
     except BrokenPipeError:
         # `wlcgcloud ... | head`: the reader went away; exit as a process killed by SIGPIPE would.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -1,14 +1,14 @@
 """Shell completion answered without Typer, Rich or any cloud SDK, and the cache it reads.
 
-The command tree is generated from the CLI itself into `cli/tree.json` (`python -m
-wlcgcloud.completion > wlcgcloud/cli/tree.json`; a test fails when it is stale). Completing reads
+The command tree is generated from the CLI itself into `cli/tree.json` by the generator
+(`python -m wlcgcloud.manpage`, which never runs at completion time; a test fails when the file
+is stale). Completing reads
 that file, the config file (profile names), the subscribed image lists (endorsed identifiers
 and titles) and the completion cache (`completion.json` in the state directory: fleet names,
 instance ids, flavors and networks per profile): never the network.
 
-The cache is written by the commands that learn those names from the clouds (`instance list`,
-`fleet list|show`, `launch`, `doctor`) through `remember()`; a listing that saw all of a
-profile's instances replaces what was cached for it, a narrower one adds to it.
+The cache (wlcgcloud.completion_cache) is written by the commands that learn those names from
+the clouds (`instance list`, `fleet list|show`, `launch`, `doctor`); this module only reads it.
 
 Protocol: the shell script sets `_WLCGCLOUD_COMPLETE=<shell>`, `COMP_WORDS` (the words,
 joined by newlines) and `COMP_CWORD` (the index of the word being completed), runs `wlcgcloud`,
@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from wlcgcloud import bounded
+from wlcgcloud.completion_cache import CACHED_KINDS, read_cache
 from wlcgcloud.paths import default_config_path, state_dir
 
 TREE_PATH = Path(__file__).parent / "cli" / "tree.json"
@@ -157,59 +157,6 @@ def _lists(words: list[str]) -> list[str]:
     return sorted(str(s["name"]) for s in _subscriptions(words) if "name" in s)
 
 
-# ----------------------------------------------------------------------------- the cache
-
-CACHE = "completion.json"
-CACHED_KINDS = ("fleet", "instance", "flavor", "network")
-CACHE_LIMIT = 5000  # values per profile and kind: enough for any fleet, and completion stays fast
-
-
-def cache_path() -> Path:
-    return state_dir() / CACHE
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = bounded.read_state_json(path)
-    except (OSError, ValueError):
-        return {}
-    profiles = data.get("profiles") if isinstance(data, dict) else None
-    return profiles if isinstance(profiles, dict) else {}
-
-
-def remember(profile: str, names: dict[str, Any], complete: bool = False) -> None:
-    """Note the names a command just learnt from `profile`'s cloud, by kind, for completion.
-
-    `complete=True` means the values are everything of their kind the profile has (a full
-    listing): they replace what was cached. Otherwise they are added. A cache that cannot be
-    written is skipped silently: it only ever makes completion poorer, never a command fail.
-    """
-    import contextlib
-    import fcntl
-
-    unknown = set(names) - set(CACHED_KINDS)
-    if unknown:
-        raise ValueError(f"unknown completion cache kinds {sorted(unknown)}")
-    path = cache_path()
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # two commands at once: neither loses the other's names
-            profiles = _read_cache(path)
-            entry = profiles.setdefault(profile, {})
-            for kind, values in names.items():
-                old = set() if complete else {v for v in entry.get(kind, []) if isinstance(v, str)}
-                entry[kind] = sorted(old | {str(v) for v in values if v})[:CACHE_LIMIT]
-            tmp = path.with_name(f".{CACHE}.{os.getpid()}.tmp")
-            fd_tmp = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd_tmp, "w", encoding="utf-8") as fh:
-                json.dump({"version": 1, "profiles": profiles}, fh, sort_keys=True)
-            os.replace(tmp, path)
-        finally:
-            os.close(fd)
-
-
 def _line_profiles(words: list[str]) -> list[str]:
     """Profiles named before the word being completed (`-p a -p b`, `--profile=a`, `profile edit NAME`)."""
     named = []
@@ -228,7 +175,7 @@ def _line_profiles(words: list[str]) -> list[str]:
 
 def _cached(kind: str) -> Callable[[list[str]], list[str]]:
     def values(words: list[str]) -> list[str]:
-        profiles = _read_cache(cache_path())
+        profiles = read_cache()
         found: set[str] = set()
         for name in _line_profiles(words) or list(profiles):
             entry = profiles.get(name)
@@ -322,93 +269,3 @@ def complete_from_environment() -> int:
     for candidate in complete(words, cword):
         print(candidate)
     return 0
-
-
-def build_tree() -> dict[str, Any]:
-    """Walk the Typer app (imports it) and describe commands, options and argument kinds."""
-    import typer
-
-    from wlcgcloud.cli import app
-    from wlcgcloud.config import KEYS, PROVIDERS
-
-    def option_spec(param: Any) -> Any:
-        if param.is_flag or param.count:
-            return FLAG
-        if param.name in ("profile",):
-            return "@profile"
-        if param.name == "output":
-            return ["table", "json", "yaml", "csv", "apel"]
-        if param.name == "provider":
-            return list(PROVIDERS)
-        if param.name == "source":
-            return ["clouds.yaml", "aws", "one"]
-        if param.name == "credential":
-            from wlcgcloud.cli.launch import CREDENTIALS
-
-            return list(CREDENTIALS)
-        if param.name == "bootstrap":
-            return "@bootstrap"
-        if param.name == "fleet_name":
-            return "@fleet"
-        if param.name == "by":
-            from wlcgcloud.usage import GROUPS
-
-            return list(GROUPS)
-        if param.name in ("since", "until"):
-            return ["today", "this-month", "last-month", "7d", "30d"]
-        if param.name in ("flavor", "network"):
-            return f"@{param.name}"
-        if param.name == "settings":
-            return "@setting"
-        if param.name == "state":
-            from wlcgcloud.cli.instance import STATES
-
-            return list(STATES)
-        return VALUE
-
-    def describe(cmd: Any, path: tuple[str, ...]) -> dict[str, Any]:
-        node: dict[str, Any] = {"options": {}}
-        for param in cmd.params:
-            if param.param_type_name == "option":
-                for name in [*param.opts, *param.secondary_opts]:
-                    node["options"][name] = option_spec(param)
-            elif param.param_type_name == "argument":
-                is_profile = path[:1] == ("profile",) and path[-1] != "add" and param.name in ("name", "names")
-                kind: Any = "@profile" if is_profile else ""
-                if path[:1] == ("image",):
-                    kind = {"image_id": "@endorsed", "name": "@list", "names": "@list"}.get(param.name, kind)
-                if path == ("launch",) and param.name == "image":
-                    kind = "@endorsed"
-                if path[:1] == ("fleet",) and param.name in ("name", "names"):
-                    kind = "@fleet"
-                if path[:1] == ("instance",) and param.name in ("instance_id", "instance_ids"):
-                    kind = "@instance"
-                if path == ("doctor",) and param.name == "names":
-                    kind = "@profile"
-                if path[:1] == ("completion",) and param.name == "shell":
-                    kind = ["bash", "zsh", "fish"]
-                node.setdefault("args", []).append(kind)
-        if path in (("profile", "add"), ("profile", "edit")):
-            for key in KEYS:
-                if key.name == "provider":
-                    continue
-                spec: Any = list(key.choices) or (f"@{key.name}" if key.name in ("flavor", "network") else VALUE)
-                node["options"][key.option] = FLAG if key.kind == "bool" else spec
-                if key.kind == "bool":
-                    node["options"]["--no-" + key.option[2:]] = FLAG
-            if path == ("profile", "edit"):
-                node["options"]["--unset"] = [k.name.replace("_", "-") for k in KEYS if k.name != "provider"]
-        commands = getattr(cmd, "commands", None)
-        if commands:
-            node["commands"] = {name: describe(sub, (*path, name)) for name, sub in commands.items() if not sub.hidden}
-            aliases = {name: ALIASES[name] for name, sub in commands.items() if sub.hidden and name in ALIASES}
-            if aliases:
-                node["aliases"] = aliases
-        return node
-
-    return describe(typer.main.get_command(app), ())
-
-
-if __name__ == "__main__":
-    json.dump(build_tree(), sys.stdout, indent=1, sort_keys=True)
-    sys.stdout.write("\n")

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import os
 import re
-import tempfile
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wlcgcloud import bounded
+from wlcgcloud import atomic, bounded
 from wlcgcloud.errors import ConfigError
 from wlcgcloud.paths import default_config_path
 
@@ -28,7 +26,6 @@ ALL = frozenset(PROVIDERS)
 AUTH_TYPES = ("password", "v3applicationcredential", "v3oidcaccesstoken")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_TIMEOUT = 30
-DEFAULT_ONE_USER_DATA_LIMIT = 65536
 
 
 @dataclass(frozen=True)
@@ -423,49 +420,19 @@ def load_config(path: Path | None = None) -> Config:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """Serialise read-modify-write cycles of two wlcgcloud processes on the same config."""
-    import fcntl
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        with atomic.locked(path):
+            yield
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write the config file: {exc.strerror}.") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600, what: str = "the config file") -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers see old or new, never half.
-
-    A symlinked file is written where the link points, so the link stays.
-    """
-    path = path.resolve() if path.is_symlink() else path
+    """Write `text` to `path` whole or not at all (wlcgcloud.atomic); a failure is a ConfigError naming `what`."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic.write(path, text, mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot write {what}: {exc.strerror}.") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ConfigError(f"{path}: cannot write {what}: {exc.strerror}.") from None
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def update_config(path: Path, change: Callable[[Any], None]) -> Config:

@@ -464,7 +464,7 @@ def _clock_again(profile: Profile, provider: Any, clock: Step, timeout: float) -
 
 
 def _remember(profile: Profile, kind: str, values: Sequence[str]) -> None:
-    from wlcgcloud.completion import remember
+    from wlcgcloud.completion_cache import remember
 
     remember(profile.name, {kind: values}, complete=True)
 

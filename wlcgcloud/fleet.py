@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, UsageError, WlcgError
-from wlcgcloud.providers import each
+from wlcgcloud.providers import for_each_profile
 from wlcgcloud.providers.base import STATES, Instance, Outcome, Provider
-from wlcgcloud.times import stamp, utc
+from wlcgcloud.times import stamp, stamp_or_none
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -58,7 +58,7 @@ def _gathered(
 ) -> Gathered:
     """`fetch` on every profile in parallel; what answered is remembered for completion (`everything`: all of it)."""
     out = Gathered(asked=len(profiles))
-    for answer in each(profiles, fetch):
+    for answer in for_each_profile(profiles, fetch):
         if answer.error is not None:
             out.failures.append((answer.profile.name, answer.error))
         else:
@@ -71,7 +71,7 @@ def _gathered(
 
 def remember_names(profile: str, instances: Sequence[Instance], complete: bool = False) -> None:
     """Keep the fleet names and instance ids just seen for shell completion (`complete`: all of them)."""
-    from wlcgcloud.completion import remember
+    from wlcgcloud.completion_cache import remember
 
     live = [i for i in instances if i.state != "terminated"]
     names = {"fleet": {i.fleet for i in live}, "instance": [i.id for i in live]}
@@ -81,7 +81,7 @@ def remember_names(profile: str, instances: Sequence[Instance], complete: bool =
 def find_instance(profiles: Sequence[Profile], instance_id: str) -> tuple[Instance, Gathered]:
     """The one instance called `instance_id` on the given profiles; an error if none or several have it."""
     out = Gathered(asked=len(profiles))
-    for answer in each(profiles, lambda p: p.instance(instance_id)):
+    for answer in for_each_profile(profiles, lambda p: p.instance(instance_id)):
         if answer.error is not None:
             out.failures.append((answer.profile.name, answer.error))
         elif answer.value is not None:
@@ -159,11 +159,11 @@ def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]]) -
 
     What was terminated ends now in the ledger too, whichever command asked.
     """
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
 
     chosen = [p for p in profiles if p.name in targets]
     results: list[Terminated] = []
-    for answer in each(chosen, lambda p: p.terminate([i.id for i in targets[p.name]])):
+    for answer in for_each_profile(chosen, lambda p: p.terminate([i.id for i in targets[p.name]])):
         batch = targets[answer.profile.name]
         if answer.error is not None:
             results.extend(Terminated(i, answer.error.message, answer.error.exit_code) for i in batch)
@@ -172,7 +172,7 @@ def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]]) -
         for inst in batch:
             outcome = outcomes.get(inst.id, Outcome(inst.id, "no answer from the cloud", 6))
             results.append(Terminated(inst, outcome.error, outcome.exit_code or 6))
-    with opened() as ledger:
+    with open_ledger() as ledger:
         for profile, done in by_profile(r.instance for r in results if r.error is None).items():
             ledger.mark_ended(profile, [i.id for i in done])
     return results
@@ -182,7 +182,7 @@ def console_log(profiles: Sequence[Profile], instance_id: str, lines: int | None
     """Find the instance, then read its console log from its own cloud."""
     inst, _ = find_instance(profiles, instance_id)
     owner = [p for p in profiles if p.name == inst.profile]
-    answer = each(owner, lambda p: p.console_log(instance_id, lines))[0]
+    answer = for_each_profile(owner, lambda p: p.console_log(instance_id, lines))[0]
     if answer.error is not None:
         raise answer.error
     return inst, answer.value or ""
@@ -210,7 +210,7 @@ class FleetRow:
         tags = [i.tags for i in self.instances]
         created = min((t["wlcg:created"] for t in tags if t.get("wlcg:created")), default=None)
         if created is None:
-            created = min((utc(i.launched_at) or "" for i in self.instances if i.launched_at), default=None)
+            created = min((stamp_or_none(i.launched_at) or "" for i in self.instances if i.launched_at), default=None)
         return {
             "fleet": self.fleet,
             "profile": self.profile,

@@ -18,7 +18,6 @@ read again at run time (wlcgcloud.secretstore). `Candidate.secret` only tells th
 from __future__ import annotations
 
 import configparser
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -27,9 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from wlcgcloud import bounded
 from wlcgcloud.errors import ConfigError
-from wlcgcloud.secretstore import secret_reference
+from wlcgcloud.toolfiles import load_yaml_or_json, read_ini, read_text, secret_reference
 
 SOURCES = ("clouds.yaml", "aws", "one")
 ONE_DEFAULT_ENDPOINT = "http://localhost:2633/RPC2"
@@ -67,46 +65,6 @@ def find_openstack_file(stem: str, env_var: str) -> Path | None:
     candidates = [Path(override).expanduser()] if override else []
     candidates += [d / f"{stem}.{ext}" for d in _openstack_dirs() for ext in ("yaml", "yml", "json")]
     return next((p for p in candidates if p.is_file()), None)
-
-
-def _read_text(path: Path) -> str:
-    """An imported file's text, bounded (bounded.IMPORTED_FILE_SIZE: never `/dev/zero` to the end) and shallow."""
-    try:
-        text = bounded.read_bytes(path, bounded.IMPORTED_FILE_SIZE).decode("utf-8")
-    except bounded.TooLarge:
-        raise ConfigError(f"{path}: larger than {bounded.size_text(bounded.IMPORTED_FILE_SIZE)}; not read.") from None
-    except UnicodeDecodeError:  # its text would quote the file
-        raise ConfigError(f"{path}: not UTF-8 text; not read.") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}.") from None
-    if bounded.too_deep(text):  # YAML's and JSON's parsers recurse on nesting
-        raise ConfigError(f"{path}: nested more than {bounded.MAX_DEPTH} levels deep; not read.")
-    return text
-
-
-def load_yaml_or_json(path: Path) -> Mapping[str, Any]:
-    """clouds.yaml or secure.yaml (or their .json forms): a mapping, or a one-line error that quotes nothing."""
-    text = _read_text(path)
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to read.") from None
-    except ValueError as exc:  # JSON, or text that is not UTF-8; the message would quote the file
-        raise ConfigError(
-            f"{path}: not valid {path.suffix.lstrip('.').upper() or 'YAML'} ({type(exc).__name__})."
-        ) from None
-    except Exception as exc:  # yaml.YAMLError, imported lazily; its text can quote the file: say only where
-        mark = getattr(exc, "problem_mark", None)
-        at = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{at}: not valid YAML.") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'clouds' key.")
-    return data
 
 
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,22 +179,6 @@ def _put(settings: dict[str, Any], key: str, value: Any) -> None:
 # ----------------------------------------------------------------------------- AWS
 
 
-def read_ini(path: Path) -> configparser.RawConfigParser:
-    """An AWS config or credentials file; an error names the line but never shows it (it may hold a key)."""
-    parser = configparser.RawConfigParser()
-    text = _read_text(path)
-    try:
-        parser.read_string(text, source=str(path))
-    except configparser.Error as exc:
-        # configparser quotes the offending line, which may hold a secret key: say only where.
-        line = getattr(exc, "lineno", None) or next(iter(getattr(exc, "errors", [])), (None,))[0]
-        at = f"{path}:{line}" if line else str(path)
-        raise ConfigError(
-            f"{at}: cannot parse ({type(exc).__name__}); the line is not shown, it may hold a secret."
-        ) from None
-    return parser
-
-
 def _nested(value: str) -> dict[str, str]:
     """botocore's nested values: a value that starts with a newline holds `key = value` lines."""
     out = {}
@@ -346,7 +288,7 @@ def from_one(name: str | None = None) -> list[Candidate]:
     if not endpoint:
         ep_file = _first_file([Path.home() / ".one" / "one_endpoint", Path("/var/lib/one/.one/one_endpoint")])
         if ep_file is not None:
-            endpoint, endpoint_source = _read_text(ep_file).strip(), str(ep_file)
+            endpoint, endpoint_source = read_text(ep_file).strip(), str(ep_file)
     if not endpoint:
         endpoint, endpoint_source = ONE_DEFAULT_ENDPOINT, "the default endpoint"
     host = urlparse(endpoint).hostname or "localhost"
@@ -356,7 +298,7 @@ def from_one(name: str | None = None) -> list[Candidate]:
         source=f"{auth_path}, {endpoint_source}",
     )
     try:
-        text = _read_text(auth_path).strip()
+        text = read_text(auth_path).strip()
     except ConfigError as exc:
         cand.notes.append(f"{exc.message.rstrip('.')}; skipped")
         return [cand]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
-from wlcgcloud.errors import CloudError, PolicyError, UsageError, WlcgError
+from wlcgcloud.errors import CloudError, Interrupted, PolicyError, UsageError, WlcgError
 from wlcgcloud.fleet import remember_names
 from wlcgcloud.providers.base import Flavor, Instance, LaunchRequest, PartialLaunch, Provider, Quota, UncertainLaunch
 from wlcgcloud.times import human_duration, stamp
@@ -155,7 +155,6 @@ class ProfileLaunched:
     error: WlcgError | None = None
     found: set[str] = field(default_factory=set)  # ids of instances an earlier run had made, found by the fleet's tags
     uncertain: int = 0  # instances this run may have made that no answer showed (a re-run adopts them)
-    failed_after: list[Instance] = field(default_factory=list)  # went to error while --wait waited
 
     @property
     def resumed(self) -> int:
@@ -204,7 +203,7 @@ class Launched:
     def exit_code(self) -> int:
         """0 when everything launched; 7 when some did; else the first failure's code; 130 when interrupted."""
         if self.interrupted:
-            return 130
+            return Interrupted.exit_code
         failures = [r.error for r in self.results if r.error]
         if not failures:
             return 0
@@ -669,7 +668,6 @@ def _wait(results: list[ProfileLaunched], limit: timedelta, ledger: Ledger, tell
             r.instances = [seen.get(i.id, i) for i in r.instances]
             broken = [i for i in r.instances if i.state in ("error", "terminated")]
             if broken:
-                r.failed_after += broken
                 r.instances = [i for i in r.instances if i not in broken]
                 if r.error is None:
                     r.error = CloudError(f"profile '{r.plan.name}': {len(broken)} instance(s) went to "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wlcgcloud.errors import ConfigError
-from wlcgcloud.times import stamp, utc
+from wlcgcloud.times import stamp, stamp_or_none
 
 FILE_NAME = "ledger.sqlite"
 
@@ -261,7 +261,7 @@ class Ledger:
                 "profile": i.profile, "id": i.id, "fleet": i.fleet, "launch_id": launch_id, "provider": i.provider,
                 "name": i.name, "flavor": i.flavor, "vcpus": i.vcpus, "memory_mb": i.memory_mb, "image": i.image,
                 "experiment": i.tags.get("wlcg:experiment"),
-                "launched_at": utc(i.launched_at),
+                "launched_at": stamp_or_none(i.launched_at),
                 "ended_at": ended, "last_state": i.state, "last_seen": now,
             })  # fmt: skip
         if not rows:
@@ -358,7 +358,7 @@ class Ledger:
 
 
 @contextmanager
-def opened() -> Iterator[Ledger]:
+def open_ledger() -> Iterator[Ledger]:
     """The default ledger, closed afterwards."""
     ledger = Ledger.default()
     try:

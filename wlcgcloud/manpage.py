@@ -1,12 +1,15 @@
-"""The man pages and the shell completion scripts, generated from the CLI itself (never by hand).
+"""The man pages, the shell completion scripts and the completer's command tree, generated from the CLI.
 
-    python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/*
+    python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/*,
+                                    # wlcgcloud/cli/tree.json
 
-A test fails when any of them is stale, as for `cli/tree.json`. Not imported at run time.
+Never by hand: a test fails when any of them is stale. Not imported at run time: this is the one
+module below `wlcgcloud/` that walks the Typer app besides the CLI itself.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MAN = ROOT / "man" / "wlcgcloud.1"
 COMPLETIONS = ROOT / "completions"
+TREE = Path(__file__).resolve().parent / "cli" / "tree.json"  # what the completer reads
 
 CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "doctor", "completion"]
 EXIT_CODES = (
@@ -208,6 +212,105 @@ def man_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _option_kinds() -> dict[str, Any]:
+    """What an option's value completes to, by its parameter name: a list is a choice, "@kind" a dynamic value."""
+    from wlcgcloud.cli.instance import STATES
+    from wlcgcloud.cli.launch import CREDENTIALS
+    from wlcgcloud.config import PROVIDERS
+    from wlcgcloud.usage import GROUPS
+
+    dynamic = ("profile", "bootstrap", "flavor", "network")
+    return {
+        **{name: f"@{name}" for name in dynamic},
+        "output": ["table", "json", "yaml", "csv", "apel"],
+        "provider": list(PROVIDERS),
+        "source": ["clouds.yaml", "aws", "one"],
+        "credential": list(CREDENTIALS),
+        "fleet_name": "@fleet",
+        "by": list(GROUPS),
+        "since": ["today", "this-month", "last-month", "7d", "30d"],
+        "until": ["today", "this-month", "last-month", "7d", "30d"],
+        "settings": "@setting",
+        "state": list(STATES),
+    }
+
+
+# What an argument completes to: by (command path prefix, parameter name); the longest prefix wins.
+ARGUMENT_KINDS: dict[tuple[tuple[str, ...], str], Any] = {
+    (("profile",), "name"): "@profile",
+    (("profile",), "names"): "@profile",
+    (("profile", "add"), "name"): "",  # a new name: nothing to complete
+    (("image",), "image_id"): "@endorsed",
+    (("image",), "name"): "@list",
+    (("image",), "names"): "@list",
+    (("launch",), "image"): "@endorsed",
+    (("fleet",), "name"): "@fleet",
+    (("fleet",), "names"): "@fleet",
+    (("instance",), "instance_id"): "@instance",
+    (("instance",), "instance_ids"): "@instance",
+    (("doctor",), "names"): "@profile",
+    (("completion",), "shell"): ["bash", "zsh", "fish"],
+}
+
+
+def _argument_kind(path: tuple[str, ...], name: str) -> Any:
+    for depth in range(len(path), 0, -1):
+        if (path[:depth], name) in ARGUMENT_KINDS:
+            return ARGUMENT_KINDS[(path[:depth], name)]
+    return ""
+
+
+def _key_options(edit: bool) -> dict[str, Any]:
+    """`profile add|edit` take every config key as an option (dashes for underscores; --no-KEY for booleans)."""
+    from wlcgcloud.completion import FLAG, VALUE
+    from wlcgcloud.config import KEYS
+
+    options: dict[str, Any] = {}
+    for key in (k for k in KEYS if k.name != "provider"):
+        if key.kind == "bool":
+            options[key.option] = options["--no-" + key.option[2:]] = FLAG
+        else:
+            options[key.option] = list(key.choices) or (f"@{key.name}" if key.name in ("flavor", "network") else VALUE)
+    if edit:
+        options["--unset"] = [k.name.replace("_", "-") for k in KEYS if k.name != "provider"]
+    return options
+
+
+def build_tree() -> dict[str, Any]:
+    """cli/tree.json: walk the Typer app and describe commands, options and argument kinds for the completer."""
+    import typer
+
+    from wlcgcloud.cli import app
+    from wlcgcloud.completion import ALIASES, FLAG, VALUE
+
+    kinds = _option_kinds()
+
+    def describe(cmd: Any, path: tuple[str, ...]) -> dict[str, Any]:
+        node: dict[str, Any] = {"options": {}}
+        for param in cmd.params:
+            if param.param_type_name == "option":
+                spec = FLAG if param.is_flag or param.count else kinds.get(param.name, VALUE)
+                node["options"].update(dict.fromkeys([*param.opts, *param.secondary_opts], spec))
+            elif param.param_type_name == "argument":
+                node.setdefault("args", []).append(_argument_kind(path, param.name))
+        if len(path) == 2 and path[0] == "profile" and path[1] in ("add", "edit"):
+            node["options"].update(_key_options(edit=path[1] == "edit"))
+        commands = getattr(cmd, "commands", None) or {}
+        if commands:
+            node["commands"] = {name: describe(sub, (*path, name)) for name, sub in commands.items() if not sub.hidden}
+        aliases = {name: ALIASES[name] for name, sub in commands.items() if sub.hidden and name in ALIASES}
+        if aliases:
+            node["aliases"] = aliases
+        return node
+
+    return describe(typer.main.get_command(app), ())
+
+
+def tree_json() -> str:
+    """The text of cli/tree.json, as committed."""
+    return json.dumps(build_tree(), indent=1, sort_keys=True) + "\n"
+
+
 def completion_scripts() -> dict[str, str]:
     """completions/wlcgcloud.bash, _wlcgcloud (zsh) and wlcgcloud.fish, by file name."""
     from wlcgcloud.completion import SCRIPT_NAMES, SCRIPTS
@@ -228,8 +331,9 @@ def main() -> int:
     scripts = completion_scripts()
     for name, text in scripts.items():
         (COMPLETIONS / name).write_text(text, encoding="utf-8")
-    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages and {len(scripts)} completion scripts",
-          file=sys.stderr)  # fmt: skip
+    TREE.write_text(tree_json(), encoding="utf-8")
+    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages, {len(scripts)} completion scripts "
+          f"and {TREE.relative_to(ROOT)}", file=sys.stderr)  # fmt: skip
     return 0
 
 

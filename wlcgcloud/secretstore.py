@@ -15,14 +15,13 @@ There is no plaintext fallback: on a machine without a keyring backend we say so
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wlcgcloud import bounded
+from wlcgcloud import atomic, bounded, toolfiles
 from wlcgcloud.config import Profile, secret_variable
 from wlcgcloud.errors import ConfigError
 
@@ -163,61 +162,42 @@ def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") ->
 
 # ----------------------------------------------------------------------------- imported files
 
-# `secret_from` = KIND:PATH[#ENTRY], written by `profile import`.
-REFERENCE_KINDS = {
-    "aws": "AWS credentials file",  # ENTRY: the section ("atlas", "profile atlas" in ~/.aws/config)
-    "clouds.yaml": "OpenStack clouds file",  # ENTRY: the cloud's name
-    "one_auth": "ONE_AUTH file",  # no ENTRY: the file holds user:password
-}
-_CLOUDS_SECRET_KEYS = {
-    "password": "password",
-    "v3applicationcredential": "application_credential_secret",
-    "v3oidcaccesstoken": "access_token",
-}
-
-
-def secret_reference(kind: str, path: Path, entry: str | None = None) -> str:
-    """The `secret_from` value for a secret in `path` (an absolute path: the profile must not depend on cwd)."""
-    return f"{kind}:{path.expanduser().absolute()}" + (f"#{entry}" if entry is not None else "")
-
 
 def read_secret_reference(reference: str, profile: Profile) -> Secret:
     """The secret that `secret_from` points at, read now, under the owner-only rule of secret_file."""
     kind, _, rest = reference.partition(":")
-    if kind not in REFERENCE_KINDS or not rest:
+    if kind not in toolfiles.REFERENCE_KINDS or not rest:
         raise ConfigError(
             f"profile '{profile.name}': secret_from '{reference}' is not KIND:FILE[#ENTRY] "
-            f"with KIND one of {', '.join(REFERENCE_KINDS)}.",
+            f"with KIND one of {', '.join(toolfiles.REFERENCE_KINDS)}.",
             f"Run 'wlcgcloud profile import --overwrite' again, or 'wlcgcloud profile edit {profile.name} "
             "--unset secret-from'.",
         )
-    what = f"secret_from ({REFERENCE_KINDS[kind]})"
+    what = f"secret_from ({toolfiles.REFERENCE_KINDS[kind]})"
     if kind == "one_auth":
         found = read_secret_file(Path(rest).expanduser(), profile, what)
-        return Secret(found.value, f"{REFERENCE_KINDS[kind]} {rest}", found.username)
+        return Secret(found.value, f"{toolfiles.REFERENCE_KINDS[kind]} {rest}", found.username)
     path_text, _, entry = rest.rpartition("#")
     path = Path(path_text).expanduser()
     owner_only(path, profile, what)
-    from wlcgcloud import importers  # the same readers that imported it (and their bounds)
-
     value: object = None
     if kind == "aws":
-        parser = importers.read_ini(path)
+        parser = toolfiles.read_ini(path)
         if parser.has_section(entry):
             value = parser.get(entry, "aws_secret_access_key", fallback=None)
     else:
-        clouds = importers.load_yaml_or_json(path).get("clouds")
+        clouds = toolfiles.load_yaml_or_json(path).get("clouds")
         cloud = clouds.get(entry) if isinstance(clouds, dict) else None
         auth = cloud.get("auth") if isinstance(cloud, dict) else None
         if isinstance(auth, dict):
-            value = auth.get(_CLOUDS_SECRET_KEYS[auth_type(profile)])
+            value = auth.get(toolfiles.CLOUDS_SECRET_KEYS[auth_type(profile)])
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
             f"profile '{profile.name}': {path} holds no secret for '{entry}' any more.",
             f"Import it again with 'wlcgcloud profile import --overwrite', or store one with "
             f"'wlcgcloud profile edit {profile.name} --secret-stdin'.",
         )
-    return Secret(value.strip(), f"{REFERENCE_KINDS[kind]} {path} [{entry}]")
+    return Secret(value.strip(), f"{toolfiles.REFERENCE_KINDS[kind]} {path} [{entry}]")
 
 
 # ----------------------------------------------------------------------------- keyring
@@ -322,21 +302,8 @@ def write_secret_file(path: Path, profile: Profile, value: str) -> None:
             )
     if profile.provider == "opennebula" and profile.get("username") and ":" not in value:
         value = f"{profile.get('username')}:{value}"  # a ONE_AUTH-style file: user:password
-    import tempfile
-
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp makes it 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(value + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic.write(path, value + "\n", mode=0o600)
     except OSError as exc:
         raise ConfigError(f"profile '{profile.name}': cannot write secret_file {path}: {exc.strerror}.") from None
 

@@ -55,7 +55,7 @@ def stamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def utc(value: datetime | None) -> str | None:
+def stamp_or_none(value: datetime | None) -> str | None:
     """`stamp`, or None for no time (JSON null)."""
     return None if value is None else stamp(value)
 

@@ -158,10 +158,10 @@ SOURCES = {"ec2": "EC2 DescribeInstances", "openstack": "Nova os-simple-tenant-u
 
 def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger) -> Collected:
     """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all)."""
-    from wlcgcloud.providers import each
+    from wlcgcloud.providers import for_each_profile
 
     out = Collected(asked=len(profiles))
-    answers = each(profiles, lambda p: p.usage(since, until))
+    answers = for_each_profile(profiles, lambda p: p.usage(since, until))
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:

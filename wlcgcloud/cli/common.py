@@ -39,9 +39,6 @@ class Globals:
             self._config = load_config(self.config_path)
         return self._config
 
-    def forget_config(self) -> None:
-        self._config = None
-
 
 def new_app(help: str, **kw: Any) -> typer.Typer:
     """A Typer (sub-)app with the house settings.

@@ -107,14 +107,14 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
       wlcgcloud fleet show atlas-20261124-1a2b -o json --query 'launches[].{profile: profile, state: state}'
     """
     from wlcgcloud import fleet
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
     profiles = read_profiles(g)
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
     report_failures(g, gathered.failures, gathered.asked)
-    with opened() as ledger:
+    with open_ledger() as ledger:
         launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
         remembered = ledger.instances(fleet=name)
     if not instances and not launches:
@@ -215,7 +215,7 @@ def scale(
     from wlcgcloud import fleet
     from wlcgcloud import launch as launching
     from wlcgcloud.context.userdata import parse_settings
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
     from wlcgcloud.launch import MAX_COUNT
@@ -228,7 +228,7 @@ def scale(
     report_failures(g, gathered.failures, gathered.asked)
     alive = [i for i in instances if i.state != "terminated"]
     holders = sorted({i.profile for i in alive})
-    with opened() as ledger:
+    with open_ledger() as ledger:
         launched_on = sorted({r.profile for r in ledger.launches(name)})
     where = holders or [p for p in launched_on if p in {q.name for q in profiles}]
     if not where:
@@ -249,7 +249,7 @@ def scale(
         return
     given: dict[str, Any] = {"credential": credential, "proxy": proxy, "token_file": token_file,
                              "settings": parse_settings(settings or [])}  # fmt: skip
-    with opened() as ledger:
+    with open_ledger() as ledger:
         options = launching.options_to_grow(ledger, name, profile.name, count, given)
         with working(g, f"Checking the launch on profile {profile.name} ..."):
             plan = launching.plan_launch([profile], options)
@@ -288,11 +288,11 @@ def reconcile(
       wlcgcloud fleet reconcile --dry-run -o json
     """
     from wlcgcloud import fleet
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
     profiles = read_profiles(g)
-    with opened() as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
+    with open_ledger() as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
         findings, gathered = fleet.reconcile(profiles, ledger, write=not dry_run)
     report_failures(g, gathered.failures, gathered.asked)
     if g.output == "table" and not findings:

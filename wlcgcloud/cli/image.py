@@ -228,7 +228,7 @@ def verify(
     """
     from wlcgcloud import endorsement
     from wlcgcloud.errors import PolicyError, UsageError, partial_exit
-    from wlcgcloud.providers import each
+    from wlcgcloud.providers import for_each_profile
 
     g = globals_of(ctx)
     if not g.profiles:
@@ -237,7 +237,7 @@ def verify(
     profiles = g.config().select(g.profiles, all_when_empty=False)
     rows: list[dict[str, object]] = []
     codes: list[int] = []
-    for answer in each(profiles, lambda p: p.find_endorsed(image.identifier, image.sha512)):
+    for answer in for_each_profile(profiles, lambda p: p.find_endorsed(image.identifier, image.sha512)):
         if answer.error is not None:
             warn(str(answer.error), g)
             codes.append(answer.error.exit_code)
@@ -278,7 +278,7 @@ def register(
     """
     from wlcgcloud import endorsement
     from wlcgcloud.errors import UsageError, partial_exit
-    from wlcgcloud.providers import each
+    from wlcgcloud.providers import for_each_profile
     from wlcgcloud.providers.base import ImageUpload
 
     g = globals_of(ctx)
@@ -299,7 +299,7 @@ def register(
         codes = []
         upload = ImageUpload(image.title, path, disk_format, image.identifier, image.sha512, image.uri, image.arch)
         with _transfer_progress(g, "Uploading", image.size * len(profiles)) as advance:
-            answers = each(profiles, lambda p: p.upload_image(upload, advance))
+            answers = for_each_profile(profiles, lambda p: p.upload_image(upload, advance))
         for answer in answers:
             if answer.error is not None:
                 warn(str(answer.error), g)

@@ -123,7 +123,7 @@ def launch(
     """
     from wlcgcloud import launch as launching
     from wlcgcloud.context.userdata import parse_settings
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import parse_duration
 
     g = globals_of(ctx)
@@ -174,7 +174,7 @@ def launch(
             _render(plan, render_user_data)
         _show_plan(ctx, plan)
         return
-    with opened() as ledger, _progress(g, plan) as tell:
+    with open_ledger() as ledger, _progress(g, plan) as tell:
         result = launching.launch(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
     for r in result.results:
         if r.error:

@@ -11,8 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from wlcgcloud import config as cfg
-from wlcgcloud import secretstore
+from wlcgcloud import config, secretstore
 from wlcgcloud.cli.common import confirm, emit, globals_of, info, interactive, new_app, read_secret, warn, working
 from wlcgcloud.errors import ConfigError, UsageError
 from wlcgcloud.output import Column
@@ -22,8 +21,8 @@ KEY_OPTIONS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _keys_help() -> str:
     lines = []
-    for provider in cfg.PROVIDERS:
-        keys = [k for k in cfg.keys_for(provider) if k.name != "provider"]
+    for provider in config.PROVIDERS:
+        keys = [k for k in config.keys_for(provider) if k.name != "provider"]
         names = ", ".join(k.option + (" (required)" if provider in k.required_for else "") for k in keys)
         lines.append(f"{provider}: {names}")
     return "\n\n".join(lines)
@@ -42,7 +41,7 @@ def parse_key_options(
     Returns the settings and, with `allow_unset`, the keys named by `--unset KEY`. A key that is
     unknown, or not a setting of this provider, is a usage error naming the provider's keys.
     """
-    allowed = {k.name: k for k in cfg.keys_for(provider) if k.name != "provider"}
+    allowed = {k.name: k for k in config.keys_for(provider) if k.name != "provider"}
     settings: dict[str, Any] = {}
     unset: list[str] = []
     i = 0
@@ -63,8 +62,8 @@ def parse_key_options(
         spec = allowed.get(key)
         if spec is None:
             known = ", ".join(k.option for k in allowed.values())
-            why = f"not a setting of provider '{provider}'" if key in cfg.KEYS_BY_NAME else "unknown setting"
-            match = cfg.closest(key, list(allowed))
+            why = f"not a setting of provider '{provider}'" if key in config.KEYS_BY_NAME else "unknown setting"
+            match = config.closest(key, list(allowed))
             if match:
                 why += f" (did you mean {allowed[match].option}?)"
             raise UsageError(f"--{name}: {why}.", f"Settings of {provider}: {known}.")
@@ -99,7 +98,7 @@ def _parse_bool(text: str, word: str) -> bool:
     raise UsageError(f"{word}: expected true or false, got '{text}'.")
 
 
-def _parse_value(spec: cfg.Key, text: str, previous: Any, word: str) -> Any:
+def _parse_value(spec: config.Key, text: str, previous: Any, word: str) -> Any:
     if spec.kind == "int":
         try:
             return int(text)
@@ -121,7 +120,7 @@ def _parse_value(spec: cfg.Key, text: str, previous: Any, word: str) -> Any:
     return text
 
 
-def _store_secret(profile: cfg.Profile, value: str, named_file: str | None, *, saved: bool) -> str:
+def _store_secret(profile: config.Profile, value: str, named_file: str | None, *, saved: bool) -> str:
     """Keep a secret: in the file this command named with --secret-file (written 0600), else the keyring.
 
     Returns the words for the confirmation line. `saved` tells whether the profile itself is
@@ -142,7 +141,7 @@ def _store_secret(profile: cfg.Profile, value: str, named_file: str | None, *, s
     return "secret stored in the keyring"
 
 
-def _secret_status(profile: cfg.Profile) -> dict[str, Any]:
+def _secret_status(profile: config.Profile) -> dict[str, Any]:
     try:
         secret, notes = secretstore.find_secret(profile)
     except ConfigError as exc:
@@ -194,17 +193,17 @@ def add(
     """
     g = globals_of(ctx)
     if provider is None:
-        raise UsageError("--provider is required.", f"One of {', '.join(cfg.PROVIDERS)}.")
-    if provider not in cfg.PROVIDERS:
-        raise UsageError(f"--provider must be one of {', '.join(cfg.PROVIDERS)}, got '{provider}'.")
+        raise UsageError("--provider is required.", f"One of {', '.join(config.PROVIDERS)}.")
+    if provider not in config.PROVIDERS:
+        raise UsageError(f"--provider must be one of {', '.join(config.PROVIDERS)}, got '{provider}'.")
     conf = g.config()
     if name in conf.profiles:
         raise UsageError(f"profile '{name}' already exists.", f"Change it with 'wlcgcloud profile edit {name}'.")
     settings, _ = parse_key_options(list(ctx.args), provider)
     settings = {"provider": provider, **settings}
-    profile = cfg.validate_profile(name, settings, conf.path)
+    profile = config.validate_profile(name, settings, conf.path)
     named_file = settings.get("secret_file")
-    if not secret_stdin and (named_file or os.environ.get(cfg.secret_variable(name))):
+    if not secret_stdin and (named_file or os.environ.get(config.secret_variable(name))):
         # The secret is given already, in the environment or in a file (checked now): nothing to ask for.
         if named_file:
             secretstore.read_secret_file(Path(named_file).expanduser(), profile)
@@ -214,7 +213,7 @@ def add(
     stored = None
     if secret is not None and named_file:  # the file first: the profile never names a file that was not written
         stored = _store_secret(profile, secret, named_file, saved=False)
-    cfg.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
+    config.update_config(conf.path, lambda doc: _add_to(doc, name, settings, default or not conf.profiles))
     if secret is not None and stored is None:
         stored = _store_secret(profile, secret, None, saved=True)
     info(f"Added profile '{name}' ({provider}) to {conf.path}" + (f"; {stored}." if stored else "."))
@@ -225,9 +224,9 @@ def add(
 
 
 def _add_to(doc: Any, name: str, settings: dict[str, Any], make_default: bool) -> None:
-    cfg.set_profile(doc, name, settings)
+    config.set_profile(doc, name, settings)
     if make_default:
-        cfg.set_default(doc, name)
+        config.set_default(doc, name)
 
 
 PROFILE_COLUMNS = [
@@ -240,7 +239,7 @@ PROFILE_COLUMNS = [
 ]
 
 
-def _where(p: cfg.Profile) -> str:
+def _where(p: config.Profile) -> str:
     if p.provider == "openstack":
         return str(p.get("auth_url"))
     if p.provider == "opennebula":
@@ -324,11 +323,11 @@ def edit(
         _edit_in_editor(conf.path)
         return
     for key in unset:
-        if key == "provider" or key not in cfg.KEYS_BY_NAME:
+        if key == "provider" or key not in config.KEYS_BY_NAME:
             raise UsageError(f"--unset {key}: not a setting that can be removed.")
     new = {k: v for k, v in profile.settings.items() if k not in unset}
     new.update(settings)
-    updated = cfg.validate_profile(name, new, conf.path)
+    updated = config.validate_profile(name, new, conf.path)
     label = secretstore.secret_label(updated)
     new_secret = read_secret(label, secret_stdin, required=secret) if (secret_stdin or secret) else None
     if settings.get("secret_file") and new_secret is None:  # a file named now is checked now, before it is saved
@@ -337,7 +336,7 @@ def edit(
     if new_secret is not None and settings.get("secret_file"):
         stored = _store_secret(updated, new_secret, settings["secret_file"], saved=False)
     if settings or unset or default:
-        cfg.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
+        config.update_config(conf.path, lambda doc: _add_to(doc, name, new, default))
     if new_secret is not None and stored is None:
         stored = _store_secret(updated, new_secret, None, saved=True)
     info(f"Updated profile '{name}'" + (f"; {stored}." if stored else "."))
@@ -346,23 +345,23 @@ def edit(
 def _edit_in_editor(path: Path) -> None:
     if not interactive():
         raise UsageError("nothing to change.", "Give settings as --KEY VALUE, or run on a terminal to use $EDITOR.")
-    text = cfg.read_text(path) or ""
+    text = config.read_text(path) or ""
     fd, tmp = tempfile.mkstemp(prefix="wlcgcloud-config.", suffix=".toml")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     if subprocess.call([*shlex.split(editor), tmp]) != 0:
         raise UsageError(f"the editor '{editor}' failed; your edit is kept in {tmp}.")
-    new_text = cfg.read_text(Path(tmp)) or ""  # the config's bounds: an editor can write anything
+    new_text = config.read_text(Path(tmp)) or ""  # the config's bounds: an editor can write anything
     if new_text == text:
         os.unlink(tmp)
         info("No change.")
         return
     try:
-        cfg.parse_config(new_text, Path(tmp))
+        config.parse_config(new_text, Path(tmp))
     except ConfigError as exc:
         raise ConfigError(exc.message, f"Nothing was saved; your edit is kept in {tmp}.") from None
-    cfg.replace_config(path, new_text)
+    config.replace_config(path, new_text)
     os.unlink(tmp)
     info(f"Saved {path}.")
 
@@ -377,7 +376,7 @@ def remove(
     conf = g.config()
     conf.profile(name)
     confirm(g, f"remove profile '{name}' and its stored secret")
-    after = cfg.update_config(conf.path, lambda doc: cfg.remove_profile(doc, name))
+    after = config.update_config(conf.path, lambda doc: config.remove_profile(doc, name))
     forgot = secretstore.keyring_delete(name)
     info(f"Removed profile '{name}'" + (" and its secret in the keyring." if forgot else "."))
     if conf.default_profile == name and after.default_profile:
@@ -454,7 +453,7 @@ def import_(
             row["action"] = "skipped"
             continue
         try:
-            cfg.validate_profile(cand.name, cand.settings, conf.path)
+            config.validate_profile(cand.name, cand.settings, conf.path)
         except ConfigError as exc:
             warn(f"{cand.source}: '{cand.name}': {exc.message.split(': ', 2)[-1]} Skipped.", g)
             row["action"] = "skipped"
@@ -462,8 +461,8 @@ def import_(
         if cand.name in accepted:
             row["action"] = "skipped (duplicate name)"
             continue
-        variable = cfg.secret_variable(cand.name)
-        clash = [n for n in [*conf.profiles, *accepted] if n != cand.name and cfg.secret_variable(n) == variable]
+        variable = config.secret_variable(cand.name)
+        clash = [n for n in [*conf.profiles, *accepted] if n != cand.name and config.secret_variable(n) == variable]
         if clash:
             warn(f"'{cand.name}': its secret variable {variable} is '{clash[0]}''s already; skipped.", g)
             row["action"] = "skipped (name clash)"
@@ -477,7 +476,7 @@ def import_(
             # A reference to the file that holds the secret, read at run time: no copy, so a key
             # rotated in ~/.aws/credentials or clouds.yaml is the one used, and no keyring is needed.
             settings["secret_from"] = cand.secret_from
-            profile = cfg.validate_profile(cand.name, settings, conf.path)
+            profile = config.validate_profile(cand.name, settings, conf.path)
             row["secret"] = f"read from {cand.secret_from.partition(':')[2]}"
             try:
                 secretstore.read_secret_reference(cand.secret_from, profile)
@@ -490,11 +489,11 @@ def import_(
 
         def change(doc: Any) -> None:
             for name, settings in accepted.items():
-                cfg.set_profile(doc, name, settings)
+                config.set_profile(doc, name, settings)
             if first is not None:  # into an empty config: the first profile becomes the default
-                cfg.set_default(doc, first)
+                config.set_default(doc, first)
 
-        cfg.update_config(conf.path, change)
+        config.update_config(conf.path, change)
     emit(ctx, rows, IMPORT_COLUMNS)
     info(
         f"{'Would import' if dry_run else 'Imported'} {len(accepted)} of {len(candidates)} profile(s) into {conf.path}."
@@ -561,16 +560,16 @@ def doctor(
 
 
 def _check(ctx: typer.Context, names: list[str] | None) -> None:
-    from wlcgcloud import doctor as checks
+    from wlcgcloud.doctor import diagnose_all, exit_code
 
     g = globals_of(ctx)
     profiles = g.config().select(list(names or []) or g.profiles, all_when_empty=True)
     with working(g, f"Checking {len(profiles)} profile(s) ..."):
-        results = checks.diagnose_all(profiles)
+        results = diagnose_all(profiles)
     if g.output == "table":
         rows = [{"profile": r.profile.name, **s.to_dict(), "ms": round(s.seconds * 1000)} for r in results
                 for s in r.steps]  # fmt: skip
         emit(ctx, rows, TEST_COLUMNS)
     else:
         emit(ctx, [r.to_dict() for r in results])
-    raise typer.Exit(checks.exit_code(results))
+    raise typer.Exit(exit_code(results))

@@ -54,7 +54,7 @@ def usage(
     """
     from wlcgcloud import __version__
     from wlcgcloud import usage as accounting
-    from wlcgcloud.ledger import opened
+    from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import stamp
 
     g = globals_of(ctx)
@@ -64,7 +64,7 @@ def usage(
     if not groups:
         raise UsageError("--by needs at least one of " + ", ".join(accounting.GROUPS) + ".")
     profiles = read_profiles(g)
-    with opened() as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
+    with open_ledger() as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
         collected = accounting.collect(profiles, start, end, ledger)
         credentials = ledger.credentials()
     report_failures(g, collected.failures, collected.asked)

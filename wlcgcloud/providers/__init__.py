@@ -1,7 +1,7 @@
 """Clouds behind one interface (`base.Provider`); each SDK is imported only when its cloud is used.
 
 `connect(profile)` is the one door: it resolves the profile's secret and imports the one module
-that speaks that cloud. `each(profiles, fn)` runs one operation on several profiles in parallel
+that speaks that cloud. `for_each_profile(profiles, fn)` runs one operation on several profiles in parallel
 and keeps every profile's failure beside the others' answers.
 """
 
@@ -42,7 +42,7 @@ def connect(profile: Profile) -> Provider:
 
 
 @dataclass
-class Answer(Generic[T]):
+class ProfileAnswer(Generic[T]):
     """One profile's result, or the error that stopped it."""
 
     profile: Profile
@@ -50,17 +50,19 @@ class Answer(Generic[T]):
     error: WlcgError | None = None
 
 
-def each(profiles: Sequence[Profile], fn: Callable[[Provider], T], workers: int = 8) -> list[Answer[T]]:
+def for_each_profile(
+    profiles: Sequence[Profile], fn: Callable[[Provider], T], workers: int = 8
+) -> list[ProfileAnswer[T]]:
     """Run `fn` on every profile's provider in parallel; answers come back in profile order.
 
     A WlcgError stays with its profile; anything else is a bug and propagates.
     """
 
-    def one(profile: Profile) -> Answer[T]:
+    def one(profile: Profile) -> ProfileAnswer[T]:
         try:
-            return Answer(profile, value=fn(connect(profile)))
+            return ProfileAnswer(profile, value=fn(connect(profile)))
         except WlcgError as exc:
-            return Answer(profile, error=exc)
+            return ProfileAnswer(profile, error=exc)
 
     if len(profiles) == 1:
         return [one(profiles[0])]

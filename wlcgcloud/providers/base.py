@@ -20,7 +20,7 @@ import time
 import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.secretstore import Secret
-from wlcgcloud.times import utc
+from wlcgcloud.times import stamp
 
 T = TypeVar("T")
 E = TypeVar("E", bound=WlcgError)
@@ -169,6 +169,25 @@ def why_unreachable(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def contract_fields(value: Any) -> dict[str, Any]:
+    """A value object as the contract's JSON: its fields in declared order, but not `extra`.
+
+    `extra` holds what one cloud alone knows, which the contract does not promise. Datetimes
+    become UTC stamps, tuples lists and mappings dicts, so the result goes to JSON as it is.
+    """
+    return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.name != "extra"}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return stamp(value)
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
 @dataclass(frozen=True)
 class Instance:
     """One virtual machine as every cloud reports it."""
@@ -194,22 +213,8 @@ class Instance:
 
     def to_dict(self) -> dict[str, Any]:
         """The `instance list -o json` shape of the contract, plus our tags."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "fleet": self.fleet,
-            "profile": self.profile,
-            "provider": self.provider,
-            "state": self.state,
-            "provider_state": self.provider_state,
-            "flavor": self.flavor,
-            "vcpus": self.vcpus,
-            "memory_mb": self.memory_mb,
-            "image": self.image,
-            "launched_at": utc(self.launched_at),
-            "addresses": list(self.addresses),
-            "tags": dict(self.tags),
-        }
+        # The fleet (read from the tags) goes right after the name; the fields then keep their places.
+        return {"id": self.id, "name": self.name, "fleet": self.fleet, **contract_fields(self)}
 
 
 @dataclass(frozen=True)
@@ -226,15 +231,8 @@ class Image:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "profile": self.profile,
-            "provider": self.provider,
-            "size_bytes": self.size_bytes,
-            "checksum": f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None,
-            "endorsed_id": self.endorsed_id,
-        }
+        checksum = f"{self.checksum[0]}:{self.checksum[1]}" if self.checksum else None
+        return {**contract_fields(self), "checksum": checksum}
 
 
 @dataclass(frozen=True)
@@ -261,13 +259,7 @@ class Flavor:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "id": self.id,
-            "vcpus": self.vcpus,
-            "memory_mb": self.memory_mb,
-            "disk_gb": self.disk_gb,
-        }
+        return contract_fields(self)
 
 
 @dataclass(frozen=True)
@@ -282,7 +274,7 @@ class Quota:
     memory_mb_used: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return contract_fields(self)
 
 
 @dataclass(frozen=True)
@@ -558,7 +550,7 @@ class Provider(ABC):
         quoted, no secret of this provider's reaches a message, the ledger or --debug output.
         """
         try:
-            return within(self.profile.timeout, lambda: fn(*args, **kwargs))
+            return call_with_timeout(self.profile.timeout, lambda: fn(*args, **kwargs))
         except WlcgError as exc:
             self.scrubbed(exc)
             raise
@@ -645,7 +637,7 @@ class Provider(ABC):
                 return out
 
 
-def within(seconds: float, fn: Callable[[], T]) -> T:
+def call_with_timeout(seconds: float, fn: Callable[[], T]) -> T:
     """`fn()`, or TimeoutError after `seconds`; a call still running then is left to its own socket timeout.
 
     The worker is a daemon thread, so an abandoned call never keeps the command from exiting.

@@ -127,10 +127,6 @@ def _raw_disk(upload: ImageUpload, profile: str) -> Iterator[Path]:
         yield raw
 
 
-def _tags(raw: Iterable[dict[str, str]] | None) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in raw or () if t["Key"].startswith(TAG_PREFIX) or t["Key"] == "Name"}
-
-
 class EC2Provider(Provider):
     kind = "EC2"
     user_data_limit = USER_DATA_LIMIT
