@@ -201,12 +201,13 @@ class Launched:
         return out
 
     def exit_code(self) -> int:
-        """0 when everything launched; 7 when some did; else the first failure's code; 130 when interrupted."""
+        """0 when everything launched (and, with --wait, ran); 7 when some did, or --wait saw not all of
+        them running; else the first failure's code; 130 when interrupted."""
         if self.interrupted:
             return Interrupted.exit_code
         failures = [r.error for r in self.results if r.error]
         if not failures:
-            return 0
+            return 7 if self.waited and self.waited != "running" else 0
         if self.rolled_back:
             # Nothing is left: the launch failed as a whole, for the cloud's reason (a partial one is 6).
             return 6 if failures[0].exit_code == 7 else failures[0].exit_code
@@ -543,25 +544,51 @@ def launch(
             result.instances, result.found = list(have), {i.id for i in have}
             if have:
                 tell(p.name, "resumed", len(have), p.request.count)
-            missing = p.request.count - len(have)
-            if missing > 0:
-                tell(p.name, "launching", len(have), p.request.count)
-                # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
-                pattern = re.compile(rf"{re.escape(plan.fleet)}-(\d+)")
-                numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
-                request = replace(p.request, count=missing, first=max(numbers, default=0) + 1)
-                try:  # each instance is recorded as soon as the cloud has told its id
-                    made = p.provider.create(request, lambda known: ledger.record_instances(known, launch_id))
-                except PartialLaunch as exc:
-                    made, result.error = exc.instances, exc
-                except UncertainLaunch as exc:
-                    made, result.error, result.uncertain = exc.instances, exc, exc.unknown
-                ledger.record_instances(made, launch_id)
-                result.instances += made
-                tell(p.name, "launched", len(made), missing)
+            if p.request.count > len(have):
+                _create_missing(p, plan.fleet, have, launch_id, ledger, result, tell)
         except WlcgError as exc:
             result.error = exc  # what was found or made before stays in the result and the ledger
 
+    results, interrupted = _on_each_profile(plan, one)
+    usage = [r.error for r in results if isinstance(r.error, UsageError)]
+    if usage and not interrupted:
+        raise usage[0]
+    outcome = Launched(plan.fleet, results, interrupted=interrupted)
+    if interrupted:
+        return outcome
+    if rollback and any(r.error for r in results):
+        outcome.rolled_back = _roll_back(results, ledger)
+    elif wait is not None:
+        outcome.waited = _wait(results, wait, ledger, tell)
+    return outcome
+
+
+def _create_missing(
+    p: ProfilePlan, fleet: str, have: list[Instance], launch_id: int, ledger: Ledger,
+    result: ProfileLaunched, tell: Progress,
+) -> None:  # fmt: skip
+    """Create what the profile still lacks of its count; each instance is recorded as soon as its id is known."""
+    missing = p.request.count - len(have)
+    tell(p.name, "launching", len(have), p.request.count)
+    # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
+    pattern = re.compile(rf"{re.escape(fleet)}-(\d+)")
+    numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
+    request = replace(p.request, count=missing, first=max(numbers, default=0) + 1)
+    try:
+        made = p.provider.create(request, lambda known: ledger.record_instances(known, launch_id))
+    except PartialLaunch as exc:
+        made, result.error = exc.instances, exc
+    except UncertainLaunch as exc:
+        made, result.error, result.uncertain = exc.instances, exc, exc.unknown
+    ledger.record_instances(made, launch_id)
+    result.instances += made
+    tell(p.name, "launched", len(made), missing)
+
+
+def _on_each_profile(
+    plan: LaunchPlan, one: Callable[[ProfilePlan], ProfileLaunched]
+) -> tuple[list[ProfileLaunched], bool]:
+    """`one` for every profile of the plan in parallel: the results, and whether Ctrl-C came."""
     interrupted = False
     with ThreadPoolExecutor(max_workers=min(8, len(plan.profiles)), thread_name_prefix="launch") as pool:
         futures = [pool.submit(one, p) for p in plan.profiles]
@@ -575,17 +602,7 @@ def launch(
             for future in futures:
                 future.cancel()
         results = [f.result() for f in futures if not f.cancelled()]
-    usage = [r.error for r in results if isinstance(r.error, UsageError)]
-    if usage and not interrupted:
-        raise usage[0]
-    outcome = Launched(plan.fleet, results, interrupted=interrupted)
-    if interrupted:
-        return outcome
-    if rollback and any(r.error for r in results):
-        outcome.rolled_back = _roll_back(results, ledger)
-    elif wait is not None:
-        outcome.waited = _wait(results, wait, ledger, tell)
-    return outcome
+    return results, interrupted
 
 
 def _ours(instance: Instance, p: ProfilePlan) -> bool:

@@ -176,6 +176,18 @@ def launch(
         return
     with open_ledger() as ledger, _progress(g, plan) as tell:
         result = launching.launch(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
+    _warn_outcome(g, result)
+    data = result.to_dict()
+    if g.output == "table":
+        info(_summary(data))
+        emit(ctx, data["instances"], COLUMNS)
+    else:
+        emit(ctx, data)
+    raise typer.Exit(result.exit_code())
+
+
+def _warn_outcome(g: Any, result: Any) -> None:
+    """One warning per failed profile, and for an interruption, a rollback, a --wait that saw not all running."""
     for r in result.results:
         if r.error:
             warn(str(r.error), g)
@@ -185,16 +197,6 @@ def launch(
         warn(f"--rollback-on-failure: terminated the {result.rolled_back} instance(s) this launch had.", g)
     if result.waited and result.waited != "running":
         warn(f"--wait: {result.waited}.", g)
-    data = result.to_dict()
-    if g.output == "table":
-        info(_summary(data))
-        emit(ctx, data["instances"], COLUMNS)
-    else:
-        emit(ctx, data)
-    code = result.exit_code()
-    if code == 0 and result.waited and result.waited != "running":
-        code = 7
-    raise typer.Exit(code)
 
 
 DEFAULT_WAIT_MINUTES = 15
