@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from wlcgcloud import atomic, bounded
+from wlcgcloud.clouds import CLOUDS
 from wlcgcloud.errors import ConfigError
 from wlcgcloud.paths import default_config_path
 
@@ -267,10 +268,6 @@ def _check_url(text: str, where: str) -> None:
         raise ConfigError(f"{where}: expected an http:// or https:// URL, got {_show(text)}.")
 
 
-# What botocore accepts as a region name (a DNS label); anything else fails inside it.
-EC2_REGION = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")
-
-
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -301,9 +298,11 @@ def validate_profile(name: str, table: Any, path: Path) -> Profile:
     for spec in allowed.values():
         if provider in spec.required_for and spec.name not in settings:
             raise ConfigError(f"{where}: missing key '{spec.name}', required for provider '{provider}'.")
-    if provider == "ec2" and "region" in settings and not EC2_REGION.fullmatch(settings["region"]):
+    cloud = CLOUDS[provider]
+    if cloud.region_pattern and "region" in settings and not re.fullmatch(cloud.region_pattern, settings["region"]):
         raise ConfigError(
-            f"{_where(path, name, 'region')}: not an EC2 region name (like eu-west-1): {_show(settings['region'])}."
+            f"{_where(path, name, 'region')}: not an {cloud.title} region name (like eu-west-1): "
+            f"{_show(settings['region'])}."
         )
     return Profile(name=name, provider=provider, settings=settings)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from wlcgcloud.clouds import cloud_of
 from wlcgcloud.config import GRID_CA_DIR, Profile
 from wlcgcloud.errors import WlcgError, most_severe
 
@@ -106,9 +107,7 @@ def exit_code(results: Sequence[Diagnosis]) -> int:
 
 def endpoint(profile: Profile) -> str:
     """The URL the profile's SDK talks to first (Keystone for OpenStack)."""
-    if profile.provider == "ec2":
-        return str(profile.get("endpoint_url") or f"https://ec2.{profile.get('region')}.amazonaws.com")
-    return str(profile.get("auth_url") if profile.provider == "openstack" else profile.get("endpoint"))
+    return cloud_of(profile).endpoint(profile.settings)
 
 
 class _Run:
@@ -167,7 +166,7 @@ def diagnose(profile: Profile) -> Diagnosis:
     def dns() -> Step | str:
         found = _resolve(host, port, run.timeout)
         if isinstance(found, str):
-            key = _url_key(profile)
+            key = cloud_of(profile).url_key
             named = (
                 f"the host name in {key} ('wlcgcloud profile show {name}')"
                 if profile.get(key)
@@ -209,11 +208,7 @@ def diagnose(profile: Profile) -> Diagnosis:
         if tls.status == "fail":
             run.block(_after("tls"), "TLS did not verify: nothing safe can be sent")
     else:
-        plain = (
-            "requests travel unencrypted; SigV4 sends no secret key, but the key id and every answer are readable"
-            if profile.provider == "ec2"
-            else "the password or token travels in clear text"
-        )
+        plain = cloud_of(profile).over_plain_http
         run.step("tls", lambda: ("skip", f"{url.scheme}:// endpoint: no TLS ({plain})"))
 
     run.step("clock", lambda: _clock(url, connected[0], context[0] if context else None, run.timeout))
@@ -259,10 +254,6 @@ def _is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _url_key(profile: Profile) -> str:
-    return {"ec2": "endpoint_url", "openstack": "auth_url", "opennebula": "endpoint"}[profile.provider]
 
 
 def _resolve(host: str, port: int, deadline: float) -> list[Any] | str:
@@ -374,8 +365,8 @@ def _verify_failed(
     if code in _HOST_MISMATCH:
         held = _names(cert) if cert is not None else "other names"
         return Step("tls", "fail", f"the certificate is for {held}, not '{host}'.", exit_code=6,
-                    hint=f"Use a name the certificate holds in {_url_key(profile)} "
-                    f"('wlcgcloud profile edit {name} --{_url_key(profile).replace('_', '-')} URL'), "
+                    hint=f"Use a name the certificate holds in {cloud_of(profile).url_key} "
+                    f"('wlcgcloud profile edit {name} --{cloud_of(profile).url_key.replace('_', '-')} URL'), "
                     "or tell the site.")  # fmt: skip
     if code in (_SELF_SIGNED, _SELF_SIGNED_IN_CHAIN):
         return Step("tls", "fail", f"the certificate of {host} is self-signed ({exc.verify_message}).", exit_code=6,
@@ -472,7 +463,7 @@ def _remember(profile: Profile, kind: str, values: Sequence[str]) -> None:
 def _flavor(profile: Profile, provider: Any, found: list[Any]) -> Step | str:
     flavors = provider.flavors()
     _remember(profile, "flavor", [f.name for f in flavors])
-    wanted = profile.get("flavor") or (profile.get("vm_template") if profile.provider == "opennebula" else None)
+    wanted = cloud_of(profile).default_flavor(profile.settings)
     if not wanted:
         return Step("flavor", "skip", f"no default flavor set ({len(flavors)} on the cloud; launch takes --flavor)")
     match = next((f for f in flavors if wanted in (f.name, f.id)), None)
@@ -548,7 +539,7 @@ def _key_pair(profile: Profile, provider: Any) -> Step | str:
 
 
 def _network(profile: Profile, provider: Any) -> Step | str:
-    key = "subnet" if profile.provider == "ec2" else "network"
+    key = cloud_of(profile).network_key
     wanted = profile.get(key)
     networks = provider.networks()
     _remember(profile, "network", [name or ident for ident, name in networks])

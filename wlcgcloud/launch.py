@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud.clouds import SPOT, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import CloudError, Interrupted, PolicyError, UsageError, WlcgError
@@ -252,9 +253,11 @@ def plan_launch(
     )
     providers = [connect(p) for p in profiles]
     if options.spot:
-        others = [p.name for p in providers if p.profile.provider != "ec2"]
-        if others:
-            raise UsageError(f"--spot: spot instances exist on EC2 only, not on profile '{others[0]}'.")
+        lacking = [p for p in providers if not cloud_of(p.profile).can(SPOT)]
+        if lacking:
+            raise UsageError(
+                f"--spot: not on profile '{lacking[0].name}': {cloud_of(lacking[0].profile).cannot[SPOT]}."
+            )
     payloads = [userdata.fit(document, p.user_data_limit, f"profile '{p.name}' ({p.kind})") for p in providers]
     experiment = options.experiment or next((str(p.get("experiment")) for p in profiles if p.get("experiment")), None)
     warnings += _credential_warnings(credential, options.lease, experiment, now)

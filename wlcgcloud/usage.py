@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud.clouds import CLOUDS, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError, UsageError, WlcgError
 from wlcgcloud.providers.base import UsageRecord
@@ -152,10 +153,6 @@ def from_record(r: UsageRecord, known: Mapping[tuple[str, str], Mapping[str, Any
     )
 
 
-SOURCES = {"ec2": "EC2 DescribeInstances", "openstack": "Nova os-simple-tenant-usage",
-           "opennebula": "OpenNebula vmpool.accounting"}  # fmt: skip
-
-
 def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger) -> Collected:
     """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all)."""
     from wlcgcloud.providers import for_each_profile
@@ -171,14 +168,15 @@ def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledge
         seen = {r.instance_id for r in records}
         # Only the ledger rows of what the cloud reported: a ledger of millions is not loaded whole.
         known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
-        out.intervals += [from_record(record, known, SOURCES[profile.provider]) for record in records]
-        if profile.provider == "ec2":
+        cloud = cloud_of(profile)
+        out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
+        if cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
             first = ledger.first_launch(profile.name)
             if first is None or first > stamp(since):
                 began = f"began {first}" if first else "holds nothing for it yet"
-                out.notes.append(f"profile '{profile.name}': EC2 forgets terminated instances within about an hour "
-                                 f"and the ledger {began}: use before that is missing.")  # fmt: skip
+                out.notes.append(f"profile '{profile.name}': {cloud.title} forgets terminated instances within "
+                                 f"about an hour and the ledger {began}: use before that is missing.")  # fmt: skip
     return out
 
 
@@ -230,9 +228,10 @@ def aggregate(
     others = [b for b in by if b != "day"]
     getter: Callable[[Interval], Any] = attrgetter(*others) if others else (lambda iv: None)
     identity = attrgetter("profile", "instance")
-    # Only OpenNebula reports several intervals for one instance (a history record per deployment);
-    # every other source gives one per instance, so only those need a set to count instances once.
-    counts = Counter(identity(iv) for iv in items if iv.provider == "opennebula")
+    # Only some clouds report several intervals for one instance (OpenNebula: a history record per
+    # deployment); the others give one per instance, so only those need a set to count instances once.
+    several_per_instance = {name for name, cloud in CLOUDS.items() if cloud.intervals_per_instance}
+    counts = Counter(identity(iv) for iv in items if iv.provider in several_per_instance)
     repeated = {ident for ident, n in counts.items() if n > 1}
     # A row: [intervals of instances seen once, seconds, core-seconds, MB-seconds, instances seen more than once]
     sums: dict[Any, dict[int, list[Any]]] = {}  # group key (without the day) -> day number -> row
@@ -357,7 +356,7 @@ def apel_records(
             "CpuCount": str(first.vcpus) if first.vcpus else None,
             "Memory": str(first.memory_mb) if first.memory_mb else None,
             "ImageId": first.image,
-            "CloudType": f"wlcgcloud/{version} ({_PROVIDER_NAMES.get(first.provider, first.provider)})",
+            "CloudType": f"wlcgcloud/{version} ({_title(first.provider)})",
         }
         credential = (credentials or {}).get((profile_name, instance), {})
         record["GlobalUserName"] = credential.get("subject")
@@ -369,7 +368,9 @@ def apel_records(
     return out
 
 
-_PROVIDER_NAMES = {"ec2": "EC2", "openstack": "OpenStack", "opennebula": "OpenNebula"}
+def _title(provider: str) -> str:
+    """The cloud's name as people write it (APEL's CloudType), or the ledger's word for one we do not know."""
+    return CLOUDS[provider].title if provider in CLOUDS else provider
 
 
 def _months(start: float, end: float) -> list[tuple[str, float, float]]:

@@ -240,11 +240,9 @@ PROFILE_COLUMNS = [
 
 
 def _where(p: config.Profile) -> str:
-    if p.provider == "openstack":
-        return str(p.get("auth_url"))
-    if p.provider == "opennebula":
-        return str(p.get("endpoint"))
-    return str(p.get("region")) + (f" @ {p.get('endpoint_url')}" if p.get("endpoint_url") else "")
+    from wlcgcloud.clouds import cloud_of
+
+    return cloud_of(p).where(p.settings)
 
 
 @app.command(

@@ -26,6 +26,7 @@ import botocore.exceptions
 import botocore.parsers
 
 from wlcgcloud import __version__
+from wlcgcloud.clouds import CLOUDS
 from wlcgcloud.errors import AuthError, ConfigError, UsageError, WlcgError
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
@@ -128,7 +129,7 @@ def _raw_disk(upload: ImageUpload, profile: str) -> Iterator[Path]:
 
 
 class EC2Provider(Provider):
-    kind = "EC2"
+    kind = CLOUDS["ec2"].title
     user_data_limit = USER_DATA_LIMIT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import pyone
 import requests
 
+from wlcgcloud.clouds import CLOUDS, CONSOLE_LOG
 from wlcgcloud.errors import AuthError, UsageError, WlcgError
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
@@ -200,7 +201,7 @@ def _vector(values: dict[str, Any]) -> str:
 
 
 class OpenNebulaProvider(Provider):
-    kind = "OpenNebula"
+    kind = CLOUDS["opennebula"].title
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -477,7 +478,7 @@ class OpenNebulaProvider(Provider):
 
     def console_log(self, instance_id: str, lines: int | None = None) -> str:
         raise UsageError(
-            f"profile '{self.name}': OpenNebula has no console-log call in its API.",
+            f"profile '{self.name}': {CLOUDS['opennebula'].cannot[CONSOLE_LOG]}.",
             "Use the VNC console in Sunstone, or read the VM's log on its host (/var/log/one/<id>.log).",
         )
 

@@ -23,6 +23,7 @@ import openstack.connection
 import openstack.exceptions as sdk
 
 from wlcgcloud import __version__
+from wlcgcloud.clouds import CLOUDS
 from wlcgcloud.errors import AuthError, PolicyError, WlcgError
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
@@ -106,7 +107,7 @@ def _parse_time(value: str | None) -> datetime | None:
 
 
 class OpenStackProvider(Provider):
-    kind = "OpenStack"
+    kind = CLOUDS["openstack"].title
     user_data_limit = USER_DATA_LIMIT
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
