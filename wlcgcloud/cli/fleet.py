@@ -212,13 +212,13 @@ def scale(
       wlcgcloud fleet scale atlas-20261124-1a2b -n 0 --yes
       wlcgcloud fleet scale atlas-20261124-1a2b -n 30 -p cern-atlas --dry-run
     """
-    from wlcgcloud import fleet
+    from wlcgcloud import fleet, launch_plan
     from wlcgcloud import launch as launching
     from wlcgcloud.context.userdata import parse_settings
     from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
-    from wlcgcloud.launch import MAX_COUNT
+    from wlcgcloud.launch_plan import MAX_COUNT
 
     if not 0 <= count <= MAX_COUNT:
         raise UsageError(f"--count {count}: a fleet has from 0 to {MAX_COUNT} instances.")
@@ -250,9 +250,9 @@ def scale(
     given: dict[str, Any] = {"credential": credential, "proxy": proxy, "token_file": token_file,
                              "settings": parse_settings(settings or [])}  # fmt: skip
     with open_ledger() as ledger:
-        options = launching.options_to_grow(ledger, name, profile.name, count, given)
+        options = launch_plan.options_to_grow(ledger, name, profile.name, count, given)
         with working(g, f"Checking the launch on profile {profile.name} ..."):
-            plan = launching.plan_launch([profile], options)
+            plan = launch_plan.plan_launch([profile], options)
         for line in plan.warnings:
             warn(line, g)
         if dry_run:

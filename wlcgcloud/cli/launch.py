@@ -21,7 +21,7 @@ from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
-    from wlcgcloud.launch import LaunchPlan
+    from wlcgcloud.launch_plan import LaunchPlan
 
 CREDENTIALS = ("auto", "x509", "token", "none")
 COLUMNS = [
@@ -122,6 +122,7 @@ def launch(
       wlcgcloud launch --bootstrap list
     """
     from wlcgcloud import launch as launching
+    from wlcgcloud import launch_plan
     from wlcgcloud.context.userdata import parse_settings
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import parse_duration
@@ -138,7 +139,7 @@ def launch(
         raise UsageError("--render-user-data goes with --dry-run: it shows what a launch would send.")
     if timeout is not None and not wait:
         raise UsageError("--timeout is how long --wait waits: give --wait too.")
-    options = launching.LaunchOptions(
+    options = launch_plan.LaunchOptions(
         image=image,
         count=count,
         flavor=flavor,
@@ -160,7 +161,7 @@ def launch(
     waiting = timedelta(minutes=DEFAULT_WAIT_MINUTES) if timeout is None else parse_duration(timeout, "--timeout")
     profiles = g.config().select(g.profiles, all_when_empty=False)
     with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
-        plan = launching.plan_launch(profiles, options, quotas=dry_run)
+        plan = launch_plan.plan_launch(profiles, options, quotas=dry_run)
     for line in plan.warnings:
         warn(line, g)
     if allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
