@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from wlcgcloud.providers.base import STATES, LaunchRequest, aware, call_with_timeout, clean
+from wlcgcloud.providers.answers import clean
+from wlcgcloud.providers.base import STATES, LaunchRequest, aware, call_with_timeout
 
 
 def test_clean_never_shows_an_echoed_value_and_stays_one_short_line() -> None:
@@ -55,13 +56,13 @@ def test_naive_times_are_utc() -> None:
 
 
 def test_every_opennebula_state_maps_to_one_of_ours() -> None:
-    from wlcgcloud.providers.opennebula import LCM_STATES, VM_STATES, _state
+    from wlcgcloud.providers.opennebula_template import LCM_STATES, VM_STATES, vm_state
 
     assert len(LCM_STATES) == 72 and LCM_STATES[36] == "BOOT_FAILURE" and LCM_STATES[69] == "BACKUP"
     for state in range(len(VM_STATES)):
         for lcm in range(len(LCM_STATES) if VM_STATES[state] == "ACTIVE" else 1):
-            ours, words = _state(state, lcm)
+            ours, words = vm_state(state, lcm)
             assert ours in STATES and words
     failures = [n for n in LCM_STATES if n.endswith("FAILURE")]
-    assert all(_state(3, LCM_STATES.index(n))[0] == "error" for n in failures)
-    assert _state(3, 99) == ("unknown", "ACTIVE/99") and _state(42, 0) == ("unknown", "42")
+    assert all(vm_state(3, LCM_STATES.index(n))[0] == "error" for n in failures)
+    assert vm_state(3, 99) == ("unknown", "ACTIVE/99") and vm_state(42, 0) == ("unknown", "42")

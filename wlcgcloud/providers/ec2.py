@@ -12,12 +12,8 @@ import hashlib
 import itertools
 import os
 import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -27,7 +23,8 @@ import botocore.parsers
 
 from wlcgcloud import __version__
 from wlcgcloud.clouds import CLOUDS
-from wlcgcloud.errors import AuthError, ConfigError, UsageError, WlcgError
+from wlcgcloud.errors import AuthError, ConfigError, WlcgError
+from wlcgcloud.providers.answers import check_root
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
     FLEET_TAG,
@@ -47,9 +44,9 @@ from wlcgcloud.providers.base import (
     UncertainLaunch,
     UsageRecord,
     aware,
-    check_root,
     tail,
 )
+from wlcgcloud.providers.disks import raw_disk
 
 # EC2's own state names -> ours.
 STATES = {
@@ -103,29 +100,6 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
 _ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64", "i386": "i386"}
-
-
-@contextlib.contextmanager
-def _raw_disk(upload: ImageUpload, profile: str) -> Iterator[Path]:
-    """The image as a raw disk: as it is when raw, else converted with qemu-img into a temporary file."""
-    if upload.disk_format in ("raw", "img"):
-        yield upload.path
-        return
-    qemu_img = shutil.which("qemu-img")
-    if not qemu_img:
-        raise UsageError(
-            f"profile '{profile}': EC2 snapshots hold raw disks, and this image is {upload.disk_format}.",
-            "Install qemu-img (Debian: qemu-utils) so wlcgcloud can convert it.",
-        )
-    with tempfile.TemporaryDirectory(prefix="wlcgcloud-raw-") as tmp:
-        raw = Path(tmp) / "disk.raw"
-        done = subprocess.run(
-            [qemu_img, "convert", "-f", upload.disk_format, "-O", "raw", str(upload.path), str(raw)],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        if done.returncode != 0:
-            raise UsageError(f"profile '{profile}': qemu-img could not convert the image: {done.stderr.strip()[:200]}")
-        yield raw
 
 
 class EC2Provider(Provider):
@@ -510,7 +484,7 @@ class EC2Provider(Provider):
         linear aggregate of them, so what EBS stores is what we checked against the list. All-zero
         blocks are not sent (a new snapshot reads as zeros). A failure deletes what was made.
         """
-        with _raw_disk(upload, self.name) as raw:
+        with raw_disk(upload, self.name) as raw:
             size = raw.stat().st_size
             gib = max(1, -(-size // 2**30))
             started = self.call(

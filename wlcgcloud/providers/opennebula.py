@@ -31,6 +31,7 @@ import requests
 
 from wlcgcloud.clouds import CLOUDS, CONSOLE_LOG
 from wlcgcloud.errors import AuthError, UsageError, WlcgError
+from wlcgcloud.providers.answers import NotTheApi, check_root
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
     FLEET_TAG,
@@ -42,7 +43,6 @@ from wlcgcloud.providers.base import (
     Instance,
     LaunchRequest,
     Made,
-    NotTheApi,
     Outcome,
     PartialLaunch,
     Provider,
@@ -50,10 +50,10 @@ from wlcgcloud.providers.base import (
     UncertainLaunch,
     UsageRecord,
     aware,
-    check_root,
     one_attribute,
     when_throttled,
 )
+from wlcgcloud.providers.opennebula_template import as_list, int_or_none, quoted, vcpus_of, vector, vm_state
 
 OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their group
 ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates and images)
@@ -105,99 +105,6 @@ class _TimedTransport(pyone.server_xrpc.RequestsTransport):  # type: ignore[misc
         if not (isinstance(value, list) and len(value) >= 3 and isinstance(value[0], bool)):
             raise NotTheApi(f"HTTP {response.status_code}, a methodResponse that is not [ok, value, code]")
         return answer
-
-
-# VM STATE and, while ACTIVE, LCM_STATE, by number (OpenNebula 7.0 "Virtual Machine States").
-VM_STATES = ("INIT", "PENDING", "HOLD", "ACTIVE", "STOPPED", "SUSPENDED", "DONE", "FAILED", "POWEROFF",
-             "UNDEPLOYED", "CLONING", "CLONING_FAILURE")  # fmt: skip
-LCM_STATES = (
-    "LCM_INIT", "PROLOG", "BOOT", "RUNNING", "MIGRATE", "SAVE_STOP", "SAVE_SUSPEND", "SAVE_MIGRATE",
-    "PROLOG_MIGRATE", "PROLOG_RESUME", "EPILOG_STOP", "EPILOG", "SHUTDOWN", "CANCEL", "FAILURE",
-    "CLEANUP_RESUBMIT", "UNKNOWN", "HOTPLUG", "SHUTDOWN_POWEROFF", "BOOT_UNKNOWN", "BOOT_POWEROFF",
-    "BOOT_SUSPENDED", "BOOT_STOPPED", "CLEANUP_DELETE", "HOTPLUG_SNAPSHOT", "HOTPLUG_NIC", "HOTPLUG_SAVEAS",
-    "HOTPLUG_SAVEAS_POWEROFF", "HOTPLUG_SAVEAS_SUSPENDED", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY",
-    "PROLOG_UNDEPLOY", "BOOT_UNDEPLOY", "HOTPLUG_PROLOG_POWEROFF", "HOTPLUG_EPILOG_POWEROFF", "BOOT_MIGRATE",
-    "BOOT_FAILURE", "BOOT_MIGRATE_FAILURE", "PROLOG_MIGRATE_FAILURE", "PROLOG_FAILURE", "EPILOG_FAILURE",
-    "EPILOG_STOP_FAILURE", "EPILOG_UNDEPLOY_FAILURE", "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_POWEROFF_FAILURE",
-    "PROLOG_MIGRATE_SUSPEND", "PROLOG_MIGRATE_SUSPEND_FAILURE", "BOOT_UNDEPLOY_FAILURE", "BOOT_STOPPED_FAILURE",
-    "PROLOG_RESUME_FAILURE", "PROLOG_UNDEPLOY_FAILURE", "DISK_SNAPSHOT_POWEROFF", "DISK_SNAPSHOT_REVERT_POWEROFF",
-    "DISK_SNAPSHOT_DELETE_POWEROFF", "DISK_SNAPSHOT_SUSPENDED", "DISK_SNAPSHOT_REVERT_SUSPENDED",
-    "DISK_SNAPSHOT_DELETE_SUSPENDED", "DISK_SNAPSHOT", "DISK_SNAPSHOT_REVERT", "DISK_SNAPSHOT_DELETE",
-    "PROLOG_MIGRATE_UNKNOWN", "PROLOG_MIGRATE_UNKNOWN_FAILURE", "DISK_RESIZE", "DISK_RESIZE_POWEROFF",
-    "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF", "HOTPLUG_RESIZE", "HOTPLUG_SAVEAS_UNDEPLOYED",
-    "HOTPLUG_SAVEAS_STOPPED", "BACKUP", "BACKUP_POWEROFF", "RESTORE",
-)  # fmt: skip
-# Ours, for the states that are not plain "running while ACTIVE": what the VM is doing from
-# its user's point of view (a snapshot of a powered-off VM leaves it stopped, a boot is pending).
-VM_STATE_OURS = {"INIT": "pending", "PENDING": "pending", "HOLD": "pending", "CLONING": "pending",
-                 "STOPPED": "stopped", "SUSPENDED": "stopped", "POWEROFF": "stopped", "UNDEPLOYED": "stopped",
-                 "DONE": "terminated", "FAILED": "error", "CLONING_FAILURE": "error"}  # fmt: skip
-LCM_PENDING = {"LCM_INIT", "PROLOG", "BOOT", "PROLOG_RESUME", "CLEANUP_RESUBMIT", "BOOT_UNKNOWN", "BOOT_POWEROFF",
-               "BOOT_SUSPENDED", "BOOT_STOPPED", "PROLOG_UNDEPLOY", "BOOT_UNDEPLOY"}  # fmt: skip
-LCM_STOPPING = {"SAVE_STOP", "SAVE_SUSPEND", "EPILOG_STOP", "EPILOG", "SHUTDOWN", "CANCEL", "SHUTDOWN_POWEROFF",
-                "CLEANUP_DELETE", "SHUTDOWN_UNDEPLOY", "EPILOG_UNDEPLOY"}  # fmt: skip
-LCM_STOPPED = {"HOTPLUG_SAVEAS_POWEROFF", "HOTPLUG_SAVEAS_SUSPENDED", "HOTPLUG_PROLOG_POWEROFF",
-               "HOTPLUG_EPILOG_POWEROFF", "PROLOG_MIGRATE_POWEROFF", "PROLOG_MIGRATE_SUSPEND",
-               "DISK_SNAPSHOT_POWEROFF", "DISK_SNAPSHOT_REVERT_POWEROFF", "DISK_SNAPSHOT_DELETE_POWEROFF",
-               "DISK_SNAPSHOT_SUSPENDED", "DISK_SNAPSHOT_REVERT_SUSPENDED", "DISK_SNAPSHOT_DELETE_SUSPENDED",
-               "DISK_RESIZE_POWEROFF", "DISK_RESIZE_UNDEPLOYED", "HOTPLUG_NIC_POWEROFF", "HOTPLUG_SAVEAS_UNDEPLOYED",
-               "HOTPLUG_SAVEAS_STOPPED", "BACKUP_POWEROFF", "RESTORE"}  # fmt: skip
-LCM_UNKNOWN = {"UNKNOWN", "PROLOG_MIGRATE_UNKNOWN"}
-
-
-def _state(state: int, lcm: int) -> tuple[str, str]:
-    """(ours, OpenNebula's words) for a VM's STATE and LCM_STATE."""
-    if not 0 <= state < len(VM_STATES):
-        return "unknown", str(state)
-    name = VM_STATES[state]
-    if name != "ACTIVE":
-        return VM_STATE_OURS.get(name, "unknown"), name
-    if not 0 <= lcm < len(LCM_STATES):
-        return "unknown", f"ACTIVE/{lcm}"
-    sub = LCM_STATES[lcm]
-    words = f"ACTIVE/{sub}"
-    if sub == "FAILURE" or sub.endswith("_FAILURE"):
-        return "error", words
-    for group, ours in ((LCM_PENDING, "pending"), (LCM_STOPPING, "stopping"), (LCM_STOPPED, "stopped"),
-                        (LCM_UNKNOWN, "unknown")):  # fmt: skip
-        if sub in group:
-            return ours, words
-    return "running", words  # RUNNING, MIGRATE, HOTPLUG*, DISK_SNAPSHOT*, DISK_RESIZE, BACKUP, ...
-
-
-def _as_list(value: Any) -> list[Any]:
-    """pyone gives one NIC/DISK as a dict and several as a list."""
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
-
-
-def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _vcpus(body: Any) -> int:
-    """VCPU, else 1: CPU is a share of physical CPU (0.5, 4), not a count of virtual ones."""
-    return _int(body.get("VCPU")) or 1
-
-
-def _quoted(value: str, key: str) -> str:
-    """The value of attribute `key` in OpenNebula template syntax.
-
-    oned's template parser knows one escape inside double quotes, `\\"` for `"`; a backslash
-    is otherwise literal. So a value ending in a backslash would escape our closing quote, and
-    `]]>` ends the CDATA oned wraps values in: both are refused, never mangled.
-    """
-    if value.endswith("\\") or "]]>" in value:
-        raise UsageError(f"the value of {key} cannot be written in an OpenNebula template (it ends in \\ or has ]]>).")
-    return '"' + value.replace('"', '\\"') + '"'
-
-
-def _vector(values: dict[str, Any]) -> str:
-    return "[" + ",".join(f"{k}={_quoted(str(v), k)}" for k, v in values.items()) + "]"
 
 
 class OpenNebulaProvider(Provider):
@@ -298,12 +205,12 @@ class OpenNebulaProvider(Provider):
 
     def _flavor(self, t: Any) -> Flavor:
         body = t.TEMPLATE or {}
-        disk = sum(_int(d.get("SIZE")) or 0 for d in _as_list(body.get("DISK")))
+        disk = sum(int_or_none(d.get("SIZE")) or 0 for d in as_list(body.get("DISK")))
         return Flavor(
             name=t.NAME,
             id=str(t.ID),
-            vcpus=_vcpus(body),
-            memory_mb=_int(body.get("MEMORY")),
+            vcpus=vcpus_of(body),
+            memory_mb=int_or_none(body.get("MEMORY")),
             disk_gb=disk // 1024 if disk else None,
             extra={"cpu": body.get("CPU")},
         )
@@ -319,7 +226,7 @@ class OpenNebulaProvider(Provider):
             name=im.NAME,
             profile=self.name,
             provider="opennebula",
-            size_bytes=(_int(im.SIZE) or 0) * 1024 * 1024 or None,
+            size_bytes=(int_or_none(im.SIZE) or 0) * 1024 * 1024 or None,
             endorsed_id=attrs.get(one_attribute(ENDORSED_ID_TAG)),
             extra={"owner": im.UNAME, "group": im.GNAME, "state": im.STATE},
         )
@@ -347,7 +254,7 @@ class OpenNebulaProvider(Provider):
         }
         if upload.disk_format in ("raw", "qcow2"):
             attrs["FORMAT"] = upload.disk_format
-        template = "\n".join(f"{k}={_quoted(v, k)}" for k, v in attrs.items())
+        template = "\n".join(f"{k}={quoted(v, k)}" for k, v in attrs.items())
         datastore = int(self.profile.get("image_datastore") or DEFAULT_IMAGE_DATASTORE)
         image_id = int(self.rpc("create image", self.one.image.allocate, template, datastore, True))
         deadline = time.monotonic() + REGISTER_TIMEOUT
@@ -378,13 +285,13 @@ class OpenNebulaProvider(Provider):
         default = _first(user.DEFAULT_USER_QUOTAS.VM_QUOTA if user.DEFAULT_USER_QUOTAS else None)
 
         def limit(key: str) -> int | None:
-            value = _int(getattr(mine, key, None)) if mine is not None else -1
+            value = int_or_none(getattr(mine, key, None)) if mine is not None else -1
             if value == -1 or value is None:  # -1: the default quota applies
-                value = _int(getattr(default, key, None)) if default is not None else None
+                value = int_or_none(getattr(default, key, None)) if default is not None else None
             return None if value is None or value < 0 else value  # -2: unlimited
 
         def used(key: str) -> int | None:
-            return _int(getattr(mine, key + "_USED", None)) if mine is not None else 0
+            return int_or_none(getattr(mine, key + "_USED", None)) if mine is not None else 0
 
         return Quota(
             instances=limit("VMS"),
@@ -450,10 +357,10 @@ class OpenNebulaProvider(Provider):
     def _instance(self, vm: Any) -> Instance:
         body = vm.TEMPLATE or {}
         user = dict(vm.USER_TEMPLATE or {})
-        state, words = _state(int(vm.STATE), int(vm.LCM_STATE))
+        state, words = vm_state(int(vm.STATE), int(vm.LCM_STATE))
         templates = self._templates or {}
         template = templates.get(str(body.get("TEMPLATE_ID")))
-        disks = _as_list(body.get("DISK"))
+        disks = as_list(body.get("DISK"))
         return Instance(
             id=str(vm.ID),
             name=vm.NAME,
@@ -462,11 +369,11 @@ class OpenNebulaProvider(Provider):
             state=state,
             provider_state=words,
             flavor=template.NAME if template is not None else body.get("TEMPLATE_ID"),
-            vcpus=_vcpus(body),
-            memory_mb=_int(body.get("MEMORY")),
+            vcpus=vcpus_of(body),
+            memory_mb=int_or_none(body.get("MEMORY")),
             image=disks[0].get("IMAGE_ID") if disks else None,
             launched_at=datetime.fromtimestamp(int(vm.STIME), UTC) if vm.STIME else None,
-            addresses=tuple(n["IP"] for n in _as_list(body.get("NIC")) if n.get("IP")),
+            addresses=tuple(n["IP"] for n in as_list(body.get("NIC")) if n.get("IP")),
             tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
             extra={
                 "owner": vm.UNAME,
@@ -496,7 +403,7 @@ class OpenNebulaProvider(Provider):
             vm = h.VM
             body = (vm.TEMPLATE if vm is not None else None) or {}
             user = dict((vm.USER_TEMPLATE if vm is not None else None) or {})
-            disks = _as_list(body.get("DISK"))
+            disks = as_list(body.get("DISK"))
             records.append(
                 UsageRecord(
                     instance_id=str(h.OID),
@@ -505,8 +412,8 @@ class OpenNebulaProvider(Provider):
                     provider="opennebula",
                     started_at=datetime.fromtimestamp(int(h.STIME), UTC),
                     ended_at=datetime.fromtimestamp(int(h.ETIME), UTC) if int(h.ETIME) else None,
-                    vcpus=_vcpus(body),
-                    memory_mb=_int(body.get("MEMORY")),
+                    vcpus=vcpus_of(body),
+                    memory_mb=int_or_none(body.get("MEMORY")),
                     image=(disks[0].get("IMAGE_ID") if disks else None),
                     tags={ATTRIBUTES[k]: str(v) for k, v in user.items() if k in ATTRIBUTES},
                 )
@@ -604,27 +511,27 @@ class OpenNebulaProvider(Provider):
 
     def _extra_template(self, request: LaunchRequest, template: Any) -> str:
         body = template.TEMPLATE or {}
-        lines = [f"{one_attribute(k)}={_quoted(v, k)}" for k, v in request.tags.items()]
-        lines.append(f"{one_attribute('wlcg:request')}={_quoted(request.token, 'wlcg:request')}")
+        lines = [f"{one_attribute(k)}={quoted(v, k)}" for k, v in request.tags.items()]
+        lines.append(f"{one_attribute('wlcg:request')}={quoted(request.token, 'wlcg:request')}")
         if request.user_data:
             context = dict(body.get("CONTEXT") or {})  # replaced whole by ours: keep its settings
             context["USER_DATA"] = base64.b64encode(request.user_data).decode()
             context["USER_DATA_ENCODING"] = "base64"
-            lines.append(f"CONTEXT={_vector(context)}")
+            lines.append(f"CONTEXT={vector(context)}")
         if request.image:
             # DISK in the extra template replaces all of the template's disks: send them all,
             # with the endorsed image in place of the first image disk. Of that disk only the
             # placement settings stay; size, format and driver belong to the old image.
-            disks = [dict(d) for d in _as_list(body.get("DISK"))]
+            disks = [dict(d) for d in as_list(body.get("DISK"))]
             first = next((d for d in disks if "IMAGE" in d or "IMAGE_ID" in d), None)
             endorsed = {k: v for k, v in (first or {}).items() if k in KEPT_DISK_SETTINGS}
             endorsed["IMAGE_ID"] = self._image_id(request.image)
             disks = [endorsed if d is first else d for d in disks] if first is not None else [endorsed, *disks]
-            lines.extend(f"DISK={_vector(d)}" for d in disks)
+            lines.extend(f"DISK={vector(d)}" for d in disks)
         network = request.network or self.profile.get("network")
         if network:
             key = "NETWORK_ID" if str(network).isdigit() else "NETWORK"
-            lines.append(f"NIC={_vector({key: network})}")
+            lines.append(f"NIC={vector({key: network})}")
         return "\n".join(lines)
 
     def _image_id(self, image: str) -> str:
