@@ -9,10 +9,9 @@ from wlcgcloud import config
 from wlcgcloud.clouds import CLOUDS, CONSOLE_LOG, SPOT, cloud_of
 
 PACKAGE = Path(config.__file__).parent
-# Below the providers these still speak of clouds by name: the files of each cloud's own tools
-# (importers), each cloud's secret variables and file formats (secretstore), the keys of each
-# cloud (config). Everything above them asks the table.
-STILL_NAMING = {"clouds.py", "importers.py", "secretstore.py", "config.py", "toolfiles.py"}
+# The table itself, and the readers of each cloud's own tools' files (clouds.yaml is OpenStack's,
+# ~/.aws EC2's): everything else asks the table.
+STILL_NAMING = {"clouds.py", "importers.py", "toolfiles.py"}
 
 
 def test_every_provider_has_one_entry_and_every_entry_a_provider() -> None:
@@ -23,6 +22,15 @@ def test_every_provider_has_one_entry_and_every_entry_a_provider() -> None:
         assert cloud.network_key in {k.name for k in config.keys_for(name)}, name
         assert all(k in {k.name for k in config.keys_for(name)} for k in cloud.flavor_keys), name
         assert all(reason.strip() for reason in cloud.cannot.values()), name
+
+
+def test_each_login_of_each_cloud_names_its_secret_and_variable() -> None:
+    for cloud in CLOUDS.values():
+        assert cloud.secrets, cloud.name
+        for source in cloud.secrets.values():
+            assert source.label and source.variable
+            assert source.identity_key is None or source.identity_key in {k.name for k in config.keys_for(cloud.name)}
+    assert set(CLOUDS["openstack"].secrets) == set(config.AUTH_TYPES)
 
 
 def test_what_a_cloud_cannot_do_is_data_with_a_reason() -> None:

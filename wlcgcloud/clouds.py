@@ -18,6 +18,17 @@ CONSOLE_LOG = "console log"
 
 
 @dataclass(frozen=True)
+class SecretSource:
+    """A kind of login of a cloud: what its secret is, and where the cloud's own tools keep it."""
+
+    label: str  # what the secret is, in prompts and hints (never the value)
+    variable: str  # the environment variable its own tools read it from
+    identity_variable: str | None = None  # the variable naming whose secret that is
+    identity_key: str | None = None  # the profile setting naming the same identity
+    is_file: bool = False  # `variable` names a file holding user:secret, not the secret
+
+
+@dataclass(frozen=True)
 class Cloud:
     """One kind of cloud, as the rest of wlcgcloud needs to know it."""
 
@@ -31,6 +42,8 @@ class Cloud:
     forgets_ended: bool  # it forgets ended instances soon: usage adds the ledger's memory of them
     intervals_per_instance: bool  # usage: one history record per deployment, so several per instance
     over_plain_http: str  # what an http:// endpoint exposes (doctor's TLS step)
+    secrets: Mapping[str, SecretSource] = field(default_factory=dict)  # by auth type; "" when it has one login
+    secret_holds_user: bool = False  # a secret file may say `user:secret` (the ONE_AUTH format)
     region_pattern: str | None = None  # what a region name must look like, where the SDK is strict
     cannot: Mapping[str, str] = field(default_factory=dict)  # capability -> why this cloud has none
 
@@ -69,6 +82,9 @@ CLOUDS: dict[str, Cloud] = {
         over_plain_http="requests travel unencrypted; SigV4 sends no secret key, but the key id and every "
         "answer are readable",
         region_pattern=r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)",  # botocore's: a DNS label
+        secrets={
+            "": SecretSource("EC2 secret access key", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "access_key_id"),
+        },
     ),
     "openstack": Cloud(
         name="openstack",
@@ -82,6 +98,16 @@ CLOUDS: dict[str, Cloud] = {
         intervals_per_instance=False,
         over_plain_http="the password or token travels in clear text",
         cannot={SPOT: "OpenStack has no spot market; spot instances exist on EC2 only"},
+        secrets={
+            "password": SecretSource("OpenStack password", "OS_PASSWORD", "OS_USERNAME", "username"),
+            "v3applicationcredential": SecretSource(
+                "OpenStack application credential secret",
+                "OS_APPLICATION_CREDENTIAL_SECRET",
+                "OS_APPLICATION_CREDENTIAL_ID",
+                "application_credential_id",
+            ),
+            "v3oidcaccesstoken": SecretSource("OIDC access token", "OS_ACCESS_TOKEN"),
+        },
     ),
     "opennebula": Cloud(
         name="opennebula",
@@ -98,6 +124,10 @@ CLOUDS: dict[str, Cloud] = {
             SPOT: "OpenNebula has no spot market; spot instances exist on EC2 only",
             CONSOLE_LOG: "OpenNebula has no console-log call in its API",
         },
+        secrets={
+            "": SecretSource("OpenNebula password or login token", "ONE_AUTH", identity_key="username", is_file=True),
+        },
+        secret_holds_user=True,
     ),
 }
 

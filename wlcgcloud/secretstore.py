@@ -22,19 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wlcgcloud import atomic, bounded, toolfiles
+from wlcgcloud.clouds import SecretSource, cloud_of
 from wlcgcloud.config import Profile, secret_variable
 from wlcgcloud.errors import ConfigError
 
 SERVICE = "wlcgcloud"
-
-# What the secret is, per cloud kind and auth type: shown in prompts and hints, never the value.
-SECRET_LABELS = {
-    "ec2": "EC2 secret access key",
-    "password": "OpenStack password",
-    "v3applicationcredential": "OpenStack application credential secret",
-    "v3oidcaccesstoken": "OIDC access token",
-    "opennebula": "OpenNebula password or login token",
-}
 
 
 @dataclass(frozen=True)
@@ -70,9 +62,14 @@ def auth_type(profile: Profile) -> str:
     return "password"
 
 
+def _source(profile: Profile) -> SecretSource:
+    """The profile's kind of login: its cloud's only one, else the one of its auth type."""
+    secrets = cloud_of(profile).secrets
+    return secrets[""] if "" in secrets else secrets[auth_type(profile)]
+
+
 def secret_label(profile: Profile) -> str:
-    key = auth_type(profile) if profile.provider == "openstack" else profile.provider
-    return SECRET_LABELS[key]
+    return _source(profile).label
 
 
 def _same_or_unset(ours: object, theirs: str | None) -> bool:
@@ -81,50 +78,27 @@ def _same_or_unset(ours: object, theirs: str | None) -> bool:
 
 def ecosystem_variables(profile: Profile) -> list[str]:
     """The cloud's own environment variable(s) that can carry this profile's secret."""
-    if profile.provider == "ec2":
-        return ["AWS_SECRET_ACCESS_KEY"]
-    if profile.provider == "opennebula":
-        return ["ONE_AUTH"]
-    return {
-        "password": ["OS_PASSWORD"],
-        "v3applicationcredential": ["OS_APPLICATION_CREDENTIAL_SECRET"],
-        "v3oidcaccesstoken": ["OS_ACCESS_TOKEN"],
-    }[auth_type(profile)]
+    return [_source(profile).variable]
 
 
 def _from_ecosystem(profile: Profile, notes: list[str]) -> Secret | None:
-    env = os.environ
-    if profile.provider == "ec2":
-        value = env.get("AWS_SECRET_ACCESS_KEY")
-        if value and _same_or_unset(profile.get("access_key_id"), env.get("AWS_ACCESS_KEY_ID")):
-            return Secret(value, "environment AWS_SECRET_ACCESS_KEY")
+    """The secret the cloud's own tools would use, when it is this profile's (or the profile names no identity)."""
+    source = _source(profile)
+    given = os.environ.get(source.variable)
+    if not given:
         return None
-    if profile.provider == "opennebula":
-        path = env.get("ONE_AUTH")
-        if not path:
-            return None
+    ours = profile.get(source.identity_key) if source.identity_key else None
+    if source.is_file:  # the variable names a user:secret file (ONE_AUTH)
         try:
-            secret = read_secret_file(Path(path).expanduser(), profile, "ONE_AUTH")
+            secret = read_secret_file(Path(given).expanduser(), profile, source.variable)
         except ConfigError as exc:
-            notes.append(f"ONE_AUTH not used: {exc}")
+            notes.append(f"{source.variable} not used: {exc}")
             return None
-        if _same_or_unset(profile.get("username"), secret.username):
-            return Secret(secret.value, f"ONE_AUTH file {path}", secret.username)
+        if _same_or_unset(ours, secret.username):
+            return Secret(secret.value, f"{source.variable} file {given}", secret.username)
         return None
-    kind = auth_type(profile)
-    if kind == "password":
-        value = env.get("OS_PASSWORD")
-        if value and _same_or_unset(profile.get("username"), env.get("OS_USERNAME")):
-            return Secret(value, "environment OS_PASSWORD")
-    elif kind == "v3applicationcredential":
-        value = env.get("OS_APPLICATION_CREDENTIAL_SECRET")
-        if value and _same_or_unset(profile.get("application_credential_id"), env.get("OS_APPLICATION_CREDENTIAL_ID")):
-            return Secret(value, "environment OS_APPLICATION_CREDENTIAL_SECRET")
-    elif kind == "v3oidcaccesstoken":
-        value = env.get("OS_ACCESS_TOKEN")
-        if value:
-            return Secret(value, "environment OS_ACCESS_TOKEN")
-    return None
+    theirs = os.environ.get(source.identity_variable) if source.identity_variable else None
+    return Secret(given, f"environment {source.variable}") if _same_or_unset(ours, theirs) else None
 
 
 def owner_only(path: Path, profile: Profile, what: str) -> None:
@@ -154,7 +128,7 @@ def read_secret_file(path: Path, profile: Profile, what: str = "secret_file") ->
         raise ConfigError(f"profile '{profile.name}': cannot read {what} {path}: {reason}.") from None
     if not text:
         raise ConfigError(f"profile '{profile.name}': {what} {path} is empty.")
-    if profile.provider == "opennebula" and ":" in text:
+    if cloud_of(profile).secret_holds_user and ":" in text:
         user, _, password = text.partition(":")
         return Secret(password, f"{what} {path}", user)
     return Secret(text, f"{what} {path}")
@@ -300,7 +274,7 @@ def write_secret_file(path: Path, profile: Profile, value: str) -> None:
                 f"profile '{profile.name}': secret_file {path} is not a regular file of yours; nothing written.",
                 "Name a new file, e.g. ~/.config/wlcgcloud/NAME.secret.",
             )
-    if profile.provider == "opennebula" and profile.get("username") and ":" not in value:
+    if cloud_of(profile).secret_holds_user and profile.get("username") and ":" not in value:
         value = f"{profile.get('username')}:{value}"  # a ONE_AUTH-style file: user:password
     try:
         atomic.write(path, value + "\n", mode=0o600)
