@@ -110,7 +110,7 @@ def endpoint(profile: Profile) -> str:
     return cloud_of(profile).endpoint(profile.settings)
 
 
-class _Run:
+class _Checklist:
     """Runs the steps of one profile in order, timing each and skipping what cannot be known."""
 
     def __init__(self, profile: Profile) -> None:
@@ -143,7 +143,7 @@ class _Run:
             self.blocked.setdefault(check, why)
 
 
-def _after(check: str) -> tuple[str, ...]:
+def _steps_after(check: str) -> tuple[str, ...]:
     return CHECKS[CHECKS.index(check) + 1 :]
 
 
@@ -151,7 +151,7 @@ def diagnose(profile: Profile) -> Diagnosis:
     """One profile's checklist (see the module docstring)."""
     from wlcgcloud.secretstore import require_secret
 
-    run = _Run(profile)
+    run = _Checklist(profile)
     url = urlsplit(endpoint(profile))
     host = url.hostname or ""
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -159,7 +159,7 @@ def diagnose(profile: Profile) -> Diagnosis:
 
     secret = run.step("secret", lambda: f"found in {require_secret(profile).source}")
     if secret.status == "fail":
-        run.block(("login", *_after("login")), "no secret to log in with")
+        run.block(("login", *_steps_after("login")), "no secret to log in with")
 
     addresses: list[Any] = []
 
@@ -179,7 +179,7 @@ def diagnose(profile: Profile) -> Diagnosis:
         return f"'{host}' is {shown}" if not _is_address(host) else f"{host} is an address: nothing to resolve"
 
     if run.step("dns", dns).status == "fail":
-        run.block(_after("dns"), "the host name did not resolve")
+        run.block(_steps_after("dns"), "the host name did not resolve")
 
     connected: list[Any] = []
 
@@ -200,13 +200,13 @@ def diagnose(profile: Profile) -> Diagnosis:
                     "(a timeout); a refused connection means nothing listens there.")  # fmt: skip
 
     if run.step("tcp", tcp).status == "fail":
-        run.block(_after("tcp"), "no connection to the endpoint")
+        run.block(_steps_after("tcp"), "no connection to the endpoint")
 
     context: list[ssl.SSLContext] = []
     if url.scheme == "https":
         tls = run.step("tls", lambda: _tls(profile, host, connected[0], run.timeout, context))
         if tls.status == "fail":
-            run.block(_after("tls"), "TLS did not verify: nothing safe can be sent")
+            run.block(_steps_after("tls"), "TLS did not verify: nothing safe can be sent")
     else:
         plain = cloud_of(profile).over_plain_http
         run.step("tls", lambda: ("skip", f"{url.scheme}:// endpoint: no TLS ({plain})"))
@@ -226,7 +226,7 @@ def diagnose(profile: Profile) -> Diagnosis:
         return check.reason
 
     if run.step("login", login).status == "fail":
-        run.block(_after("login"), "the login failed")
+        run.block(_steps_after("login"), "the login failed")
     clock = next(s for s in run.diagnosis.steps if s.check == "clock")
     if provider and clock.status == "warn" and "no Date" in clock.detail:
         _clock_again(profile, provider[0], clock, run.timeout)

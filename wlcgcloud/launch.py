@@ -201,7 +201,7 @@ def launch(
     def existing(p: ProfilePlan) -> list[Instance]:
         if p.name not in earlier and not resize:
             return []
-        return [i for i in p.provider.instances(fleet=plan.fleet) if _ours(i, p) and i.state != "terminated"]
+        return [i for i in p.provider.instances(fleet=plan.fleet) if _made_for(i, p) and i.state != "terminated"]
 
     def one(p: ProfilePlan) -> ProfileLaunched:
         launch_id = intents[p.name]
@@ -296,7 +296,7 @@ def _on_each_profile(
     return results, interrupted
 
 
-def _ours(instance: Instance, p: ProfilePlan) -> bool:
+def _made_for(instance: Instance, p: ProfilePlan) -> bool:
     """An instance of this fleet made for this profile (another tool may leave wlcg:profile out)."""
     return instance.tags.get("wlcg:profile") in (None, p.name)
 
