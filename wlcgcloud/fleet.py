@@ -270,6 +270,45 @@ def newest_first(instances: Iterable[Instance]) -> list[Instance]:
     return sorted(instances, key=lambda i: (i.launched_at or floor, i.id), reverse=True)
 
 
+@dataclass(frozen=True)
+class ScalePlan:
+    """What `fleet scale` does: the one profile the fleet lives on, its live instances there, the count to reach."""
+
+    fleet: str
+    profile: Profile
+    count: int
+    alive: tuple[Instance, ...]
+
+    @property
+    def more(self) -> int:
+        """How many instances to launch (0 unless the fleet grows)."""
+        return max(0, self.count - len(self.alive))
+
+    @property
+    def victims(self) -> list[Instance]:
+        """Which instances to terminate (none unless the fleet shrinks): the newest first."""
+        return newest_first(self.alive)[: max(0, len(self.alive) - self.count)]
+
+
+def scale_plan(
+    profiles: Sequence[Profile], name: str, count: int, instances: Iterable[Instance], ledger: Ledger
+) -> ScalePlan:
+    """Where fleet `name` is scaled: the profiles holding live instances of it (`instances`, its listing),
+    else the asked profiles the ledger launched it on. None, or several, is a UsageError."""
+    alive = [i for i in instances if i.state != "terminated"]
+    holders = sorted({i.profile for i in alive})
+    launched_on = sorted({r.profile for r in ledger.launches(name)})
+    by_name = {p.name: p for p in profiles}
+    where = holders or [p for p in launched_on if p in by_name]
+    if not where:
+        asked = ", ".join(p.name for p in profiles)
+        raise UsageError(f"no fleet '{name}' on profile(s) {asked}.", "See 'wlcgcloud fleet list'.")
+    if len(where) > 1:
+        raise UsageError(f"fleet '{name}' lives on profiles {', '.join(where)}.", "Scale one at a time with -p.")
+    profile = by_name[where[0]]
+    return ScalePlan(name, profile, count, tuple(i for i in alive if i.profile == profile.name))
+
+
 @dataclass
 class Finding:
     """One difference between the ledger and what a cloud reports (`fleet reconcile`)."""

@@ -1,6 +1,6 @@
 """Running a launch plan (wlcgcloud.launch_plan): launch, resume, wait, roll back.
 
-`launch` records each profile's part in the ledger as an intent before its first API call,
+`run_plan` records each profile's part in the ledger as an intent before its first API call,
 lists what the fleet already has on the cloud (so a re-run after a crash, even a SIGKILL,
 resumes instead of duplicating), creates only what is missing, and records every instance the
 moment the cloud returns it. Partial failure is normal at this size: what failed stays beside
@@ -171,7 +171,7 @@ def _alive(owner: str | None) -> bool:
     return True
 
 
-def launch(
+def run_plan(
     plan: LaunchPlan,
     ledger: Ledger,
     *,

@@ -368,6 +368,18 @@ def apel_records(
     return out
 
 
+def to_publish(intervals: Sequence[Interval], profiles: Sequence[Profile]) -> tuple[list[Interval], list[str]]:
+    """What a site queues for APEL: the intervals of the profiles with publish_apel set, and a note
+    for each profile left out (its site usually publishes its own cloud's use already)."""
+    skipped = sorted(p.name for p in profiles if not p.get("publish_apel"))
+    notes = [
+        f"profile '{name}': publish_apel is not set, so no APEL records for it "
+        "(sites usually publish their own clouds' use already)."
+        for name in skipped
+    ]
+    return [iv for iv in intervals if iv.profile not in skipped], notes
+
+
 def _title(provider: str) -> str:
     """The cloud's name as people write it (APEL's CloudType), or the ledger's word for one we do not know."""
     return CLOUDS[provider].title if provider in CLOUDS else provider

@@ -213,37 +213,28 @@ def scale(
       wlcgcloud fleet scale atlas-20261124-1a2b -n 30 -p cern-atlas --dry-run
     """
     from wlcgcloud import fleet, launch_plan
-    from wlcgcloud import launch as launching
     from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.launch import run_plan
+    from wlcgcloud.launch_plan import MAX_COUNT
     from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
-    from wlcgcloud.launch_plan import MAX_COUNT
-
     if not 0 <= count <= MAX_COUNT:
         raise UsageError(f"--count {count}: a fleet has from 0 to {MAX_COUNT} instances.")
     profiles = read_profiles(g)
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
     report_failures(g, gathered.failures, gathered.asked)
-    alive = [i for i in instances if i.state != "terminated"]
-    holders = sorted({i.profile for i in alive})
     with open_ledger() as ledger:
-        launched_on = sorted({r.profile for r in ledger.launches(name)})
-    where = holders or [p for p in launched_on if p in {q.name for q in profiles}]
-    if not where:
-        asked = ", ".join(p.name for p in profiles)
-        raise UsageError(f"no fleet '{name}' on profile(s) {asked}.", "See 'wlcgcloud fleet list'.")
-    if len(where) > 1:
-        raise UsageError(f"fleet '{name}' lives on profiles {', '.join(where)}.", "Scale one at a time with -p.")
-    profile = g.config().profile(where[0])
-    mine = [i for i in alive if i.profile == profile.name]
-    info(f"fleet {name} on profile {profile.name}: {len(mine)} instance(s), to become {count}.")
-    if count < len(mine):
-        victims = fleet.newest_first(mine)[: len(mine) - count]
-        terminate_confirmed(ctx, g, victims, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS)
+        scaling = fleet.scale_plan(profiles, name, count, instances, ledger)
+    profile = scaling.profile
+    info(f"fleet {name} on profile {profile.name}: {len(scaling.alive)} instance(s), to become {count}.")
+    if scaling.victims:
+        terminate_confirmed(
+            ctx, g, scaling.victims, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS
+        )
         return
-    if count == len(mine):
+    if not scaling.more:
         info("Nothing to do.")
         emit(ctx, {"fleet": name, "profile": profile.name, "count": count, "changed": 0})
         return
@@ -256,11 +247,11 @@ def scale(
         for line in plan.warnings:
             warn(line, g)
         if dry_run:
-            info(f"dry run: would launch {count - len(mine)} more instance(s) of fleet {name}.")
+            info(f"dry run: would launch {scaling.more} more instance(s) of fleet {name}.")
             emit(ctx, {"dry_run": True, **plan.to_dict()})
             return
-        with working(g, f"Launching {count - len(mine)} more instance(s) ..."):
-            result = launching.launch(plan, ledger, resize=True)
+        with working(g, f"Launching {scaling.more} more instance(s) ..."):
+            result = run_plan(plan, ledger, resize=True)
     for r in result.results:
         if r.error:
             warn(str(r.error), g)

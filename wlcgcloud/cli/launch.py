@@ -121,9 +121,9 @@ def launch(
       wlcgcloud launch atlas-wn-el9 -p cern-atlas -p aws-atlas --spread -n 200 --wait --timeout 20m
       wlcgcloud launch --bootstrap list
     """
-    from wlcgcloud import launch as launching
     from wlcgcloud import launch_plan
     from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.launch import run_plan
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import parse_duration
 
@@ -176,7 +176,7 @@ def launch(
         _show_plan(ctx, plan)
         return
     with open_ledger() as ledger, _progress(g, plan) as tell:
-        result = launching.launch(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
+        result = run_plan(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
     _warn_outcome(g, result)
     data = result.to_dict()
     if g.output == "table":

@@ -53,19 +53,19 @@ def usage(
       wlcgcloud usage --since last-month --until this-month --apel-dir /var/spool/apel/outgoing
     """
     from wlcgcloud import __version__
-    from wlcgcloud import usage as accounting
+    from wlcgcloud import usage as usage_domain  # `usage` is this command's own name
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import stamp
 
     g = globals_of(ctx)
     now = datetime.now(UTC)
-    start, end, notes = accounting.window(since, until, now)
+    start, end, notes = usage_domain.window(since, until, now)
     groups = [b.strip() for b in by.split(",") if b.strip()]
     if not groups:
-        raise UsageError("--by needs at least one of " + ", ".join(accounting.GROUPS) + ".")
+        raise UsageError("--by needs at least one of " + ", ".join(usage_domain.GROUPS) + ".")
     profiles = read_profiles(g)
     with open_ledger() as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
-        collected = accounting.collect(profiles, start, end, ledger)
+        collected = usage_domain.collect(profiles, start, end, ledger)
         credentials = ledger.credentials()
     report_failures(g, collected.failures, collected.asked)
     for line in notes + collected.notes:
@@ -75,22 +75,20 @@ def usage(
     if apel_dir is not None or g.output == "apel":
         chosen = collected.intervals
         if apel_dir is not None:
-            skipped = sorted(p.name for p in profiles if not p.get("publish_apel"))
-            for name in skipped:
-                info(f"profile '{name}': publish_apel is not set, so no APEL records for it "
-                     "(sites usually publish their own clouds' use already).")  # fmt: skip
-            chosen = [iv for iv in chosen if iv.profile not in skipped]
-        records = accounting.apel_records(chosen, by_name, start, end, now, __version__, credentials)
+            chosen, left_out = usage_domain.to_publish(chosen, profiles)
+            for line in left_out:
+                info(line)
+        records = usage_domain.apel_records(chosen, by_name, start, end, now, __version__, credentials)
         if apel_dir is not None:
-            names = accounting.write_apel_queue(str(apel_dir), records)
+            names = usage_domain.write_apel_queue(str(apel_dir), records)
             info(f"queued {len(records)} APEL record(s) in {len(names)} message(s) in {apel_dir}.")
         if g.output == "apel":
             if not records:
                 info("No usage in the window: no APEL records.")
-            for i in range(0, len(records), accounting.APEL_PER_MESSAGE):
-                sys.stdout.write(accounting.apel_message(records[i : i + accounting.APEL_PER_MESSAGE]))
+            for i in range(0, len(records), usage_domain.APEL_PER_MESSAGE):
+                sys.stdout.write(usage_domain.apel_message(records[i : i + usage_domain.APEL_PER_MESSAGE]))
             raise typer.Exit(exit_code)
-    rows, total = accounting.aggregate(collected.intervals, start, end, groups, now)
+    rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now)
     if g.verbose:
         _sources(rows, collected.intervals, groups)
     data: dict[str, Any] = {"since": stamp(start), "until": stamp(end), "by": groups, "rows": rows, "total": total}
@@ -105,7 +103,7 @@ def usage(
             shown.append({groups[0]: "TOTAL", **_rounded(total)})
         emit(ctx, shown, columns)
         if chart and g.output == "table":
-            _chart(accounting.aggregate(collected.intervals, start, end, ["day"], now)[0])
+            _chart(usage_domain.aggregate(collected.intervals, start, end, ["day"], now)[0])
     raise typer.Exit(exit_code)
 
 
