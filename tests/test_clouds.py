@@ -9,9 +9,8 @@ from wlcgcloud import config
 from wlcgcloud.clouds import CLOUDS, CONSOLE_LOG, SPOT, cloud_of
 
 PACKAGE = Path(config.__file__).parent
-# The table itself, and the readers of each cloud's own tools' files (clouds.yaml is OpenStack's,
-# ~/.aws EC2's): everything else asks the table.
-STILL_NAMING = {"clouds.py", "importers.py", "toolfiles.py"}
+# Only the table itself names clouds: everything else asks it.
+STILL_NAMING = {"clouds.py"}
 
 
 def test_every_provider_has_one_entry_and_every_entry_a_provider() -> None:
