@@ -24,7 +24,7 @@ from keyring_backend import FileKeyring  # noqa: E402
 if TYPE_CHECKING:
     from peers.faultproxy import FaultProxy
 
-CLEARED_PREFIXES = ("AWS_", "OS_", "ONE_", "WLCGCLOUD_", "BEARER_TOKEN", "X509_", "PYTHON_KEYRING")
+CLEARED_PREFIXES = ("AWS_", "OS_", "ONE_", "WLCGCLOUD_", "BEARER_TOKEN", "X509_", "PYTHON_KEYRING", "PG")
 
 
 @dataclass
@@ -421,3 +421,35 @@ def nova_behind_proxy(osk: OpenStackPeer) -> Iterator[tuple[FaultProxy, str]]:
         finally:
             for endpoint in made:
                 admin.identity.delete_endpoint(endpoint)
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+#
+# A real PostgreSQL server (tests/peers/postgres.py) for the ledger's PostgreSQL backend: TLS
+# required, scram-sha-256 passwords. Started once per session, when a test first asks for it;
+# every test gets a database and an owner role of its own.
+
+if TYPE_CHECKING:
+    from peers.postgres import Database, PostgresServer
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    from peers.postgres import PostgresServer
+
+    try:
+        server = PostgresServer.start()
+    except Exception as exc:  # a missing server is a failure to explain, never a skip
+        reason = f"could not start the PostgreSQL peer: {type(exc).__name__}: {exc}"
+    else:
+        reason = ""
+    if reason:  # outside the except: the reason is shown once, not under the exception it came from
+        pytest.fail(reason, pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres_server: PostgresServer) -> Database:
+    """A fresh database, owned by a fresh role with its own password, on the session's server."""
+    return postgres_server.new_database()

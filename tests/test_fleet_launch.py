@@ -255,10 +255,20 @@ def test_a_second_launch_of_a_fleet_being_launched_is_refused(world: World, one_
         deadline = time.monotonic() + 30
         while proxy.forwarded("one.template.instantiate") < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
+        patient = subprocess.Popen([*command, "--wait-lock", "2m"], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
         second = subprocess.run(command, env=env, capture_output=True, text=True)
         _, err = first.communicate(timeout=60)
+        _, waited = patient.communicate(timeout=60)
     assert first.returncode == 0, err
-    assert second.returncode == 2 and "is launching fleet 'twice' on profile 'slow' right now" in second.stderr
+    # The fleet's lock says who holds it: user, host, pid, command, and the calls it has on the wire.
+    assert second.returncode == 2, second.stderr
+    holder = f"(pid {first.pid}, 'wlcgcloud launch') since "
+    assert "error: fleet 'twice' is being changed by " in second.stderr and holder in second.stderr, second.stderr
+    assert "with calls on the wire on profile(s) slow" in second.stderr and "--wait-lock" in second.stderr
+    # With --wait-lock it waits for the holder instead, then finds the fleet complete: nothing more is made.
+    assert patient.returncode == 0, waited
+    assert "waiting up to 120 s (--wait-lock)" in waited and "found 12 of an earlier run, started 0." in waited
     assert len({r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "twice"}) == 12
 
 

@@ -1,37 +1,101 @@
-"""The ledger's schema: versioned in PRAGMA user_version, brought up to date by MIGRATIONS, never downgraded."""
+"""The ledger's whole contract, run against both backends: SQLite and a real PostgreSQL server.
+
+Every test takes `where` (a SQLite file, or a fresh database on the session's PostgreSQL with
+its password in WLCGCLOUD_LEDGER_PASSWORD) and `raw` (plain SQL on the same store, for setting
+up an older schema or looking under the interface).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from wlcgcloud.errors import ConfigError
-from wlcgcloud.ledger import MIGRATIONS, SCHEMA_VERSION, Ledger
+from wlcgcloud.ledger import MIGRATIONS, SCHEMA_VERSION, FleetLocked, Ledger
+from wlcgcloud.ledger.schema import for_postgresql, statements
+from wlcgcloud.ledger.transfer import read_lines
+
+Raw = Callable[..., list[tuple[Any, ...]]]
+
+FIELDS = {"fleet": "f", "profile": "p", "provider": "opennebula", "request_token": "t", "image": "i",
+          "cloud_image": "0", "endorsement": "none", "flavor": "atlas-wn", "requested": 12}  # fmt: skip
 
 
-def _version_1(path: Path) -> None:
-    """A ledger file as wlcgcloud with schema 1 left it, with one unfinished launch."""
-    db = sqlite3.connect(path)
-    db.executescript(MIGRATIONS[0])
-    db.execute(
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """(where, raw): the ledger's location and a function running SQL on it directly."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.sqlite"
+
+        def raw_sqlite(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+            db = sqlite3.connect(path)
+            try:
+                rows = db.execute(sql, params).fetchall()
+                db.commit()
+                return rows
+            finally:
+                db.close()
+
+        yield SimpleNamespace(kind="sqlite", where=str(path), raw=raw_sqlite, ddl=lambda s: s)
+        return
+    import psycopg
+
+    database = request.getfixturevalue("pg_database")
+    monkeypatch.setenv("WLCGCLOUD_LEDGER_PASSWORD", database.password)
+
+    def raw_pg(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(database.url, password=database.password, autocommit=True) as db:
+            cursor = db.execute(sql.replace("?", "%s"), params or None)
+            return cursor.fetchall() if cursor.description else []
+
+    yield SimpleNamespace(kind="postgresql", where=database.url, raw=raw_pg, ddl=for_postgresql, db=database)
+
+
+def _version_1(b: Any) -> None:
+    """A ledger as wlcgcloud with schema 1 left it, with one unfinished launch."""
+    for statement in statements(MIGRATIONS[0]):
+        b.raw(b.ddl(statement))
+    b.raw(
         "INSERT INTO launches (fleet, profile, provider, request_token, image, cloud_image, endorsement, flavor,"
         " requested, options, created, state) VALUES ('f', 'p', 'ec2', 't', 'i', 'ami-1', 'none', 'm5.large', 3,"
         " '{}', '2026-11-01T00:00:00Z', 'intent')"
     )
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
+    _set_version(b, 1)
 
 
-def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    _version_1(path)
-    ledger = Ledger(path)
+def _set_version(b: Any, version: int) -> None:
+    if b.kind == "sqlite":
+        b.raw(f"PRAGMA user_version = {version}")
+    else:
+        b.raw("CREATE TABLE IF NOT EXISTS wlcgcloud_schema (version INTEGER NOT NULL)")
+        b.raw("DELETE FROM wlcgcloud_schema")
+        b.raw("INSERT INTO wlcgcloud_schema VALUES (?)", (version,))
+
+
+def _vm(ident: str, state: str = "running", **kw: Any) -> SimpleNamespace:
+    values = {"profile": "p", "id": ident, "fleet": "f", "provider": "opennebula", "name": ident, "flavor": "wn",
+              "vcpus": 4, "memory_mb": 8192, "image": "img", "tags": {"wlcg:experiment": "atlas"},
+              "launched_at": datetime(2026, 11, 1, 10, tzinfo=UTC), "state": state}  # fmt: skip
+    return SimpleNamespace(**{**values, **kw})
+
+
+def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(backend: Any) -> None:
+    _version_1(backend)
+    ledger = Ledger(backend.where)
     try:
-        assert ledger.version == SCHEMA_VERSION == 3
+        assert ledger.version == SCHEMA_VERSION == 4
         [old] = ledger.launches("f")
         assert old.state == "intent" and old.requested == 3 and old.owner is None and old.calls_until is None
         assert old.uncertain == 0
@@ -39,37 +103,33 @@ def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(tmp_path: Path)
         assert [r.id for r in ledger.on_the_wire("f", "p", now=1e9)] == [old.id]
         ledger.finish(old.id, "failed")
         assert ledger.on_the_wire("f", "p", now=1e9) == []  # a finished launch has nothing on the wire
+        assert ledger.record_intent(FIELDS) > old.id  # new ids follow the migrated rows
     finally:
         ledger.close()
+    Ledger(backend.where).close()  # opening a current ledger again changes nothing
+    assert backend.raw("SELECT COUNT(*) FROM launches") == [(2,)]
 
 
-def test_a_ledger_from_a_newer_wlcgcloud_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
-    _version_1(path)
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
-    with pytest.raises(ConfigError, match="Upgrade wlcgcloud"):
-        Ledger(path)
-    db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
-    assert db.execute("SELECT fleet, state FROM launches").fetchall() == [("f", "intent")]
-    assert "owner" not in [c[1] for c in db.execute("PRAGMA table_info(launches)")]  # no migration applied
-    db.close()
+def test_a_ledger_from_a_newer_wlcgcloud_is_refused_and_left_as_it_is(backend: Any) -> None:
+    _version_1(backend)
+    _set_version(backend, SCHEMA_VERSION + 1)
+    with pytest.raises(ConfigError, match="Upgrade wlcgcloud") as refused:
+        Ledger(backend.where)
+    assert f"schema version {SCHEMA_VERSION + 1}" in str(refused.value) and "Nothing was written" in str(refused.value)
+    assert backend.raw("SELECT fleet, state FROM launches") == [("f", "intent")]
+    with pytest.raises(Exception, match="owner"):  # no migration was applied
+        backend.raw("SELECT owner FROM launches")
 
 
-def test_open_intents_are_adopted_only_once_their_calls_cannot_land(tmp_path: Path) -> None:
+def test_open_intents_are_adopted_only_once_their_calls_cannot_land(backend: Any) -> None:
     """A launch that may have made instances unseen stays 'intent' until a listing adopts them; a live one never is."""
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    fields = {"fleet": "f", "profile": "p", "provider": "opennebula", "request_token": "t", "image": "i",
-              "cloud_image": "0", "endorsement": "none", "flavor": "atlas-wn", "requested": 12}  # fmt: skip
+    ledger = Ledger(backend.where)
     try:
-        unseen, live, fresh, other, lister = (ledger.record_intent(fields) for _ in range(5))
+        unseen, live, fresh, other, lister = (ledger.record_intent(FIELDS) for _ in range(5))
         ledger.finish(unseen, "intent", "4 may exist", uncertain=4)
         ledger.calls_may_land_until(live, time.time() + 60)  # another process, still making calls
         ledger.finish(other, "intent", "may exist", uncertain=2)
-        ledger.db.execute("UPDATE launches SET fleet = 'g' WHERE id = ?", (other,))
+        backend.raw("UPDATE launches SET fleet = 'g' WHERE id = ?", (other,))
         assert [r.uncertain for r in ledger.launches("f") if r.id == unseen] == [4]
         ledger.adopted("p", by=lister, fleet="f")
         states = {r.id: (r.state, r.uncertain) for r in ledger.launches()}
@@ -80,3 +140,191 @@ def test_open_intents_are_adopted_only_once_their_calls_cannot_land(tmp_path: Pa
         assert ledger.launches("g")[0].state == "adopted"
     finally:
         ledger.close()
+
+
+def test_instances_keep_their_first_launch_start_and_end_while_newer_facts_win(backend: Any) -> None:
+    ledger = Ledger(backend.where)
+    try:
+        first = ledger.record_intent({**FIELDS, "credential_subject": "/DC=ch/CN=pilot", "credential_fqan": "/atlas"})
+        second = ledger.record_intent(FIELDS)
+        ledger.record_instances([_vm("1"), _vm("2")], first)
+        later = datetime(2026, 11, 2, tzinfo=UTC)
+        ledger.record_instances([_vm("1", state="stopped", launched_at=later, flavor=None, name="renamed")], second)
+        [one] = ledger.instances(ids=["1"])
+        assert (one["launch_id"], one["last_state"], one["name"], one["flavor"]) == (first, "stopped", "renamed", "wn")
+        assert one["launched_at"] == "2026-11-01T10:00:00Z" and one["ended_at"] is None
+        ledger.mark_ended("p", ["1"])
+        ended = ledger.instances(ids=["1"])[0]["ended_at"]
+        ledger.record_instances([_vm("1", state="terminated")])
+        ledger.mark_ended("p", ["1"], state="unknown")
+        assert ledger.instances(ids=["1"])[0]["ended_at"] == ended  # an end, once known, stays
+        assert ledger.credentials()[("p", "1")] == {"subject": "/DC=ch/CN=pilot", "fqan": "/atlas"}
+        assert ledger.first_launch("p") == "2026-11-01T10:00:00Z" and ledger.first_launch("q") is None
+        assert [r["id"] for r in ledger.instances(fleet="f", profile="p")] == ["1", "2"]
+    finally:
+        ledger.close()
+
+
+def test_lifetimes_are_in_epoch_seconds_and_only_those_that_overlap_the_window(backend: Any) -> None:
+    ledger = Ledger(backend.where)
+    start = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    try:
+        ledger.record_instances([_vm("a"), _vm("b", launched_at=start + timedelta(days=3))])
+        backend.raw("UPDATE instances SET ended_at = '2026-11-01T12:30:00Z' WHERE id = 'a'")
+        day = start.replace(hour=0).timestamp()
+        rows = ledger.lifetimes("p", day, day + 86400)
+        assert [(r[0], r[2], r[3], r[4]) for r in rows] == [("a", start.timestamp(), start.timestamp() + 9000, 4)]
+        assert ledger.lifetimes("p", day + 13 * 3600, day + 86400) == []  # ended before the window
+        assert ledger.lifetimes("q", 0, 4e9) == []
+    finally:
+        ledger.close()
+
+
+def test_many_ids_are_asked_in_chunks(backend: Any) -> None:
+    ledger = Ledger(backend.where)
+    try:
+        ledger.record_instances([_vm(str(n)) for n in range(1203)])
+        wanted = [str(n) for n in range(0, 1203, 1)] + ["missing"]
+        assert len(ledger.instances(ids=wanted)) == 1203
+        assert ledger.status()["instances"] == 1203
+    finally:
+        ledger.close()
+
+
+# --------------------------------------------------------------------------- fleet locks
+
+
+def test_a_fleet_lock_names_its_holder_and_is_reentrant_within_one_ledger(backend: Any) -> None:
+    mine, theirs = Ledger(backend.where), Ledger(backend.where)  # two connections: two "machines"
+    try:
+        with mine.fleet_lock(["f"], "wlcgcloud launch"):
+            with mine.fleet_lock(["f", "g"], "wlcgcloud fleet scale"):  # re-entrant for f, new for g
+                pass
+            assert [lock["fleet"] for lock in theirs.locks()] == ["f"]
+            mine.calls_may_land_until(mine.record_intent(FIELDS), time.time() + 30)
+            with pytest.raises(FleetLocked) as refused, theirs.fleet_lock(["g", "f"], "wlcgcloud fleet terminate"):
+                pass
+            text = str(refused.value)
+            assert refused.value.exit_code == 2 and "fleet 'f' is being changed by " in text
+            assert f"(pid {os.getpid()}, 'wlcgcloud launch') since " in text and "--wait-lock" in text
+            assert "with calls on the wire on profile(s) p" in text
+            [lock] = theirs.locks()
+            assert (lock["pid"], lock["command"], lock["calls_on_the_wire"]) == (os.getpid(), "wlcgcloud launch", 1)
+            with theirs.fleet_lock(["g"], "wlcgcloud fleet terminate"):  # g was released, with nothing half-held
+                pass
+        assert theirs.locks() == []
+        with theirs.fleet_lock(["f"], "wlcgcloud launch"):
+            pass
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_waiting_for_a_fleet_lock_takes_it_once_it_is_released(backend: Any) -> None:
+    holder, waiter = Ledger(backend.where), Ledger(backend.where)
+    told: list[str] = []
+    try:
+        with holder.fleet_lock(["f"], "wlcgcloud launch"):
+            threading.Timer(0.6, lambda: holder.backend.unlock("f")).start()  # the holder lets go mid-wait
+            began = time.monotonic()
+            with waiter.fleet_lock(["f"], "wlcgcloud fleet scale", wait=30, waiting=lambda e: told.append(str(e))):
+                assert 0.5 < time.monotonic() - began < 10
+                assert [lock["command"] for lock in holder.locks()] == ["wlcgcloud fleet scale"]
+        assert len(told) == 1 and "being changed by" in told[0]
+        with pytest.raises(FleetLocked), holder.fleet_lock(["x"], "a"), waiter.fleet_lock(["x"], "b", wait=0.3):
+            pass
+    finally:
+        holder.close()
+        waiter.close()
+
+
+HOLD = """
+import sys, time
+from wlcgcloud.ledger import Ledger
+ledger = Ledger(sys.argv[1])
+with ledger.fleet_lock(["f"], "wlcgcloud launch"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_killed_holder_leaves_no_lock_behind(backend: Any) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, backend.where], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ))  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        ledger = Ledger(backend.where)
+        try:
+            [lock] = ledger.locks()
+            assert lock["pid"] == holder.pid
+            with pytest.raises(FleetLocked, match=f"pid {holder.pid}"), ledger.fleet_lock(["f"], "wlcgcloud launch"):
+                pass
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+            # The server (or the kernel) dropped the lock with the process: it is free at once or within a moment.
+            with ledger.fleet_lock(["f"], "wlcgcloud launch", wait=10):
+                assert [lock["pid"] for lock in ledger.locks()] == [os.getpid()]
+            assert ledger.locks() == []
+        finally:
+            ledger.close()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --------------------------------------------------------------------------- status, export, import
+
+
+def test_export_then_import_into_the_other_backend_twice_changes_nothing_the_second_time(
+    backend: Any, tmp_path: Path
+) -> None:
+    source = Ledger(tmp_path / "source.sqlite")
+    try:
+        launch = source.record_intent({**FIELDS, "options": {"count": 2}})
+        source.finish(launch, "launched")
+        source.record_instances([_vm("1"), _vm("2")], launch)
+        source.mark_ended("p", ["2"])
+        lines = [{"table": "launches", "row": {"id": 99, **{k: v for k, v in FIELDS.items()},
+                 "options": "{}", "created": "2026-10-01T00:00:00Z", "state": "launched"}}]  # fmt: skip
+        exported = [*lines, *source.export()]
+    finally:
+        source.close()
+    target = Ledger(backend.where)
+    try:
+        target.record_instances([_vm("1", name="known here")])  # what the target knows stays
+        first = target.absorb(exported)
+        assert first == {"launches_added": 2, "launches_known": 0, "instances": 2}
+        again = target.absorb(exported)
+        assert again == {"launches_added": 0, "launches_known": 2, "instances": 2}
+        status = target.status()
+        assert (status["backend"], status["launches"], status["instances"], status["instances_not_ended"]) == (
+            backend.kind, 2, 2, 1)  # fmt: skip
+        assert status["oldest_record"] == "2026-10-01T00:00:00Z" and status["schema_version"] == SCHEMA_VERSION
+        rows = {r["id"]: r for r in target.instances()}
+        assert rows["1"]["name"] == "known here" and rows["2"]["ended_at"] is not None
+        [copied] = [r for r in target.launches() if r.options == {"count": 2}]
+        assert rows["2"]["launch_id"] == copied.id
+    finally:
+        target.close()
+
+
+def test_an_export_file_is_read_with_bounds_and_checked_row_by_row(tmp_path: Path) -> None:
+    import io
+
+    def read(text: bytes) -> list[Any]:
+        return list(read_lines(io.BytesIO(text), "in.jsonl"))
+
+    assert read(b'{"wlcgcloud_ledger": 1}\n\n') == []
+    for bad, said in [
+        (b"[1]\n", "in.jsonl:1: not a JSON object"),
+        (b"{" * 100000 + b"\n", "a line longer than"),
+        (b'{"table": "users", "row": {}}\n', "expected"),
+        (b'{"table": "instances", "row": {"profile": "p", "id": "1", "provider": "x", "last_seen": "t", "x": 1}}\n',
+         "unknown column(s) x"),
+        (b'{"table": "instances", "row": {"profile": "p", "id": "1", "provider": "x", "last_seen": {"a": 1}}}\n',
+         "not a plain value"),
+        (b'{"wlcgcloud_ledger": 999}\n', "exported by a newer wlcgcloud"),
+        (b'{"table": "launches", "row": {"id": 1}}\n', "a launches row with no fleet"),
+    ]:  # fmt: skip
+        with pytest.raises(Exception, match=said.replace("(", r"\(").replace(")", r"\)")):
+            read(bad)

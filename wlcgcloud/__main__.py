@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 # Global options of the contract: accepted before or after the command. Those in the first set
 # take a value.
-GLOBAL_VALUE_OPTIONS = frozenset({"-p", "--profile", "-o", "--output", "--query", "--config"})
+GLOBAL_VALUE_OPTIONS = frozenset({"-p", "--profile", "-o", "--output", "--query", "--config", "--wait-lock"})
 GLOBAL_FLAGS = frozenset({"-y", "--yes", "-v", "--verbose", "--debug", "--no-color", "--version"})
 COMPLETE_VAR = "_WLCGCLOUD_COMPLETE"
 

@@ -27,6 +27,8 @@ ALL = frozenset(PROVIDERS)
 AUTH_TYPES = ("password", "v3applicationcredential", "v3oidcaccesstoken")
 PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_TIMEOUT = 30
+# Keys at the top of config.toml, before the [profiles.NAME] tables.
+TOP_LEVEL = ("default_profile", "ledger", "ledger_password_file", "profiles")
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ class Config:
     profiles: dict[str, Profile] = field(default_factory=dict)
     default_profile: str | None = None
     exists: bool = False
+    ledger: str | None = None  # a postgresql:// URL or a SQLite file; None: ledger.sqlite in the state directory
+    ledger_password_file: str | None = None  # an owner-only file with the PostgreSQL ledger's password
 
     def profile(self, name: str) -> Profile:
         """The profile `name`, or a configuration error naming the known ones."""
@@ -255,6 +259,19 @@ def _check_text(text: str, where: str) -> None:
         raise ConfigError(f"{where}: holds a control or unprintable character: {_show(text)}.")
 
 
+_PASSWORD_IN_URL = re.compile(r"^postgres(ql)?://[^/@?#]*:[^/@?#]*@|[?&]password=", re.IGNORECASE)
+
+
+def ledger_url_problem(url: str) -> str | None:
+    """Why `url` (a ledger's location) may not be used, or None: a password never sits in the config."""
+    if _PASSWORD_IN_URL.search(url):
+        return ("the ledger URL holds a password, and a password never sits in the config; give it as "
+                "WLCGCLOUD_LEDGER_PASSWORD, in an owner-only ledger_password_file, or in ~/.pgpass")  # fmt: skip
+    if len(url) > bounded.QUERY_LENGTH or not url.isprintable():
+        return f"the ledger's location holds a control character or is over {bounded.QUERY_LENGTH} characters"
+    return None
+
+
 def _check_url(text: str, where: str) -> None:
     """An http:// or https:// URL with a host (and, if any, a port that is a number)."""
     from urllib.parse import urlsplit
@@ -310,11 +327,17 @@ def validate_profile(name: str, table: Any, path: Path) -> Profile:
 def validate_document(data: Mapping[str, Any], path: Path) -> Config:
     """Validate a parsed config document into a Config."""
     for key in data:
-        if key not in ("default_profile", "profiles"):
-            raise ConfigError(
-                f"{_where(path, None, key)}: unknown top-level key"
-                f"{_did_you_mean(key, ['default_profile', 'profiles'])}."
-            )
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{_where(path, None, key)}: unknown top-level key{_did_you_mean(key, list(TOP_LEVEL))}.")
+    for key in ("ledger", "ledger_password_file"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{_where(path, None, key)}: expected a non-empty string, got {_show(value)}.")
+        if isinstance(value, str):
+            _check_text(value, _where(path, None, key))
+    problem = ledger_url_problem(data.get("ledger") or "")
+    if problem:
+        raise ConfigError(f"{_where(path, None, 'ledger')}: {problem}.", "The file was left as it is.")
     tables = data.get("profiles", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{_where(path, None, 'profiles')}: expected tables [profiles.NAME].")
@@ -336,7 +359,8 @@ def validate_document(data: Mapping[str, Any], path: Path) -> Config:
                 f"{_where(path, None, 'default_profile')}: names no profile ({_show(default)}); known: {known}."
             )
         profiles[default] = Profile(default, profiles[default].provider, profiles[default].settings, True)
-    return Config(path=path, profiles=profiles, default_profile=default, exists=True)
+    return Config(path=path, profiles=profiles, default_profile=default, exists=True, ledger=data.get("ledger"),
+                  ledger_password_file=data.get("ledger_password_file"))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- reading

@@ -154,13 +154,11 @@ class Terminated:
         }
 
 
-def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]]) -> list[Terminated]:
+def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]], ledger: Ledger) -> list[Terminated]:
     """Terminate the resolved instances, each profile's batch in parallel; one line per instance.
 
     What was terminated ends now in the ledger too, whichever command asked.
     """
-    from wlcgcloud.ledger import open_ledger
-
     chosen = [p for p in profiles if p.name in targets]
     results: list[Terminated] = []
     for answer in for_each_profile(chosen, lambda p: p.terminate([i.id for i in targets[p.name]])):
@@ -172,9 +170,8 @@ def terminate(profiles: Sequence[Profile], targets: dict[str, list[Instance]]) -
         for inst in batch:
             outcome = outcomes.get(inst.id, Outcome(inst.id, "no answer from the cloud", 6))
             results.append(Terminated(inst, outcome.error, outcome.exit_code or 6))
-    with open_ledger() as ledger:
-        for profile, done in by_profile(r.instance for r in results if r.error is None).items():
-            ledger.mark_ended(profile, [i.id for i in done])
+    for profile, done in by_profile(r.instance for r in results if r.error is None).items():
+        ledger.mark_ended(profile, [i.id for i in done])
     return results
 
 

@@ -65,6 +65,15 @@ def root(
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail on stderr.")] = 0,
     debug: Annotated[bool, typer.Option("--debug", help="Tracebacks on errors (never secrets).")] = False,
     no_color: Annotated[bool, typer.Option("--no-color", help="Plain output. [env: NO_COLOR]")] = False,
+    wait_lock: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-lock",
+            envvar="WLCGCLOUD_WAIT_LOCK",
+            metavar="DUR",
+            help="When another wlcgcloud is changing the fleet, wait up to DUR (30s, 10m) instead of exiting 2.",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit.")
     ] = False,
@@ -81,6 +90,10 @@ def root(
         profiles = [p for p in re.split(r"[,\s]+", os.environ["WLCGCLOUD_PROFILE"]) if p]
     g = Globals(profiles=profiles, output=output, query=query, yes=yes, verbose=verbose, debug=debug)
     g.no_color = no_color or "NO_COLOR" in os.environ
+    if wait_lock is not None:
+        from wlcgcloud.times import parse_duration
+
+        g.wait_lock = parse_duration(wait_lock, "--wait-lock").total_seconds()
     if config is not None:
         g.config_path = config.expanduser()
     ctx.obj = g

@@ -31,6 +31,7 @@ class Globals:
     verbose: int = 0
     debug: bool = False
     no_color: bool = False
+    wait_lock: float = 0.0  # seconds a command that changes a fleet waits for another to release it
     _config: Config | None = None
 
     def config(self) -> Config:
@@ -38,6 +39,22 @@ class Globals:
         if self._config is None:
             self._config = load_config(self.config_path)
         return self._config
+
+
+@contextlib.contextmanager
+def changing(ctx: typer.Context, fleets: Sequence[str | None]) -> Iterator[Any]:
+    """The ledger, with the lock of each fleet held while the block changes them (none for fleet-less
+    instances). Another wlcgcloud holding one is exit 2 naming it, or a wait with --wait-lock."""
+    from wlcgcloud.ledger import open_ledger
+
+    g = globals_of(ctx)
+
+    def waiting(refusal: WlcgError) -> None:
+        info(f"waiting up to {g.wait_lock:.0f} s (--wait-lock): {refusal.message}")
+
+    names = [f for f in fleets if f]
+    with open_ledger(g.config()) as ledger, ledger.fleet_lock(names, ctx.command_path, g.wait_lock, waiting):
+        yield ledger
 
 
 def new_app(help: str, **kw: Any) -> typer.Typer:
@@ -198,8 +215,8 @@ def terminate_confirmed(
         emit(ctx, [], columns)
         return
     confirm(g, f"terminate {len(victims)} instance(s) ({what})")
-    with working(g, f"Terminating {len(victims)} instance(s) ..."):
-        results = fleet.terminate(profiles, fleet.by_profile(victims))
+    with changing(ctx, [i.fleet for i in victims]) as ledger, working(g, f"Terminating {len(victims)} instance(s) ..."):
+        results = fleet.terminate(profiles, fleet.by_profile(victims), ledger)
     failed = [r for r in results if r.error]
     for r in failed:
         reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wlcgcloud.cli.common import (
+    changing,
     emit,
     globals_of,
     info,
@@ -114,7 +115,7 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
     report_failures(g, gathered.failures, gathered.asked)
-    with open_ledger() as ledger:
+    with open_ledger(g.config()) as ledger:
         launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
         remembered = ledger.instances(fleet=name)
     if not instances and not launches:
@@ -173,11 +174,12 @@ def terminate(
 
     g = globals_of(ctx)
     profiles = read_profiles(g)
-    with working(g, f"Looking for {len(names)} fleet(s) on {len(profiles)} profile(s) ..."):
-        instances, gathered = fleet.fleet_instances(profiles, names)
-    report_failures(g, gathered.failures, gathered.asked)
-    victims = [i for i in instances if i.state != "terminated"]
-    terminate_confirmed(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles, CHANGE_COLUMNS)
+    with changing(ctx, [] if dry_run else names):  # held from the listing on: no launch can add to them meanwhile
+        with working(g, f"Looking for {len(names)} fleet(s) on {len(profiles)} profile(s) ..."):
+            instances, gathered = fleet.fleet_instances(profiles, names)
+        report_failures(g, gathered.failures, gathered.asked)
+        victims = [i for i in instances if i.state != "terminated"]
+        terminate_confirmed(ctx, g, victims, f"fleet {', '.join(names)}", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
 
 
@@ -212,21 +214,28 @@ def scale(
       wlcgcloud fleet scale atlas-20261124-1a2b -n 0 --yes
       wlcgcloud fleet scale atlas-20261124-1a2b -n 30 -p cern-atlas --dry-run
     """
-    from wlcgcloud import fleet, launch_plan
-    from wlcgcloud.context.userdata import parse_settings
-    from wlcgcloud.launch import run_plan
     from wlcgcloud.launch_plan import MAX_COUNT
-    from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
     if not 0 <= count <= MAX_COUNT:
         raise UsageError(f"--count {count}: a fleet has from 0 to {MAX_COUNT} instances.")
     profiles = read_profiles(g)
+    with changing(ctx, [] if dry_run else [name]) as ledger:  # the count is decided and reached under one lock
+        _scale(ctx, g, ledger, profiles, name, count, dry_run,
+               {"credential": credential, "proxy": proxy, "token_file": token_file, "settings": settings})  # fmt: skip
+
+
+def _scale(
+    ctx: typer.Context, g: Any, ledger: Any, profiles: Any, name: str, count: int, dry_run: bool, grow: dict[str, Any]
+) -> None:
+    from wlcgcloud import fleet, launch_plan
+    from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.launch import run_plan
+
     with working(g, f"Looking for fleet {name} on {len(profiles)} profile(s) ..."):
         instances, gathered = fleet.fleet_instances(profiles, [name])
     report_failures(g, gathered.failures, gathered.asked)
-    with open_ledger() as ledger:
-        scaling = fleet.scale_plan(profiles, name, count, instances, ledger)
+    scaling = fleet.scale_plan(profiles, name, count, instances, ledger)
     profile = scaling.profile
     info(f"fleet {name} on profile {profile.name}: {len(scaling.alive)} instance(s), to become {count}.")
     if scaling.victims:
@@ -238,20 +247,18 @@ def scale(
         info("Nothing to do.")
         emit(ctx, {"fleet": name, "profile": profile.name, "count": count, "changed": 0})
         return
-    given: dict[str, Any] = {"credential": credential, "proxy": proxy, "token_file": token_file,
-                             "settings": parse_settings(settings or [])}  # fmt: skip
-    with open_ledger() as ledger:
-        options = launch_plan.options_to_grow(ledger, name, profile.name, count, given)
-        with working(g, f"Checking the launch on profile {profile.name} ..."):
-            plan = launch_plan.plan_launch([profile], options)
-        for line in plan.warnings:
-            warn(line, g)
-        if dry_run:
-            info(f"dry run: would launch {scaling.more} more instance(s) of fleet {name}.")
-            emit(ctx, {"dry_run": True, **plan.to_dict()})
-            return
-        with working(g, f"Launching {scaling.more} more instance(s) ..."):
-            result = run_plan(plan, ledger, resize=True)
+    given = {**grow, "settings": parse_settings(grow["settings"] or [])}
+    options = launch_plan.options_to_grow(ledger, name, profile.name, count, given)
+    with working(g, f"Checking the launch on profile {profile.name} ..."):
+        plan = launch_plan.plan_launch([profile], options)
+    for line in plan.warnings:
+        warn(line, g)
+    if dry_run:
+        info(f"dry run: would launch {scaling.more} more instance(s) of fleet {name}.")
+        emit(ctx, {"dry_run": True, **plan.to_dict()})
+        return
+    with working(g, f"Launching {scaling.more} more instance(s) ..."):
+        result = run_plan(plan, ledger, resize=True)
     for r in result.results:
         if r.error:
             warn(str(r.error), g)
@@ -283,7 +290,7 @@ def reconcile(
 
     g = globals_of(ctx)
     profiles = read_profiles(g)
-    with open_ledger() as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
+    with open_ledger(g.config()) as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
         findings, gathered = fleet.reconcile(profiles, ledger, write=not dry_run)
     report_failures(g, gathered.failures, gathered.asked)
     if g.output == "table" and not findings:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from wlcgcloud.cli.common import emit, globals_of, info, warn, working
+from wlcgcloud.cli.common import changing, emit, globals_of, info, warn, working
 from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
@@ -124,7 +124,6 @@ def launch(
     from wlcgcloud import launch_plan
     from wlcgcloud.context.userdata import parse_settings
     from wlcgcloud.launch import run_plan
-    from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import parse_duration
 
     g = globals_of(ctx)
@@ -175,7 +174,7 @@ def launch(
             _render(plan, render_user_data)
         _show_plan(ctx, plan)
         return
-    with open_ledger() as ledger, _progress(g, plan) as tell:
+    with changing(ctx, [plan.fleet]) as ledger, _progress(g, plan) as tell:
         result = run_plan(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
     _warn_outcome(g, result)
     data = result.to_dict()

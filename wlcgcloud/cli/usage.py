@@ -64,7 +64,7 @@ def usage(
     if not groups:
         raise UsageError("--by needs at least one of " + ", ".join(usage_domain.GROUPS) + ".")
     profiles = read_profiles(g)
-    with open_ledger() as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
+    with open_ledger(g.config()) as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
         collected = usage_domain.collect(profiles, start, end, ledger)
         credentials = ledger.credentials()
     report_failures(g, collected.failures, collected.asked)

@@ -1,0 +1,477 @@
+"""The ledger: the memory of launches and instance lifetimes, in SQLite or in a shared PostgreSQL.
+
+Cloud tags are the truth about which instances exist; the ledger is the memory: what a launch
+meant to make (recorded *before* the first API call), what it made (recorded as soon as the
+cloud answers), and when each instance ended, for clouds that forget terminated instances (EC2
+after about an hour) and for usage accounting. It never holds a secret: no credential, no
+user-data, no setting whose name says it is secret.
+
+One interface, two backends with the same schema and migrations (`schema.py`): SQLite in the
+state directory by default (`sqlite.py`), PostgreSQL when config.toml's `ledger` or
+WLCGCLOUD_LEDGER names one (`postgresql.py`), so a team and its CI share launches, heartbeats,
+fleet locks, usage and APEL records. The SQL below is written once, in the dialect both read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from wlcgcloud.config import ledger_url_problem
+from wlcgcloud.errors import ConfigError
+from wlcgcloud.ledger.locks import WAIT_STEP, FleetLocked, Holder
+from wlcgcloud.ledger.schema import MIGRATIONS, SCHEMA_VERSION
+from wlcgcloud.times import stamp, stamp_or_none
+
+if TYPE_CHECKING:
+    from wlcgcloud.config import Config
+    from wlcgcloud.ledger.postgresql import PostgresBackend
+    from wlcgcloud.ledger.sqlite import SqliteBackend
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FleetLocked", "Holder", "LaunchRecord", "Ledger", "open_ledger"]
+
+FILE_NAME = "ledger.sqlite"
+LOCATION_VARIABLE = "WLCGCLOUD_LEDGER"
+TABLES = ("launches", "instances")
+
+
+def _now() -> str:
+    return stamp(datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One profile's part of a launch, as the ledger remembers it."""
+
+    id: int
+    fleet: str
+    profile: str
+    provider: str
+    request_token: str
+    image: str
+    cloud_image: str
+    endorsement: str
+    flavor: str
+    requested: int
+    experiment: str | None
+    credential: str | None
+    credential_subject: str | None
+    credential_fqan: str | None
+    lease_until: str | None
+    options: Mapping[str, Any]
+    created: str
+    state: str
+    error: str | None
+    finished: str | None
+    owner: str | None = None  # host:pid of the process that made the calls
+    calls_until: float | None = None  # epoch seconds: its calls may land until then
+    uncertain: int = 0  # instances it may have made that no answer showed, until a listing adopts them
+
+
+def this_process() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def location(config: Config | None) -> tuple[str, str | None]:
+    """Where the ledger is (WLCGCLOUD_LEDGER, else config.toml's `ledger`, else the state directory),
+    and the password file config.toml names for it."""
+    from wlcgcloud.paths import state_dir
+
+    where = os.environ.get(LOCATION_VARIABLE) or (config.ledger if config else None)
+    password_file = config.ledger_password_file if config else None
+    return (where or str(state_dir() / FILE_NAME)), password_file
+
+
+class Ledger:
+    """A ledger, opened (and migrated) at once; `where` is a postgresql:// URL or a SQLite file."""
+
+    def __init__(self, where: Path | str, password_file: str | None = None) -> None:
+        from wlcgcloud.ledger import postgresql
+
+        self._lock = threading.RLock()  # one connection shared by a command's threads: one statement at a time
+        self._held: dict[str, int] = {}  # fleet locks this ledger holds, and how many times (re-entrant)
+        self.backend: SqliteBackend | PostgresBackend
+        if isinstance(where, str) and postgresql.is_url(where):
+            problem = ledger_url_problem(where)
+            if problem:
+                raise ConfigError(problem + ".")
+            self.backend = postgresql.PostgresBackend(where, password_file)
+        else:
+            from wlcgcloud.ledger.sqlite import SqliteBackend
+
+            path = Path(where).expanduser()
+            self.backend = SqliteBackend(path)
+        self.where = self.backend.where
+        try:
+            self._migrate()
+        except Exception as exc:
+            self.backend.close()
+            if isinstance(exc, ConfigError) or not _is_database_error(exc):
+                raise
+            raise self.backend.unusable(exc) from None
+
+    @property
+    def kind(self) -> str:
+        return self.backend.kind
+
+    def close(self) -> None:
+        with self._lock:
+            self.backend.close()
+
+    def _migrate(self) -> None:
+        def check(version: int) -> None:
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the ledger {self.where} has schema version {version}; this wlcgcloud knows {SCHEMA_VERSION}. "
+                    "Nothing was written.",
+                    "Upgrade wlcgcloud.",
+                )
+
+        version = self.backend.version()
+        check(version)
+        if version < SCHEMA_VERSION:
+            self.backend.migrate(MIGRATIONS, check)
+
+    @property
+    def version(self) -> int:
+        with self._lock:
+            return self.backend.version()
+
+    def _rows(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.backend.rows(sql, params)
+
+    def _execute(self, sql: str, params: Any = ()) -> None:
+        with self._lock:
+            self.backend.execute(sql, params)
+
+    # Launches
+
+    def record_intent(self, fields: Mapping[str, Any]) -> int:
+        """A launch about to be made on one profile; its id. Written before the first API call."""
+        row = {**fields, "options": json.dumps(fields.get("options") or {}, sort_keys=True)}
+        row.setdefault("created", _now())
+        row.setdefault("owner", this_process())
+        row["state"] = "intent"
+        columns = ", ".join(row)
+        marks = ", ".join(f":{k}" for k in row)
+        with self._lock:
+            return self.backend.insert(f"INSERT INTO launches ({columns}) VALUES ({marks})", row)
+
+    def finish(self, launch_id: int, state: str, error: str | None = None, uncertain: int = 0) -> None:
+        """The end of a launch's calls. With `uncertain` instances it may have made unseen, give state 'intent'."""
+        self._execute(
+            "UPDATE launches SET state = ?, error = ?, finished = ?, calls_until = NULL, uncertain = ? WHERE id = ?",
+            (state, error, _now(), uncertain, launch_id),
+        )
+
+    def adopted(self, profile: str, by: int | None = None, fleet: str | None = None) -> None:
+        """A full listing of `fleet` (or of every fleet) on `profile` has been recorded: close the open intents
+        there whose calls can no longer land (finished with instances unseen, or of a killed process).
+
+        `by` is the launch that listed, left as it is; a launch still making calls is never touched.
+        """
+        query = """
+            UPDATE launches SET state = 'adopted', uncertain = 0
+            WHERE profile = ? AND state = 'intent' AND id <> ?
+              AND (finished IS NOT NULL OR (calls_until IS NOT NULL AND calls_until <= ?))
+        """
+        args: list[Any] = [profile, -1 if by is None else by, time.time()]
+        if fleet is not None:
+            query += " AND fleet = ?"
+            args.append(fleet)
+        self._execute(query, args)
+
+    def calls_may_land_until(self, launch_id: int, until: float) -> None:
+        """The heartbeat of a launch making calls: what it sent may reach the cloud until `until`."""
+        self._execute("UPDATE launches SET calls_until = ? WHERE id = ?", (until, launch_id))
+
+    def on_the_wire(self, fleet: str, profile: str | None, now: float) -> list[LaunchRecord]:
+        """Unfinished launches of this fleet (on `profile`, or on any) whose calls may still land after `now`."""
+        return [r for r in self.launches(fleet) if profile in (None, r.profile) and r.state == "intent"
+                and r.calls_until is not None and r.calls_until > now]  # fmt: skip
+
+    def launches(self, fleet: str | None = None) -> list[LaunchRecord]:
+        query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "") + " ORDER BY id"
+        rows = self._rows(query, (fleet,) if fleet else ())
+        return [LaunchRecord(**{**r, "options": json.loads(r["options"])}) for r in rows]
+
+    # Instances
+
+    def record_instances(self, instances: Iterable[Any], launch_id: int | None = None) -> None:
+        """Instances as a cloud reported them (our `Instance` objects); newer facts win, an end stays."""
+        now = _now()
+        rows = []
+        for i in instances:
+            ended = now if i.state == "terminated" else None
+            rows.append({
+                "profile": i.profile, "id": i.id, "fleet": i.fleet, "launch_id": launch_id, "provider": i.provider,
+                "name": i.name, "flavor": i.flavor, "vcpus": i.vcpus, "memory_mb": i.memory_mb, "image": i.image,
+                "experiment": i.tags.get("wlcg:experiment"),
+                "launched_at": stamp_or_none(i.launched_at),
+                "ended_at": ended, "last_state": i.state, "last_seen": now,
+            })  # fmt: skip
+        self._upsert_instances(rows)
+
+    def _upsert_instances(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._lock:
+            self.backend.many(_UPSERT_INSTANCE, rows)
+
+    def mark_ended(self, profile: str, instance_ids: Iterable[str], state: str = "terminated") -> None:
+        """Instances we terminated, or that the clouds no longer know: their life ends now (if not before)."""
+        now = _now()
+        rows = [(now, state, profile, i) for i in instance_ids]
+        if rows:
+            with self._lock:
+                self.backend.many(
+                    "UPDATE instances SET ended_at = COALESCE(ended_at, ?), last_state = ?"
+                    " WHERE profile = ? AND id = ?",
+                    rows,
+                )
+
+    def credentials(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """For each instance the ledger knows, the identity of the credential its launch forwarded."""
+        query = """
+            SELECT i.profile, i.id, l.credential_subject AS subject, l.credential_fqan AS fqan
+            FROM instances i JOIN launches l ON i.launch_id = l.id
+            WHERE l.credential_subject IS NOT NULL
+        """
+        return {(r["profile"], r["id"]): {"subject": r["subject"], "fqan": r["fqan"]} for r in self._rows(query)}
+
+    def lifetimes(self, profile: str, since: float, until: float) -> list[tuple[Any, ...]]:
+        """(id, provider, start, end, vcpus, memory_mb, flavor, image, fleet, experiment, name) of the
+        profile's instances that ran inside [since, until), times in epoch seconds.
+
+        An instance gone without a recorded end ran at least until it was last seen.
+        """
+        epoch = self.backend.epoch
+        query = f"""
+            SELECT id, provider, {epoch("launched_at")} AS start, {epoch("COALESCE(ended_at, last_seen)")} AS stop,
+                   vcpus, memory_mb, flavor, image, fleet, experiment, name
+            FROM instances
+            WHERE profile = ? AND launched_at IS NOT NULL AND launched_at < ? AND COALESCE(ended_at, last_seen) > ?
+        """
+        bounds = (stamp(datetime.fromtimestamp(until, UTC)), stamp(datetime.fromtimestamp(since, UTC)))
+        with self._lock:
+            return list(self.backend.tuples(query, (profile, *bounds)))
+
+    def first_launch(self, profile: str) -> str | None:
+        """When the ledger first saw an instance of `profile` start (its memory begins there)."""
+        rows = self._rows("SELECT MIN(launched_at) AS first FROM instances WHERE profile = ?", (profile,))
+        return rows[0]["first"] if rows else None
+
+    def instances(
+        self, fleet: str | None = None, profile: str | None = None, ids: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Instance rows, all or those of a fleet, a profile, and (with `ids`) only those ids."""
+        if ids is not None:
+            wanted = list(ids)
+            chunks = [wanted[i : i + 500] for i in range(0, len(wanted), 500)]  # SQLite's variable limit
+            return [row for chunk in chunks for row in self._instances(fleet, profile, chunk)]
+        return self._instances(fleet, profile, None)
+
+    def _instances(self, fleet: str | None, profile: str | None, ids: list[str] | None) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if ids is not None:
+            where.append(f"id IN ({', '.join('?' * len(ids))})")
+            args += ids
+        if fleet:
+            where.append("fleet = ?")
+            args.append(fleet)
+        if profile:
+            where.append("profile = ?")
+            args.append(profile)
+        query = "SELECT * FROM instances" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._rows(query + " ORDER BY launched_at, id", args)
+
+    # Fleet locks
+
+    @contextmanager
+    def fleet_lock(
+        self,
+        fleets: Iterable[str],
+        command: str,
+        wait: float = 0.0,
+        waiting: Callable[[FleetLocked], None] | None = None,
+    ) -> Iterator[None]:
+        """Hold the lock of each fleet (in name order) while the block changes them.
+
+        A fleet another process holds is exit 2 naming the holder (FleetLocked), or, with `wait`
+        seconds, tried again until then (`waiting` is told once). Re-entrant within this ledger.
+        """
+        taken: list[str] = []
+        try:
+            for fleet in sorted(set(fleets)):
+                if fleet in self._held:
+                    self._held[fleet] += 1
+                else:
+                    self._take(fleet, command, time.monotonic() + wait, waiting)
+                    self._held[fleet] = 1
+                taken.append(fleet)
+            yield
+        finally:
+            for fleet in reversed(taken):
+                self._held[fleet] -= 1
+                if not self._held[fleet]:
+                    del self._held[fleet]
+                    self._release(fleet)
+
+    def _take(self, fleet: str, command: str, deadline: float, waiting: Callable[[FleetLocked], None] | None) -> None:
+        told = False
+        while True:
+            with self._lock:
+                if self.backend.try_lock(fleet):
+                    holder = Holder.this_process(command)
+                    self.backend.execute(
+                        "INSERT INTO fleet_locks (fleet, holder, session) VALUES (?, ?, ?) ON CONFLICT (fleet) DO "
+                        "UPDATE SET holder = excluded.holder, session = excluded.session",
+                        (fleet, holder.to_json(), self.backend.session()),
+                    )
+                    return
+            refusal = FleetLocked(fleet, self.holder(fleet), self._calls_text(fleet), self.where)
+            if time.monotonic() >= deadline:
+                raise refusal
+            if waiting and not told:
+                waiting(refusal)
+                told = True
+            time.sleep(WAIT_STEP)
+
+    def _release(self, fleet: str) -> None:
+        with self._lock:
+            try:
+                self.backend.execute("DELETE FROM fleet_locks WHERE fleet = ? AND session = ?",
+                                     (fleet, self.backend.session()))  # fmt: skip
+            finally:
+                self.backend.unlock(fleet)
+
+    def holder(self, fleet: str) -> Holder | None:
+        """Who holds the fleet's lock now, if its holder still does and has said so."""
+        rows = self._rows("SELECT holder, session FROM fleet_locks WHERE fleet = ?", (fleet,))
+        with self._lock:
+            if rows and self.backend.held(fleet, int(rows[0]["session"])):
+                return Holder.from_json(rows[0]["holder"])
+        return None
+
+    def locks(self) -> list[dict[str, Any]]:
+        """The fleet locks held now, each with its holder and the calls it may still have on the wire."""
+        out = []
+        for row in self._rows("SELECT fleet, holder, session FROM fleet_locks ORDER BY fleet"):
+            with self._lock:
+                live = self.backend.held(row["fleet"], int(row["session"]))
+            holder = Holder.from_json(row["holder"]) if live else None
+            if holder is not None:
+                landing = self.on_the_wire(row["fleet"], None, time.time())
+                until = max((r.calls_until or 0 for r in landing), default=None)
+                out.append({"fleet": row["fleet"], **holder.to_dict(), "calls_on_the_wire": len(landing),
+                            "calls_until": stamp(datetime.fromtimestamp(until, UTC)) if until else None})  # fmt: skip
+        return out
+
+    def _calls_text(self, fleet: str) -> str:
+        landing = self.on_the_wire(fleet, None, time.time())
+        if not landing:
+            return ""
+        until = max(r.calls_until or 0 for r in landing)
+        profiles = ", ".join(sorted({r.profile for r in landing}))
+        return (f", with calls on the wire on profile(s) {profiles} that may land until "
+                f"{stamp(datetime.fromtimestamp(until, UTC))}")  # fmt: skip
+
+    # The whole ledger: status, export, import
+
+    def status(self) -> dict[str, Any]:
+        counts = self._rows(
+            "SELECT (SELECT COUNT(*) FROM launches) AS launches, (SELECT COUNT(*) FROM instances) AS instances,"
+            " (SELECT COUNT(*) FROM instances WHERE ended_at IS NULL) AS live,"
+            " (SELECT MIN(created) FROM launches) AS oldest_launch,"
+            " (SELECT MIN(launched_at) FROM instances) AS oldest_instance"
+        )[0]
+        return {
+            "backend": self.kind, "where": self.where, "schema_version": self.version,
+            "launches": int(counts["launches"]), "instances": int(counts["instances"]),
+            "instances_not_ended": int(counts["live"]),
+            "oldest_record": min(filter(None, (counts["oldest_launch"], counts["oldest_instance"])), default=None),
+            "locks_held": len(self.locks()),
+        }  # fmt: skip
+
+    def export(self) -> Iterator[dict[str, Any]]:
+        """Every row, launches first, as {"table": ..., "row": {...}}: the JSON lines of `ledger export`."""
+        for table in TABLES:
+            order = "id" if table == "launches" else "profile, id"
+            for row in self._rows(f"SELECT * FROM {table} ORDER BY {order}"):
+                yield {"table": table, "row": row}
+
+    def absorb(self, records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+        """Rows from another ledger (`export`), merged so that doing it twice changes nothing.
+
+        A launch is the same launch when fleet, profile, request token and creation time agree:
+        it keeps the id it has here, and the other ledger's instances are pointed at it.
+        """
+        from wlcgcloud.ledger.transfer import absorb
+
+        with self._lock:
+            return absorb(self, records)
+
+
+def _is_database_error(exc: Exception) -> bool:
+    import sqlite3
+
+    if isinstance(exc, sqlite3.DatabaseError):
+        return True
+    return type(exc).__module__.startswith("psycopg")
+
+
+_UPSERT_INSTANCE = """
+    INSERT INTO instances (profile, id, fleet, launch_id, provider, name, flavor, vcpus, memory_mb,
+                           image, experiment, launched_at, ended_at, last_state, last_seen)
+    VALUES (:profile, :id, :fleet, :launch_id, :provider, :name, :flavor, :vcpus, :memory_mb,
+            :image, :experiment, :launched_at, :ended_at, :last_state, :last_seen)
+    ON CONFLICT (profile, id) DO UPDATE SET
+        fleet = COALESCE(excluded.fleet, instances.fleet),
+        launch_id = COALESCE(instances.launch_id, excluded.launch_id),
+        name = excluded.name, flavor = COALESCE(excluded.flavor, instances.flavor),
+        vcpus = COALESCE(excluded.vcpus, instances.vcpus),
+        memory_mb = COALESCE(excluded.memory_mb, instances.memory_mb),
+        image = COALESCE(excluded.image, instances.image),
+        experiment = COALESCE(excluded.experiment, instances.experiment),
+        launched_at = COALESCE(instances.launched_at, excluded.launched_at),
+        ended_at = COALESCE(instances.ended_at, excluded.ended_at),
+        last_state = excluded.last_state, last_seen = excluded.last_seen
+"""
+
+_shared: dict[str, tuple[Ledger, int]] = {}
+_shared_lock = threading.Lock()
+
+
+@contextmanager
+def open_ledger(config: Config | None = None) -> Iterator[Ledger]:
+    """The ledger `config` (and WLCGCLOUD_LEDGER) names, shared by every user in this process:
+    nested uses get the same connection, so the fleet locks one takes are the others' too."""
+    where, password_file = location(config)
+    with _shared_lock:
+        if where in _shared:
+            ledger, users = _shared[where]
+        else:
+            ledger, users = Ledger(where, password_file), 0
+        _shared[where] = (ledger, users + 1)
+    try:
+        yield ledger
+    finally:
+        with _shared_lock:
+            ledger, users = _shared[where]
+            if users == 1:
+                del _shared[where]
+                ledger.close()
+            else:
+                _shared[where] = (ledger, users - 1)

@@ -1,0 +1,147 @@
+"""The embedded backend: one SQLite file in the state directory, for one operator on one machine.
+
+WAL mode, so a reader (`fleet list`) never waits for a launch writing. Fleet locks are flocks
+on files beside the ledger (`ledger.sqlite.locks/`): the kernel drops them when their process
+dies, however it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from wlcgcloud.errors import ConfigError
+from wlcgcloud.ledger.schema import SCHEMA_VERSION, statements
+
+_HINT = "Move it aside; 'wlcgcloud fleet reconcile' rebuilds what the clouds still know."
+
+
+class SqliteBackend:
+    kind = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.where = str(path)
+        self._lock_files: dict[str, int] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise self.unusable(exc) from None
+        path.chmod(0o600)
+
+    def unusable(self, exc: Exception) -> ConfigError:
+        return ConfigError(f"the ledger {self.path} cannot be used ({exc}).", _HINT)
+
+    def close(self) -> None:
+        for fd in self._lock_files.values():
+            os.close(fd)
+        self._lock_files.clear()
+        self.db.close()
+
+    # Statements
+
+    def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+        cursor = self.db.execute(sql, params)
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+
+    def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        yield from self.db.execute(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> None:
+        self.db.execute(sql, params)
+
+    def insert(self, sql: str, params: dict[str, Any]) -> int:
+        """Run an INSERT into launches; the new row's id."""
+        return int(self.db.execute(sql, params).lastrowid or 0)
+
+    def many(self, sql: str, rows: Sequence[Any]) -> None:
+        """One statement over many rows, in one transaction."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(sql, rows)
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    @staticmethod
+    def epoch(column: str) -> str:
+        """SQL for a stored time (ISO 8601 text) as epoch seconds."""
+        return f"CAST(strftime('%s', {column}) AS REAL)"
+
+    # Schema
+
+    def version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self, steps: Sequence[str], check: Any) -> None:
+        """Apply `steps` in one transaction; `check(version)` refuses a newer schema first."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            check(self.version())  # again, under the write lock: another process may have migrated
+            for step in steps[self.version() :]:
+                for statement in statements(step):
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # Fleet locks
+
+    def _lock_path(self, fleet: str) -> Path:
+        digest = hashlib.sha256(fleet.encode()).hexdigest()[:32]
+        return self.path.parent / f"{self.path.name}.locks" / f"{digest}.lock"
+
+    def try_lock(self, fleet: str) -> bool:
+        path = self._lock_path(fleet)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_files[fleet] = fd
+        return True
+
+    def unlock(self, fleet: str) -> None:
+        fd = self._lock_files.pop(fleet, None)
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
+
+    def session(self) -> int:
+        return os.getpid()
+
+    def held(self, fleet: str, session: int) -> bool:
+        """Whether the process that wrote a holder row still holds that fleet's lock."""
+        if fleet in self._lock_files:
+            return True
+        path = self._lock_path(fleet)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        return False
+
+    def reconnected(self) -> bool:
+        return False  # a file does not go away under us
