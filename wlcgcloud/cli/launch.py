@@ -123,7 +123,7 @@ def launch(
     """
     from wlcgcloud import launch_plan
     from wlcgcloud.context.userdata import parse_settings
-    from wlcgcloud.launch import run_plan
+    from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import parse_duration
 
     g = globals_of(ctx)
@@ -159,14 +159,27 @@ def launch(
     )
     waiting = timedelta(minutes=DEFAULT_WAIT_MINUTES) if timeout is None else parse_duration(timeout, "--timeout")
     profiles = g.config().select(g.profiles, all_when_empty=False)
+    with contextlib.ExitStack() as ledger_open:
+        if not dry_run:  # a ledger that cannot be used stops the launch before any cloud is asked
+            ledger_open.enter_context(open_ledger(g.config()))
+        _plan_and_run(ctx, g, profiles, options, dry_run, render_user_data, waiting if wait else None, rollback)
+
+
+def _plan_and_run(
+    ctx: typer.Context, g: Any, profiles: Any, options: Any, dry_run: bool, render_user_data: Path | None,
+    waiting: timedelta | None, rollback: bool,
+) -> None:  # fmt: skip
+    from wlcgcloud import launch_plan
+    from wlcgcloud.launch import run_plan
+
     with working(g, f"Checking the launch on {len(profiles)} profile(s) ..."):
         plan = launch_plan.plan_launch(profiles, options, quotas=dry_run)
     for line in plan.warnings:
         warn(line, g)
-    if allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
-        warn(f"launching '{image}', which no endorsed image list vouches for (--allow-unendorsed); "
+    if options.allow_unendorsed and any(p.decision.endorsed is None for p in plan.profiles):
+        warn(f"launching '{options.image}', which no endorsed image list vouches for (--allow-unendorsed); "
              "the fleet is tagged wlcg:endorsement=none.", g)  # fmt: skip
-    if spread:
+    if options.spread:
         info("--spread: " + ", ".join(f"{p.name} {p.request.count}" for p in plan.profiles)
              + " (by free quota).")  # fmt: skip
     if dry_run:
@@ -175,7 +188,7 @@ def launch(
         _show_plan(ctx, plan)
         return
     with changing(ctx, [plan.fleet]) as ledger, _progress(g, plan) as tell:
-        result = run_plan(plan, ledger, progress=tell, wait=waiting if wait else None, rollback=rollback)
+        result = run_plan(plan, ledger, progress=tell, wait=waiting, rollback=rollback)
     _warn_outcome(g, result)
     data = result.to_dict()
     if g.output == "table":
