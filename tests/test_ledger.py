@@ -324,7 +324,7 @@ def test_an_export_file_is_read_with_bounds_and_checked_row_by_row(tmp_path: Pat
         (b'{"table": "instances", "row": {"profile": "p", "id": "1", "provider": "x", "last_seen": {"a": 1}}}\n',
          "not a plain value"),
         (b'{"wlcgcloud_ledger": 999}\n', "exported by a newer wlcgcloud"),
-        (b'{"table": "launches", "row": {"id": 1}}\n', "a launches row with no fleet"),
+        (b'{"table": "launches", "row": {"id": 1}}\n', "a row of launches with no fleet"),
     ]:  # fmt: skip
         with pytest.raises(Exception, match=said.replace("(", r"\(").replace(")", r"\)")):
             read(bad)

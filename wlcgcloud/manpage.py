@@ -20,7 +20,7 @@ MAN = ROOT / "man" / "wlcgcloud.1"
 COMPLETIONS = ROOT / "completions"
 TREE = Path(__file__).resolve().parent / "cli" / "tree.json"  # what the completer reads
 
-CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "instance", "usage", "doctor", "completion"]
+CONTRACT_ORDER = ["profile", "image", "launch", "fleet", "ledger", "instance", "usage", "doctor", "completion"]
 EXIT_CODES = (
     ("0", "success"),
     ("1", "unexpected internal error (a bug; a traceback only with --debug)"),
@@ -42,6 +42,16 @@ ENVIRONMENT = (
     ("WLCGCLOUD_OUTPUT", "output format (as -o)"),
     ("WLCGCLOUD_CONFIG", "the config file (as --config)"),
     ("WLCGCLOUD_STATE_DIR", "the state directory: image lists, downloads, the ledger"),
+    (
+        "WLCGCLOUD_LEDGER",
+        "the ledger: a postgresql:// URL shared by a team and its CI, or a SQLite file (before config.toml's ledger)",
+    ),
+    (
+        "WLCGCLOUD_LEDGER_PASSWORD",
+        "the PostgreSQL ledger's password (then the keyring, ledger_password_file, "
+        "and libpq's own PGPASSWORD, PGPASSFILE and ~/.pgpass)",
+    ),
+    ("WLCGCLOUD_WAIT_LOCK", "how long a command that changes a fleet waits for another to release it (as --wait-lock)"),
     ("X509_USER_PROXY", "the X.509 proxy to forward (else /tmp/x509up_u<uid>)"),
     ("BEARER_TOKEN, BEARER_TOKEN_FILE", "the WLCG token to forward (then $XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid>)"),
     ("WLCGCLOUD_SECRET_<PROFILE>", "one profile's secret (profile name upper-cased, other characters as _)"),
@@ -134,7 +144,8 @@ def _tail() -> list[str]:
         "profiles (XDG config directory)",
         ".TP",
         "\\fI~/.local/state/wlcgcloud/\\fR",
-        "subscribed image lists, downloads, ledger.sqlite (launches and instance lifetimes) and completion.json "
+        "subscribed image lists, downloads, ledger.sqlite (launches and instance lifetimes, unless config.toml's "
+        "ledger names a PostgreSQL one) with its fleet locks in ledger.sqlite.locks/, and completion.json "
         "(fleet names, instance ids, flavors and networks per profile, for completion) (XDG state directory)",
         ".TP",
         "\\fIsecret_file\\fR, \\fIsecret_from\\fR",

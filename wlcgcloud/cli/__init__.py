@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from wlcgcloud import __version__
-from wlcgcloud.cli import completion, fleet, image, instance, launch, profile, usage
+from wlcgcloud.cli import completion, fleet, image, instance, launch, ledger, profile, usage
 from wlcgcloud.cli.common import Globals, new_app
 from wlcgcloud.errors import UsageError
 
@@ -104,6 +104,7 @@ app.add_typer(profile.app, name="profile")
 app.add_typer(image.app, name="image")
 app.command("launch")(launch.launch)
 app.add_typer(fleet.app, name="fleet")
+app.add_typer(ledger.app, name="ledger")
 app.add_typer(instance.app, name="instance")
 app.command("usage")(usage.usage)
 app.command("doctor", epilog=profile.DOCTOR_EPILOG)(profile.doctor)

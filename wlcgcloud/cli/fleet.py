@@ -273,23 +273,28 @@ def _scale(
 def reconcile(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report the differences; change nothing.")] = False,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every profile in config.toml, whatever -p or WLCGCLOUD_PROFILE say.")
+    ] = False,
 ) -> None:
-    """Compare the local ledger with what the clouds report, and bring the ledger in line.
+    """Compare the ledger with what the clouds report, and bring the ledger in line.
 
     Finds instances the ledger does not know (recorded now), fleets launched from another
     machine, and ledger entries the clouds no longer have (their life is ended now). Cloud tags
-    are the truth; the ledger is the memory.
+    are the truth; the ledger is the memory: after a ledger is lost (a CI runner, a new
+    machine), 'fleet reconcile --all' learns every live fleet again from the tags.
 
     \b
     Examples:
       wlcgcloud fleet reconcile
       wlcgcloud fleet reconcile --dry-run -o json
+      wlcgcloud fleet reconcile --all       # a new or lost ledger: learn every live fleet from the tags
     """
     from wlcgcloud import fleet
     from wlcgcloud.ledger import open_ledger
 
     g = globals_of(ctx)
-    profiles = read_profiles(g)
+    profiles = g.config().select([], all_when_empty=True) if every else read_profiles(g)
     with open_ledger(g.config()) as ledger, working(g, f"Comparing the ledger with {len(profiles)} profile(s) ..."):
         findings, gathered = fleet.reconcile(profiles, ledger, write=not dry_run)
     report_failures(g, gathered.failures, gathered.asked)

@@ -120,6 +120,15 @@ class Ledger:
                 raise
             raise self.backend.unusable(exc) from None
 
+    @staticmethod
+    def shown(where: str | Path) -> str:
+        """A location as messages show it (a URL without its query)."""
+        from wlcgcloud.ledger import postgresql
+
+        if isinstance(where, str) and postgresql.is_url(where):
+            return postgresql.shown(where)
+        return str(Path(where).expanduser())
+
     @property
     def kind(self) -> str:
         return self.backend.kind
@@ -420,7 +429,7 @@ class Ledger:
         """
         from wlcgcloud.ledger.transfer import absorb
 
-        with self._lock:
+        with self._lock, self.backend.transaction():  # a bad line half-way leaves the ledger as it was
             return absorb(self, records)
 
 

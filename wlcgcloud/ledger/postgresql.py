@@ -14,6 +14,7 @@ again, before the statement that noticed is run once more.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -103,9 +104,9 @@ def _read_password_file(path: Path) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    """libpq's message in one bounded line (it never holds the password)."""
+    """libpq's message in one bounded line with no end mark of its own (it never holds the password)."""
     text = " ".join(str(exc).split())
-    return escape_controls(text[:300])
+    return escape_controls(text[:300]).rstrip(" .?")
 
 
 class PostgresBackend:
@@ -123,6 +124,7 @@ class PostgresBackend:
         self.where = shown(url)
         self._password, self._password_from = _password(password_file)
         self._locks: dict[str, int] = {}
+        self._depth = 0  # inside transaction(): a lost connection loses it, so no statement is run again
         self.db = self._connect()
 
     def _connect(self) -> Any:
@@ -169,7 +171,7 @@ class PostgresBackend:
         try:
             return work()
         except psycopg.OperationalError as exc:
-            if not self.db.broken and not self.db.closed:
+            if self._depth or (not self.db.broken and not self.db.closed):
                 raise self.unusable(exc) from None
         except psycopg.Error as exc:
             raise self.unusable(exc) from None
@@ -226,6 +228,16 @@ class PostgresBackend:
                 cursor.executemany(translated(sql), rows)
 
         self._call(work)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: the statements run inside (nested ones join the outer one as a savepoint)."""
+        with self.db.transaction():
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
 
     @staticmethod
     def epoch(column: str) -> str:

@@ -29,6 +29,7 @@ class SqliteBackend:
         self.path = path
         self.where = str(path)
         self._lock_files: dict[str, int] = {}
+        self._depth = 0  # inside transaction(): statements join it
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -67,12 +68,28 @@ class SqliteBackend:
 
     def many(self, sql: str, rows: Sequence[Any]) -> None:
         """One statement over many rows, in one transaction."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.transaction():
             self.db.executemany(sql, rows)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing: the statements run inside (nested ones join the outer one)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        finally:
+            self._depth = 0
         self.db.execute("COMMIT")
 
     @staticmethod

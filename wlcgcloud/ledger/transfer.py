@@ -79,7 +79,7 @@ def _checked(record: Mapping[str, Any], where: str) -> dict[str, Any]:
     missing = [c for c in REQUIRED[table] if row.get(c) is None]
     if unknown or missing:
         what = f"unknown column(s) {', '.join(unknown)[:200]}" if unknown else f"no {', '.join(missing)}"
-        raise UsageError(f"{where}: a {table} row with {what}.")
+        raise UsageError(f"{where}: a row of {table} with {what}.")
     for column, value in row.items():
         if isinstance(value, bool) or (value is not None and not isinstance(value, str | int | float)):
             raise UsageError(f"{where}: {table}.{column} is not a plain value.")

@@ -1,0 +1,178 @@
+"""`wlcgcloud ledger status|locks|export|import|move` and `--wait-lock`, on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from wlcgcloud.ledger import FleetLocked, Ledger
+
+from conftest import Run, World
+
+FIELDS = {"fleet": "f", "profile": "p", "provider": "ec2", "request_token": "t", "image": "i",
+          "cloud_image": "ami-1", "endorsement": "none", "flavor": "m5.large", "requested": 2}  # fmt: skip
+
+
+def _vm(ident: str) -> SimpleNamespace:
+    from datetime import UTC, datetime
+
+    return SimpleNamespace(profile="p", id=ident, fleet="f", provider="ec2", name=ident, flavor="m5.large", vcpus=2,
+                           memory_mb=8192, image="ami-1", tags={}, launched_at=datetime(2026, 11, 1, tzinfo=UTC),
+                           state="running")  # fmt: skip
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared(request: pytest.FixtureRequest, world: World, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The ledger the commands use, named by WLCGCLOUD_LEDGER: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        where = str(world.root / "team" / "ledger.sqlite")
+    else:
+        database = request.getfixturevalue("pg_database")
+        monkeypatch.setenv("WLCGCLOUD_LEDGER_PASSWORD", database.password)
+        where = database.url
+    monkeypatch.setenv("WLCGCLOUD_LEDGER", where)
+    yield where
+
+
+def test_status_says_which_ledger_and_what_it_holds(run: Run, shared: str) -> None:
+    ledger = Ledger(shared)
+    try:
+        ledger.record_instances([_vm("i-1"), _vm("i-2")], ledger.record_intent(FIELDS))
+    finally:
+        ledger.close()
+    result = run("ledger", "status", "-o", "json")
+    assert result.code == 0, result.err
+    data = result.json()
+    assert data["backend"] == ("postgresql" if shared.startswith("postgresql") else "sqlite")
+    assert data["where"] == Ledger.shown(shared) and "?" not in data["where"]  # no query, so no sslrootcert path
+    assert (data["launches"], data["instances"], data["instances_not_ended"], data["schema_version"]) == (1, 2, 2, 4)
+    table = run("ledger", "status")
+    assert table.code == 0 and "schema_version" in table.out and data["backend"] in table.out
+
+
+def test_locks_lists_the_holder_and_wait_lock_waits_for_it(run: Run, shared: str) -> None:
+    other = Ledger(shared)  # another process, or another machine
+    try:
+        with other.fleet_lock(["atlas-1"], "wlcgcloud fleet scale"):
+            held = run("ledger", "locks", "-o", "json")
+            assert held.code == 0, held.err
+            [lock] = held.json()
+            assert (lock["fleet"], lock["pid"], lock["command"]) == ("atlas-1", os.getpid(), "wlcgcloud fleet scale")
+            assert {"user", "host", "since", "calls_on_the_wire", "calls_until"} <= set(lock)
+            table = run("ledger", "locks")
+            assert "atlas-1" in table.out and "wlcgcloud fleet scale" in table.out
+        assert run("ledger", "locks", "-o", "json").json() == []
+        assert "No fleet is locked." in run("ledger", "locks").err
+    finally:
+        other.close()
+
+
+def test_a_changing_command_refuses_while_another_holds_the_fleet_and_waits_with_wait_lock(
+    run: Run, shared: str, world: World
+) -> None:
+    world.config.parent.mkdir(parents=True, exist_ok=True)
+    world.config.write_text('[profiles.one]\nprovider = "opennebula"\nendpoint = "http://127.0.0.1:9/RPC2"\n')
+    other = Ledger(shared)
+    try:
+        with other.fleet_lock(["atlas-1"], "wlcgcloud launch"):
+            refused = run("fleet", "terminate", "atlas-1", "--yes")
+            assert refused.code == 2, refused.err
+            assert "fleet 'atlas-1' is being changed by " in refused.err and f"pid {os.getpid()}" in refused.err
+            assert "'wlcgcloud launch'" in refused.err and "--wait-lock" in refused.err
+            waited = run("--wait-lock", "1s", "fleet", "terminate", "atlas-1", "--yes")
+            assert waited.code == 2 and "waiting up to 1 s (--wait-lock)" in waited.err, waited.err
+            bad = run("fleet", "terminate", "atlas-1", "--yes", "--wait-lock", "soon")
+            assert bad.code == 2 and "--wait-lock" in bad.err and "not a duration" in bad.err
+    finally:
+        other.close()
+
+
+def test_export_then_import_twice_merges_once(run: Run, shared: str, world: World) -> None:
+    source = Ledger(world.root / "old.sqlite")
+    try:
+        source.record_instances([_vm("i-1")], source.record_intent({**FIELDS, "options": {"count": 2}}))
+    finally:
+        source.close()
+    dump = world.root / "dump.jsonl"
+    os.environ["WLCGCLOUD_LEDGER"] = str(world.root / "old.sqlite")  # put back by monkeypatch afterwards
+    exported = run("ledger", "export", str(dump))
+    assert exported.code == 0 and "Wrote 2 record(s)" in exported.err, exported.err
+    assert dump.stat().st_mode & 0o077 == 0
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert lines[0]["wlcgcloud_ledger"] == 4 and [r["table"] for r in lines[1:]] == ["launches", "instances"]
+    os.environ["WLCGCLOUD_LEDGER"] = shared
+    first = run("ledger", "import", str(dump), "-o", "json")
+    assert first.code == 0 and first.json() == {"launches_added": 1, "launches_known": 0, "instances": 1}, first.err
+    second = run("ledger", "import", str(dump), "-o", "json")
+    assert second.json() == {"launches_added": 0, "launches_known": 1, "instances": 1}
+    # A bad line half-way through: exit 2 naming it, and nothing of the file is imported.
+    broken = world.root / "broken.jsonl"
+    row = {"table": "launches", "row": {**lines[1]["row"], "id": 7, "request_token": "other"}}
+    broken.write_text(json.dumps(row) + "\n" + '{"table": "instances", "row": {"id": 3}}\n')
+    refused = run("ledger", "import", str(broken))
+    assert refused.code == 2 and "broken.jsonl:2: a row of instances with no profile" in refused.err
+    assert run("ledger", "status", "-o", "json").json()["launches"] == 1
+
+
+def test_move_copies_into_the_new_ledger_sets_the_config_and_is_safe_to_run_again(
+    run: Run, world: World, pg_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WLCGCLOUD_LEDGER_PASSWORD", pg_database.password)
+    old = Ledger(world.state / "ledger.sqlite")  # the default: SQLite in the state directory
+    try:
+        old.record_instances([_vm("i-1"), _vm("i-2")], old.record_intent(FIELDS))
+    finally:
+        old.close()
+    world.config.parent.mkdir(parents=True, exist_ok=True)
+    world.config.write_text('# ours\ndefault_profile = "a"\n\n[profiles.a]\nprovider = "ec2"\nregion = "eu-west-1"\n')
+    dry = run("ledger", "move", "--to", pg_database.url, "--dry-run", "-o", "json")
+    assert dry.code == 0 and dry.json()["instances"] == 2 and "ledger =" not in world.config.read_text()
+    moved = run("ledger", "move", "--to", pg_database.url, "-o", "json")
+    assert moved.code == 0, moved.err
+    assert (moved.json()["launches_added"], moved.json()["instances"]) == (1, 2)
+    text = world.config.read_text()
+    assert f'ledger = "{pg_database.url}"' in text and text.startswith("# ours") and "[profiles.a]" in text
+    assert (world.state / "ledger.sqlite").exists() and "is kept" in moved.err
+    status = run("ledger", "status", "-o", "json").json()
+    assert (status["backend"], status["instances"]) == ("postgresql", 2)
+    again = run("ledger", "move", "--to", pg_database.url)
+    assert again.code == 2 and "already" in again.err
+    rerun = run("ledger", "move", "--from", str(world.state / "ledger.sqlite"), "--to", pg_database.url, "-o", "json")
+    assert rerun.code == 0 and (rerun.json()["launches_added"], rerun.json()["launches_known"]) == (0, 1)
+    secret = run("ledger", "move", "--to", pg_database.url.replace("@", ":hunter2@", 1))
+    assert secret.code == 2 and "never sits in the config" in secret.err and "hunter2" not in secret.err
+
+
+def test_import_reads_stdin(world: World, tmp_path: Path) -> None:
+    line = json.dumps({"table": "instances", "row": {"profile": "p", "id": "i-9", "provider": "ec2",
+                                                     "last_seen": "2026-11-01T00:00:00Z"}})  # fmt: skip
+    env = {**world.env(), "WLCGCLOUD_LEDGER": str(tmp_path / "l.sqlite")}
+    done = subprocess.run([sys.executable, "-m", "wlcgcloud", "ledger", "import", "-", "-o", "json"], input=line,
+                          env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and json.loads(done.stdout)["instances"] == 1, done.stderr
+
+
+def test_a_ledger_setting_that_is_not_a_string_or_holds_a_password_is_a_config_error(run: Run, world: World) -> None:
+    for text, said in [
+        ("ledger = 5\n", "expected a non-empty string"),
+        ('ledger = "postgresql://ops:s3cret@db/wlcg"\n', "never sits in the config"),
+        ('ledger = "postgresql://ops@db/wlcg?password=s3cret"\n', "never sits in the config"),
+        ('ledgr = "x"\n', "did you mean 'ledger'"),
+    ]:
+        world.config.parent.mkdir(parents=True, exist_ok=True)
+        world.config.write_text(text)
+        result = run("ledger", "status")
+        assert result.code == 3 and said in result.err and "s3cret" not in result.err, result.err
+        assert world.config.read_text() == text  # a broken config is never rewritten
+
+
+def test_lock_refusal_is_a_usage_error() -> None:
+    assert FleetLocked("f", None, "", "x").exit_code == 2

@@ -1,0 +1,218 @@
+"""`wlcgcloud ledger ...`: where the ledger is and what it holds, who holds fleet locks, and moving it.
+
+The ledger is SQLite in the state directory unless config.toml's `ledger` (or WLCGCLOUD_LEDGER)
+names a PostgreSQL database that a team and its CI share.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from wlcgcloud.cli.common import emit, globals_of, info, new_app, warn, working
+from wlcgcloud.errors import UsageError
+from wlcgcloud.output import Column
+
+app = new_app("The ledger: launches and instance lifetimes, on this machine (SQLite) or shared (PostgreSQL).")
+
+LOCK_COLUMNS = [
+    Column("fleet", "FLEET"),
+    Column("user", "USER"),
+    Column("host", "HOST"),
+    Column("pid", "PID"),
+    Column("command", "COMMAND"),
+    Column("since", "SINCE"),
+    Column("calls_on_the_wire", "CALLS"),
+    Column("calls_until", "MAY LAND UNTIL"),
+]
+STATUS_COLUMNS = [Column("key", "KEY"), Column("value", "VALUE")]
+
+
+@app.command("status")
+def status(ctx: typer.Context) -> None:
+    """Which ledger is in use, and what it holds.
+
+    The backend (sqlite or postgresql), where it is, its schema version, how many launches and
+    instances it remembers (and how many have not ended), its oldest record, the locks held now.
+
+    \b
+    Examples:
+      wlcgcloud ledger status
+      WLCGCLOUD_LEDGER=postgresql://ops@db.example.org/wlcg wlcgcloud ledger status -o json
+    """
+    from wlcgcloud.ledger import open_ledger
+
+    g = globals_of(ctx)
+    with open_ledger(g.config()) as ledger:
+        data = ledger.status()
+    if g.output == "table":
+        emit(ctx, [{"key": k, "value": v} for k, v in data.items()], STATUS_COLUMNS)
+    else:
+        emit(ctx, data)
+
+
+@app.command("locks")
+def locks(ctx: typer.Context) -> None:
+    """The fleet locks held now, and who holds them.
+
+    For each: user, host, pid and command of the holder, since when, and the calls it may still
+    have on the wire. A lock is released when its holder ends, however it ends (a killed
+    process, a lost connection, a machine that vanished).
+
+    \b
+    Examples:
+      wlcgcloud ledger locks
+      wlcgcloud ledger locks -o json --query '[].{fleet: fleet, host: host, pid: pid}'
+    """
+    from wlcgcloud.ledger import open_ledger
+
+    g = globals_of(ctx)
+    with open_ledger(g.config()) as ledger:
+        held = ledger.locks()
+    if g.output == "table" and not held:
+        info("No fleet is locked.")
+    emit(ctx, held, LOCK_COLUMNS)
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="Where to write the JSON lines; - for stdout.", show_default=False)],
+) -> None:
+    """Write every launch and instance as JSON lines, for backups and moving between sites.
+
+    The file holds no secret (the ledger never does); it is written owner-only all the same.
+
+    \b
+    Examples:
+      wlcgcloud ledger export ledger-$(date +%F).jsonl
+      wlcgcloud ledger export - | gzip > ledger.jsonl.gz
+    """
+    import json
+
+    from wlcgcloud import atomic
+    from wlcgcloud.ledger import open_ledger
+    from wlcgcloud.ledger.transfer import header
+
+    g = globals_of(ctx)
+    with open_ledger(g.config()) as ledger:
+        lines = [json.dumps(header(ledger.where), sort_keys=True)]
+        lines += [json.dumps(record, sort_keys=True) for record in ledger.export()]
+    text = "\n".join(lines) + "\n"
+    if str(file) == "-":
+        sys.stdout.write(text)
+        return
+    atomic.write(file.expanduser(), text, 0o600)
+    info(f"Wrote {len(lines) - 1} record(s) to {file}.")
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A file from 'ledger export'; - for stdin.", show_default=False)],
+) -> None:
+    """Merge a 'ledger export' file into this ledger.
+
+    Safe to run twice: what is known already stays as it is. A bad line anywhere in the file
+    stops the import with nothing of it merged.
+
+    \b
+    Examples:
+      wlcgcloud ledger import ledger-2026-12-01.jsonl
+      zcat ledger.jsonl.gz | wlcgcloud ledger import -
+    """
+    from wlcgcloud.ledger import open_ledger
+    from wlcgcloud.ledger.transfer import read_lines
+
+    g = globals_of(ctx)
+    with open_ledger(g.config()) as ledger, _opened(file) as (stream, name):
+        counts = ledger.absorb(read_lines(stream, name))
+    info(f"Imported into {ledger.where}: {counts['launches_added']} launch(es) added, "
+         f"{counts['launches_known']} known already; {counts['instances']} instance(s) merged.")  # fmt: skip
+    emit(ctx, counts)
+
+
+def _opened(file: Path) -> Any:
+    import contextlib
+
+    @contextlib.contextmanager
+    def opened() -> Any:
+        if str(file) == "-":
+            yield sys.stdin.buffer, "stdin"
+            return
+        try:
+            with file.expanduser().open("rb") as stream:
+                yield stream, str(file)
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror or exc}.") from None
+
+    return opened()
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="The new ledger: a postgresql:// URL (or a SQLite file).")],
+    source: Annotated[
+        Path | None, typer.Option("--from", help="The ledger to copy (default: the one in use now).")
+    ] = None,
+    keep_config: Annotated[
+        bool, typer.Option("--keep-config", help="Copy only; leave config.toml's ledger as it is.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be copied; change nothing.")] = False,
+) -> None:
+    """Copy the ledger into another (SQLite into a team's PostgreSQL), and use it.
+
+    config.toml's `ledger` is set to the new one (unless --keep-config). Safe to run again:
+    what is there already stays as it is. The old file is kept.
+
+    The password is never part of --to: give it as WLCGCLOUD_LEDGER_PASSWORD, in
+    ledger_password_file, in the keyring or in ~/.pgpass.
+
+    \b
+    Examples:
+      wlcgcloud ledger move --to 'postgresql://ops@db.example.org/wlcg?sslmode=verify-full' --dry-run
+      WLCGCLOUD_LEDGER_PASSWORD=... wlcgcloud ledger move --to 'postgresql://ops@db.example.org/wlcg'
+    """
+    from wlcgcloud.config import ledger_url_problem, update_config
+    from wlcgcloud.ledger import LOCATION_VARIABLE, Ledger, location, open_ledger
+
+    g = globals_of(ctx)
+    config = g.config()
+    problem = ledger_url_problem(to)
+    if problem:
+        raise UsageError(f"--to: {problem}.")
+    where, password_file = (str(source), None) if source else location(config)
+    with open_ledger(config) if source is None else _closing(Ledger(where)) as old:
+        if old.where == Ledger.shown(to):
+            raise UsageError(f"the ledger in use is {old.where} already.", "Nothing to move.")
+        records = list(old.export())
+        counts = {"launches": sum(r["table"] == "launches" for r in records), "instances": len(records)}
+        counts["instances"] -= counts["launches"]
+        if dry_run:
+            info(f"dry run: would copy {counts['launches']} launch(es) and {counts['instances']} instance(s) "
+                 f"from {old.where} to {Ledger.shown(to)}.")  # fmt: skip
+            emit(ctx, {"dry_run": True, "from": old.where, "to": Ledger.shown(to), **counts})
+            return
+        with _closing(Ledger(to, password_file)) as new, working(g, f"Copying into {new.where} ..."):
+            merged = new.absorb(records)
+            status = new.status()
+    if not keep_config:
+        update_config(config.path, lambda doc: doc.__setitem__("ledger", to))
+        if os.environ.get(LOCATION_VARIABLE):
+            warn(f"{LOCATION_VARIABLE} is set, and names the ledger before config.toml does; change or unset it.", g)
+    info(f"Copied into {status['where']}: {merged['launches_added']} launch(es) added "
+         f"({merged['launches_known']} there already), {merged['instances']} instance(s) merged. "
+         f"The old ledger {old.where} is kept."
+         + ("" if keep_config else f" config.toml now names the new one ({config.path})."))  # fmt: skip
+    emit(ctx, {"from": old.where, "to": status["where"], **merged, "config_updated": not keep_config})
+
+
+def _closing(ledger: Any) -> Any:
+    import contextlib
+
+    return contextlib.closing(ledger)
