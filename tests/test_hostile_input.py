@@ -651,6 +651,80 @@ def test_fleet_scale_refuses_a_count_out_of_range(run: Run, world: World, count:
     refused(run("fleet", "scale", "f", "--count", count, "--dry-run"), 2, "--count")
 
 
+# ----------------------------------------------------------------------------- the ledger: its settings and files
+
+LEDGER_SETTINGS = {
+    "a password in the URL": ('ledger = "postgresql://ops:' + SECRET + '@127.0.0.1:9/wlcg"\n', "never sits in"),
+    "a password in the query": ('ledger = "postgresql://ops@127.0.0.1:9/wlcg?password=' + SECRET + '"\n',
+                                "never sits in"),
+    "a number": ("ledger = 5\n", "expected a non-empty string"),
+    "empty": ('ledger = ""\n', "expected a non-empty string"),
+    "a terminal escape": ('ledger = "postgresql://\\u001b[2J@h/db"\n', "control or unprintable"),
+    "5000 characters": (f'ledger = "postgresql://ops@h/{"d" * 5000}"\n', "longer than"),
+    "a password file that is a table": ("ledger_password_file = {a = 1}\n", "expected a non-empty string"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LEDGER_SETTINGS)
+def test_a_hostile_ledger_setting_is_exit_3_and_the_config_is_kept(run: Run, world: World, case: str) -> None:
+    text, says = LEDGER_SETTINGS[case]
+    world.config.parent.mkdir(parents=True, exist_ok=True)
+    world.config.write_text(text + EC2)
+    refused(run("ledger", "status"), 3, says)
+    refused(run("profile", "list"), 3, says)
+    assert world.config.read_text() == text + EC2
+
+
+@pytest.mark.parametrize("case", ["/dev/zero", "32 MiB", "a directory", "a symlink loop", "not UTF-8", "missing",
+                                  "readable by others", "empty"])  # fmt: skip
+def test_a_hostile_ledger_password_file_is_exit_3_before_any_connection(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    makers = {"/dev/zero": _dev_zero, "32 MiB": _huge(32 * bounded.MiB), "a directory": _directory,
+              "a symlink loop": _symlink_loop, "not UTF-8": NON_UTF8, "missing": _missing, "empty": EMPTY,
+              "readable by others": _content(SECRET.encode())}  # fmt: skip
+    made = makers[case](world.root)
+    if case == "readable by others":
+        made.chmod(0o644)
+    world.config.parent.mkdir(parents=True, exist_ok=True)
+    world.config.write_text(f'ledger = "postgresql://ops@127.0.0.1:9/wlcg"\nledger_password_file = "{made}"\n')
+    refused(run("ledger", "status"), 3, "ledger_password_file")
+
+
+IMPORTS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "/dev/zero": (_dev_zero, "a line longer than 64 KiB"),
+    "one line of 32 MiB": (_huge(32 * bounded.MiB, b"{"), "a line longer than 64 KiB"),
+    "a directory": (_directory, "cannot read"),
+    "a symlink loop": (_symlink_loop, "cannot read"),
+    "missing": (_missing, "cannot read"),
+    "not UTF-8": (NON_UTF8, "not a JSON object"),
+    "NUL bytes": (NUL_BYTES, "not a JSON object"),
+    "nested arrays": (_content(b"[" * 60_000 + b"\n"), "not a JSON object"),
+    "a row with nested values": (_content(json.dumps({"table": "instances", "row": {
+        "profile": {"a": [1]}, "id": "1", "provider": "x", "last_seen": "t"}}).encode() + b"\n"), "not a plain value"),
+    "a row of another table": (_content(b'{"table": "fleet_locks", "row": {}}\n'), "expected"),
+    "a launch id that is text": (_content(json.dumps({"table": "launches", "row": {
+        "id": "1", "fleet": "f", "profile": "p", "provider": "ec2", "request_token": "t", "image": "i",
+        "cloud_image": "c", "endorsement": "none", "flavor": "m", "requested": 1, "options": "{}",
+        "created": "2026-01-01T00:00:00Z", "state": "launched"}}).encode() + b"\n"), "launches.id"),
+    "SQL in a column name": (_content(b'{"table": "instances", "row": {"id\\"; DROP TABLE launches; --": 1}}\n'),
+                             "unknown column(s)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", IMPORTS)
+def test_a_hostile_ledger_import_is_exit_2_and_imports_nothing(run: Run, world: World, case: str) -> None:
+    make, says = IMPORTS[case]
+    refused(run("ledger", "import", str(make(world.root))), 2, says)
+    status = run("ledger", "status", "-o", "json").json()
+    assert isinstance(status, dict) and (status["launches"], status["instances"]) == (0, 0)
+
+
+@pytest.mark.parametrize("case", ["soon", "", "-5m", "99999999999999999999d"])
+def test_a_hostile_wait_lock_is_exit_2(run: Run, world: World, case: str) -> None:
+    refused(run("--wait-lock", case, "fleet", "terminate", "f", "--yes"), 2, "--wait-lock")
+
+
 # ----------------------------------------------------------------------------- completion (never hangs)
 
 
