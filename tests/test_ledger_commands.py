@@ -176,3 +176,34 @@ def test_a_ledger_setting_that_is_not_a_string_or_holds_a_password_is_a_config_e
 
 def test_lock_refusal_is_a_usage_error() -> None:
     assert FleetLocked("f", None, "", "x").exit_code == 2
+
+
+def test_the_password_kept_by_ledger_password_is_used_from_the_keyring_or_its_file(
+    run: Run, world: World, pg_database: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WLCGCLOUD_LEDGER", pg_database.url)
+    none = run("ledger", "status")
+    assert none.code == 3 and "asks for a password, and none was found" in none.err, none.err
+    kept = run("ledger", "password", "--stdin", input=pg_database.password + "\n")
+    assert kept.code == 0 and world.secrets() == {"wlcgcloud/@ledger": pg_database.password}, kept.err
+    assert run("ledger", "status", "-o", "json").json()["backend"] == "postgresql"
+    wrong = run("ledger", "password", "--stdin", input="not-it\n")
+    assert wrong.code == 0
+    refused = run("ledger", "status")
+    assert refused.code == 4 and "refused the password (from the keyring)" in refused.err and "not-it" not in refused.err
+    assert run("ledger", "password", "--forget").code == 0 and world.secrets() == {}
+    file = world.root / "ledger.password"
+    kept = run("ledger", "password", "--stdin", "--file", str(file), input=pg_database.password + "\n")
+    assert kept.code == 0 and file.stat().st_mode & 0o777 == 0o600, kept.err
+    assert f'ledger_password_file = "{file}"' in world.config.read_text()
+    assert run("ledger", "status", "-o", "json").json()["backend"] == "postgresql"
+    file.chmod(0o644)
+    loose = run("ledger", "status")
+    assert loose.code == 3 and "readable by others" in loose.err
+
+
+@pytest.mark.usefixtures("no_keyring")
+def test_ledger_password_without_a_keyring_says_what_works_instead(run: Run) -> None:
+    result = run("ledger", "password", "--stdin", input="pw\n")
+    assert result.code == 3 and "no system keyring" in result.err and "--file FILE" in result.err
+    assert "pw" not in result.out

@@ -212,6 +212,53 @@ def move(
     emit(ctx, {"from": old.where, "to": status["where"], **merged, "config_updated": not keep_config})
 
 
+@app.command("password")
+def password(
+    ctx: typer.Context,
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from the first line of stdin.")] = False,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Keep it in FILE (written 0600) and name FILE in config.toml, not the keyring."),
+    ] = None,
+    forget: Annotated[bool, typer.Option("--forget", help="Remove it from the keyring.")] = False,
+) -> None:
+    """Keep the PostgreSQL ledger's password in the keyring, or in a file only you can read.
+
+    On a terminal it is asked for with a hidden prompt. It never goes into config.toml; with
+    --file, config.toml names the file (ledger_password_file). WLCGCLOUD_LEDGER_PASSWORD and
+    libpq's ~/.pgpass work too, with nothing stored by wlcgcloud.
+
+    \b
+    Examples:
+      wlcgcloud ledger password                       # asks, keeps it in the keyring
+      wlcgcloud ledger password --stdin --file ~/.config/wlcgcloud/ledger.password < pw   # no keyring needed
+      wlcgcloud ledger password --forget
+    """
+    from wlcgcloud import atomic
+    from wlcgcloud.cli.common import read_secret
+    from wlcgcloud.config import update_config
+    from wlcgcloud.ledger.postgresql import store_password
+
+    g = globals_of(ctx)
+    if forget:
+        if stdin or file:
+            raise UsageError("--forget goes alone.")
+        store_password(None)
+        info("The ledger's password is no longer in the keyring.")
+        return
+    value = read_secret("the ledger's password", stdin, required=True)
+    if not value:
+        raise UsageError("no password given; nothing was changed.")
+    if file is None:
+        store_password(value)
+        info("The ledger's password is in the keyring (service wlcgcloud, user @ledger).")
+        return
+    path = file.expanduser().absolute()
+    atomic.write(path, value + "\n", 0o600)
+    update_config(g.config().path, lambda doc: doc.__setitem__("ledger_password_file", str(path)))
+    info(f"Wrote the password to {path} (mode 0600); config.toml names it as ledger_password_file.")
+
+
 def _closing(ledger: Any) -> Any:
     import contextlib
 

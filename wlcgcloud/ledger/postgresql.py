@@ -84,6 +84,27 @@ def _password(password_file: str | None) -> tuple[str | None, str]:
     return None, "libpq (PGPASSWORD, ~/.pgpass or the service file)"
 
 
+def store_password(value: str | None) -> None:
+    """Keep the ledger's password in the system keyring (None: forget it). ConfigError without a keyring."""
+    import keyring
+    import keyring.errors
+
+    try:
+        if value is None:
+            keyring.delete_password("wlcgcloud", KEYRING_USER)
+        else:
+            keyring.set_password("wlcgcloud", KEYRING_USER, value)
+    except keyring.errors.PasswordDeleteError:
+        return
+    except keyring.errors.NoKeyringError:
+        raise ConfigError(
+            "this machine has no system keyring (keyring found no backend), so the password cannot be kept there.",
+            f"Give it as {PASSWORD_VARIABLE}, in ~/.pgpass, or with 'wlcgcloud ledger password --stdin --file FILE'.",
+        ) from None
+    except keyring.errors.KeyringError as exc:
+        raise ConfigError(f"the system keyring refused the ledger's password: {exc}.") from None
+
+
 def _read_password_file(path: Path) -> str:
     try:
         st = path.stat()
