@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 @contextlib.contextmanager
@@ -36,13 +37,21 @@ def write(path: Path, data: str | bytes, mode: int = 0o600) -> None:
     others even for a moment. A symlinked `path` is written where the link points, so the link
     stays. The data and the directory entry are synced before this returns.
     """
+    with writing(path, mode) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+@contextlib.contextmanager
+def writing(path: Path, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """`write`, for data written piece by piece (a ledger export): the file appears whole when the block ends,
+    and not at all when it fails."""
     path = path.resolve() if path.is_symlink() else path
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

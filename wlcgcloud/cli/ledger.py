@@ -94,20 +94,28 @@ def export(
     """
     import json
 
-    from wlcgcloud import atomic
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.ledger.transfer import header
 
     g = globals_of(ctx)
-    with open_ledger(g.config()) as ledger:
-        lines = [json.dumps(header(ledger.where), sort_keys=True)]
-        lines += [json.dumps(record, sort_keys=True) for record in ledger.export()]
-    text = "\n".join(lines) + "\n"
+    with open_ledger(g.config()) as ledger, _export_to(file) as out:  # streamed: a ledger can be large
+        out.write((json.dumps(header(ledger.where), sort_keys=True) + "\n").encode())
+        written = 0
+        for record in ledger.export():
+            out.write((json.dumps(record, sort_keys=True) + "\n").encode())
+            written += 1
+    if str(file) != "-":
+        info(f"Wrote {written} record(s) to {file}.")
+
+
+def _export_to(file: Path) -> Any:
+    import contextlib
+
+    from wlcgcloud import atomic
+
     if str(file) == "-":
-        sys.stdout.write(text)
-        return
-    atomic.write(file.expanduser(), text, 0o600)
-    info(f"Wrote {len(lines) - 1} record(s) to {file}.")
+        return contextlib.nullcontext(sys.stdout.buffer)
+    return atomic.writing(file.expanduser(), 0o600)
 
 
 @app.command("import")
@@ -190,16 +198,15 @@ def move(
     with open_ledger(config) if source is None else _closing(Ledger(where)) as old:
         if old.where == Ledger.shown(to):
             raise UsageError(f"the ledger in use is {old.where} already.", "Nothing to move.")
-        records = list(old.export())
-        counts = {"launches": sum(r["table"] == "launches" for r in records), "instances": len(records)}
-        counts["instances"] -= counts["launches"]
+        held = old.status()
+        counts = {"launches": held["launches"], "instances": held["instances"]}
         if dry_run:
             info(f"dry run: would copy {counts['launches']} launch(es) and {counts['instances']} instance(s) "
                  f"from {old.where} to {Ledger.shown(to)}.")  # fmt: skip
             emit(ctx, {"dry_run": True, "from": old.where, "to": Ledger.shown(to), **counts})
             return
         with _closing(Ledger(to, password_file)) as new, working(g, f"Copying into {new.where} ..."):
-            merged = new.absorb(records)
+            merged = new.absorb(old.export())  # streamed, all or nothing
             status = new.status()
     if not keep_config:
         update_config(config.path, lambda doc: doc.__setitem__("ledger", to))

@@ -418,8 +418,9 @@ class Ledger:
         """Every row, launches first, as {"table": ..., "row": {...}}: the JSON lines of `ledger export`."""
         for table in TABLES:
             order = "id" if table == "launches" else "profile, id"
-            for row in self._rows(f"SELECT * FROM {table} ORDER BY {order}"):
-                yield {"table": table, "row": row}
+            with self._lock:
+                for row in self.backend.iter_rows(f"SELECT * FROM {table} ORDER BY {order}"):
+                    yield {"table": table, "row": row}
 
     def absorb(self, records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Rows from another ledger (`export`), merged so that doing it twice changes nothing.

@@ -228,6 +228,14 @@ class PostgresBackend:
     def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         return self._call(lambda: self.db.execute(translated(sql), params or None).fetchall())
 
+    def iter_rows(self, sql: str) -> Iterator[dict[str, Any]]:
+        """Rows one at a time (libpq's row-by-row mode), for reading a whole table without holding it in memory."""
+        try:
+            with self.db.cursor() as cursor:
+                yield from cursor.stream(translated(sql))
+        except self._psycopg.Error as exc:
+            raise self.unusable(exc) from None
+
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         from psycopg.rows import tuple_row
 

@@ -56,6 +56,13 @@ class SqliteBackend:
         names = [d[0] for d in cursor.description or ()]
         return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
+    def iter_rows(self, sql: str) -> Iterator[dict[str, Any]]:
+        """Rows one at a time, for reading a whole table without holding it in memory."""
+        cursor = self.db.execute(sql)
+        names = [d[0] for d in cursor.description or ()]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         yield from self.db.execute(sql, params)
 
