@@ -127,7 +127,10 @@ def _heartbeat(ledger: Ledger, launch_id: int, timeout: float) -> Iterator[None]
 
     def beat() -> None:
         while True:
-            ledger.calls_may_land_until(launch_id, time.time() + timeout + 2 * BEAT)
+            try:
+                ledger.calls_may_land_until(launch_id, time.time() + timeout + 2 * BEAT)
+            except WlcgError:  # the ledger is gone for good: the launch's own next write says so, once
+                return
             if stop.wait(BEAT):
                 return
 
