@@ -24,7 +24,7 @@ from keyring_backend import FileKeyring  # noqa: E402
 if TYPE_CHECKING:
     from peers.faultproxy import FaultProxy
 
-CLEARED_PREFIXES = ("AWS_", "OS_", "ONE_", "WLCGCLOUD_", "BEARER_TOKEN", "X509_", "PYTHON_KEYRING", "PG")
+CLEARED_PREFIXES = ("AWS_", "OS_", "ONE_", "WLCGCLOUD_", "WLCG_TEST_", "BEARER_TOKEN", "X509_", "PYTHON_KEYRING", "PG")
 
 
 @dataclass
@@ -64,7 +64,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local/state"))
     monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "etc-xdg"))
     monkeypatch.setenv("WLCGCLOUD_STATE_DIR", str(w.state))
-    monkeypatch.setenv("WLCGCLOUD_TEST_KEYRING", str(w.keyring_file))
+    monkeypatch.setenv("WLCG_TEST_KEYRING", str(w.keyring_file))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.chdir(tmp_path)  # clouds.yaml is also searched in the current directory

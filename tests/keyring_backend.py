@@ -20,7 +20,7 @@ class FileKeyring(KeyringBackend):  # type: ignore[misc]
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        self.path = Path(path or os.environ["WLCGCLOUD_TEST_KEYRING"])
+        self.path = Path(path or os.environ["WLCG_TEST_KEYRING"])
 
     def _load(self) -> dict[str, str]:
         try:

@@ -160,6 +160,24 @@ def _calls_of_others(ledger: Ledger, fleet: str, p: ProfilePlan, launch_id: int,
         time.sleep(max(0.0, until - time.time()))
 
 
+LISTING_LAG = 300.0  # seconds: how long a new instance may be missing from a cloud's filtered listing
+
+
+def _not_listed_yet(ledger: Ledger, fleet: str, p: ProfilePlan, listed: set[str]) -> list[Instance]:
+    """Instances the ledger saw made moments ago (by another run, maybe on another machine) that the
+    cloud's listing does not show yet: EC2's DescribeInstances is eventually consistent, and a re-run
+    that waited for a fleet's lock lists it seconds after the holder made them. Asked for by id."""
+    import datetime as dt
+
+    from wlcgcloud.times import stamp
+
+    recent = stamp(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LISTING_LAG))
+    rows = [r for r in ledger.instances(fleet=fleet, profile=p.name)
+            if r["id"] not in listed and not r["ended_at"] and r["last_seen"] >= recent]  # fmt: skip
+    found = [p.provider.instance(r["id"]) for r in rows]
+    return [i for i in found if i is not None and _made_for(i, p) and i.state != "terminated"]
+
+
 def _alive(owner: str | None) -> bool:
     """Whether `owner` (host:pid, as the ledger records it) is another process still running here."""
     host, _, pid = (owner or "").rpartition(":")
@@ -204,7 +222,8 @@ def run_plan(
     def existing(p: ProfilePlan) -> list[Instance]:
         if p.name not in earlier and not resize:
             return []
-        return [i for i in p.provider.instances(fleet=plan.fleet) if _made_for(i, p) and i.state != "terminated"]
+        listed = [i for i in p.provider.instances(fleet=plan.fleet) if _made_for(i, p) and i.state != "terminated"]
+        return listed + _not_listed_yet(ledger, plan.fleet, p, {i.id for i in listed})
 
     def one(p: ProfilePlan) -> ProfileLaunched:
         launch_id = intents[p.name]
@@ -215,6 +234,7 @@ def run_plan(
                 _launch_on(p, launch_id, result)
         except WlcgError as exc:  # refused: another launch of the fleet is running
             result.error = exc
+        result.error = result.error or ledger.lock_lost(plan.fleet)
         state = "launched" if not result.error else ("partial" if result.instances else "failed")
         if result.uncertain:
             state = "intent"  # stays open: what it may have made is adopted by the next listing of the fleet
@@ -268,12 +288,25 @@ def _create_missing(
     pattern = re.compile(rf"{re.escape(fleet)}-(\d+)")
     numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
     request = replace(p.request, count=missing, first=max(numbers, default=0) + 1)
+    seen: dict[str, Instance] = {}
+
+    def record(known: list[Instance]) -> None:
+        ledger.record_instances(known, launch_id)
+        seen.update((i.id, i) for i in known)
+        lost = ledger.lock_lost(fleet)  # another client changes the fleet now: make no more of it
+        if lost:
+            raise lost
+
     try:
-        made = p.provider.create(request, lambda known: ledger.record_instances(known, launch_id))
+        made = p.provider.create(request, record)
     except PartialLaunch as exc:
         made, result.error = exc.instances, exc
     except UncertainLaunch as exc:
         made, result.error, result.uncertain = exc.instances, exc, exc.unknown
+    except CloudError as exc:
+        if ledger.lock_lost(fleet) is None:
+            raise
+        made, result.error = list(seen.values()), exc
     ledger.record_instances(made, launch_id)
     result.instances += made
     tell(p.name, "launched", len(made), missing)

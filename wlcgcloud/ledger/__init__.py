@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.config import ledger_url_problem
-from wlcgcloud.errors import ConfigError
+from wlcgcloud.errors import CloudError, ConfigError
 from wlcgcloud.ledger.locks import WAIT_STEP, FleetLocked, Holder
 from wlcgcloud.ledger.schema import MIGRATIONS, SCHEMA_VERSION
 from wlcgcloud.times import stamp, stamp_or_none
@@ -41,6 +41,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FleetLocked", "Holder", "LaunchRecor
 FILE_NAME = "ledger.sqlite"
 LOCATION_VARIABLE = "WLCGCLOUD_LEDGER"
 TABLES = ("launches", "instances")
+SAYS_WHO_WITHIN = 2.0  # seconds: a lock's holder writes who it is right after taking it
 
 
 def _now() -> str:
@@ -87,7 +88,11 @@ def location(config: Config | None) -> tuple[str, str | None]:
     and the password file config.toml names for it."""
     from wlcgcloud.paths import state_dir
 
-    where = os.environ.get(LOCATION_VARIABLE) or (config.ledger if config else None)
+    given = os.environ.get(LOCATION_VARIABLE)
+    problem = ledger_url_problem(given) if given else None
+    if problem:
+        raise ConfigError(f"{LOCATION_VARIABLE}: {problem}.")
+    where = given or (config.ledger if config else None)
     password_file = config.ledger_password_file if config else None
     return (where or str(state_dir() / FILE_NAME)), password_file
 
@@ -238,6 +243,17 @@ class Ledger:
         with self._lock:
             self.backend.many(_UPSERT_INSTANCE, rows)
 
+    def lock_lost(self, fleet: str | None) -> CloudError | None:
+        """The error for a fleet whose lock this ledger held and lost (its connection broke, and another
+        client took the fleet before it was back), or None."""
+        if fleet not in self.backend.lost:
+            return None
+        return CloudError(
+            f"this command lost the lock of fleet '{fleet}': its connection to the ledger {self.where} broke, and "
+            "another wlcgcloud took the fleet meanwhile. It stopped; what it made is recorded.",
+            f"See 'wlcgcloud ledger locks' and 'wlcgcloud fleet show {fleet}' before going on.",
+        )
+
     def mark_ended(self, profile: str, instance_ids: Iterable[str], state: str = "terminated") -> None:
         """Instances we terminated, or that the clouds no longer know: their life ends now (if not before)."""
         now = _now()
@@ -340,6 +356,7 @@ class Ledger:
 
     def _take(self, fleet: str, command: str, deadline: float, waiting: Callable[[FleetLocked], None] | None) -> None:
         told = False
+        silent_since: float | None = None
         while True:
             with self._lock:
                 if self.backend.try_lock(fleet):
@@ -351,7 +368,12 @@ class Ledger:
                     )
                     return
             refusal = FleetLocked(fleet, self.holder(fleet), self._calls_text(fleet), self.where)
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if refusal.holder is None and (silent_since is None or now - silent_since < SAYS_WHO_WITHIN):
+                silent_since = silent_since or now  # a holder says who it is a moment after it takes the lock
+                time.sleep(WAIT_STEP / 5)
+                continue
+            if now >= deadline:
                 raise refusal
             if waiting and not told:
                 waiting(refusal)

@@ -39,8 +39,8 @@ MIGRATION_KEY = 0
 CONNECT_TIMEOUT = 10  # seconds
 RECONNECT_FOR = 60.0  # seconds a lost connection is tried again before the command fails
 INSTALL_HINT = (
-    "Install the PostgreSQL driver: pip install 'wlcgcloud[postgresql]' "
-    "(with pipx: pipx inject wlcgcloud 'psycopg[binary]')."
+    "Install the PostgreSQL driver into wlcgcloud's environment: pipx inject wlcgcloud 'psycopg[binary]' "
+    "(or, in its venv, pip install 'psycopg[binary]'; from a clone, pip install '.[postgresql]')."
 )
 
 _URL = re.compile(r"^postgres(ql)?://")
@@ -84,8 +84,11 @@ def _password(password_file: str | None) -> tuple[str | None, str]:
     return None, "libpq (PGPASSWORD, ~/.pgpass or the service file)"
 
 
-def store_password(value: str | None) -> None:
-    """Keep the ledger's password in the system keyring (None: forget it). ConfigError without a keyring."""
+def store_password(value: str | None) -> bool:
+    """Keep the ledger's password in the system keyring; None forgets it, and says whether there was one.
+
+    Storing without a keyring is a ConfigError naming the other ways; forgetting there is nothing to do.
+    """
     import keyring
     import keyring.errors
 
@@ -94,9 +97,12 @@ def store_password(value: str | None) -> None:
             keyring.delete_password("wlcgcloud", KEYRING_USER)
         else:
             keyring.set_password("wlcgcloud", KEYRING_USER, value)
+        return True
     except keyring.errors.PasswordDeleteError:
-        return
+        return False
     except keyring.errors.NoKeyringError:
+        if value is None:
+            return False
         raise ConfigError(
             "this machine has no system keyring (keyring found no backend), so the password cannot be kept there.",
             f"Give it as {PASSWORD_VARIABLE}, in ~/.pgpass, or with 'wlcgcloud ledger password --stdin --file FILE'.",
@@ -125,9 +131,9 @@ def _read_password_file(path: Path) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    """libpq's message in one bounded line with no end mark of its own (it never holds the password)."""
+    """libpq's message in one bounded line, without a closing full stop (it never holds the password)."""
     text = " ".join(str(exc).split())
-    return escape_controls(text[:300]).rstrip(" .?")
+    return escape_controls(text[:300]).rstrip(" .")
 
 
 class PostgresBackend:
@@ -145,6 +151,7 @@ class PostgresBackend:
         self.where = shown(url)
         self._password, self._password_from = _password(password_file)
         self._locks: dict[str, int] = {}
+        self.lost: set[str] = set()  # fleets whose lock another client took while our connection was down
         self._depth = 0  # inside transaction(): a lost connection loses it, so no statement is run again
         self.db = self._connect()
 
@@ -160,27 +167,38 @@ class PostgresBackend:
         except psycopg.OperationalError as exc:
             raise self._connect_error(exc) from None
         except psycopg.ProgrammingError as exc:  # a URL libpq cannot parse
-            raise ConfigError(f"the ledger URL {self.where} is not one libpq accepts: {_reason(exc)}.") from None
+            raise ConfigError(f"the ledger URL {self.where} is not one libpq accepts ({_reason(exc)}).") from None
 
     def _connect_error(self, exc: Exception) -> WlcgError:
         reason = _reason(exc)
         if "password authentication failed" in reason or "authentication failed" in reason:
             return AuthError(
-                f"the ledger {self.where} refused the password (from {self._password_from}): {reason}.",
+                f"the ledger {self.where} refused the password (from {self._password_from}; {reason}).",
                 f"Check the password in {PASSWORD_VARIABLE}, ledger_password_file, the keyring or ~/.pgpass.",
             )
         if "no password supplied" in reason:
             return ConfigError(
                 f"the ledger {self.where} asks for a password, and none was found.",
-                f"Give it as {PASSWORD_VARIABLE}, in an owner-only ledger_password_file, or in ~/.pgpass.",
+                f"Give it as {PASSWORD_VARIABLE}, with 'wlcgcloud ledger password', or in ~/.pgpass.",
+            )
+        if "does not exist" in reason:  # the server answered: no such database or role
+            return ConfigError(
+                f"the ledger {self.where} is not there ({reason}).",
+                "Check the user and the database in the URL (config.toml's ledger, or WLCGCLOUD_LEDGER).",
+            )
+        if "certificate" in reason or "SSL" in reason:
+            return CloudError(
+                f"the ledger {self.where} cannot be reached over TLS ({reason}).",
+                "Check sslmode and sslrootcert in the URL: sslrootcert=/path/to/your-site-ca.pem, or "
+                "sslrootcert=system for the system's CAs.",
             )
         return CloudError(
-            f"the ledger {self.where} cannot be reached: {reason}.",
+            f"the ledger {self.where} cannot be reached ({reason}).",
             "Check that the server runs, and the URL in config.toml (ledger) or WLCGCLOUD_LEDGER.",
         )
 
     def unusable(self, exc: Exception) -> ConfigError:
-        return ConfigError(f"the ledger {self.where} failed: {_reason(exc)}.")
+        return ConfigError(f"the ledger {self.where} failed ({_reason(exc)}).")
 
     def close(self) -> None:
         self.db.close()
@@ -215,6 +233,7 @@ class PostgresBackend:
         for fleet, key in list(self._locks.items()):
             if not self.db.execute("SELECT pg_try_advisory_lock(%s, %s) AS ok", (LOCK_SPACE, key)).fetchone()["ok"]:
                 del self._locks[fleet]
+                self.lost.add(fleet)
                 raise CloudError(
                     f"the connection to the ledger {self.where} was lost, and another wlcgcloud took "
                     f"fleet '{fleet}' meanwhile.",

@@ -30,6 +30,7 @@ class SqliteBackend:
         self.where = str(path)
         self._lock_files: dict[str, int] = {}
         self._depth = 0  # inside transaction(): statements join it
+        self.lost: set[str] = set()  # never: a flock cannot be taken from a living process
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
