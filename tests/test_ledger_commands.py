@@ -143,10 +143,19 @@ def test_move_copies_into_the_new_ledger_sets_the_config_and_is_safe_to_run_agai
     assert (world.state / "ledger.sqlite").exists() and "is kept" in moved.err
     status = run("ledger", "status", "-o", "json").json()
     assert (status["backend"], status["instances"]) == ("postgresql", 2)
-    again = run("ledger", "move", "--to", pg_database.url)
-    assert again.code == 2 and "already" in again.err
-    rerun = run("ledger", "move", "--from", str(world.state / "ledger.sqlite"), "--to", pg_database.url, "-o", "json")
+    # Run again (or after writing `ledger` by hand): the file of this machine is what there is to move.
+    again = run("ledger", "move", "--to", pg_database.url, "-o", "json")
+    assert again.code == 0 and (again.json()["launches_added"], again.json()["launches_known"]) == (0, 1), again.err
+    assert again.json()["from"] == str(world.state / "ledger.sqlite")
+    (world.state / "ledger.sqlite").rename(world.root / "elsewhere.sqlite")
+    nothing = run("ledger", "move", "--to", pg_database.url)
+    assert nothing.code == 0 and "nothing to move" in nothing.err
+    rerun = run("ledger", "move", "--from", str(world.root / "elsewhere.sqlite"), "--to", pg_database.url, "-o", "json")
     assert rerun.code == 0 and (rerun.json()["launches_added"], rerun.json()["launches_known"]) == (0, 1)
+    same = run(
+        "ledger", "move", "--from", str(world.root / "elsewhere.sqlite"), "--to", str(world.root / "elsewhere.sqlite")
+    )
+    assert same.code == 2 and "the same ledger" in same.err
     secret = run("ledger", "move", "--to", pg_database.url.replace("@", ":hunter2@", 1))
     assert secret.code == 2 and "never sits in the config" in secret.err and "hunter2" not in secret.err
 
@@ -166,6 +175,14 @@ def test_a_ledger_setting_that_is_not_a_string_or_holds_a_password_is_a_config_e
         ('ledger = "postgresql://ops:s3cret@db/wlcg"\n', "never sits in the config"),
         ('ledger = "postgresql://ops@db/wlcg?password=s3cret"\n', "never sits in the config"),
         ('ledgr = "x"\n', "did you mean 'ledger'"),
+        ('ledger = "PostgreSQL://ops@db/wlcg"\n', "neither a postgresql:// URL (lower case"),
+        ('ledger = "host=db user=ops password=s3cret"\n', "never sits in the config"),
+        ('ledger = "host=db user=ops"\n', "neither a postgresql:// URL"),
+        ('ledger = "team/ledger.sqlite"\n', "a relative path"),
+        (
+            '[profiles.a]\nprovider = "ec2"\nregion = "eu-west-1"\nledger = "postgresql://ops@db/wlcg"\n',
+            "'ledger' is a top-level key, not a profile's",
+        ),
     ]:
         world.config.parent.mkdir(parents=True, exist_ok=True)
         world.config.write_text(text)
@@ -190,7 +207,7 @@ def test_the_password_kept_by_ledger_password_is_used_from_the_keyring_or_its_fi
     wrong = run("ledger", "password", "--stdin", input="not-it\n")
     assert wrong.code == 0
     refused = run("ledger", "status")
-    assert refused.code == 4 and "refused the password (from the keyring)" in refused.err
+    assert refused.code == 4 and "refused the password (from the keyring;" in refused.err
     assert "not-it" not in refused.err
     assert run("ledger", "password", "--forget").code == 0 and world.secrets() == {}
     file = world.root / "ledger.password"
@@ -208,3 +225,16 @@ def test_ledger_password_without_a_keyring_says_what_works_instead(run: Run) -> 
     result = run("ledger", "password", "--stdin", input="pw\n")
     assert result.code == 3 and "no system keyring" in result.err and "--file FILE" in result.err
     assert "pw" not in result.out
+    forgot = run("ledger", "password", "--forget")
+    assert forgot.code == 0 and "The keyring holds none." in forgot.err
+
+
+def test_a_misspelt_or_relative_wlcgcloud_ledger_is_refused_not_made_into_a_new_file(
+    run: Run, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(world.root)
+    for value, said in [("ledger.sqlite", "a relative path"), ("Postgres://ops@db/x", "neither a postgresql://")]:
+        monkeypatch.setenv("WLCGCLOUD_LEDGER", value)
+        result = run("ledger", "status")
+        assert result.code == 3 and f"WLCGCLOUD_LEDGER: '{value}'" in result.err and said in result.err, result.err
+    assert not (world.root / "ledger.sqlite").exists() and not (world.root / "Postgres:").exists()

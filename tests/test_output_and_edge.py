@@ -260,3 +260,15 @@ def test_table_cells_are_not_rich_markup() -> None:
     buf = io.StringIO()
     render([{"url": "https://[fe80::1]:5000/v3", "e": "atlas[x]"}], fmt="table", stream=buf)
     assert "https://[fe80::1]:5000/v3" in buf.getvalue() and "atlas[x]" in buf.getvalue()
+
+
+def test_a_misspelt_wlcgcloud_variable_is_warned_about_not_silently_ignored(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WLCGCLOUD_LEDGR", "postgresql://ops@db/wlcg")
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ANY_PROFILE", "x")  # a profile's secret: never warned about
+    result = run("ledger", "status", "-o", "json")
+    assert result.code == 0
+    assert result.err.splitlines() == [
+        "warning: WLCGCLOUD_LEDGR is not a variable wlcgcloud reads; did you mean WLCGCLOUD_LEDGER?"
+    ]

@@ -259,16 +259,24 @@ def _check_text(text: str, where: str) -> None:
         raise ConfigError(f"{where}: holds a control or unprintable character: {_show(text)}.")
 
 
-_PASSWORD_IN_URL = re.compile(r"^postgres(ql)?://[^/@?#]*:[^/@?#]*@|[?&]password=", re.IGNORECASE)
+_PASSWORD_IN_URL = re.compile(r"^[a-z]+://[^/@?#]*:[^/@?#]*@|(^|[?&\s])password\s*=", re.IGNORECASE)
 
 
 def ledger_url_problem(url: str) -> str | None:
-    """Why `url` (a ledger's location) may not be used, or None: a password never sits in the config."""
+    """Why `url` (a ledger's location) may not be used, or None: a postgresql:// URL with no password in it,
+    or the absolute path of a SQLite file (~ allowed); nothing that would quietly become a new, empty ledger."""
     if _PASSWORD_IN_URL.search(url):
         return ("the ledger URL holds a password, and a password never sits in the config; give it as "
                 "WLCGCLOUD_LEDGER_PASSWORD, in an owner-only ledger_password_file, or in ~/.pgpass")  # fmt: skip
     if len(url) > bounded.QUERY_LENGTH or not url.isprintable():
         return f"the ledger's location holds a control character or is over {bounded.QUERY_LENGTH} characters"
+    if url.startswith(("postgresql://", "postgres://")) or not url:
+        return None
+    if "://" in url or "=" in url:
+        return (f"'{url[:80]}' is neither a postgresql:// URL (lower case, as libpq reads it: "
+                "postgresql://USER@HOST:PORT/DB?sslmode=verify-full) nor the path of a SQLite file")  # fmt: skip
+    if not url.startswith(("/", "~")):
+        return f"'{url[:80]}' is a relative path; give a SQLite ledger's absolute path, or a postgresql:// URL"
     return None
 
 
@@ -310,6 +318,11 @@ def validate_profile(name: str, table: Any, path: Path) -> Profile:
         if spec is None:
             if key in KEYS_BY_NAME:
                 raise ConfigError(f"{_where(path, name, key)}: not a setting of provider '{provider}'.")
+            if key in TOP_LEVEL:  # appended to the file, it landed in the last table
+                raise ConfigError(
+                    f"{_where(path, name, key)}: '{key}' is a top-level key, not a profile's.",
+                    "Move it above the first [profiles...] table ('wlcgcloud ledger move' writes 'ledger' there).",
+                )
             raise ConfigError(f"{_where(path, name, key)}: unknown key{_did_you_mean(key, list(allowed))}.")
         settings[key] = check_value(spec, value, _where(path, name, key))
     for spec in allowed.values():

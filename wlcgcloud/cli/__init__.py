@@ -19,6 +19,10 @@ from wlcgcloud.cli.common import Globals, new_app
 from wlcgcloud.errors import UsageError
 
 OUTPUTS = ("table", "json", "yaml", "csv", "apel")
+# wlcgcloud's own environment variables (and WLCGCLOUD_SECRET_<PROFILE>): any other WLCGCLOUD_ name is a typo
+# that would silently change nothing (a misspelt WLCGCLOUD_LEDGER would split a team's ledger in two).
+VARIABLES = ("WLCGCLOUD_CONFIG", "WLCGCLOUD_STATE_DIR", "WLCGCLOUD_PROFILE", "WLCGCLOUD_OUTPUT", "WLCGCLOUD_LEDGER",
+             "WLCGCLOUD_LEDGER_PASSWORD", "WLCGCLOUD_WAIT_LOCK", "WLCGCLOUD_COMPLETE")  # fmt: skip
 
 app = new_app(
     "Launch endorsed VM images with forwarded grid credentials on EC2, OpenStack and "
@@ -89,6 +93,7 @@ def root(
     if not profiles and os.environ.get("WLCGCLOUD_PROFILE"):
         profiles = [p for p in re.split(r"[,\s]+", os.environ["WLCGCLOUD_PROFILE"]) if p]
     g = Globals(profiles=profiles, output=output, query=query, yes=yes, verbose=verbose, debug=debug)
+    _warn_unknown_variables(g)
     g.no_color = no_color or "NO_COLOR" in os.environ
     if wait_lock is not None:
         from wlcgcloud.times import parse_duration
@@ -97,6 +102,16 @@ def root(
     if config is not None:
         g.config_path = config.expanduser()
     ctx.obj = g
+
+
+def _warn_unknown_variables(g: Globals) -> None:
+    from wlcgcloud.cli.common import warn
+    from wlcgcloud.config import closest
+
+    for name in sorted(os.environ):
+        if name.startswith("WLCGCLOUD_") and name not in VARIABLES and not name.startswith("WLCGCLOUD_SECRET_"):
+            near = closest(name, list(VARIABLES))
+            warn(f"{name} is not a variable wlcgcloud reads" + (f"; did you mean {near}?" if near else "."), g)
 
 
 # In the contract's order (the man pages and the completion tree follow it).

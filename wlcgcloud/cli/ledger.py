@@ -194,10 +194,19 @@ def move(
     problem = ledger_url_problem(to)
     if problem:
         raise UsageError(f"--to: {problem}.")
-    where, password_file = (str(source), None) if source else location(config)
-    with open_ledger(config) if source is None else _closing(Ledger(where)) as old:
+    where, password_file = location(config)
+    if source is None and Ledger.shown(where) == Ledger.shown(to):
+        # `ledger` already names the new one (written by hand): what there is to move is this machine's file.
+        default = Path(location(None)[0])
+        if not default.exists():
+            info(f"The ledger in use is {Ledger.shown(to)} already, and {default} does not exist: nothing to move.")
+            emit(ctx, {"from": None, "to": Ledger.shown(to), "launches_added": 0, "launches_known": 0,
+                       "instances": 0, "config_updated": False})  # fmt: skip
+            return
+        source = default
+    with open_ledger(config) if source is None else _closing(Ledger(source)) as old:
         if old.where == Ledger.shown(to):
-            raise UsageError(f"the ledger in use is {old.where} already.", "Nothing to move.")
+            raise UsageError(f"--from and --to name the same ledger, {old.where}.")
         held = old.status()
         counts = {"launches": held["launches"], "instances": held["instances"]}
         if dry_run:
@@ -250,8 +259,14 @@ def password(
     if forget:
         if stdin or file:
             raise UsageError("--forget goes alone.")
-        store_password(None)
-        info("The ledger's password is no longer in the keyring.")
+        forgot = store_password(None)
+        named = g.config().ledger_password_file
+        if named:
+            update_config(g.config().path, lambda doc: doc.pop("ledger_password_file", None))
+        said = "The ledger's password is no longer in the keyring." if forgot else "The keyring holds none."
+        if named:
+            said += f" config.toml no longer names {named} (the file itself is left as it is)."
+        info(said)
         return
     value = read_secret("the ledger's password", stdin, required=True)
     if not value:
