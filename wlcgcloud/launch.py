@@ -18,14 +18,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.errors import CloudError, Interrupted, UsageError, WlcgError
 from wlcgcloud.fleet import remember_names
 from wlcgcloud.launch_plan import LaunchPlan, ProfilePlan
 from wlcgcloud.providers.base import Instance, PartialLaunch, UncertainLaunch
-from wlcgcloud.times import human_duration
+from wlcgcloud.times import human_duration, stamp
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -129,7 +129,7 @@ def _heartbeat(ledger: Ledger, launch_id: int, timeout: float) -> Iterator[None]
         while True:
             try:
                 ledger.calls_may_land_until(launch_id, time.time() + timeout + 2 * BEAT)
-            except WlcgError:  # the ledger is gone for good: the launch's own next write says so, once
+            except WlcgError:  # the ledger stayed unreachable past the retries: the launch's next write says so
                 return
             if stop.wait(BEAT):
                 return
@@ -167,11 +167,7 @@ def _not_listed_yet(ledger: Ledger, fleet: str, p: ProfilePlan, listed: set[str]
     """Instances the ledger saw made moments ago (by another run, maybe on another machine) that the
     cloud's listing does not show yet: EC2's DescribeInstances is eventually consistent, and a re-run
     that waited for a fleet's lock lists it seconds after the holder made them. Asked for by id."""
-    import datetime as dt
-
-    from wlcgcloud.times import stamp
-
-    recent = stamp(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LISTING_LAG))
+    recent = stamp(datetime.now(UTC) - timedelta(seconds=LISTING_LAG))
     rows = [r for r in ledger.instances(fleet=fleet, profile=p.name)
             if r["id"] not in listed and not r["ended_at"] and r["last_seen"] >= recent]  # fmt: skip
     found = [p.provider.instance(r["id"]) for r in rows]
