@@ -152,6 +152,9 @@ def test_move_copies_into_the_new_ledger_sets_the_config_and_is_safe_to_run_agai
     assert nothing.code == 0 and "nothing to move" in nothing.err
     rerun = run("ledger", "move", "--from", str(world.root / "elsewhere.sqlite"), "--to", pg_database.url, "-o", "json")
     assert rerun.code == 0 and (rerun.json()["launches_added"], rerun.json()["launches_known"]) == (0, 1)
+    missing = run("ledger", "move", "--from", str(world.root / "nothere.sqlite"), "--to", pg_database.url)
+    assert missing.code == 2 and "no such SQLite ledger file" in missing.err
+    assert not (world.root / "nothere.sqlite").exists()
     same = run(
         "ledger", "move", "--from", str(world.root / "elsewhere.sqlite"), "--to", str(world.root / "elsewhere.sqlite")
     )

@@ -166,7 +166,7 @@ def move(
     ctx: typer.Context,
     to: Annotated[str, typer.Option("--to", help="The new ledger: a postgresql:// URL (or a SQLite file).")],
     source: Annotated[
-        Path | None, typer.Option("--from", help="The ledger to copy (default: the one in use now).")
+        Path | None, typer.Option("--from", help="A SQLite ledger file to copy (default: the ledger in use now).")
     ] = None,
     keep_config: Annotated[
         bool, typer.Option("--keep-config", help="Copy only; leave config.toml's ledger as it is.")
@@ -187,17 +187,20 @@ def move(
       WLCGCLOUD_LEDGER_PASSWORD=... wlcgcloud ledger move --to 'postgresql://ops@db.example.org/wlcg'
     """
     from wlcgcloud.config import ledger_url_problem, update_config
-    from wlcgcloud.ledger import LOCATION_VARIABLE, Ledger, location, open_ledger
+    from wlcgcloud.ledger import FILE_NAME, LOCATION_VARIABLE, Ledger, location, open_ledger
+    from wlcgcloud.paths import state_dir
 
     g = globals_of(ctx)
     config = g.config()
     problem = ledger_url_problem(to)
     if problem:
         raise UsageError(f"--to: {problem}.")
+    if source is not None and not source.expanduser().is_file():
+        raise UsageError(f"--from {source}: no such SQLite ledger file.")
     where, password_file = location(config)
     if source is None and Ledger.shown(where) == Ledger.shown(to):
         # `ledger` already names the new one (written by hand): what there is to move is this machine's file.
-        default = Path(location(None)[0])
+        default = state_dir() / FILE_NAME
         if not default.exists():
             info(f"The ledger in use is {Ledger.shown(to)} already, and {default} does not exist: nothing to move.")
             emit(ctx, {"from": None, "to": Ledger.shown(to), "launches_added": 0, "launches_known": 0,
@@ -236,7 +239,9 @@ def password(
         Path | None,
         typer.Option("--file", help="Keep it in FILE (written 0600) and name FILE in config.toml, not the keyring."),
     ] = None,
-    forget: Annotated[bool, typer.Option("--forget", help="Remove it from the keyring.")] = False,
+    forget: Annotated[
+        bool, typer.Option("--forget", help="Remove it from the keyring, and unset ledger_password_file.")
+    ] = False,
 ) -> None:
     """Keep the PostgreSQL ledger's password in the keyring, or in a file only you can read.
 
