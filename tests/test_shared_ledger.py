@@ -522,5 +522,7 @@ def test_two_machines_see_the_same_usage_and_apel_records(world: World, cloud: C
     assert records.startswith("APEL-cloud-message: v0.4\n")
     for vm_id in [*ids, gone]:
         assert f"VMUUID: {vm_id}\n" in records
+    assert "ImageId: none" not in records  # an unendorsed launch's records name its AMI, as the ledger's do
+    assert records.count(f"ImageId: {AMI}\n") == len(ids) + 1
     assert re.search(rf"VMUUID: {gone}\nSiteName: WLCG-TEST-SITE\n(.+\n)*?GlobalUserName: /DC=ch/DC=cern/OU=Users"
                      rf"/CN=pilot\nFQAN: /atlas/Role=pilot\nStatus: completed\n", records), records  # fmt: skip

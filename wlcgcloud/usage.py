@@ -145,7 +145,10 @@ def from_record(r: UsageRecord, known: Mapping[tuple[str, str], Mapping[str, Any
         vcpus=int(r.vcpus or ledger_row.get("vcpus") or 0),
         memory_mb=int(r.memory_mb or ledger_row.get("memory_mb") or 0),
         flavor=r.flavor or ledger_row.get("flavor"),
-        image=r.tags.get("wlcg:image") or r.image or ledger_row.get("image"),
+        # wlcg:image is "none" for an unendorsed launch: then the cloud's own image id, as the ledger keeps it
+        image=(r.tags.get("wlcg:image") if r.tags.get("wlcg:image") != "none" else None)
+        or r.image
+        or ledger_row.get("image"),
         fleet=r.tags.get("wlcg:fleet") or ledger_row.get("fleet"),
         experiment=r.tags.get("wlcg:experiment") or ledger_row.get("experiment"),
         name=r.name,
