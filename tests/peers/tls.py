@@ -33,9 +33,8 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])  # fmt: skip
 
 
-def make_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1",), expired: bool = False) -> ThrowawayCA:
-    """A CA and a server certificate it signed for `names` (IP addresses or DNS names); `expired`: ended yesterday."""
-    now = datetime.datetime.now(datetime.UTC)
+def _new_ca(now: datetime.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A CA key and its self-signed certificate, valid from five minutes ago for a day."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -49,6 +48,13 @@ def make_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1",), expired: b
         .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_cert
+
+
+def make_ca(directory: Path, names: tuple[str, ...] = ("127.0.0.1",), expired: bool = False) -> ThrowawayCA:
+    """A CA and a server certificate it signed for `names` (IP addresses or DNS names); `expired`: ended yesterday."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key, ca_cert = _new_ca(now)
     directory.mkdir(parents=True, exist_ok=True)
     ca_file = directory / "ca.pem"
     ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
@@ -109,19 +115,7 @@ class ServerFiles:
 def make_server_files(directory: Path, names: tuple[str, ...] = ("127.0.0.1",)) -> ServerFiles:
     """A new CA and a server certificate for `names` (IP addresses or DNS names), valid for a day, written to files."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("wlcgcloud test CA"))
-        .issuer_name(_name("wlcgcloud test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca_cert = _new_ca(now)
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     for name in names:
