@@ -118,7 +118,9 @@ def test_reap_terminates_what_is_past_its_lease(run: Run, world: World, one_only
     assert set(kept) <= alive and not set(short) & alive
 
 
-def test_reconcile_records_strangers_and_ends_the_forgotten(run: Run, world: World, one_only: dict[str, Any]) -> None:
+def test_reconcile_records_strangers_and_ends_the_forgotten(
+    run: Run, world: World, one_only: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     ours = launched(run, "one", "known", 2)
     # A fleet made by another machine (our tags, not our ledger), and one of ours deleted behind our back.
     strangers = create_instances(world, "one", "0", "atlas-wn", 2, "from-elsewhere")
@@ -138,6 +140,20 @@ def test_reconcile_records_strangers_and_ends_the_forgotten(run: Run, world: Wor
     assert set(strangers) <= set(known) and known[ours[0]] is not None and known[ours[1]] is None
     quiet = run("fleet", "reconcile", "-p", "one")
     assert quiet.code == 0 and "agrees" in quiet.err
+    # The ledger lost (a CI runner's, a new machine): --all relearns every live fleet of every profile from
+    # the tags, whatever WLCGCLOUD_PROFILE narrows to.
+    for leftover in world.state.glob("ledger.sqlite*"):
+        if leftover.is_file():
+            leftover.unlink()
+    monkeypatch.setenv("WLCGCLOUD_PROFILE", "elsewhere")
+    assert run("fleet", "reconcile").code == 3
+    relearnt = run("fleet", "reconcile", "--all", "-o", "json")
+    assert relearnt.code == 0, relearnt.err
+    found = {(f["id"], f["fleet"]) for f in relearnt.json()}  # type: ignore[union-attr]
+    assert {(ours[1], "known"), *((i, "from-elsewhere") for i in strangers)} <= found
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    assert {r[0] for r in db.execute("SELECT id FROM instances WHERE ended_at IS NULL")} >= {ours[1], *strangers}
+    db.close()
 
 
 def test_fleet_list_on_ec2_reads_tags_and_states_not_whole_instances(
