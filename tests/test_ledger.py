@@ -95,7 +95,7 @@ def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(backend: Any) -
     _version_1(backend)
     ledger = Ledger(backend.where)
     try:
-        assert ledger.version == SCHEMA_VERSION == 4
+        assert ledger.version == SCHEMA_VERSION == 5
         [old] = ledger.launches("f")
         assert old.state == "intent" and old.requested == 3 and old.owner is None and old.calls_until is None
         assert old.uncertain == 0

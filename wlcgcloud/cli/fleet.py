@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from wlcgcloud.cli import maintain
 from wlcgcloud.cli.common import (
     changing,
     emit,
@@ -326,3 +327,9 @@ def reap(
     victims = fleet.expired_leases(gathered.instances, datetime.now(UTC))
     terminate_confirmed(ctx, g, victims, "past their lease", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
+
+
+# Fleets that keep themselves (wlcgcloud.cli.maintain): after the commands above, in the contract's order.
+app.command("spec")(maintain.spec)
+app.command("maintain")(maintain.maintain)
+app.command("status")(maintain.status)

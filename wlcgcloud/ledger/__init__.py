@@ -419,6 +419,28 @@ class Ledger:
         return (f", with calls on the wire on profile(s) {profiles} that may land until "
                 f"{stamp(datetime.fromtimestamp(until, UTC))}")  # fmt: skip
 
+    # Maintained fleets
+
+    def cycle_state(self, fleet: str) -> dict[str, dict[str, Any]]:
+        """What the last `fleet maintain` cycle recorded for each profile of `fleet`."""
+        return {r["profile"]: r for r in self._rows("SELECT * FROM maintain_state WHERE fleet = ?", (fleet,))}
+
+    def record_cycle(self, fleet: str, started: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        """One cycle's state per profile, replacing the cycle before."""
+        columns = ("profile", "target", "running", "starting", "created", "ended", "terminated", "error",
+                   "backoff_level", "backoff_until", "backoff_reason", "decisions")  # fmt: skip
+        values = [{"fleet": fleet, "cycle": started, **{c: r.get(c) for c in columns}} for r in rows]
+        if not values:
+            return
+        names = ("fleet", "cycle", *columns)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in names[1:] if c != "profile")
+        with self._lock:
+            self.backend.many(
+                f"INSERT INTO maintain_state ({', '.join(names)}) VALUES ({', '.join(':' + c for c in names)})"
+                f" ON CONFLICT (fleet, profile) DO UPDATE SET {updates}",
+                values,
+            )
+
     # The whole ledger: status, export, import
 
     def status(self) -> dict[str, Any]:

@@ -78,6 +78,28 @@ MIGRATIONS: tuple[str, ...] = (
         session INTEGER NOT NULL      -- PostgreSQL: the holder's backend pid, SQLite: its process id
     );
     """,
+    # v5: what `fleet maintain`'s last cycle saw and did on each profile of a fleet, and the
+    # back-off it left the profile in (so a maintainer that takes over, here or on another
+    # machine, goes on from there).
+    """
+    CREATE TABLE maintain_state (
+        fleet TEXT NOT NULL,
+        profile TEXT NOT NULL,
+        cycle TEXT NOT NULL,          -- when the last cycle started
+        target INTEGER,
+        running INTEGER,
+        starting INTEGER,
+        created INTEGER,
+        ended TEXT,                   -- JSON: why -> how many ended since the cycle before
+        terminated TEXT,              -- JSON: why -> how many the cycle terminated
+        error TEXT,
+        backoff_level INTEGER NOT NULL DEFAULT 0,
+        backoff_until REAL,
+        backoff_reason TEXT,
+        decisions TEXT,               -- JSON: what the cycle did, in words
+        PRIMARY KEY (fleet, profile)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

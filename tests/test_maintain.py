@@ -1,0 +1,229 @@
+"""`fleet spec | maintain | status`: fleets held at their target on the real peers, cycle by cycle (--once)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wlcgcloud.fleet_spec import FleetSpec, Place, parse_spec, targets
+from wlcgcloud.ledger import Ledger
+
+from conftest import Run, World, ec2_profile, one_profile, own_marked_ami, write_profiles
+
+
+def write_spec(world: World, text: str, name: str = "fleet.toml") -> Path:
+    path = world.root / name
+    path.write_text(text)
+    return path
+
+
+def fleet_name() -> str:
+    return f"vac-{uuid.uuid4().hex[:8]}"  # the peers are the session's: every test's fleets are its own
+
+
+def spec_text(fleet: str, image: str, target: int, places: dict[str, str], **maintain: str) -> str:
+    lines = [f'fleet = "{fleet}"', f'image = "{image}"', 'credential = "none"', f"target = {target}", ""]
+    for name, body in places.items():
+        lines += [f"[profiles.{name}]", body, ""]
+    lines += ["[maintain]", *(f'{k} = "{v}"' for k, v in {"create_per_cycle": "100%", **maintain}.items())]
+    return "\n".join(lines) + "\n"
+
+
+def cycle(run: Run, spec: Path, *extra: str) -> tuple[int, dict[str, Any], dict[str, dict[str, Any]]]:
+    """One `--once` cycle: its exit code, its JSON, and its profiles by name."""
+    result = run("fleet", "maintain", str(spec), "--once", "-o", "json", *extra)
+    assert result.code in (0, 7), result.err
+    data = result.json()
+    assert isinstance(data, dict)
+    return result.code, data, {p["profile"]: p for p in data["profiles"]}
+
+
+def alive(run: Run, fleet: str) -> dict[str, list[str]]:
+    listed = run("instance", "list", "--fleet", fleet, "-o", "json")
+    out: dict[str, list[str]] = {}
+    for i in listed.json():  # type: ignore[union-attr]
+        if i["state"] in ("pending", "running"):
+            out.setdefault(i["profile"], []).append(i["id"])
+    return out
+
+
+@pytest.fixture
+def two_clouds(
+    world: World, endorsed: dict[str, Any], moto_ec2: Any, one_endorsed: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """EC2 (moto) and OpenNebula (the peer), each holding a copy of the first endorsed image."""
+    own_marked_ami(moto_ec2.client(), endorsed["first"])
+    write_profiles(world, {
+        "aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
+        "one": one_profile(one_endorsed, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
+        "broken": one_profile(one_endorsed, vm_template="no-such-template", experiment="atlas"),  # type: ignore[arg-type]
+    })  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
+    monkeypatch.setenv("WLCGCLOUD_SECRET_BROKEN", "secret")
+    return {"image": endorsed["first"], "aws": moto_ec2, "one": one_endorsed}
+
+
+# --------------------------------------------------------------------------- the spec
+
+
+SPEC_ERRORS = {
+    'fleet = "f"\nimage = "i"\ntarget = 2\ntraget = 3\n[profiles.a]\n':
+        ":4: key 'traget': unknown key (did you mean 'target'?)",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\nshare = 0\n':
+        "key 'share' in [profiles.a]: expected a positive",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\nmaxx = 3\n': "unknown key (did you mean 'max'?)",
+    'fleet = "F!"\nimage = "i"\ntarget = 2\n[profiles.a]\n': ":1: key 'fleet': expected the fleet's name",
+    'fleet = "f"\nimage = "i"\n[profiles.a]\n[profiles.b]\ntarget = 2\n': "key 'target': missing",
+    'fleet = "f"\nimage = "i"\ntarget = 2\nlease = "soon"\n[profiles.a]\n': ":4: key 'lease': 'soon' is not a duration",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[settings]\nPOOL_PASSWORD = "x"\n[profiles.a]\n':
+        "a secret setting never sits in a spec",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\n[maintain]\ncreate_per_cycle = "250%"\n':
+        "key 'create_per_cycle' in [maintain]",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n': "expected [profiles.NAME] tables",
+    'fleet = "f"\nimage = \n': "TOML syntax error",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("text", SPEC_ERRORS)
+def test_a_bad_spec_is_exit_3_naming_file_line_and_key(run: Run, world: World, text: str) -> None:
+    spec = write_spec(world, text)
+    result = run("fleet", "maintain", str(spec), "--dry-run")
+    assert result.code == 3 and str(spec) in result.err and SPEC_ERRORS[text] in result.err, result.err
+    assert "Traceback" not in result.err and spec.read_text() == text
+
+
+def test_a_missing_spec_and_an_unknown_profile_are_clear(run: Run, world: World) -> None:
+    missing = run("fleet", "maintain", str(world.root / "nope.toml"), "--once")
+    assert missing.code == 2 and "no such fleet spec" in missing.err and "fleet spec FLEET" in missing.err
+    spec = write_spec(world, 'fleet = "f"\nimage = "i"\ntarget = 1\n[profiles.nowhere]\n')
+    unknown = run("fleet", "maintain", str(spec), "--once")
+    assert unknown.code == 3 and "unknown profile 'nowhere'" in unknown.err
+
+
+def test_targets_spread_by_share_spill_past_a_max_and_keep_what_an_unusable_profile_holds() -> None:
+    spec = FleetSpec("f", "i", 10, (Place("a", 2), Place("b", 1, max=2), Place("c", 1)))
+    assert targets(spec, {"a", "b", "c"}, {}) == {"a": 5, "b": 2, "c": 3}  # b's share is 2.5, its max 2
+    assert targets(spec, {"a", "c"}, {"b": 4}) == {"a": 4, "b": 4, "c": 2}  # b backs off holding 4: 6 for a and c
+    assert targets(spec, {"b"}, {"a": 1, "c": 1}) == {"a": 1, "b": 2, "c": 1}  # b can hold only 2
+    assert sum(targets(FleetSpec("f", "i", 7, (Place("a", 1), Place("b", 1))), {"a", "b"}, {}).values()) == 7
+    parsed = parse_spec('fleet = "f"\nimage = "i"\n[profiles.a]\ntarget = 3\n[profiles.b]\ntarget = 1\n', Path("s"))
+    assert parsed.target == 4 and targets(parsed, {"a", "b"}, {}) == {"a": 3, "b": 1}
+
+
+# --------------------------------------------------------------------------- holding a fleet
+
+
+def test_a_three_cloud_fleet_is_held_at_its_target_through_endings_and_a_smaller_target(
+    run: Run, world: World, three_clouds: dict[str, Any]
+) -> None:
+    fleet = fleet_name()
+    image = run("image", "list", "-o", "json").json()[0]["identifier"]  # type: ignore[index]
+    text = spec_text(fleet, image, 3, {"aws": "share = 1", "osk": "share = 1", "one": "share = 1"}, fizzle_after="1s")
+    spec = write_spec(world, text)
+    try:
+        code, dry, _ = cycle(run, spec, "--dry-run")
+        assert code == 7 and dry["dry_run"] and alive(run, fleet) == {}  # it said what it would do, and did nothing
+        assert all(p["decisions"] == ["would create 1"] for p in dry["profiles"])
+        code, first, parts = cycle(run, spec)
+        assert code == 0 and first["met"], first
+        assert {name: p["created"] for name, p in parts.items()} == {"aws": 1, "osk": 1, "one": 1}
+        there = alive(run, fleet)
+        assert {name: len(ids) for name, ids in there.items()} == {"aws": 1, "osk": 1, "one": 1}
+        code, _second, parts = cycle(run, spec)
+        assert code == 0 and sum(p["created"] for p in parts.values()) == 0  # at its target: nothing to do
+        # Terminated behind its back, on the cloud itself: the next cycle records why, and replaces it.
+        three_clouds["aws"].client().terminate_instances(InstanceIds=there["aws"])
+        code, third, parts = cycle(run, spec)
+        assert code == 0 and parts["aws"]["ended"] == {"terminated": 1} and parts["aws"]["created"] == 1, third
+        assert len(alive(run, fleet)["aws"]) == 1 and alive(run, fleet)["aws"] != there["aws"]
+        status = run("fleet", "status", str(spec), "-o", "json")
+        assert status.code == 0
+        rows = {r["profile"]: r for r in status.json()}  # type: ignore[union-attr]
+        assert rows["aws"]["ended"] == {"terminated": 1} and rows["aws"]["last_cycle"] == third["started"]
+        table = run("fleet", "status", str(spec))
+        assert table.code == 0 and "BACKING OFF UNTIL" in table.out and "1 terminated" in table.out
+        # A smaller target: the surplus goes, oldest first.
+        spec.write_text(text.replace("target = 3", "target = 2"))
+        code, fourth, parts = cycle(run, spec)
+        assert code == 0 and sum(sum(p["terminated"].values()) for p in parts.values()) == 1, fourth
+        assert sum(len(ids) for ids in alive(run, fleet).values()) == 2
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_profile_that_cannot_create_backs_off_and_the_others_carry_the_target(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    fleet = fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1", "broken": "share = 1"},
+                                       backoff="1h"))  # fmt: skip
+    try:
+        code, first, parts = cycle(run, spec)
+        assert code == 7 and parts["aws"]["created"] == 1 and parts["broken"]["created"] == 0, first
+        assert parts["broken"]["backoff_until"] and "could not create" in parts["broken"]["backoff_reason"]
+        code, second, parts = cycle(run, spec)  # broken backs off: its part goes to aws
+        assert code == 0 and parts["aws"]["target"] == 2 and parts["aws"]["created"] == 1, second
+        assert parts["broken"]["target"] == 0 and parts["broken"]["backoff_until"]
+        assert len(alive(run, fleet)["aws"]) == 2
+        rows = {r["profile"]: r for r in run("fleet", "status", str(spec), "-o", "json").json()}  # type: ignore[union-attr]
+        assert rows["broken"]["backing_off_until"] and "could not create" in rows["broken"]["why"]
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_vms_that_end_young_back_their_profile_off(run: Run, world: World, two_clouds: dict[str, Any]) -> None:
+    fleet = fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1", "one": "share = 1"},
+                                       fizzle_after="1h", backoff="1h"))  # fmt: skip
+    try:
+        assert cycle(run, spec)[0] == 0
+        doomed = alive(run, fleet)["aws"]
+        two_clouds["aws"].client().terminate_instances(InstanceIds=doomed)  # it "found no work" at once
+        code, data, parts = cycle(run, spec)
+        assert parts["aws"]["ended"] == {"terminated": 1} and "ended within 1h" in parts["aws"]["backoff_reason"]
+        assert parts["aws"]["created"] == 0 and parts["one"]["target"] == 2 and parts["one"]["created"] == 1, data
+        assert code == 0 and len(alive(run, fleet)["one"]) == 2
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_one_maintainer_per_fleet(run: Run, world: World, two_clouds: dict[str, Any]) -> None:
+    fleet = fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 1, {"aws": "share = 1"}))
+    other = Ledger(world.state / "ledger.sqlite")
+    try:
+        with other.fleet_lock([fleet], "wlcgcloud fleet maintain"):
+            refused = run("fleet", "maintain", str(spec), "--once")
+        assert refused.code == 2 and f"fleet '{fleet}' is being changed by" in refused.err, refused.err
+        assert "'wlcgcloud fleet maintain'" in refused.err and alive(run, fleet) == {}
+        twice = run("fleet", "maintain", str(spec), str(spec), "--once")
+        assert twice.code == 2 and "one maintainer holds one fleet" in twice.err
+    finally:
+        other.close()
+
+
+def test_fleet_spec_writes_what_maintain_holds(run: Run, world: World, two_clouds: dict[str, Any]) -> None:
+    fleet = fleet_name()
+    launched = run("launch", two_clouds["image"], "-p", "aws", "-n", "2", "--fleet", fleet, "--credential", "none",
+                   "--bootstrap", "htcondor",
+                   "--set", "COLLECTOR=cm.example.org", "--set", "POOL_TOKEN=hunter2")  # fmt: skip
+    assert launched.code == 0, launched.err
+    try:
+        written = run("fleet", "spec", fleet)
+        assert written.code == 0 and "hunter2" not in written.out and "POOL_TOKEN" in written.out  # named, not kept
+        spec = write_spec(world, written.out)
+        parsed = parse_spec(written.out, spec)
+        assert (parsed.fleet, parsed.image, parsed.target) == (fleet, two_clouds["image"], 2)
+        assert parsed.profiles() == ["aws"]
+        assert parsed.settings == {"COLLECTOR": "cm.example.org"}
+        code, data, parts = cycle(run, spec, "--set", "POOL_TOKEN=hunter2")
+        assert code == 0 and parts["aws"]["created"] == 0 and data["alive"] == 2, data
+        as_json = run("fleet", "spec", fleet, "-o", "json").json()
+        assert isinstance(as_json, dict) and as_json["profiles"] == {"aws": {"target": 2, "flavor": "m5.large"}}
+        assert run("fleet", "spec", "no-such-fleet").code == 2
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

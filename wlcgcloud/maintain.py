@@ -1,0 +1,341 @@
+"""Holding a fleet at its target: one cycle of `wlcgcloud fleet maintain` (the vacuum model, without a batch system).
+
+Each cycle lists the fleet on every profile of its spec in parallel, then:
+- records what ended since the last cycle, and why as far as the cloud says (terminated, error,
+  powered off, lease over, gone);
+- terminates VMs stuck in pending or error longer than `stuck_after`, powered off, or past their lease;
+- backs a profile off, exponentially up to `backoff_max`, when its VMs fizzle (end younger than
+  `fizzle_after`) or it fails to create (quota, auth, cloud down), while the others carry the target;
+- spreads the target over the usable profiles by share (wlcgcloud.fleet_spec.targets), terminates
+  the surplus oldest first, and creates the deficit through the same launch path as `launch`
+  (ledger intent first, tags, resume), at most `create_per_cycle` VMs per cycle. The credential
+  to forward is found again for every creation, so new VMs get the current one.
+What it saw and decided is recorded per profile in the ledger (`fleet status` reads it there).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from wlcgcloud import fleet as fleets
+from wlcgcloud.errors import WlcgError
+from wlcgcloud.fleet_spec import FleetSpec, targets
+from wlcgcloud.launch import run_plan
+from wlcgcloud.launch_plan import LaunchOptions, plan_launch
+from wlcgcloud.times import human_duration, stamp
+
+if TYPE_CHECKING:
+    from wlcgcloud.config import Profile
+    from wlcgcloud.ledger import Ledger
+    from wlcgcloud.providers.base import Instance
+
+ALIVE = ("pending", "running")
+
+
+@dataclass
+class ProfileCycle:
+    """One profile's part of a cycle: what was there, what happened, what was done."""
+
+    profile: str
+    target: int = 0
+    running: int = 0
+    starting: int = 0
+    ended: Counter[str] = field(default_factory=Counter)  # why -> how many, since the last cycle
+    terminated: Counter[str] = field(default_factory=Counter)  # why -> how many this cycle terminated
+    created: int = 0
+    backoff_level: int = 0
+    backoff_until: float | None = None
+    backoff_reason: str | None = None
+    error: str | None = None
+    decisions: list[str] = field(default_factory=list)
+
+    @property
+    def alive(self) -> int:
+        return self.running + self.starting
+
+    def backing_off(self, now: float) -> bool:
+        return self.backoff_until is not None and self.backoff_until > now
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile, "target": self.target, "running": self.running, "starting": self.starting,
+            "ended": dict(self.ended), "terminated": dict(self.terminated), "created": self.created,
+            "backoff_until": stamp(datetime.fromtimestamp(self.backoff_until, UTC)) if self.backoff_until else None,
+            "backoff_reason": self.backoff_reason, "error": self.error, "decisions": self.decisions,
+        }  # fmt: skip
+
+
+@dataclass
+class Cycle:
+    fleet: str
+    started: datetime
+    profiles: list[ProfileCycle]
+    target: int
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def met(self) -> bool:
+        """Every profile holds its share of the target (starting VMs count) and the whole is there."""
+        return all(p.alive >= p.target and p.error is None for p in self.profiles) and (
+            sum(p.alive for p in self.profiles) >= self.target
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fleet": self.fleet, "started": stamp(self.started), "seconds": round(self.seconds, 3),
+            "target": self.target, "alive": sum(p.alive for p in self.profiles), "met": self.met,
+            "dry_run": self.dry_run, "profiles": [p.to_dict() for p in self.profiles],
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunTime:
+    """What a maintainer is given on the command line, not in the spec: secret settings, credential files."""
+
+    settings: Mapping[str, str] = field(default_factory=dict)
+    proxy: Any = None
+    token_file: Any = None
+
+
+def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: RunTime, dry_run: bool = False) -> Cycle:
+    """One cycle of holding `spec`'s fleet at its target (see the module's docstring)."""
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    now = started.timestamp()
+    found, gathered = fleets.fleet_instances(profiles, [spec.fleet])
+    failed = {name: error for name, error in gathered.failures}
+    listed: dict[str, list[Instance]] = {p.profile: [] for p in spec.places}
+    for inst in found:
+        listed.setdefault(inst.profile, []).append(inst)
+    if not dry_run:
+        ledger.record_instances(found)
+    before = ledger.cycle_state(spec.fleet)
+    parts = {p.profile: _carried(p.profile, before.get(p.profile)) for p in spec.places}
+    doomed: dict[str, list[tuple[Instance, str]]] = {}
+    for name, part in parts.items():
+        if name in failed:
+            part.error = failed[name].message
+            _back_off(part, spec, now, f"the cloud did not answer: {failed[name].message}")
+            continue
+        doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
+    usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
+    want = targets(spec, usable, {n: part.alive for n, part in parts.items()})
+    for name, part in parts.items():
+        part.target = want[name]
+        if name in usable and part.alive > part.target:
+            alive = [i for i in listed[name] if i.state in ALIVE and i.id not in {v.id for v, _ in doomed[name]}]
+            surplus = _oldest_first(alive)[: part.alive - part.target]
+            doomed[name] += [(i, "surplus") for i in surplus]
+            part.running -= sum(1 for i in surplus if i.state == "running")
+            part.starting -= sum(1 for i in surplus if i.state == "pending")
+    _terminate(profiles, doomed, parts, ledger, dry_run)
+    budget = spec.tuning.creations(spec.target)
+    for name in sorted(usable, key=lambda n: parts[n].alive - parts[n].target):
+        part = parts[name]
+        more = min(part.target - part.alive, budget)
+        if more <= 0:
+            continue
+        budget -= more
+        _create(spec, _profile(profiles, name), part, more, listed[name], doomed.get(name, []), ledger, given, dry_run)
+    out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run)
+    out.seconds = time.monotonic() - clock
+    if not dry_run:
+        ledger.record_cycle(spec.fleet, stamp(started), [_state_row(p) for p in out.profiles])
+    return out
+
+
+def _carried(profile: str, row: Mapping[str, Any] | None) -> ProfileCycle:
+    """A profile's part of a new cycle, with the back-off the last cycle left it in."""
+    part = ProfileCycle(profile)
+    if row:
+        part.backoff_level = int(row.get("backoff_level") or 0)
+        part.backoff_until = row.get("backoff_until")
+        part.backoff_reason = row.get("backoff_reason")
+    return part
+
+
+def _look_at(
+    spec: FleetSpec, part: ProfileCycle, instances: list[Instance], ledger: Ledger, started: datetime, dry_run: bool
+) -> list[tuple[Instance, str]]:
+    """Count what runs, record what ended since the last cycle (and why), and say which VMs must go:
+    powered off, in error, stuck starting, past their lease."""
+    now = started.timestamp()
+    cutoff = stamp(datetime.fromtimestamp(now - 1, UTC))  # this cycle's listing ended them at `now`, if not before
+    rows = {r["id"]: r for r in ledger.instances(fleet=spec.fleet, profile=part.profile)}
+    seen = {i.id for i in instances}
+    young = spec.tuning.fizzle_after.total_seconds()
+    fizzled = 0
+    gone = [r for r in rows.values() if r["id"] not in seen and not r["ended_at"]]
+    for row in gone:
+        part.ended["gone"] += 1
+        fizzled += _lived(row.get("launched_at"), now) < young
+    if gone and not dry_run:
+        ledger.mark_ended(part.profile, [r["id"] for r in gone], state="gone")
+    doomed: list[tuple[Instance, str]] = []
+    expired = {i.id for i in fleets.expired_leases(instances, started)}
+    for inst in instances:
+        age = now - inst.launched_at.timestamp() if inst.launched_at else 0.0
+        if inst.state == "terminated":
+            ended = (rows.get(inst.id) or {}).get("ended_at")
+            if not ended or ended >= cutoff:
+                part.ended["terminated"] += 1
+                fizzled += age < young
+            continue
+        reason = _why_it_must_go(inst, age, expired, spec.tuning.stuck_after.total_seconds())
+        if reason is None:
+            part.running += inst.state == "running"
+            part.starting += inst.state != "running"
+            continue
+        doomed.append((inst, reason))
+        if reason in ("powered off", "error"):  # it ended by itself
+            part.ended[reason] += 1
+            fizzled += age < young
+    if fizzled:
+        _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting "
+                  "(no work for them, or a broken image or site)")  # fmt: skip
+        part.decisions.append(f"backing off: {part.backoff_reason}")
+    return doomed
+
+
+def _why_it_must_go(inst: Instance, age: float, expired: set[str], stuck: float) -> str | None:
+    if inst.id in expired:
+        return "lease over"
+    if inst.state == "stopped":
+        return "powered off"
+    if inst.state == "error":
+        return "error"
+    if inst.state != "running" and age > stuck:
+        return f"{inst.state} for {human_duration(age)}"
+    return None
+
+
+def _lived(launched_at: str | None, now: float) -> float:
+    """Seconds since a ledger time (launched_at), infinite when unknown (never counted as young)."""
+    if not launched_at:
+        return float("inf")
+    return now - datetime.fromisoformat(launched_at.replace("Z", "+00:00")).timestamp()
+
+
+def _back_off(part: ProfileCycle, spec: FleetSpec, now: float, why: str) -> None:
+    """Double the profile's pause (from `backoff`, up to `backoff_max`), and say why."""
+    part.backoff_level += 1
+    pause = min(spec.tuning.backoff.total_seconds() * 2 ** (part.backoff_level - 1),
+                spec.tuning.backoff_max.total_seconds())  # fmt: skip
+    part.backoff_until = now + pause
+    part.backoff_reason = why
+
+
+def _oldest_first(instances: list[Instance]) -> list[Instance]:
+    return list(reversed(fleets.newest_first(instances)))
+
+
+def _profile(profiles: Sequence[Profile], name: str) -> Profile:
+    return next(p for p in profiles if p.name == name)
+
+
+def _terminate(
+    profiles: Sequence[Profile], doomed: Mapping[str, list[tuple[Instance, str]]], parts: Mapping[str, ProfileCycle],
+    ledger: Ledger, dry_run: bool,
+) -> None:  # fmt: skip
+    why = {i.id: reason for victims in doomed.values() for i, reason in victims}
+    for name, victims in doomed.items():
+        for inst, reason in victims:
+            parts[name].decisions.append(f"{'would terminate' if dry_run else 'terminate'} {inst.id} ({reason})")
+    if dry_run or not why:
+        return
+    targets_by_profile = {name: [i for i, _ in victims] for name, victims in doomed.items() if victims}
+    for result in fleets.terminate(profiles, targets_by_profile, ledger):
+        part = parts[result.instance.profile]
+        if result.error is None:
+            part.terminated[why[result.instance.id].split(" for ")[0]] += 1
+        else:
+            part.decisions.append(f"could not terminate {result.instance.id}: {result.error}")
+
+
+def _create(
+    spec: FleetSpec, profile: Profile, part: ProfileCycle, more: int, listed: list[Instance],
+    doomed: list[tuple[Instance, str]], ledger: Ledger, given: RunTime, dry_run: bool,
+) -> None:  # fmt: skip
+    """Launch `more` VMs of the fleet on the profile, through the launch path; a failure backs the profile off."""
+    place = next(p for p in spec.places if p.profile == profile.name)
+    going = {i.id for i, _ in doomed}
+    # What the launch's own listing will count as there: not terminated before this cycle, and not
+    # terminated by it (if the cloud still shows those, fewer are made now and the next cycle makes up).
+    there = sum(1 for i in listed if i.state != "terminated" and i.id not in going)
+    options = _options(spec, place.flavor, there + more, given)
+    if dry_run:
+        part.decisions.append(f"would create {more}")
+        part.created = more
+        return
+    try:
+        plan = plan_launch([profile], options)
+        result = run_plan(plan, ledger, resize=True)
+    except WlcgError as exc:
+        part.error = exc.message
+        _back_off(part, spec, time.time(), f"could not create: {exc.message}")
+        part.decisions.append(f"backing off: {part.backoff_reason}")
+        return
+    [outcome] = result.results
+    part.created = outcome.launched
+    part.starting += outcome.launched
+    part.decisions.append(f"created {outcome.launched} of {more}")
+    if outcome.error is not None:
+        part.error = outcome.error.message
+        _back_off(part, spec, time.time(), f"could not create: {outcome.error.message}")
+        part.decisions.append(f"backing off: {part.backoff_reason}")
+    elif not part.backing_off(time.time()):
+        part.backoff_level, part.backoff_reason = 0, None
+
+
+def _options(spec: FleetSpec, flavor: str | None, count: int, given: RunTime) -> LaunchOptions:
+    o = spec.options
+    from pathlib import Path
+
+    def path(value: Any) -> Path | None:
+        return Path(value).expanduser() if value else None
+
+    return LaunchOptions(
+        image=spec.image, count=count, flavor=flavor or o.get("flavor"), fleet=spec.fleet,
+        experiment=o.get("experiment"), credential=o.get("credential", "auto"),
+        proxy=given.proxy or path(o.get("proxy")), token_file=given.token_file or path(o.get("token_file")),
+        min_lifetime=o.get("min_lifetime"), credential_owner=o.get("credential_owner") or "root",
+        user_data=path(o.get("user_data")), bootstrap=o.get("bootstrap"),
+        settings={**spec.settings, **given.settings}, lease=o.get("lease"),
+        allow_unendorsed=bool(o.get("allow_unendorsed")), spot=bool(o.get("spot")),
+    )  # fmt: skip
+
+
+def _state_row(part: ProfileCycle) -> dict[str, Any]:
+    return {
+        "profile": part.profile, "target": part.target, "running": part.running, "starting": part.starting,
+        "ended": json.dumps(dict(part.ended), sort_keys=True), "created": part.created,
+        "terminated": json.dumps(dict(part.terminated), sort_keys=True), "error": part.error,
+        "backoff_level": part.backoff_level, "backoff_until": part.backoff_until, "backoff_reason": part.backoff_reason,
+        "decisions": json.dumps(part.decisions),
+    }  # fmt: skip
+
+
+def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
+    """What the last cycle saw and did, per profile of the spec (from the ledger: no cloud is asked)."""
+    rows = ledger.cycle_state(spec.fleet)
+    now = time.time()
+    out = []
+    for place in spec.places:
+        row = dict(rows.get(place.profile) or {})
+        until = row.get("backoff_until")
+        out.append({
+            "profile": place.profile, "target": row.get("target"), "running": row.get("running"),
+            "starting": row.get("starting"), "ended": json.loads(row.get("ended") or "{}"),
+            "created": row.get("created"), "terminated": json.loads(row.get("terminated") or "{}"),
+            "backing_off_until": stamp(datetime.fromtimestamp(until, UTC)) if until and until > now else None,
+            "why": row.get("backoff_reason") if until and until > now else None, "error": row.get("error"),
+            "last_cycle": row.get("cycle"), "decisions": json.loads(row.get("decisions") or "[]"),
+        })  # fmt: skip
+    return out
