@@ -227,3 +227,41 @@ def test_fleet_spec_writes_what_maintain_holds(run: Run, world: World, two_cloud
         assert run("fleet", "spec", "no-such-fleet").code == 2
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_credentials_are_rotated_and_a_short_one_creates_nothing(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    """VMs whose token ends within the margin are replaced, a few a cycle, by VMs with the current token;
+    a current token shorter than the margin stops creation (exit 5) and leaves the running VMs alone."""
+    from datetime import timedelta
+
+    from peers.proxies import make_token, write_private
+
+    fleet = fleet_name()
+    old, new, short = (world.root / name for name in ("old.token", "new.token", "short.token"))
+    write_private(old, make_token(timedelta(hours=1)))
+    write_private(new, make_token(timedelta(hours=12)))
+    write_private(short, make_token(timedelta(minutes=90)))
+    launched = run("launch", two_clouds["image"], "-p", "aws", "-n", "2", "--fleet", fleet, "--credential", "token",
+                   "--token-file", str(old), "--min-lifetime", "10m", "-o", "json")  # fmt: skip
+    assert launched.code == 0, launched.err
+    first = {i["id"]: i["tags"]["wlcg:credential"] for i in launched.json()["instances"]}  # type: ignore[index]
+    text = spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1"}, credential_margin="2h")
+    spec = write_spec(world, text.replace('credential = "none"', 'credential = "token"'))
+    try:
+        refused = run("fleet", "maintain", str(spec), "--once", "-o", "json", "--token-file", str(short))
+        assert refused.code == 5 and "creating nothing" in refused.err, refused.err
+        assert refused.json()["profiles"][0]["created"] == 0 and set(alive(run, fleet)["aws"]) == set(first)  # type: ignore[index]
+        seen = []
+        for _ in range(2):  # one retired and replaced a cycle (half of create_per_cycle): never all at once
+            code, data, parts = cycle(run, spec, "--token-file", str(new))
+            assert code == 0 and parts["aws"]["terminated"] == {"credential": 1} and parts["aws"]["created"] == 1, data
+            seen.append(set(alive(run, fleet)["aws"]))
+            assert len(seen[-1]) == 2
+        listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+        now = {i["id"]: i["tags"]["wlcg:credential"] for i in listed if i["state"] in ("pending", "running")}  # type: ignore[union-attr]
+        assert not set(now) & set(first) and len(set(now.values())) == 1  # every VM carries the new token
+        assert set(now.values()).isdisjoint(first.values())
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

@@ -29,6 +29,8 @@ target or a share each and a maximum; `[maintain]` tunes the maintainer.
     fizzle_after = "10m"             # a VM that ended younger than this fizzled: its profile backs off
     backoff = "2m"                   # the first back-off; doubled each time, up to backoff_max
     backoff_max = "1h"
+    credential_margin = "2h"         # a VM whose forwarded credential ends sooner is replaced; a
+                                     # current credential shorter than this creates nothing
 
 Errors name the file, the line, the key and a near miss, as config.toml's do (exit 3).
 """
@@ -61,6 +63,7 @@ TOP = ("fleet", "target", "credential", *TEXT_KEYS, *DURATION_KEYS, *FLAG_KEYS, 
 PROFILE_KEYS = ("target", "share", "max", "flavor")
 MAINTAIN_DEFAULTS: dict[str, str] = {
     "create_per_cycle": "10%", "stuck_after": "30m", "fizzle_after": "10m", "backoff": "2m", "backoff_max": "1h",
+    "credential_margin": "2h",
 }  # fmt: skip
 
 
@@ -83,6 +86,7 @@ class Tuning:
     fizzle_after: timedelta = timedelta(minutes=10)
     backoff: timedelta = timedelta(minutes=2)
     backoff_max: timedelta = timedelta(hours=1)
+    credential_margin: timedelta = timedelta(hours=2)
 
     def creations(self, target: int) -> int:
         """How many VMs one cycle may create: the rate limit."""

@@ -79,19 +79,22 @@ class Cycle:
     target: int
     seconds: float = 0.0
     dry_run: bool = False
+    error: str | None = None  # why nothing could be created on any profile (the credential to forward)
 
     @property
     def met(self) -> bool:
         """Every profile holds its share of the target (starting VMs count) and the whole is there."""
-        return all(p.alive >= p.target and p.error is None for p in self.profiles) and (
-            sum(p.alive for p in self.profiles) >= self.target
+        return (
+            self.error is None
+            and all(p.alive >= p.target and p.error is None for p in self.profiles)
+            and (sum(p.alive for p in self.profiles) >= self.target)
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "fleet": self.fleet, "started": stamp(self.started), "seconds": round(self.seconds, 3),
             "target": self.target, "alive": sum(p.alive for p in self.profiles), "met": self.met,
-            "dry_run": self.dry_run, "profiles": [p.to_dict() for p in self.profiles],
+            "dry_run": self.dry_run, "error": self.error, "profiles": [p.to_dict() for p in self.profiles],
         }  # fmt: skip
 
 
@@ -126,17 +129,19 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
             continue
         doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
     usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
+    problem = _credential_problem(spec, given, started)
+    if problem is None:
+        _retire_ending_credentials(spec, parts, listed, doomed, usable, started)
     want = targets(spec, usable, {n: part.alive for n, part in parts.items()})
     for name, part in parts.items():
         part.target = want[name]
         if name in usable and part.alive > part.target:
             alive = [i for i in listed[name] if i.state in ALIVE and i.id not in {v.id for v, _ in doomed[name]}]
-            surplus = _oldest_first(alive)[: part.alive - part.target]
-            doomed[name] += [(i, "surplus") for i in surplus]
-            part.running -= sum(1 for i in surplus if i.state == "running")
-            part.starting -= sum(1 for i in surplus if i.state == "pending")
+            _doom(part, doomed[name], _oldest_first(alive)[: part.alive - part.target], "surplus")
     _terminate(profiles, doomed, parts, ledger, dry_run)
-    budget = spec.tuning.creations(spec.target)
+    budget = 0 if problem else spec.tuning.creations(spec.target)
+    for name in usable if problem else ():
+        parts[name].decisions.append(f"not creating: {problem}")
     for name in sorted(usable, key=lambda n: parts[n].alive - parts[n].target):
         part = parts[name]
         more = min(part.target - part.alive, budget)
@@ -144,11 +149,61 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
             continue
         budget -= more
         _create(spec, _profile(profiles, name), part, more, listed[name], doomed.get(name, []), ledger, given, dry_run)
-    out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run)
+    out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run, error=problem)
     out.seconds = time.monotonic() - clock
     if not dry_run:
         ledger.record_cycle(spec.fleet, stamp(started), [_state_row(p) for p in out.profiles])
     return out
+
+
+def _credential_problem(spec: FleetSpec, given: RunTime, started: datetime) -> str | None:
+    """Why the credential to forward may not go now (expired, too short for the margin, missing), or None.
+
+    It is read again every cycle, so a renewed proxy or token is what new VMs get. When it may not
+    go, nothing is created anywhere and nothing is retired for its sake: the running VMs stay.
+    """
+    from wlcgcloud.context import credentials
+
+    options = _options(spec, None, 1, given)
+    try:
+        credentials.choose(options.credential, proxy=options.proxy, token_file=options.token_file,
+                           min_lifetime=spec.tuning.credential_margin, now=started)  # fmt: skip
+    except WlcgError as exc:
+        return exc.message
+    return None
+
+
+def _credential_end(inst: Instance) -> datetime | None:
+    """When the credential forwarded into `inst` ends (its wlcg:credential tag: kind, fingerprint, end)."""
+    parts = (inst.tags.get("wlcg:credential") or "").split()
+    try:
+        return datetime.fromisoformat(parts[2].replace("Z", "+00:00")) if len(parts) == 3 else None
+    except ValueError:
+        return None
+
+
+def _retire_ending_credentials(
+    spec: FleetSpec, parts: Mapping[str, ProfileCycle], listed: Mapping[str, list[Instance]],
+    doomed: Mapping[str, list[tuple[Instance, str]]], usable: set[str], started: datetime,
+) -> None:  # fmt: skip
+    """Retire VMs whose forwarded credential ends within the margin, the soonest first, never all at once:
+    at most half a cycle's creations, so their replacements (with the current credential) come in the same cycle."""
+    horizon = started + spec.tuning.credential_margin
+    going = {i.id for victims in doomed.values() for i, _ in victims}
+    ending = sorted(
+        ((end, inst) for name in usable for inst in listed[name]
+         if inst.state in ALIVE and inst.id not in going and (end := _credential_end(inst)) and end < horizon),
+        key=lambda pair: (pair[0], pair[1].id),
+    )  # fmt: skip
+    for end, inst in ending[: max(1, spec.tuning.creations(spec.target) // 2)]:
+        _doom(parts[inst.profile], doomed[inst.profile], [inst], f"credential ends {stamp(end)}")
+
+
+def _doom(part: ProfileCycle, doomed: list[tuple[Instance, str]], victims: list[Instance], reason: str) -> None:
+    """Mark live VMs to be terminated this cycle: they no longer count as running or starting."""
+    doomed += [(i, reason) for i in victims]
+    part.running -= sum(1 for i in victims if i.state == "running")
+    part.starting -= sum(1 for i in victims if i.state != "running")
 
 
 def _carried(profile: str, row: Mapping[str, Any] | None) -> ProfileCycle:
@@ -254,9 +309,16 @@ def _terminate(
     for result in fleets.terminate(profiles, targets_by_profile, ledger):
         part = parts[result.instance.profile]
         if result.error is None:
-            part.terminated[why[result.instance.id].split(" for ")[0]] += 1
+            part.terminated[_kind_of(why[result.instance.id])] += 1
         else:
             part.decisions.append(f"could not terminate {result.instance.id}: {result.error}")
+
+
+def _kind_of(reason: str) -> str:
+    """A reason without its particulars, for counting: 'pending for 31m' -> 'pending'."""
+    for tail in (" for ", " ends "):
+        reason = reason.split(tail)[0]
+    return reason
 
 
 def _create(

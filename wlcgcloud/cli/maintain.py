@@ -61,7 +61,7 @@ def maintain(
         list[Path], typer.Argument(help="Fleet spec files (TOML).", show_default=False, metavar="SPEC...")
     ],
     once: Annotated[
-        bool, typer.Option("--once", help="One cycle, then exit: 0 when the target is met, else 7.")
+        bool, typer.Option("--once", help="One cycle, then exit: 0 when the target is met, else 7 (5: credential).")
     ] = False,
     interval: Annotated[str, typer.Option("--interval", help="Time between cycles.", metavar="DUR")] = "60s",
     dry_run: Annotated[
@@ -122,7 +122,8 @@ def maintain(
             cycles.clear()
     if once or dry_run:
         emit(ctx, cycles if len(cycles) > 1 else cycles[0])
-        raise typer.Exit(0 if all(c["met"] for c in cycles) else 7)
+        refused = any(c["error"] for c in cycles)  # the credential to forward may not go: exit 5, as launch's
+        raise typer.Exit(0 if all(c["met"] for c in cycles) else 5 if refused else 7)
     info("fleet maintain: stopped after the cycle under way.")
 
 
@@ -170,6 +171,8 @@ def _log(g: Any, cycle: dict[str, Any], log_format: str) -> None:
             info(f"    {decision}")
         if p["error"]:
             warn(f"profile '{p['profile']}': {p['error']}", g)
+    if cycle["error"]:
+        warn(f"fleet {cycle['fleet']}: creating nothing: {cycle['error']}", g)
 
 
 def status(ctx: typer.Context, spec_file: Annotated[Path, typer.Argument(help="A fleet spec file.")]) -> None:
