@@ -6,10 +6,12 @@ cycle) and wlcgcloud.fleet_spec (the spec file); this module parses, loops, logs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -73,6 +75,12 @@ def maintain(
     proxy: Annotated[Path | None, typer.Option("--proxy", readable=False, help="The X.509 proxy to forward.")] = None,
     token_file: Annotated[Path | None, typer.Option("--token-file", readable=False, help="The token file.")] = None,
     log_format: Annotated[str, typer.Option("--log-format", help="text | json (one object per line).")] = "text",
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus metrics on this port.", show_default=False)
+    ] = None,
+    metrics_address: Annotated[
+        str, typer.Option("--metrics-address", help="The address --metrics-port listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Hold fleets at their target: replace VMs that end, back off where they fizzle or cannot be made.
 
@@ -111,12 +119,18 @@ def maintain(
                                 token_file.expanduser() if token_file else None)  # fmt: skip
     stop = threading.Event()
     cycles: list[dict[str, Any]] = []
-    with changing(ctx, [] if dry_run else names) as ledger, _stopped_by_signals(stop):
+    with (
+        changing(ctx, [] if dry_run else names) as ledger,
+        _stopped_by_signals(stop),
+        _served(metrics_port, metrics_address) as metrics,
+    ):
         while True:
             for one in read:
-                done = maintaining.cycle(one, profiles[one.fleet], ledger, given, dry_run=dry_run)
-                cycles.append(done.to_dict())
-                _log(g, done.to_dict(), log_format)
+                done = maintaining.cycle(one, profiles[one.fleet], ledger, given, dry_run=dry_run).to_dict()
+                cycles.append(done)
+                _log(g, done, log_format)
+                if metrics is not None:
+                    metrics.observe(done)
             if once or dry_run or stop.wait(pause):
                 break
             cycles.clear()
@@ -125,6 +139,24 @@ def maintain(
         refused = any(c["error"] for c in cycles)  # the credential to forward may not go: exit 5, as launch's
         raise typer.Exit(0 if all(c["met"] for c in cycles) else 5 if refused else 7)
     info("fleet maintain: stopped after the cycle under way.")
+
+
+@contextlib.contextmanager
+def _served(port: int | None, address: str) -> Iterator[Any]:
+    """The Prometheus endpoint, when asked for, for as long as the maintainer runs."""
+    if port is None:
+        yield None
+        return
+    if not 1 <= port <= 65535:
+        raise UsageError(f"--metrics-port {port}: a port is from 1 to 65535.")
+    from wlcgcloud.metrics import FleetMetrics
+
+    metrics = FleetMetrics(port, address)
+    info(f"Prometheus metrics on http://{address}:{port}/metrics")
+    try:
+        yield metrics
+    finally:
+        metrics.close()
 
 
 def _twice(names: list[str]) -> str:
