@@ -265,3 +265,34 @@ def test_credentials_are_rotated_and_a_short_one_creates_nothing(
         assert set(now.values()).isdisjoint(first.values())
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_vm_the_cloud_no_longer_lists_is_recorded_gone_and_replaced(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    import sqlite3
+    import xmlrpc.client
+
+    fleet = fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 1, {"one": "share = 1"}, fizzle_after="1s"))
+    try:
+        assert cycle(run, spec)[0] == 0
+        [vm] = alive(run, fleet)["one"]
+        peer = xmlrpc.client.ServerProxy(two_clouds["one"].url)
+        assert peer.one.vm.action("atlas:secret", "terminate-hard", int(vm))[0]  # OpenNebula lists it no more
+        code, data, parts = cycle(run, spec)
+        # Seconds after it was last seen, a VM missing from a listing may only be late (EC2's are eventually
+        # consistent): not yet "gone", but no longer counted either, so its replacement is made now.
+        assert code == 0 and parts["one"]["ended"] == {} and parts["one"]["created"] == 1, data
+        db = sqlite3.connect(world.state / "ledger.sqlite")
+        db.execute("UPDATE instances SET last_seen = '2026-01-01T00:00:00Z' WHERE id = ?", (vm,))
+        db.commit()
+        db.close()
+        code, data, parts = cycle(run, spec)
+        assert code == 0 and parts["one"]["ended"] == {"gone": 1} and parts["one"]["created"] == 0, data
+        db = sqlite3.connect(world.state / "ledger.sqlite")
+        [(ended, state)] = db.execute("SELECT ended_at, last_state FROM instances WHERE id = ?", (vm,)).fetchall()
+        db.close()
+        assert ended and state == "gone"
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

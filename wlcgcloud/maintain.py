@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from wlcgcloud.providers.base import Instance
 
 ALIVE = ("pending", "running")
+GONE_AFTER = 60.0  # seconds: how long a VM the ledger saw may be missing from a listing before it counts as gone
 
 
 @dataclass
@@ -227,7 +228,10 @@ def _look_at(
     seen = {i.id for i in instances}
     young = spec.tuning.fizzle_after.total_seconds()
     fizzled = 0
-    gone = [r for r in rows.values() if r["id"] not in seen and not r["ended_at"]]
+    # A VM made moments ago may be missing from a listing for a while (EC2's are eventually
+    # consistent): it is declared gone only once it was last seen a while ago.
+    settled = stamp(datetime.fromtimestamp(now - GONE_AFTER, UTC))
+    gone = [r for r in rows.values() if r["id"] not in seen and not r["ended_at"] and r["last_seen"] < settled]
     for row in gone:
         part.ended["gone"] += 1
         fizzled += _lived(row.get("launched_at"), now) < young
