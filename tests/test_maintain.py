@@ -296,3 +296,20 @@ def test_a_vm_the_cloud_no_longer_lists_is_recorded_gone_and_replaced(
         assert ended and state == "gone"
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_vms_past_their_lease_are_terminated_and_replaced(run: Run, world: World, two_clouds: dict[str, Any]) -> None:
+    import time
+
+    fleet = fleet_name()
+    text = spec_text(fleet, two_clouds["image"], 1, {"aws": "share = 1"}, fizzle_after="1s")
+    spec = write_spec(world, text.replace('credential = "none"', 'credential = "none"\nlease = "2s"'))
+    try:
+        assert cycle(run, spec)[0] == 0
+        [first] = alive(run, fleet)["aws"]
+        time.sleep(2.5)  # the lease is tagged to the second
+        code, data, parts = cycle(run, spec)
+        assert code == 0 and parts["aws"]["terminated"] == {"lease over": 1} and parts["aws"]["created"] == 1, data
+        assert alive(run, fleet)["aws"] != [first]
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

@@ -244,7 +244,8 @@ def _look_at(
         if inst.state == "terminated":
             ended = (rows.get(inst.id) or {}).get("ended_at")
             if not ended or ended >= cutoff:
-                part.ended["terminated"] += 1
+                lease = inst.tags.get("wlcg:lease-until")
+                part.ended["lease over" if lease and lease <= stamp(started) else "terminated"] += 1
                 fizzled += age < young
             continue
         reason = _why_it_must_go(inst, age, expired, spec.tuning.stuck_after.total_seconds())
