@@ -69,9 +69,10 @@ def self_signed(directory: Path, names: tuple[str, ...] = ("127.0.0.1",)) -> ssl
     return _server(directory, names, None, None, now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=30))
 
 
-def _server(
-    directory: Path, names: tuple[str, ...], issuer: x509.Name | None, ca_key: Any, start: Any, end: Any
-) -> ssl.SSLContext:
+def _server_cert(
+    names: tuple[str, ...], issuer: x509.Name | None, ca_key: Any, start: Any, end: Any
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A server key and certificate for `names` (IP addresses or DNS names), signed by `ca_key` (else by itself)."""
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
     for name in names:
@@ -91,6 +92,13 @@ def _server(
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key or key, hashes.SHA256())
     )
+    return key, cert
+
+
+def _server(
+    directory: Path, names: tuple[str, ...], issuer: x509.Name | None, ca_key: Any, start: Any, end: Any
+) -> ssl.SSLContext:
+    key, cert = _server_cert(names, issuer, ca_key, start, end)
     directory.mkdir(parents=True, exist_ok=True)
     chain = directory / f"server-{x509.random_serial_number():x}.pem"
     chain.write_bytes(
@@ -116,25 +124,8 @@ def make_server_files(directory: Path, names: tuple[str, ...] = ("127.0.0.1",)) 
     """A new CA and a server certificate for `names` (IP addresses or DNS names), valid for a day, written to files."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key, ca_cert = _new_ca(now)
-    key = ec.generate_private_key(ec.SECP256R1())
-    alt: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt.append(x509.DNSName(name))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    key, cert = _server_cert(names, ca_cert.subject, ca_key, now - datetime.timedelta(minutes=5),
+                             now + datetime.timedelta(days=1))  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
     files = ServerFiles(directory / "ca.pem", directory / "server.crt", directory / "server.key")
     files.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
