@@ -453,3 +453,57 @@ def postgres_server() -> Iterator[PostgresServer]:
 def pg_database(postgres_server: PostgresServer) -> Database:
     """A fresh database, owned by a fresh role with its own password, on the session's server."""
     return postgres_server.new_database()
+
+
+# ----------------------------------------------------------------------------- fleet maintain
+
+
+def write_spec(world: World, text: str, name: str = "fleet.toml") -> Path:
+    path = world.root / name
+    path.write_text(text)
+    return path
+
+
+def fleet_name(prefix: str = "vac") -> str:
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"  # the peers are the session's: every test's fleets are its own
+
+
+def spec_text(fleet: str, image: str, target: int, places: dict[str, str], **maintain: str) -> str:
+    """A fleet spec: no credential, this target over these [profiles.NAME] bodies, [maintain] keys as given
+    (create_per_cycle 100% unless said otherwise)."""
+    lines = [f'fleet = "{fleet}"', f'image = "{image}"', 'credential = "none"', f"target = {target}", ""]
+    for name, body in places.items():
+        lines += [f"[profiles.{name}]", body, ""]
+    lines += ["[maintain]", *(f'{k} = "{v}"' for k, v in {"create_per_cycle": "100%", **maintain}.items())]
+    return "\n".join(lines) + "\n"
+
+
+def alive(run: Run, fleet: str) -> dict[str, list[str]]:
+    """The ids of the fleet's pending and running instances, by profile, as `instance list` shows them."""
+    listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+    assert isinstance(listed, list)
+    out: dict[str, list[str]] = {}
+    for i in listed:
+        if i["state"] in ("pending", "running"):
+            out.setdefault(i["profile"], []).append(i["id"])
+    return out
+
+
+@pytest.fixture
+def two_clouds(
+    world: World, endorsed: dict[str, Any], moto_ec2: Any, one_endorsed: Any, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Any]:
+    """EC2 (moto) and OpenNebula (the peer), each holding a copy of the first endorsed image, and a profile
+    'broken' on the same peer whose VM template does not exist (it can never create)."""
+    own_marked_ami(moto_ec2.client(), endorsed["first"])
+    write_profiles(world, {
+        "aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
+        "one": one_profile(one_endorsed, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
+        "broken": one_profile(one_endorsed, vm_template="no-such-template", experiment="atlas"),  # type: ignore[arg-type]
+    })  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
+    monkeypatch.setenv("WLCGCLOUD_SECRET_BROKEN", "secret")
+    return {"image": endorsed["first"], "aws": moto_ec2, "one": one_endorsed}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,25 +10,7 @@ import pytest
 from wlcgcloud.fleet_spec import FleetSpec, Place, parse_spec, targets
 from wlcgcloud.ledger import Ledger
 
-from conftest import Run, World, ec2_profile, one_profile, own_marked_ami, write_profiles
-
-
-def write_spec(world: World, text: str, name: str = "fleet.toml") -> Path:
-    path = world.root / name
-    path.write_text(text)
-    return path
-
-
-def fleet_name() -> str:
-    return f"vac-{uuid.uuid4().hex[:8]}"  # the peers are the session's: every test's fleets are its own
-
-
-def spec_text(fleet: str, image: str, target: int, places: dict[str, str], **maintain: str) -> str:
-    lines = [f'fleet = "{fleet}"', f'image = "{image}"', 'credential = "none"', f"target = {target}", ""]
-    for name, body in places.items():
-        lines += [f"[profiles.{name}]", body, ""]
-    lines += ["[maintain]", *(f'{k} = "{v}"' for k, v in {"create_per_cycle": "100%", **maintain}.items())]
-    return "\n".join(lines) + "\n"
+from conftest import Run, World, alive, fleet_name, spec_text, write_spec
 
 
 def cycle(run: Run, spec: Path, *extra: str) -> tuple[int, dict[str, Any], dict[str, dict[str, Any]]]:
@@ -39,32 +20,6 @@ def cycle(run: Run, spec: Path, *extra: str) -> tuple[int, dict[str, Any], dict[
     data = result.json()
     assert isinstance(data, dict)
     return result.code, data, {p["profile"]: p for p in data["profiles"]}
-
-
-def alive(run: Run, fleet: str) -> dict[str, list[str]]:
-    listed = run("instance", "list", "--fleet", fleet, "-o", "json")
-    out: dict[str, list[str]] = {}
-    for i in listed.json():  # type: ignore[union-attr]
-        if i["state"] in ("pending", "running"):
-            out.setdefault(i["profile"], []).append(i["id"])
-    return out
-
-
-@pytest.fixture
-def two_clouds(
-    world: World, endorsed: dict[str, Any], moto_ec2: Any, one_endorsed: Any, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, Any]:
-    """EC2 (moto) and OpenNebula (the peer), each holding a copy of the first endorsed image."""
-    own_marked_ami(moto_ec2.client(), endorsed["first"])
-    write_profiles(world, {
-        "aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas"),
-        "one": one_profile(one_endorsed, vm_template="atlas-wn", experiment="atlas"),  # type: ignore[arg-type]
-        "broken": one_profile(one_endorsed, vm_template="no-such-template", experiment="atlas"),  # type: ignore[arg-type]
-    })  # fmt: skip
-    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
-    monkeypatch.setenv("WLCGCLOUD_SECRET_ONE", "secret")
-    monkeypatch.setenv("WLCGCLOUD_SECRET_BROKEN", "secret")
-    return {"image": endorsed["first"], "aws": moto_ec2, "one": one_endorsed}
 
 
 # --------------------------------------------------------------------------- the spec

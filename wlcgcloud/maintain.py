@@ -339,7 +339,6 @@ def _create(
     options = _options(spec, place.flavor, there + more, given)
     if dry_run:
         part.decisions.append(f"would create {more}")
-        part.created = more
         return
     try:
         plan = plan_launch([profile], options)
@@ -351,8 +350,14 @@ def _create(
         return
     [outcome] = result.results
     part.created = outcome.launched
-    part.starting += outcome.launched
-    part.decisions.append(f"created {outcome.launched} of {more}")
+    # What the launch has that this cycle's listing did not show: what it made now, and what it found
+    # that a killed maintainer had made (or a listing did not show yet). Those count as alive too.
+    seen = {i.id for i in listed}
+    late = [i for i in outcome.instances if i.id not in seen]
+    part.running += sum(1 for i in late if i.state == "running")
+    part.starting += sum(1 for i in late if i.state != "running")
+    found = len(late) - outcome.launched
+    part.decisions.append(f"created {outcome.launched} of {more}" + (f", found {found} made already" if found else ""))
     if outcome.error is not None:
         part.error = outcome.error.message
         _back_off(part, spec, time.time(), f"could not create: {outcome.error.message}")

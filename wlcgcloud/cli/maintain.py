@@ -109,6 +109,8 @@ def maintain(
     if log_format not in LOG_FORMATS:
         raise UsageError(f"--log-format '{log_format}': use text or json.")
     pause = parse_duration(interval, "--interval").total_seconds()
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {metrics_port}: a port is from 1 to 65535.")
     read = [read_spec(path.expanduser()) for path in specs]
     names = [s.fleet for s in read]
     if len(set(names)) != len(names):
@@ -147,8 +149,6 @@ def _served(port: int | None, address: str) -> Iterator[Any]:
     if port is None:
         yield None
         return
-    if not 1 <= port <= 65535:
-        raise UsageError(f"--metrics-port {port}: a port is from 1 to 65535.")
     from wlcgcloud.metrics import FleetMetrics
 
     metrics = FleetMetrics(port, address)
@@ -175,7 +175,8 @@ class _stopped_by_signals:
             if signum == signal.SIGINT and self.stop.is_set():
                 raise KeyboardInterrupt
             self.stop.set()
-            print("wlcgcloud: stopping after the cycle under way (Ctrl-C again to interrupt it).", file=sys.stderr)
+            again = " (Ctrl-C again to interrupt it)" if signum == signal.SIGINT else ""
+            print(f"wlcgcloud: stopping after the cycle under way{again}.", file=sys.stderr)
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
