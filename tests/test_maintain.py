@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ SPEC_ERRORS = {
     'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\n[maintain]\ncreate_per_cycle = "250%"\n':
         "key 'create_per_cycle' in [maintain]",
     'fleet = "f"\nimage = "i"\ntarget = 2\n': "expected [profiles.NAME] tables",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[settings]\nCOLLECTOR = "cm"\n[profiles.a]\n':
+        "settings are a bootstrap's: give bootstrap",
+    'fleet = "f"\nimage = "i"\nbootstrap = "htcondor"\ntarget = 2\n[settings]\ncolector = "cm"\n[profiles.a]\n':
+        "key 'colector' in [settings]: bootstrap 'htcondor' has no such setting (did you mean 'COLLECTOR'?)",
+    'fleet = "f"\nimage = "i"\ntarget = 9\n[profiles.a]\nmax = 4\n[profiles.b]\nmax = 4\n':
+        "the profiles' max add up to 8, fewer than the target 9",
+    'fleet = "f"\nimage = "i"\ntarget = 2\nprofiles.a = 0\n': "expected a table [profiles.NAME]",
     'fleet = "f"\nimage = \n': "TOML syntax error",
 }  # fmt: skip
 
@@ -67,6 +75,11 @@ def test_targets_spread_by_share_spill_past_a_max_and_keep_what_an_unusable_prof
     assert sum(targets(FleetSpec("f", "i", 7, (Place("a", 1), Place("b", 1))), {"a", "b"}, {}).values()) == 7
     parsed = parse_spec('fleet = "f"\nimage = "i"\n[profiles.a]\ntarget = 3\n[profiles.b]\ntarget = 1\n', Path("s"))
     assert parsed.target == 4 and targets(parsed, {"a", "b"}, {}) == {"a": 3, "b": 1}
+    tuned = parse_spec('fleet = "f"\nimage = "i"\nuser_data = "ud.yaml"\ntarget = 1\n[profiles.a]\n[maintain]\n'
+                       'fizzle_after = "0s"\nbootstrap = "htcondor"\n'.replace('bootstrap = "htcondor"\n', ""),
+                       Path("/etc/wlcgcloud/fleets/atlas.toml"))  # fmt: skip
+    assert tuned.tuning.fizzle_after.total_seconds() == 0 and tuned.tuning.backoff.total_seconds() == 120
+    assert tuned.options["user_data"] == "/etc/wlcgcloud/fleets/ud.yaml"  # beside the spec, not where it runs
 
 
 # --------------------------------------------------------------------------- holding a fleet
@@ -161,10 +174,12 @@ def test_one_maintainer_per_fleet(run: Run, world: World, two_clouds: dict[str, 
         other.close()
 
 
-def test_fleet_spec_writes_what_maintain_holds(run: Run, world: World, two_clouds: dict[str, Any]) -> None:
+def test_fleet_spec_writes_what_maintain_holds(
+    run: Run, world: World, two_clouds: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     fleet = fleet_name()
     launched = run("launch", two_clouds["image"], "-p", "aws", "-n", "2", "--fleet", fleet, "--credential", "none",
-                   "--bootstrap", "htcondor",
+                   "-o", "json", "--bootstrap", "htcondor",
                    "--set", "COLLECTOR=cm.example.org", "--set", "POOL_TOKEN=hunter2")  # fmt: skip
     assert launched.code == 0, launched.err
     try:
@@ -179,6 +194,16 @@ def test_fleet_spec_writes_what_maintain_holds(run: Run, world: World, two_cloud
         assert code == 0 and parts["aws"]["created"] == 0 and data["alive"] == 2, data
         as_json = run("fleet", "spec", fleet, "-o", "json").json()
         assert isinstance(as_json, dict) and as_json["profiles"] == {"aws": {"target": 2, "flavor": "m5.large"}}
+        # A secret setting can come from the environment (a systemd EnvironmentFile), never from the spec.
+        spec.write_text(written.out.replace("target = 2", "target = 3", 1))
+        monkeypatch.setenv("WLCGCLOUD_SET_POOL_TOKEN", "from-the-environment")
+        code, data, parts = cycle(run, spec)
+        assert code == 0 and parts["aws"]["created"] == 1, data
+        newest = set(alive(run, fleet)["aws"]) - set(launched.json()["instances"][i]["id"] for i in range(2))  # type: ignore[index]
+        user_data = (
+            two_clouds["aws"].client().describe_instance_attribute(InstanceId=newest.pop(), Attribute="userData")
+        )
+        assert b"from-the-environment" in base64.b64decode(user_data["UserData"]["Value"])
         assert run("fleet", "spec", "no-such-fleet").code == 2
     finally:
         run("fleet", "terminate", fleet, "--yes")
@@ -267,4 +292,27 @@ def test_vms_past_their_lease_are_terminated_and_replaced(run: Run, world: World
         assert code == 0 and parts["aws"]["terminated"] == {"lease over": 1} and parts["aws"]["created"] == 1, data
         assert alive(run, fleet)["aws"] != [first]
     finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_profile_that_does_not_answer_keeps_what_it_held_and_the_others_do_not_double_up(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    from conftest import ec2_profile, one_profile, write_profiles
+
+    fleet = fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1", "one": "share = 1"}))
+    try:
+        assert cycle(run, spec)[0] == 0
+        # The OpenNebula front-end goes away: its VM is not gone for that, and aws must not make a second one.
+        gone = {**one_profile(two_clouds["one"]), "endpoint": "http://127.0.0.1:9/RPC2"}
+        write_profiles(
+            world, {"aws": ec2_profile(two_clouds["aws"], flavor="m5.large", experiment="atlas"), "one": gone}
+        )
+        code, data, parts = cycle(run, spec)
+        assert code == 7 and parts["one"]["error"] and parts["one"]["running"] == 1, data
+        assert parts["aws"]["target"] == 1 and parts["aws"]["created"] == 0 and len(alive(run, fleet)["aws"]) == 1
+    finally:
+        write_profiles(world, {"aws": ec2_profile(two_clouds["aws"], flavor="m5.large", experiment="atlas"),
+                               "one": one_profile(two_clouds["one"], vm_template="atlas-wn")})  # fmt: skip
         run("fleet", "terminate", fleet, "--yes")

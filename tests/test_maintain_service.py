@@ -97,7 +97,13 @@ class Maintainer:
 
     def cycles(self) -> list[dict[str, Any]]:
         """The JSON cycle lines so far (--log-format json), parsed: a line that starts one and does not parse fails."""
-        return [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        parsed = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        return [c for c in parsed if "event" not in c]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The maintainer's own events in JSON form ({"event": ..., "message": ...})."""
+        parsed = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        return [e for e in parsed if "event" in e]
 
     def wait_cycles(self, n: int, limit: float = 40.0) -> list[dict[str, Any]]:
         def there() -> bool:
@@ -185,12 +191,13 @@ def test_the_loop_logs_json_serves_metrics_and_stops_cleanly_on_sigterm(
             [held] = second["profiles"]
             assert second["met"] and second["alive"] == 2 and held["created"] == 0, second  # at its target: nothing
             assert second["started"] > first["started"]
-            assert f"Prometheus metrics on http://127.0.0.1:{port}/metrics" in m.lines
+            serving = f"Prometheus metrics on http://127.0.0.1:{port}/metrics"
+            assert {"event": "metrics", "message": serving} in m.events()
             samples = scrape(port)
             labels = f'{{fleet="{fleet}",profile="aws"}}'
             assert samples[f"wlcgcloud_fleet_target{labels}"] == 2.0, samples
             assert samples[f'wlcgcloud_fleet_target_met{{fleet="{fleet}"}}'] == 1.0
-            assert samples[f"wlcgcloud_fleet_created_total{labels}"] == 2.0  # a counter: once, not once a cycle
+            assert samples[f"wlcgcloud_fleet_launched_total{labels}"] == 2.0  # a counter: once, not once a cycle
             assert samples[f"wlcgcloud_fleet_running{labels}"] + samples[f"wlcgcloud_fleet_starting{labels}"] == 2.0
             assert samples[f"wlcgcloud_fleet_backoff_seconds{labels}"] == 0.0
             assert samples[f'wlcgcloud_fleet_cycle_seconds{{fleet="{fleet}"}}'] > 0.0
@@ -199,7 +206,8 @@ def test_the_loop_logs_json_serves_metrics_and_stops_cleanly_on_sigterm(
             code = m.stop(signal.SIGTERM)
             took = time.monotonic() - began
             assert code == 0 and took < 10, (code, took, m.stderr())
-            assert m.lines[-1] == STOPPED, m.stderr()
+            assert json.loads(m.lines[-1]) == {"event": "stopped", "message": STOPPED}, m.stderr()
+            assert all(line.startswith("{") for line in m.lines), m.stderr()  # --log-format json: nothing else
             assert "Traceback" not in m.stderr() and m.stdout.read_text() == ""  # the log is stderr's alone
             last = m.cycles()[-1]
         assert not listening(port)  # the metrics endpoint went with it

@@ -160,7 +160,7 @@ class _Checker:
         return f"{self.path}: key '{key}'" + (f" in [{table}]" if table else "")
 
     def fail(self, key: str, table: str | None, why: str) -> ConfigError:
-        return ConfigError(f"{self.where(key, table)}: {why}.", "The file was left as it is; fix it and run again.")
+        return ConfigError(f"{self.where(key, table)}: {why}.")
 
     def unknown(self, key: str, table: str | None, allowed: tuple[str, ...] | list[str]) -> ConfigError:
         near = closest(key, list(allowed))
@@ -210,6 +210,10 @@ class _Checker:
         if credential not in CREDENTIALS:
             raise self.fail("credential", None, f"expected one of {', '.join(CREDENTIALS)}")
         options["credential"] = credential
+        base = self.path.expanduser().absolute().parent
+        for key in ("user_data", "proxy", "token_file"):  # relative to the spec, not to where it runs (systemd: /)
+            if options.get(key) and not Path(options[key]).expanduser().is_absolute():
+                options[key] = str(base / options[key])
         places = self.places(data.get("profiles"))
         target = self.count(data, "target")
         explicit = [n for n, t in data["profiles"].items() if isinstance(t, dict) and "target" in t]
@@ -217,8 +221,12 @@ class _Checker:
             if len(explicit) != len(places):
                 raise self.fail("target", None, "missing: the whole fleet's size (or a target in every profile)")
             target = int(sum(p.share for p in places))
+        if all(p.max is not None for p in places) and sum(p.max or 0 for p in places) < target:
+            raise self.fail("target", None, f"the profiles' max add up to {sum(p.max or 0 for p in places)}, "
+                            f"fewer than the target {target}: it could never be met")  # fmt: skip
+        settings = self.settings(data.get("settings"), options.get("bootstrap"))
         return FleetSpec(fleet, image, target, tuple(places), {k: v for k, v in options.items() if v is not None},
-                         self.settings(data.get("settings")), self.tuning(data.get("maintain")), self.path)  # fmt: skip
+                         settings, self.tuning(data.get("maintain")), self.path)  # fmt: skip
 
     def places(self, tables: Any) -> list[Place]:
         if not isinstance(tables, dict) or not tables:
@@ -226,7 +234,6 @@ class _Checker:
         out = []
         for name, table in tables.items():
             where = f"profiles.{name}"
-            table = table or {}
             if not isinstance(table, dict):
                 raise self.fail(name, "profiles", "expected a table [profiles.NAME]")
             for key in table:
@@ -243,21 +250,30 @@ class _Checker:
             out.append(Place(name, float(share or 0), top, self.text(table, "flavor", where)))
         return out
 
-    def settings(self, table: Any) -> dict[str, str]:
-        from wlcgcloud.context.userdata import is_secret
+    def settings(self, table: Any, bootstrap: str | None) -> dict[str, str]:
+        from wlcgcloud.context.userdata import bootstraps, is_secret
 
         if table is None:
             return {}
         if not isinstance(table, dict):
             raise self.fail("settings", None, 'expected a table [settings] of KEY = "value"')
+        boot = bootstraps().get(bootstrap or "")
+        known = [s.key for s in boot.settings] if boot else []
         out = {}
         for key, value in table.items():
             if is_secret(key):
                 raise self.fail(key, "settings", "a secret setting never sits in a spec (it may live in git); give it "
-                                "at run time: 'wlcgcloud fleet maintain SPEC --set KEY=VALUE'")  # fmt: skip
+                                f"at run time: --set {key.upper()}=... or WLCGCLOUD_SET_{key.upper()}")  # fmt: skip
+            if boot is None:
+                raise self.fail("settings", None, 'settings are a bootstrap\'s: give bootstrap = "NAME" too '
+                                f"(shipped: {', '.join(bootstraps())})")  # fmt: skip
+            if key.upper() not in known:
+                near = closest(key.upper(), known)
+                hint = f" (did you mean '{near}'?)" if near else f"; it takes {', '.join(known)}"
+                raise self.fail(key, "settings", f"bootstrap '{bootstrap}' has no such setting{hint}")
             if not isinstance(value, str | int | float) or isinstance(value, bool):
                 raise self.fail(key, "settings", "expected text or a number")
-            out[key] = str(value)
+            out[key.upper()] = str(value)
         return out
 
     def tuning(self, table: Any) -> Tuning:
@@ -273,8 +289,11 @@ class _Checker:
             or (isinstance(rate, str) and re.fullmatch(r"([1-9][0-9]?|100)%", rate))
         ):
             raise self.fail("create_per_cycle", "maintain", "expected a number of VMs (1 or more) or a share (10%)")
-        times = {k: self.duration(table, k, "maintain") or parse_duration(v) for k, v in MAINTAIN_DEFAULTS.items()
-                 if k != "create_per_cycle"}  # fmt: skip
+        times = {}
+        for key, default in MAINTAIN_DEFAULTS.items():
+            if key != "create_per_cycle":
+                given = self.duration(table, key, "maintain")
+                times[key] = parse_duration(default) if given is None else given
         return Tuning(str(rate), **times)
 
 
@@ -354,7 +373,8 @@ def to_toml(spec: Mapping[str, Any]) -> str:
     doc.add(tomlkit.comment(f"wlcgcloud fleet spec for '{spec['fleet']}': 'wlcgcloud fleet maintain FILE' holds it."))
     secret = spec.get("_secret_settings")
     if secret:
-        doc.add(tomlkit.comment(f"Secret settings are not kept here: give them with --set {secret[0]}=... ."))
+        given = " ".join(f"--set {key}=..." for key in secret)
+        doc.add(tomlkit.comment(f"Secret settings are not kept here: give them to fleet maintain ({given})."))
     for key, value in spec.items():
         if key.startswith("_") or isinstance(value, dict):
             continue

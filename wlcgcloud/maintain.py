@@ -127,6 +127,8 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
         if name in failed:
             part.error = failed[name].message
             _back_off(part, spec, now, f"the cloud did not answer: {failed[name].message}")
+            # Its VMs are not gone for not being listed: it holds what the ledger remembers there.
+            part.running = sum(1 for r in ledger.instances(fleet=spec.fleet, profile=name) if not r["ended_at"])
             continue
         doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
     usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
@@ -166,11 +168,15 @@ def _credential_problem(spec: FleetSpec, given: RunTime, started: datetime) -> s
     from wlcgcloud.context import credentials
 
     options = _options(spec, None, 1, given)
-    try:
-        credentials.choose(options.credential, proxy=options.proxy, token_file=options.token_file,
-                           min_lifetime=spec.tuning.credential_margin, now=started)  # fmt: skip
+    try:  # as the launch will check it (min_lifetime, else the kind's own floor) ...
+        choice = credentials.choose(options.credential, proxy=options.proxy, token_file=options.token_file,
+                                    min_lifetime=options.min_lifetime, now=started)  # fmt: skip
     except WlcgError as exc:
         return exc.message
+    credential = choice.credential  # ... and it must outlast the margin that retires VMs, or it would retire its own
+    if credential is not None and credential.not_after < started + spec.tuning.credential_margin:
+        return (f"the {credential.kind} to forward ends {stamp(credential.not_after)}, within credential_margin "
+                f"({human_duration(spec.tuning.credential_margin.total_seconds())}): renew it")  # fmt: skip
     return None
 
 

@@ -55,6 +55,10 @@ ENVIRONMENT = (
     ("X509_USER_PROXY", "the X.509 proxy to forward (else /tmp/x509up_u<uid>)"),
     ("BEARER_TOKEN, BEARER_TOKEN_FILE", "the WLCG token to forward (then $XDG_RUNTIME_DIR/bt_u<uid>, /tmp/bt_u<uid>)"),
     ("WLCGCLOUD_SECRET_<PROFILE>", "one profile's secret (profile name upper-cased, other characters as _)"),
+    (
+        "WLCGCLOUD_SET_<KEY>",
+        "a bootstrap setting for fleet maintain, kept out of the spec and of ps (as --set KEY=...)",
+    ),
     ("AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID", "an EC2 profile's secret key, when the key id is the profile's"),
     ("OS_PASSWORD, OS_APPLICATION_CREDENTIAL_SECRET, OS_ACCESS_TOKEN", "an OpenStack profile's secret, by auth type"),
     ("ONE_AUTH, ONE_XMLRPC", "an OpenNebula user:password file and endpoint (also read by profile import)"),

@@ -18,14 +18,15 @@ LABELS = ("fleet", "profile")
 
 class FleetMetrics:
     def __init__(self, port: int, address: str = "127.0.0.1") -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+        from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, start_http_server
 
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series beside each counter
         r = self.registry = CollectorRegistry()
         self.target = Gauge("wlcgcloud_fleet_target", "VMs wanted on the profile now", LABELS, registry=r)
         self.running = Gauge("wlcgcloud_fleet_running", "VMs running", LABELS, registry=r)
         self.starting = Gauge("wlcgcloud_fleet_starting", "VMs starting (pending)", LABELS, registry=r)
         self.ended = Counter("wlcgcloud_fleet_ended", "VMs that ended, by why", (*LABELS, "reason"), registry=r)
-        self.created = Counter("wlcgcloud_fleet_created", "VMs the maintainer created", LABELS, registry=r)
+        self.created = Counter("wlcgcloud_fleet_launched", "VMs the maintainer launched", LABELS, registry=r)
         self.terminated = Counter("wlcgcloud_fleet_terminated", "VMs the maintainer terminated, by why",
                                   (*LABELS, "reason"), registry=r)  # fmt: skip
         self.backoff = Gauge("wlcgcloud_fleet_backoff_seconds", "Seconds the profile still backs off (0: it does not)",

@@ -21,6 +21,7 @@ from wlcgcloud.errors import UsageError
 OUTPUTS = ("table", "json", "yaml", "csv", "apel")
 # wlcgcloud's own environment variables (and WLCGCLOUD_SECRET_<PROFILE>): any other WLCGCLOUD_ name is a typo
 # that would silently change nothing (a misspelt WLCGCLOUD_LEDGER would split a team's ledger in two).
+PER_NAME = ("WLCGCLOUD_SECRET_", "WLCGCLOUD_SET_")  # a profile's secret; a bootstrap setting for fleet maintain
 VARIABLES = ("WLCGCLOUD_CONFIG", "WLCGCLOUD_STATE_DIR", "WLCGCLOUD_PROFILE", "WLCGCLOUD_OUTPUT", "WLCGCLOUD_LEDGER",
              "WLCGCLOUD_LEDGER_PASSWORD", "WLCGCLOUD_WAIT_LOCK", "WLCGCLOUD_COMPLETE")  # fmt: skip
 
@@ -109,7 +110,7 @@ def _warn_unknown_variables(g: Globals) -> None:
     from wlcgcloud.config import closest
 
     for name in sorted(os.environ):
-        if name.startswith("WLCGCLOUD_") and name not in VARIABLES and not name.startswith("WLCGCLOUD_SECRET_"):
+        if name.startswith("WLCGCLOUD_") and name not in VARIABLES and not name.startswith(PER_NAME):
             near = closest(name, list(VARIABLES))
             warn(f"{name} is not a variable wlcgcloud reads" + (f"; did you mean {near}?" if near else "."), g)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -32,6 +33,7 @@ STATUS_COLUMNS = [
     Column("last_cycle", "LAST CYCLE"),
 ]
 LOG_FORMATS = ("text", "json")
+SETTING_PREFIX = "WLCGCLOUD_SET_"  # WLCGCLOUD_SET_POOL_TOKEN=...: a setting kept out of the spec and of ps
 
 
 def spec(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet name.")]) -> None:
@@ -117,14 +119,17 @@ def maintain(
         raise UsageError(f"two specs name the same fleet ({_twice(names)}); one maintainer holds one fleet.")
     config = g.config()
     profiles = {s.fleet: [config.profile(name) for name in s.profiles()] for s in read}
-    given = maintaining.RunTime(parse_settings(settings or []), proxy.expanduser() if proxy else None,
+    from_env = {k.removeprefix(SETTING_PREFIX): v for k, v in os.environ.items() if k.startswith(SETTING_PREFIX)}
+    given = maintaining.RunTime({**parse_settings([f"{k}={v}" for k, v in from_env.items()]),
+                                 **parse_settings(settings or [])},
+                                proxy.expanduser() if proxy else None,
                                 token_file.expanduser() if token_file else None)  # fmt: skip
     stop = threading.Event()
     cycles: list[dict[str, Any]] = []
     with (
         changing(ctx, [] if dry_run else names) as ledger,
-        _stopped_by_signals(stop),
-        _served(metrics_port, metrics_address) as metrics,
+        _stopped_by_signals(stop, log_format),
+        _served(metrics_port, metrics_address, log_format) as metrics,
     ):
         while True:
             for one in read:
@@ -133,6 +138,9 @@ def maintain(
                 _log(g, done, log_format)
                 if metrics is not None:
                     metrics.observe(done)
+                lost = ledger.lock_lost(one.fleet)
+                if lost is not None:  # another maintainer holds the fleet now: this one must not go on
+                    raise lost
             if once or dry_run or stop.wait(pause):
                 break
             cycles.clear()
@@ -140,11 +148,11 @@ def maintain(
         emit(ctx, cycles if len(cycles) > 1 else cycles[0])
         refused = any(c["error"] for c in cycles)  # the credential to forward may not go: exit 5, as launch's
         raise typer.Exit(0 if all(c["met"] for c in cycles) else 5 if refused else 7)
-    info("fleet maintain: stopped after the cycle under way.")
+    _say(log_format, "stopped", "fleet maintain: stopped after the cycle under way.")
 
 
 @contextlib.contextmanager
-def _served(port: int | None, address: str) -> Iterator[Any]:
+def _served(port: int | None, address: str, log_format: str) -> Iterator[Any]:
     """The Prometheus endpoint, when asked for, for as long as the maintainer runs."""
     if port is None:
         yield None
@@ -152,7 +160,7 @@ def _served(port: int | None, address: str) -> Iterator[Any]:
     from wlcgcloud.metrics import FleetMetrics
 
     metrics = FleetMetrics(port, address)
-    info(f"Prometheus metrics on http://{address}:{port}/metrics")
+    _say(log_format, "metrics", f"Prometheus metrics on http://{address}:{port}/metrics")
     try:
         yield metrics
     finally:
@@ -166,8 +174,9 @@ def _twice(names: list[str]) -> str:
 class _stopped_by_signals:
     """SIGTERM and the first Ctrl-C set `stop`: the cycle under way ends and is recorded. A second Ctrl-C interrupts."""
 
-    def __init__(self, stop: threading.Event) -> None:
+    def __init__(self, stop: threading.Event, log_format: str) -> None:
         self.stop = stop
+        self.log_format = log_format
         self.before: dict[int, Any] = {}
 
     def __enter__(self) -> None:
@@ -176,7 +185,7 @@ class _stopped_by_signals:
                 raise KeyboardInterrupt
             self.stop.set()
             again = " (Ctrl-C again to interrupt it)" if signum == signal.SIGINT else ""
-            print(f"wlcgcloud: stopping after the cycle under way{again}.", file=sys.stderr)
+            _say(self.log_format, "stopping", f"fleet maintain: stopping after the cycle under way{again}.")
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -185,6 +194,14 @@ class _stopped_by_signals:
     def __exit__(self, *exc: object) -> None:
         for sig, old in self.before.items():
             signal.signal(sig, old)
+
+
+def _say(log_format: str, event: str, text: str) -> None:
+    """A maintainer's own event on stderr: a line, or with --log-format json an object like the cycles'."""
+    if log_format == "json":
+        print(json.dumps({"event": event, "message": text}, sort_keys=True), file=sys.stderr, flush=True)
+    else:
+        info(text)
 
 
 def _log(g: Any, cycle: dict[str, Any], log_format: str) -> None:
@@ -203,7 +220,8 @@ def _log(g: Any, cycle: dict[str, Any], log_format: str) -> None:
         for decision in p["decisions"]:
             info(f"    {decision}")
         if p["error"]:
-            warn(f"profile '{p['profile']}': {p['error']}", g)
+            prefix = f"profile '{p['profile']}': "
+            warn(prefix + p["error"].removeprefix(prefix), g)
     if cycle["error"]:
         warn(f"fleet {cycle['fleet']}: creating nothing: {cycle['error']}", g)
 
