@@ -725,6 +725,30 @@ def test_a_hostile_wait_lock_is_exit_2(run: Run, world: World, case: str) -> Non
     refused(run("--wait-lock", case, "fleet", "terminate", "f", "--yes"), 2, "--wait-lock")
 
 
+# ----------------------------------------------------------------------------- fleet specs (exit 3)
+
+SPECS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "/dev/zero": (_dev_zero, "not a fleet spec"),
+    "32 MiB": (_huge(32 * bounded.MiB), "not a fleet spec"),
+    "a directory": (_directory, "cannot read the fleet spec"),
+    "a symlink loop": (_symlink_loop, "cannot read the fleet spec"),
+    "not UTF-8": (NON_UTF8, "not UTF-8"),
+    "NUL bytes": (NUL_BYTES, "TOML syntax error"),
+    "nested arrays": (_config("a = " + "[" * 100_000), "nested more than 32 levels"),
+    "a long dotted key": (_config("a" + ".a" * 100_000 + " = 1\n"), "nested more than 32 levels"),
+    "an integer of 5000 digits": (_config("fleet = 'f'\nimage = 'i'\ntarget = " + "9" * 5000 + "\n"), "TOML"),
+    "a fleet name with an escape": (_config('fleet = "\\u001b[2J"\nimage = "i"\ntarget = 1\n'), "key 'fleet'"),
+    "a secret in settings": (_config(f'fleet = "f"\nimage = "i"\ntarget = 1\nbootstrap = "htcondor"\n'
+                                     f'[settings]\nPOOL_TOKEN = "{SECRET}"\n[profiles.a]\n'), "never sits in a spec"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SPECS)
+def test_a_hostile_fleet_spec_is_exit_3_and_never_quoted(run: Run, world: World, case: str) -> None:
+    make, says = SPECS[case]
+    refused(run("fleet", "maintain", str(make(world.root)), "--dry-run"), 3, says)
+
+
 # ----------------------------------------------------------------------------- completion (never hangs)
 
 
