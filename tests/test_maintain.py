@@ -138,7 +138,7 @@ def test_a_profile_that_cannot_create_backs_off_and_the_others_carry_the_target(
         assert parts["broken"]["target"] == 0 and parts["broken"]["backoff_until"]
         assert len(alive(run, fleet)["aws"]) == 2
         rows = {r["profile"]: r for r in run("fleet", "status", str(spec), "-o", "json").json()}  # type: ignore[union-attr]
-        assert rows["broken"]["backing_off_until"] and "could not create" in rows["broken"]["why"]
+        assert rows["broken"]["backoff_until"] and "could not create" in rows["broken"]["backoff_reason"]
     finally:
         run("fleet", "terminate", fleet, "--yes")
 
@@ -295,24 +295,28 @@ def test_vms_past_their_lease_are_terminated_and_replaced(run: Run, world: World
         run("fleet", "terminate", fleet, "--yes")
 
 
-def test_a_profile_that_does_not_answer_keeps_what_it_held_and_the_others_do_not_double_up(
+def test_while_a_profile_does_not_answer_the_others_carry_the_target_and_nothing_working_is_killed(
     run: Run, world: World, two_clouds: dict[str, Any]
 ) -> None:
     from conftest import ec2_profile, one_profile, write_profiles
 
     fleet = fleet_name()
     spec = write_spec(world, spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1", "one": "share = 1"}))
+    aws = ec2_profile(two_clouds["aws"], flavor="m5.large", experiment="atlas")
+    one = one_profile(two_clouds["one"], vm_template="atlas-wn")
     try:
         assert cycle(run, spec)[0] == 0
-        # The OpenNebula front-end goes away: its VM is not gone for that, and aws must not make a second one.
-        gone = {**one_profile(two_clouds["one"]), "endpoint": "http://127.0.0.1:9/RPC2"}
-        write_profiles(
-            world, {"aws": ec2_profile(two_clouds["aws"], flavor="m5.large", experiment="atlas"), "one": gone}
-        )
+        # The OpenNebula front-end goes away: the fleet's other profile carries the whole target meanwhile.
+        write_profiles(world, {"aws": aws, "one": {**one, "endpoint": "http://127.0.0.1:9/RPC2"}})
         code, data, parts = cycle(run, spec)
-        assert code == 7 and parts["one"]["error"] and parts["one"]["running"] == 1, data
-        assert parts["aws"]["target"] == 1 and parts["aws"]["created"] == 0 and len(alive(run, fleet)["aws"]) == 1
+        assert code == 7 and parts["one"]["error"] and parts["one"]["backoff_until"], data
+        assert parts["aws"]["target"] == 2 and parts["aws"]["created"] == 1 and len(alive(run, fleet)["aws"]) == 2
+        # Back, with its VM still there: three for a target of two. One goes, oldest first, and never while
+        # some profile is silent (its VMs may be there): here all answer, so the surplus is cut now.
+        write_profiles(world, {"aws": aws, "one": one})
+        code, data, parts = cycle(run, spec, "--reset-backoff")
+        assert code == 0 and sum(sum(p["terminated"].values()) for p in parts.values()) == 1, data
+        assert sum(len(ids) for ids in alive(run, fleet).values()) == 2
     finally:
-        write_profiles(world, {"aws": ec2_profile(two_clouds["aws"], flavor="m5.large", experiment="atlas"),
-                               "one": one_profile(two_clouds["one"], vm_template="atlas-wn")})  # fmt: skip
+        write_profiles(world, {"aws": aws, "one": one})
         run("fleet", "terminate", fleet, "--yes")

@@ -341,6 +341,10 @@ def from_ledger(ledger: Ledger, fleet: str) -> dict[str, Any]:
     latest = {r.profile: r for r in ledger.launches(fleet)}  # in order: the last one wins
     if not latest:
         raise UsageError(f"the ledger knows no launch of fleet '{fleet}'.", "See 'wlcgcloud fleet list'.")
+    # How many each profile holds: what the ledger knows alive there (a fleet shrunk by `fleet scale`
+    # keeps its new size), else what its latest launch asked of that profile (a --spread launch's part).
+    live = {name: sum(1 for r in ledger.instances(fleet=fleet, profile=name) if not r["ended_at"]) for name in latest}
+    size = {name: live[name] or record.requested for name, record in latest.items()}
     newest = max(latest.values(), key=lambda r: r.id)
     o = newest.options
     spec: dict[str, Any] = {"fleet": fleet, "image": o.get("image") or newest.image}
@@ -349,20 +353,28 @@ def from_ledger(ledger: Ledger, fleet: str) -> dict[str, Any]:
             spec[key] = o[key]
     spec["credential"] = o.get("credential", "auto")
     if o.get("lease_s"):
-        spec["lease"] = f"{int(o['lease_s'])}s"
+        spec["lease"] = _duration_text(int(o["lease_s"]))
     for key in FLAG_KEYS:
         if o.get(key):
             spec[key] = True
-    spec["target"] = sum(int(r.options.get("count") or r.requested) for r in latest.values())
+    spec["target"] = sum(size.values())
     if o.get("settings"):
         spec["settings"] = dict(o["settings"])
-    spec["profiles"] = {name: {"target": int(r.options.get("count") or r.requested)} for name, r in latest.items()}
+    spec["profiles"] = {name: {"target": size[name]} for name in latest}
     for name, record in latest.items():
         if record.flavor != spec.get("flavor"):
             spec["profiles"][name]["flavor"] = record.flavor
     if o.get("secret_settings"):
         spec["_secret_settings"] = list(o["secret_settings"])
     return spec
+
+
+def _duration_text(seconds: int) -> str:
+    """Seconds as hours, minutes or seconds, whole: 172800 -> "48h", 5400 -> "90m"."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def to_toml(spec: Mapping[str, Any]) -> str:

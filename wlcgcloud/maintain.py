@@ -21,10 +21,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud import fleet as fleets
-from wlcgcloud.errors import WlcgError
+from wlcgcloud.errors import UsageError, WlcgError
 from wlcgcloud.fleet_spec import FleetSpec, targets
 from wlcgcloud.launch import run_plan
 from wlcgcloud.launch_plan import LaunchOptions, plan_launch
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from wlcgcloud.providers.base import Instance
 
 ALIVE = ("pending", "running")
-GONE_AFTER = 60.0  # seconds: how long a VM the ledger saw may be missing from a listing before it counts as gone
+GONE_AFTER = 300.0  # seconds a VM the ledger saw may be missing from a listing before it counts as gone (as launch)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ProfileCycle:
     backoff_reason: str | None = None
     error: str | None = None
     decisions: list[str] = field(default_factory=list)
+    proven: bool = False  # a VM of it runs past the fizzle time: its back-off may be forgotten
 
     @property
     def alive(self) -> int:
@@ -116,8 +118,11 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     found, gathered = fleets.fleet_instances(profiles, [spec.fleet])
     failed = {name: error for name, error in gathered.failures}
     listed: dict[str, list[Instance]] = {p.profile: [] for p in spec.places}
-    for inst in found:
-        listed.setdefault(inst.profile, []).append(inst)
+    taken: set[tuple[str, str]] = set()
+    for inst in found:  # a VM is its profile's, as launch counts it: two profiles may share an account
+        if inst.tags.get("wlcg:profile") in (None, inst.profile) and (inst.provider, inst.id) not in taken:
+            taken.add((inst.provider, inst.id))
+            listed.setdefault(inst.profile, []).append(inst)
     if not dry_run:
         ledger.record_instances(found)
     before = ledger.cycle_state(spec.fleet)
@@ -125,33 +130,47 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     doomed: dict[str, list[tuple[Instance, str]]] = {}
     for name, part in parts.items():
         if name in failed:
-            part.error = failed[name].message
-            _back_off(part, spec, now, f"the cloud did not answer: {failed[name].message}")
-            # Its VMs are not gone for not being listed: it holds what the ledger remembers there.
-            part.running = sum(1 for r in ledger.instances(fleet=spec.fleet, profile=name) if not r["ended_at"])
-            continue
+            part.error = str(failed[name])
+            _back_off(part, spec, now, f"the cloud did not answer: {failed[name]}")
+            continue  # it holds nothing as far as this cycle knows: the others carry the target
         doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
     usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
-    problem = _credential_problem(spec, given, started)
-    if problem is None:
+    problem, forwarded = _credential_problem(spec, given, started)
+    if problem is None and forwarded:
         _retire_ending_credentials(spec, parts, listed, doomed, usable, started)
     want = targets(spec, usable, {n: part.alive for n, part in parts.items()})
     for name, part in parts.items():
         part.target = want[name]
-        if name in usable and part.alive > part.target:
+    order = [p.profile for p in spec.places]
+    # The fleet as a whole decides how many go or come; the shares only decide where. So a profile
+    # back from a back-off takes VMs over as others end, and no working VM is killed to make room.
+    surplus = 0 if failed else max(0, sum(p.alive for p in parts.values()) - spec.target)
+    for name in sorted(usable, key=lambda n: (parts[n].target - parts[n].alive, order.index(n))):
+        part = parts[name]
+        excess = min(part.alive - part.target, surplus)
+        if excess > 0:
             alive = [i for i in listed[name] if i.state in ALIVE and i.id not in {v.id for v, _ in doomed[name]}]
-            _doom(part, doomed[name], _oldest_first(alive)[: part.alive - part.target], "surplus")
+            _doom(part, doomed[name], _oldest_first(alive)[:excess], "surplus")
+            surplus -= excess
+    lost = ledger.lock_lost(spec.fleet)
+    if lost is not None:  # another maintainer holds the fleet now: change nothing
+        raise lost
     _terminate(profiles, doomed, parts, ledger, dry_run)
-    budget = 0 if problem else spec.tuning.creations(spec.target)
+    deficit = max(0, spec.target - sum(p.alive for p in parts.values()))
+    budget = 0 if problem else min(spec.tuning.creations(spec.target), deficit)
     for name in usable if problem else ():
         parts[name].decisions.append(f"not creating: {problem}")
-    for name in sorted(usable, key=lambda n: parts[n].alive - parts[n].target):
+    for name in sorted(usable, key=lambda n: (parts[n].alive - parts[n].target, order.index(n))):
         part = parts[name]
         more = min(part.target - part.alive, budget)
         if more <= 0:
             continue
         budget -= more
         _create(spec, _profile(profiles, name), part, more, listed[name], doomed.get(name, []), ledger, given, dry_run)
+    for name in usable:  # a profile whose VMs now outlive the fizzle time is trusted again
+        part = parts[name]
+        if part.proven and part.error is None and not part.backing_off(time.time()):
+            part.backoff_level, part.backoff_reason = 0, None
     out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run, error=problem)
     out.seconds = time.monotonic() - clock
     if not dry_run:
@@ -159,7 +178,25 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     return out
 
 
-def _credential_problem(spec: FleetSpec, given: RunTime, started: datetime) -> str | None:
+def check_run_time(spec: FleetSpec, given: RunTime) -> None:
+    """What would make every creation fail, said before the first cycle (exit 2): a --set key the
+    bootstrap does not take, a user_data file that is not there."""
+    from wlcgcloud.context.userdata import bootstraps
+
+    boot = bootstraps().get(spec.options.get("bootstrap") or "")
+    if given.settings and boot is None:
+        raise UsageError("--set (or WLCGCLOUD_SET_...): the spec names no bootstrap to take settings.")
+    known = [s.key for s in boot.settings] if boot else []
+    for key in given.settings:
+        if key not in known:
+            raise UsageError(f"--set {key}: bootstrap '{spec.options.get('bootstrap')}' has no setting '{key}'.",
+                             f"It takes {', '.join(known)}.")  # fmt: skip
+    user_data = spec.options.get("user_data")
+    if user_data and not Path(user_data).expanduser().is_file():
+        raise UsageError(f"{spec.path}: user_data {user_data} is not a file.")
+
+
+def _credential_problem(spec: FleetSpec, given: RunTime, started: datetime) -> tuple[str | None, bool]:
     """Why the credential to forward may not go now (expired, too short for the margin, missing), or None.
 
     It is read again every cycle, so a renewed proxy or token is what new VMs get. When it may not
@@ -172,12 +209,12 @@ def _credential_problem(spec: FleetSpec, given: RunTime, started: datetime) -> s
         choice = credentials.choose(options.credential, proxy=options.proxy, token_file=options.token_file,
                                     min_lifetime=options.min_lifetime, now=started)  # fmt: skip
     except WlcgError as exc:
-        return exc.message
+        return str(exc), False
     credential = choice.credential  # ... and it must outlast the margin that retires VMs, or it would retire its own
     if credential is not None and credential.not_after < started + spec.tuning.credential_margin:
         return (f"the {credential.kind} to forward ends {stamp(credential.not_after)}, within credential_margin "
-                f"({human_duration(spec.tuning.credential_margin.total_seconds())}): renew it")  # fmt: skip
-    return None
+                f"({human_duration(spec.tuning.credential_margin.total_seconds())}): renew it"), True  # fmt: skip
+    return None, credential is not None  # none found (auto): nothing to rotate VMs onto
 
 
 def _credential_end(inst: Instance) -> datetime | None:
@@ -245,8 +282,9 @@ def _look_at(
         ledger.mark_ended(part.profile, [r["id"] for r in gone], state="gone")
     doomed: list[tuple[Instance, str]] = []
     expired = {i.id for i in fleets.expired_leases(instances, started)}
+    stuck = 0
     for inst in instances:
-        age = now - inst.launched_at.timestamp() if inst.launched_at else 0.0
+        age = now - inst.launched_at.timestamp() if inst.launched_at else float("inf")  # unknown: never young
         if inst.state == "terminated":
             ended = (rows.get(inst.id) or {}).get("ended_at")
             if not ended or ended >= cutoff:
@@ -258,14 +296,20 @@ def _look_at(
         if reason is None:
             part.running += inst.state == "running"
             part.starting += inst.state != "running"
+            part.proven = part.proven or (inst.state == "running" and age >= young)
             continue
         doomed.append((inst, reason))
-        if reason in ("powered off", "error"):  # it ended by itself
-            part.ended[reason] += 1
+        stuck += reason.startswith("pending for")
+        if reason in ("powered off", "error") and not (rows.get(inst.id) or {}).get("ended_at"):
+            part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
             fizzled += age < young
     if fizzled:
         _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting "
                   "(no work for them, or a broken image or site)")  # fmt: skip
+        part.decisions.append(f"backing off: {part.backoff_reason}")
+    elif stuck:
+        _back_off(part, spec, now, f"{stuck} VM(s) never started within "
+                  f"{human_duration(spec.tuning.stuck_after.total_seconds())} (no room at the site?)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
     return doomed
 
@@ -277,8 +321,8 @@ def _why_it_must_go(inst: Instance, age: float, expired: set[str], stuck: float)
         return "powered off"
     if inst.state == "error":
         return "error"
-    if inst.state != "running" and age > stuck:
-        return f"{inst.state} for {human_duration(age)}"
+    if inst.state == "pending" and age > stuck:  # never ran (unknown, stopping: the cloud's, left to settle)
+        return f"pending for {human_duration(age)}"
     return None
 
 
@@ -290,7 +334,10 @@ def _lived(launched_at: str | None, now: float) -> float:
 
 
 def _back_off(part: ProfileCycle, spec: FleetSpec, now: float, why: str) -> None:
-    """Double the profile's pause (from `backoff`, up to `backoff_max`), and say why."""
+    """Double the profile's pause (from `backoff`, up to `backoff_max`), and say why. A profile already
+    backing off keeps its pause: what fails while it waits is the same trouble, not a new one."""
+    if part.backing_off(now):
+        return
     part.backoff_level += 1
     pause = min(spec.tuning.backoff.total_seconds() * 2 ** (part.backoff_level - 1),
                 spec.tuning.backoff_max.total_seconds())  # fmt: skip
@@ -350,8 +397,8 @@ def _create(
         plan = plan_launch([profile], options)
         result = run_plan(plan, ledger, resize=True)
     except WlcgError as exc:
-        part.error = exc.message
-        _back_off(part, spec, time.time(), f"could not create: {exc.message}")
+        part.error = str(exc)  # the message and its next step
+        _back_off(part, spec, time.time(), f"could not create: {exc}")
         part.decisions.append(f"backing off: {part.backoff_reason}")
         return
     [outcome] = result.results
@@ -365,16 +412,13 @@ def _create(
     found = len(late) - outcome.launched
     part.decisions.append(f"created {outcome.launched} of {more}" + (f", found {found} made already" if found else ""))
     if outcome.error is not None:
-        part.error = outcome.error.message
-        _back_off(part, spec, time.time(), f"could not create: {outcome.error.message}")
+        part.error = str(outcome.error)
+        _back_off(part, spec, time.time(), f"could not create: {outcome.error}")
         part.decisions.append(f"backing off: {part.backoff_reason}")
-    elif not part.backing_off(time.time()):
-        part.backoff_level, part.backoff_reason = 0, None
 
 
 def _options(spec: FleetSpec, flavor: str | None, count: int, given: RunTime) -> LaunchOptions:
     o = spec.options
-    from pathlib import Path
 
     def path(value: Any) -> Path | None:
         return Path(value).expanduser() if value else None
@@ -412,8 +456,8 @@ def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
             "profile": place.profile, "target": row.get("target"), "running": row.get("running"),
             "starting": row.get("starting"), "ended": json.loads(row.get("ended") or "{}"),
             "created": row.get("created"), "terminated": json.loads(row.get("terminated") or "{}"),
-            "backing_off_until": stamp(datetime.fromtimestamp(until, UTC)) if until and until > now else None,
-            "why": row.get("backoff_reason") if until and until > now else None, "error": row.get("error"),
+            "backoff_until": stamp(datetime.fromtimestamp(until, UTC)) if until and until > now else None,
+            "backoff_reason": row.get("backoff_reason") if until and until > now else None, "error": row.get("error"),
             "last_cycle": row.get("cycle"), "decisions": json.loads(row.get("decisions") or "[]"),
         })  # fmt: skip
     return out

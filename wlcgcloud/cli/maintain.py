@@ -28,9 +28,20 @@ STATUS_COLUMNS = [
     Column("running", "RUNNING"),
     Column("starting", "STARTING"),
     Column("ended", "ENDED"),
-    Column("backing_off_until", "BACKING OFF UNTIL"),
-    Column("why", "WHY"),
+    Column("backoff_until", "BACKING OFF UNTIL"),
+    Column("backoff_reason", "WHY"),
     Column("last_cycle", "LAST CYCLE"),
+]
+CYCLE_COLUMNS = [
+    Column("fleet", "FLEET"),
+    Column("profile", "PROFILE"),
+    Column("target", "TARGET"),
+    Column("running", "RUNNING"),
+    Column("starting", "STARTING"),
+    Column("created", "CREATED"),
+    Column("ended", "ENDED"),
+    Column("terminated", "TERMINATED"),
+    Column("backoff_until", "BACKING OFF UNTIL"),
 ]
 LOG_FORMATS = ("text", "json")
 SETTING_PREFIX = "WLCGCLOUD_SET_"  # WLCGCLOUD_SET_POOL_TOKEN=...: a setting kept out of the spec and of ps
@@ -83,6 +94,9 @@ def maintain(
     metrics_address: Annotated[
         str, typer.Option("--metrics-address", help="The address --metrics-port listens on.")
     ] = "127.0.0.1",
+    reset_backoff: Annotated[
+        bool, typer.Option("--reset-backoff", help="Forget the profiles' back-off first (after fixing its cause).")
+    ] = False,
 ) -> None:
     """Hold fleets at their target: replace VMs that end, back off where they fizzle or cannot be made.
 
@@ -100,7 +114,7 @@ def maintain(
       wlcgcloud fleet maintain atlas.toml --dry-run
       wlcgcloud fleet maintain atlas.toml --once -o json          # from cron or CI: exit 0 when met
       wlcgcloud fleet maintain atlas.toml cms.toml --interval 2m --log-format json
-      wlcgcloud fleet maintain atlas.toml --set POOL_PASSWORD=... --token-file /run/atlas.token
+      WLCGCLOUD_SET_POOL_TOKEN=... wlcgcloud fleet maintain atlas.toml --token-file /run/atlas.token
     """
     from wlcgcloud import maintain as maintaining
     from wlcgcloud.context.userdata import parse_settings
@@ -111,6 +125,8 @@ def maintain(
     if log_format not in LOG_FORMATS:
         raise UsageError(f"--log-format '{log_format}': use text or json.")
     pause = parse_duration(interval, "--interval").total_seconds()
+    if pause < 1:
+        raise UsageError(f"--interval {interval}: at least 1s between cycles (each asks every cloud).")
     if metrics_port is not None and not 1 <= metrics_port <= 65535:
         raise UsageError(f"--metrics-port {metrics_port}: a port is from 1 to 65535.")
     read = [read_spec(path.expanduser()) for path in specs]
@@ -124,6 +140,14 @@ def maintain(
                                  **parse_settings(settings or [])},
                                 proxy.expanduser() if proxy else None,
                                 token_file.expanduser() if token_file else None)  # fmt: skip
+    for one in read:  # what would make every creation fail is said now, once, not as a back-off every cycle
+        maintaining.check_run_time(one, given)
+    if reset_backoff and not dry_run:
+        from wlcgcloud.ledger import open_ledger
+
+        with open_ledger(config) as ledger:
+            for one in read:
+                ledger.clear_backoff(one.fleet)
     stop = threading.Event()
     cycles: list[dict[str, Any]] = []
     with (
@@ -145,7 +169,12 @@ def maintain(
                 break
             cycles.clear()
     if once or dry_run:
-        emit(ctx, cycles if len(cycles) > 1 else cycles[0])
+        if g.output == "table":  # the account is on stderr already: the table is a row per fleet and profile
+            rows = [{"fleet": c["fleet"], **p, "ended": _counts(p["ended"]), "terminated": _counts(p["terminated"])}
+                    for c in cycles for p in c["profiles"]]  # fmt: skip
+            emit(ctx, rows, CYCLE_COLUMNS)
+        else:
+            emit(ctx, cycles if len(cycles) > 1 else cycles[0])
         refused = any(c["error"] for c in cycles)  # the credential to forward may not go: exit 5, as launch's
         raise typer.Exit(0 if all(c["met"] for c in cycles) else 5 if refused else 7)
     _say(log_format, "stopped", "fleet maintain: stopped after the cycle under way.")
@@ -167,6 +196,10 @@ def _served(port: int | None, address: str, log_format: str) -> Iterator[Any]:
         metrics.close()
 
 
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {why}" for why, n in counts.items()) or "-"
+
+
 def _twice(names: list[str]) -> str:
     return next(n for n in names if names.count(n) > 1)
 
@@ -183,9 +216,7 @@ class _stopped_by_signals:
         def handler(signum: int, frame: Any) -> None:
             if signum == signal.SIGINT and self.stop.is_set():
                 raise KeyboardInterrupt
-            self.stop.set()
-            again = " (Ctrl-C again to interrupt it)" if signum == signal.SIGINT else ""
-            _say(self.log_format, "stopping", f"fleet maintain: stopping after the cycle under way{again}.")
+            self.stop.set()  # only that: writing here could land inside a write of the cycle's own
 
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -216,6 +247,8 @@ def _log(g: Any, cycle: dict[str, Any], log_format: str) -> None:
         ended = ", ".join(f"{n} {why}" for why, n in p["ended"].items())
         line = f"  {p['profile']}: target {p['target']}, running {p['running']}, starting {p['starting']}"
         line += (f"; ended: {ended}" if ended else "") + (f"; created {p['created']}" if p["created"] else "")
+        if p["backoff_until"]:
+            line += f"; backing off until {p['backoff_until']}: {p['backoff_reason']}"
         info(line)
         for decision in p["decisions"]:
             info(f"    {decision}")
@@ -235,7 +268,7 @@ def status(ctx: typer.Context, spec_file: Annotated[Path, typer.Argument(help="A
     \b
     Examples:
       wlcgcloud fleet status atlas.toml
-      wlcgcloud fleet status atlas.toml -o json --query '[?backing_off_until].profile'
+      wlcgcloud fleet status atlas.toml -o json --query '[?backoff_until].profile'
     """
     from wlcgcloud import maintain as maintaining
     from wlcgcloud.fleet_spec import read_spec

@@ -425,6 +425,13 @@ class Ledger:
         """What the last `fleet maintain` cycle recorded for each profile of `fleet`."""
         return {r["profile"]: r for r in self._rows("SELECT * FROM maintain_state WHERE fleet = ?", (fleet,))}
 
+    def clear_backoff(self, fleet: str) -> None:
+        """Forget the back-off of every profile of `fleet` (`fleet maintain --reset-backoff`)."""
+        self._execute(
+            "UPDATE maintain_state SET backoff_level = 0, backoff_until = NULL, backoff_reason = NULL WHERE fleet = ?",
+            (fleet,),
+        )
+
     def record_cycle(self, fleet: str, started: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """One cycle's state per profile, replacing the cycle before."""
         columns = ("profile", "target", "running", "starting", "created", "ended", "terminated", "error",

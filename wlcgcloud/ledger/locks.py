@@ -66,10 +66,13 @@ class FleetLocked(UsageError):
 
     def __init__(self, fleet: str, holder: Holder | None, on_the_wire: str, where: str) -> None:
         who = holder.describe() if holder else "another wlcgcloud that has not yet said who it is"
-        super().__init__(
-            f"fleet '{escape_controls(fleet)}' is being changed by {who}{on_the_wire} (ledger {where}).",
-            "Wait for it, or add --wait-lock DUR (e.g. --wait-lock 10m); 'wlcgcloud ledger locks' lists the locks "
-            "held now.",
+        hint = (
+            "A maintainer holds its fleet for as long as it runs: stop it, or change the fleet through its spec."
+            if holder and "fleet maintain" in holder.command
+            else "Wait for it, or add --wait-lock DUR (e.g. --wait-lock 10m); 'wlcgcloud ledger locks' lists the "
+            "locks held now."
         )
+        super().__init__(f"fleet '{escape_controls(fleet)}' is being changed by {who}{on_the_wire} (ledger {where}).",
+                         hint)  # fmt: skip
         self.fleet = fleet
         self.holder = holder
