@@ -320,3 +320,25 @@ def test_while_a_profile_does_not_answer_the_others_carry_the_target_and_nothing
     finally:
         write_profiles(world, {"aws": aws, "one": one})
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_fleet_spec_holds_what_each_profile_holds_after_a_spread_launch_and_a_shrink(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    fleet = fleet_name()
+    launched = run("launch", two_clouds["image"], "-p", "aws", "-p", "one", "--spread", "-n", "3", "--fleet", fleet,
+                   "--credential", "none", "--lease", "48h", "-o", "json")  # fmt: skip
+    assert launched.code == 0, launched.err
+    split = {p["profile"]: p["launched"] for p in launched.json()["profiles"]}  # type: ignore[index]
+    try:
+        written = parse_spec(run("fleet", "spec", fleet).out, world.root / "s.toml")
+        assert written.target == 3 and {p.profile: int(p.share) for p in written.places} == split
+        assert (
+            written.options["lease"].total_seconds() == 48 * 3600 and 'lease = "48h"' in run("fleet", "spec", fleet).out
+        )
+        bigger = max(split, key=lambda name: split[name])
+        assert run("fleet", "scale", fleet, "-p", bigger, "--count", "1", "--yes").code == 0
+        shrunk = parse_spec(run("fleet", "spec", fleet).out, world.root / "s.toml")
+        assert shrunk.target == 3 - split[bigger] + 1
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
