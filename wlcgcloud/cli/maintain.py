@@ -142,19 +142,15 @@ def maintain(
                                 token_file.expanduser() if token_file else None)  # fmt: skip
     for one in read:  # what would make every creation fail is said now, once, not as a back-off every cycle
         maintaining.check_run_time(one, given)
-    if reset_backoff and not dry_run:
-        from wlcgcloud.ledger import open_ledger
-
-        with open_ledger(config) as ledger:
-            for one in read:
-                ledger.clear_backoff(one.fleet)
     stop = threading.Event()
     cycles: list[dict[str, Any]] = []
     with (
         changing(ctx, [] if dry_run else names) as ledger,
-        _stopped_by_signals(stop, log_format),
+        _stopped_by_signals(stop),
         _served(metrics_port, metrics_address, log_format) as metrics,
     ):
+        for one in read if reset_backoff and not dry_run else ():  # under the lock: no other maintainer's state
+            ledger.clear_backoff(one.fleet)
         while True:
             for one in read:
                 done = maintaining.cycle(one, profiles[one.fleet], ledger, given, dry_run=dry_run).to_dict()
@@ -207,9 +203,8 @@ def _twice(names: list[str]) -> str:
 class _stopped_by_signals:
     """SIGTERM and the first Ctrl-C set `stop`: the cycle under way ends and is recorded. A second Ctrl-C interrupts."""
 
-    def __init__(self, stop: threading.Event, log_format: str) -> None:
+    def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
-        self.log_format = log_format
         self.before: dict[int, Any] = {}
 
     def __enter__(self) -> None:
