@@ -417,28 +417,30 @@ def _too_large(path: Path) -> ConfigError:
 
 
 def parse_config(text: str, path: Path) -> Config:
-    """Parse and validate config text; errors name `path`, with line and column for syntax.
-
-    Size and nesting are bounded before the parser sees the text: tomllib recurses once per
-    nested array or inline table, and dotted keys cost it memory by the square of their length.
-    """
+    """Parse and validate config text; errors name `path`, with line and column for syntax."""
     if len(text) > bounded.CONFIG_SIZE:
         raise _too_large(path)
+    return validate_document(load_toml(text, path, "no profile needs that"), path)
+
+
+def load_toml(text: str, path: Path, nobody: str) -> dict[str, Any]:
+    """Bounded TOML: nesting refused before the parser sees it (tomllib recurses once per nested
+    array or inline table, and dotted keys cost it memory by the square of their length), and every
+    parser error one ConfigError naming `path` (syntax with line and column). `nobody` says who
+    would never nest that deep ("no profile needs that")."""
     if bounded.too_deep(text, dotted_keys=True):
         raise ConfigError(
-            f"{path}: nested more than {bounded.MAX_DEPTH} levels deep (arrays, tables or dotted keys); "
-            "no profile needs that.",
+            f"{path}: nested more than {bounded.MAX_DEPTH} levels deep (arrays, tables or dotted keys); {nobody}.",
             "The file was left as it is; fix it and run again.",
         )
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _parse_error(path, text, exc) from None
     except ValueError as exc:  # an integer of more than 4300 digits
         raise ConfigError(f"{path}: a value does not read as TOML: {str(exc)[:80]}.") from None
     except RecursionError:  # the last line: too_deep() is the bound
         raise ConfigError(f"{path}: nested too deeply to read.") from None
-    return validate_document(data, path)
 
 
 def load_config(path: Path | None = None) -> Config:

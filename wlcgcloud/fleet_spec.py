@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,15 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud import bounded
-from wlcgcloud.config import closest
+from wlcgcloud.config import closest, load_toml
 from wlcgcloud.errors import ConfigError, UsageError
 from wlcgcloud.times import parse_duration
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
 
-FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
-CREDENTIALS = ("auto", "x509", "token", "none")
+FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")  # launch's --fleet too
 TEXT_KEYS = ("image", "flavor", "experiment", "bootstrap", "user_data", "proxy", "token_file", "credential_owner")
 DURATION_KEYS = ("min_lifetime", "lease")
 FLAG_KEYS = ("allow_unendorsed", "spot")
@@ -129,15 +127,7 @@ def read_spec(path: Path) -> FleetSpec:
 
 
 def parse_spec(text: str, path: Path) -> FleetSpec:
-    if bounded.too_deep(text, dotted_keys=True):
-        raise ConfigError(f"{path}: nested more than {bounded.MAX_DEPTH} levels deep; no fleet spec is.")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}.") from None
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"{path}: does not read as TOML: {str(exc)[:80]}.") from None
-    return _Checker(text, path).spec(data)
+    return _Checker(text, path).spec(load_toml(text, path, "no fleet spec is"))
 
 
 class _Checker:
@@ -206,9 +196,11 @@ class _Checker:
             if not isinstance(data.get(key, False), bool):
                 raise self.fail(key, None, "expected true or false")
             options[key] = bool(data.get(key, False))
+        from wlcgcloud.context.credentials import KINDS
+
         credential = data.get("credential", "auto")
-        if credential not in CREDENTIALS:
-            raise self.fail("credential", None, f"expected one of {', '.join(CREDENTIALS)}")
+        if credential not in KINDS:
+            raise self.fail("credential", None, f"expected one of {', '.join(KINDS)}")
         options["credential"] = credential
         base = self.path.expanduser().absolute().parent
         for key in ("user_data", "proxy", "token_file"):  # relative to the spec, not to where it runs (systemd: /)

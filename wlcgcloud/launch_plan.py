@@ -24,6 +24,7 @@ from wlcgcloud.clouds import SPOT, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
 from wlcgcloud.errors import PolicyError, UsageError
+from wlcgcloud.fleet_spec import FLEET_NAME
 from wlcgcloud.providers.base import Flavor, LaunchRequest, Provider, Quota
 from wlcgcloud.times import human_duration, stamp
 
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from wlcgcloud.context.credentials import Credential
     from wlcgcloud.context.userdata import Document, Payload
     from wlcgcloud.ledger import Ledger
-
-FLEET_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 
 
 MAX_COUNT = 10_000  # instances in one launch or fleet: beyond any site's quota, below what overflows a cloud's int

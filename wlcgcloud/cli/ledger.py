@@ -6,10 +6,12 @@ names a PostgreSQL database that a team and its CI share.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -109,8 +111,6 @@ def export(
 
 
 def _export_to(file: Path) -> Any:
-    import contextlib
-
     from wlcgcloud import atomic
 
     if str(file) == "-":
@@ -144,21 +144,18 @@ def import_(
     emit(ctx, counts)
 
 
-def _opened(file: Path) -> Any:
-    import contextlib
-
-    @contextlib.contextmanager
-    def opened() -> Any:
-        if str(file) == "-":
-            yield sys.stdin.buffer, "stdin"
-            return
-        try:
-            with file.expanduser().open("rb") as stream:
-                yield stream, str(file)
-        except OSError as exc:
-            raise UsageError(f"cannot read {file}: {exc.strerror or exc}.") from None
-
-    return opened()
+@contextlib.contextmanager
+def _opened(file: Path) -> Iterator[tuple[IO[bytes], str]]:
+    """The file to import, or stdin for -, with the name errors give it."""
+    if str(file) == "-":
+        yield sys.stdin.buffer, "stdin"
+        return
+    try:
+        stream = file.expanduser().open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror or exc}.") from None
+    with stream:
+        yield stream, str(file)
 
 
 @app.command("move")
@@ -207,7 +204,7 @@ def move(
                        "instances": 0, "config_updated": False})  # fmt: skip
             return
         source = default
-    with open_ledger(config) if source is None else _closing(Ledger(source)) as old:
+    with open_ledger(config) if source is None else contextlib.closing(Ledger(source)) as old:
         if old.where == Ledger.shown(to):
             raise UsageError(f"--from and --to name the same ledger, {old.where}.")
         held = old.status()
@@ -217,7 +214,7 @@ def move(
                  f"from {old.where} to {Ledger.shown(to)}.")  # fmt: skip
             emit(ctx, {"dry_run": True, "from": old.where, "to": Ledger.shown(to), **counts})
             return
-        with _closing(Ledger(to, password_file)) as new, working(g, f"Copying into {new.where} ..."):
+        with contextlib.closing(Ledger(to, password_file)) as new, working(g, f"Copying into {new.where} ..."):
             merged = new.absorb(old.export())  # streamed, all or nothing
             status = new.status()
     if not keep_config:
@@ -284,9 +281,3 @@ def password(
     atomic.write(path, value + "\n", 0o600)
     update_config(g.config().path, lambda doc: doc.__setitem__("ledger_password_file", str(path)))
     info(f"Wrote the password to {path} (mode 0600); config.toml names it as ledger_password_file.")
-
-
-def _closing(ledger: Any) -> Any:
-    import contextlib
-
-    return contextlib.closing(ledger)

@@ -390,34 +390,41 @@ class Ledger:
 
     def holder(self, fleet: str) -> Holder | None:
         """Who holds the fleet's lock now, if its holder still does and has said so."""
-        rows = self._rows("SELECT holder, session FROM fleet_locks WHERE fleet = ?", (fleet,))
-        with self._lock:
-            if rows and self.backend.held(fleet, int(rows[0]["session"])):
-                return Holder.from_json(rows[0]["holder"])
-        return None
+        return next((holder for _, holder in self._holders(fleet)), None)
 
-    def locks(self) -> list[dict[str, Any]]:
-        """The fleet locks held now, each with its holder and the calls it may still have on the wire."""
+    def _holders(self, fleet: str | None = None) -> list[tuple[str, Holder]]:
+        """(fleet, holder) of the locks held now (of `fleet`, or of every fleet): a row is believed only while
+        the session or process that wrote it still holds the lock."""
+        query = "SELECT fleet, holder, session FROM fleet_locks" + (" WHERE fleet = ?" if fleet else "")
         out = []
-        for row in self._rows("SELECT fleet, holder, session FROM fleet_locks ORDER BY fleet"):
+        for row in self._rows(query + " ORDER BY fleet", (fleet,) if fleet else ()):
             with self._lock:
                 live = self.backend.held(row["fleet"], int(row["session"]))
             holder = Holder.from_json(row["holder"]) if live else None
             if holder is not None:
-                landing = self.on_the_wire(row["fleet"], None, time.time())
-                until = max((r.calls_until or 0 for r in landing), default=None)
-                out.append({"fleet": row["fleet"], **holder.to_dict(), "calls_on_the_wire": len(landing),
-                            "calls_until": stamp(datetime.fromtimestamp(until, UTC)) if until else None})  # fmt: skip
+                out.append((row["fleet"], holder))
         return out
 
-    def _calls_text(self, fleet: str) -> str:
+    def locks(self) -> list[dict[str, Any]]:
+        """The fleet locks held now, each with its holder and the calls it may still have on the wire."""
+        out = []
+        for fleet, holder in self._holders():
+            landing, until = self._landing(fleet)
+            out.append({"fleet": fleet, **holder.to_dict(), "calls_on_the_wire": len(landing), "calls_until": until})
+        return out
+
+    def _landing(self, fleet: str) -> tuple[list[LaunchRecord], str | None]:
+        """The fleet's launches whose calls may still land, and until when (the last of them)."""
         landing = self.on_the_wire(fleet, None, time.time())
+        until = max((r.calls_until or 0 for r in landing), default=0)
+        return landing, stamp(datetime.fromtimestamp(until, UTC)) if landing else None
+
+    def _calls_text(self, fleet: str) -> str:
+        landing, until = self._landing(fleet)
         if not landing:
             return ""
-        until = max(r.calls_until or 0 for r in landing)
         profiles = ", ".join(sorted({r.profile for r in landing}))
-        return (f", with calls on the wire on profile(s) {profiles} that may land until "
-                f"{stamp(datetime.fromtimestamp(until, UTC))}")  # fmt: skip
+        return f", with calls on the wire on profile(s) {profiles} that may land until {until}"
 
     # Maintained fleets
 
