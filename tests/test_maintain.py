@@ -39,6 +39,8 @@ SPEC_ERRORS = {
         "a secret setting never sits in a spec",
     'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\n[maintain]\ncreate_per_cycle = "250%"\n':
         "key 'create_per_cycle' in [maintain]",
+    'fleet = "f"\nimage = "i"\ntarget = 2\n[profiles.a]\n[maintain]\nfizzle_share = 0.5\n':
+        ":6: key 'fizzle_share' in [maintain]: expected a share of the last endings",
     'fleet = "f"\nimage = "i"\ntarget = 2\n': "expected [profiles.NAME] tables",
     'fleet = "f"\nimage = "i"\ntarget = 2\n[settings]\nCOLLECTOR = "cm"\n[profiles.a]\n':
         "settings are a bootstrap's: give bootstrap",
@@ -155,6 +157,42 @@ def test_vms_that_end_young_back_their_profile_off(run: Run, world: World, two_c
         assert parts["aws"]["ended"] == {"terminated": 1} and "ended within 1h" in parts["aws"]["backoff_reason"]
         assert parts["aws"]["created"] == 0 and parts["one"]["target"] == 2 and parts["one"]["created"] == 1, data
         assert code == 0 and len(alive(run, fleet)["one"]) == 2
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_few_pilots_without_work_back_nothing_off_but_most_do(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    """fizzle_share: the share of the profile's last endings that fizzled decides, not one young death."""
+    from peers.opennebula import POWEROFF
+
+    peer, fleet = two_clouds["one"], fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 4, {"one": "share = 1"},
+                                       fizzle_after="1h", backoff="1h"))  # fmt: skip
+
+    def power_off(ids: list[str]) -> None:  # the pilots ended and shut their VMs down
+        for vm in ids:
+            peer.set_state(int(vm), POWEROFF, 0)
+
+    try:
+        peer.set_time_offset(-7200)  # these four started two hours ago: they found work
+        try:
+            assert cycle(run, spec)[0] == 0
+        finally:
+            peer.set_time_offset(0)
+        worked = alive(run, fleet)["one"]
+        power_off(worked[:3])
+        code, data, parts = cycle(run, spec)
+        assert parts["one"]["ended"] == {"powered off": 3} and parts["one"]["created"] == 3, data
+        young = sorted(set(alive(run, fleet)["one"]) - set(worked))
+        power_off(young[:1])  # one of four endings fizzled: pilots that found no work, not a broken site
+        code, data, parts = cycle(run, spec)
+        assert parts["one"]["backoff_reason"] is None and parts["one"]["created"] == 1, data
+        power_off(young[1:3])  # now three of the last six: half of them
+        code, data, parts = cycle(run, spec)
+        assert "2 VM(s) ended within 1h" in (parts["one"]["backoff_reason"] or ""), data
+        assert parts["one"]["created"] == 0 and code == 7
     finally:
         run("fleet", "terminate", fleet, "--yes")
 

@@ -26,7 +26,8 @@ target or a share each and a maximum; `[maintain]` tunes the maintainer.
     [maintain]
     create_per_cycle = "10%"         # of the target (at least 1), or a number
     stuck_after = "30m"              # pending or error longer than this: terminated
-    fizzle_after = "10m"             # a VM that ended younger than this fizzled: its profile backs off
+    fizzle_after = "10m"             # a VM that ended younger than this fizzled ...
+    fizzle_share = "50%"             # ... and its profile backs off when this share of its last 10 endings did
     backoff = "2m"                   # the first back-off; doubled each time, up to backoff_max
     backoff_max = "1h"
     credential_margin = "2h"         # a VM whose forwarded credential ends sooner is replaced; a
@@ -61,7 +62,7 @@ TOP = ("fleet", "target", "credential", *TEXT_KEYS, *DURATION_KEYS, *FLAG_KEYS, 
 PROFILE_KEYS = ("target", "share", "max", "flavor")
 MAINTAIN_DEFAULTS: dict[str, str] = {
     "create_per_cycle": "10%", "stuck_after": "30m", "fizzle_after": "10m", "backoff": "2m", "backoff_max": "1h",
-    "credential_margin": "2h",
+    "credential_margin": "2h", "fizzle_share": "50%",
 }  # fmt: skip
 
 
@@ -82,6 +83,7 @@ class Tuning:
     create_per_cycle: str = "10%"
     stuck_after: timedelta = timedelta(minutes=30)
     fizzle_after: timedelta = timedelta(minutes=10)
+    fizzle_share: float = 0.5  # of a profile's last FIZZLE_WINDOW endings: more that fizzled back it off
     backoff: timedelta = timedelta(minutes=2)
     backoff_max: timedelta = timedelta(hours=1)
     credential_margin: timedelta = timedelta(hours=2)
@@ -281,12 +283,15 @@ class _Checker:
             or (isinstance(rate, str) and re.fullmatch(r"([1-9][0-9]?|100)%", rate))
         ):
             raise self.fail("create_per_cycle", "maintain", "expected a number of VMs (1 or more) or a share (10%)")
+        share = table.get("fizzle_share", MAINTAIN_DEFAULTS["fizzle_share"])
+        if not (isinstance(share, str) and re.fullmatch(r"([1-9][0-9]?|100)%", share)):
+            raise self.fail("fizzle_share", "maintain", 'expected a share of the last endings, "1%" to "100%"')
         times = {}
         for key, default in MAINTAIN_DEFAULTS.items():
-            if key != "create_per_cycle":
+            if key not in ("create_per_cycle", "fizzle_share"):
                 given = self.duration(table, key, "maintain")
                 times[key] = parse_duration(default) if given is None else given
-        return Tuning(str(rate), **times)
+        return Tuning(str(rate), fizzle_share=int(share[:-1]) / 100, **times)
 
 
 # ----------------------------------------------------------------------------- placing the target

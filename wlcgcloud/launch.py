@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud import times
 from wlcgcloud.errors import CloudError, Interrupted, UsageError, WlcgError
 from wlcgcloud.fleet import remember_names
 from wlcgcloud.launch_plan import LaunchPlan, ProfilePlan
@@ -167,7 +168,7 @@ def _not_listed_yet(ledger: Ledger, fleet: str, p: ProfilePlan, listed: set[str]
     """Instances the ledger saw made moments ago (by another run, maybe on another machine) that the
     cloud's listing does not show yet: EC2's DescribeInstances is eventually consistent, and a re-run
     that waited for a fleet's lock lists it seconds after the holder made them. Asked for by id."""
-    recent = stamp(datetime.now(UTC) - timedelta(seconds=LISTING_LAG))
+    recent = stamp(times.now() - timedelta(seconds=LISTING_LAG))
     rows = [r for r in ledger.instances(fleet=fleet, profile=p.name)
             if r["id"] not in listed and not r["ended_at"] and r["last_seen"] >= recent]  # fmt: skip
     found = [p.provider.instance(r["id"]) for r in rows]

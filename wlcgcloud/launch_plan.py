@@ -16,10 +16,11 @@ import socket
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud import times
 from wlcgcloud.clouds import SPOT, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.endorsement import Decision, gate
@@ -145,7 +146,7 @@ def plan_launch(
     from wlcgcloud.context import credentials, userdata
     from wlcgcloud.providers import connect
 
-    now = now or datetime.now(UTC)
+    now = now or times.now()
     _check_options(profiles, options)
     boot = userdata.bootstrap(options.bootstrap) if options.bootstrap else None
     if options.settings and boot is None:

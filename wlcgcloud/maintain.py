@@ -15,16 +15,18 @@ What it saw and decided is recorded per profile in the ledger (`fleet status` re
 
 from __future__ import annotations
 
+import heapq
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud import fleet as fleets
+from wlcgcloud import times
 from wlcgcloud.errors import UsageError, WlcgError
 from wlcgcloud.fleet_spec import FleetSpec, targets
 from wlcgcloud.launch import run_plan
@@ -112,7 +114,7 @@ class RunTime:
 
 def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: RunTime, dry_run: bool = False) -> Cycle:
     """One cycle of holding `spec`'s fleet at its target (see the module's docstring)."""
-    started = datetime.now(UTC)
+    started = times.now()
     clock = time.monotonic()
     now = started.timestamp()
     found, gathered = fleets.fleet_instances(profiles, [spec.fleet])
@@ -169,7 +171,7 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
         _create(spec, _profile(profiles, name), part, more, listed[name], doomed.get(name, []), ledger, given, dry_run)
     for name in usable:  # a profile whose VMs now outlive the fizzle time is trusted again
         part = parts[name]
-        if part.proven and part.error is None and not part.backing_off(time.time()):
+        if part.proven and part.error is None and not part.backing_off(times.now().timestamp()):
             part.backoff_level, part.backoff_reason = 0, None
     out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run, error=problem)
     out.seconds = time.monotonic() - clock
@@ -270,14 +272,14 @@ def _look_at(
     rows = {r["id"]: r for r in ledger.instances(fleet=spec.fleet, profile=part.profile)}
     seen = {i.id for i in instances}
     young = spec.tuning.fizzle_after.total_seconds()
-    fizzled = 0
+    lives: dict[str, float] = {}  # how long each VM that ended since the last cycle had lived
     # A VM made moments ago may be missing from a listing for a while (EC2's are eventually
     # consistent): it is declared gone only once it was last seen a while ago.
     settled = stamp(datetime.fromtimestamp(now - GONE_AFTER, UTC))
     gone = [r for r in rows.values() if r["id"] not in seen and not r["ended_at"] and r["last_seen"] < settled]
     for row in gone:
         part.ended["gone"] += 1
-        fizzled += _lived(row.get("launched_at"), now) < young
+        lives[row["id"]] = _lived(row.get("launched_at"), now)
     if gone and not dry_run:
         ledger.mark_ended(part.profile, [r["id"] for r in gone], state="gone")
     doomed: list[tuple[Instance, str]] = []
@@ -290,7 +292,7 @@ def _look_at(
             if not ended or ended >= cutoff:
                 lease = inst.tags.get("wlcg:lease-until")
                 part.ended["lease over" if lease and lease <= stamp(started) else "terminated"] += 1
-                fizzled += age < young
+                lives[inst.id] = age
             continue
         reason = _why_it_must_go(inst, age, expired, spec.tuning.stuck_after.total_seconds())
         if reason is None:
@@ -302,8 +304,9 @@ def _look_at(
         stuck += reason.startswith("pending for")
         if reason in ("powered off", "error") and not (rows.get(inst.id) or {}).get("ended_at"):
             part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
-            fizzled += age < young
-    if fizzled:
+            lives[inst.id] = age
+    fizzled = sum(1 for lived in lives.values() if lived < young)
+    if fizzled and _fizzling(lives, rows.values(), young) >= spec.tuning.fizzle_share:
         _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting "
                   "(no work for them, or a broken image or site)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
@@ -312,6 +315,22 @@ def _look_at(
                   f"{human_duration(spec.tuning.stuck_after.total_seconds())} (no room at the site?)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
     return doomed
+
+
+FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its last this many endings
+
+
+def _fizzling(lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float) -> float:
+    """The share of the profile's last FIZZLE_WINDOW endings that fizzled: this cycle's (`lives`) first,
+    then the ledger's. A few pilots that find no work among many that do back nothing off; a broken
+    image or an experiment out of work, where most new VMs end at once, does."""
+    window = list(lives.values())[:FIZZLE_WINDOW]
+    if len(window) < FIZZLE_WINDOW:
+        earlier = heapq.nlargest(FIZZLE_WINDOW - len(window), ((r["ended_at"], r.get("launched_at")) for r in rows
+                                 if r.get("ended_at") and r["id"] not in lives))  # fmt: skip
+        for ended, launched in earlier:
+            window.append(_lived(launched, datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp()))
+    return sum(1 for lived in window if lived < young) / len(window)
 
 
 def _why_it_must_go(inst: Instance, age: float, expired: set[str], stuck: float) -> str | None:
@@ -398,7 +417,7 @@ def _create(
         result = run_plan(plan, ledger, resize=True)
     except WlcgError as exc:
         part.error = str(exc)  # the message and its next step
-        _back_off(part, spec, time.time(), f"could not create: {exc}")
+        _back_off(part, spec, times.now().timestamp(), f"could not create: {exc}")
         part.decisions.append(f"backing off: {part.backoff_reason}")
         return
     [outcome] = result.results
@@ -413,7 +432,7 @@ def _create(
     part.decisions.append(f"created {outcome.launched} of {more}" + (f", found {found} made already" if found else ""))
     if outcome.error is not None:
         part.error = str(outcome.error)
-        _back_off(part, spec, time.time(), f"could not create: {outcome.error}")
+        _back_off(part, spec, times.now().timestamp(), f"could not create: {outcome.error}")
         part.decisions.append(f"backing off: {part.backoff_reason}")
 
 
@@ -447,7 +466,7 @@ def _state_row(part: ProfileCycle) -> dict[str, Any]:
 def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
     """What the last cycle saw and did, per profile of the spec (from the ledger: no cloud is asked)."""
     rows = ledger.cycle_state(spec.fleet)
-    now = time.time()
+    now = times.now().timestamp()
     out = []
     for place in spec.places:
         row = dict(rows.get(place.profile) or {})

@@ -1,8 +1,10 @@
-"""Durations as users write them (`90m`, `12h`, `7d`) and as we print them back."""
+"""Durations as users write them (`90m`, `12h`, `7d`) and as we print them back; the clock decisions are taken by."""
 
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from wlcgcloud.bounded import EARLIEST_YEAR, LATEST_YEAR, MAX_DURATION_DAYS
@@ -31,6 +33,24 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
     if seconds is None or seconds > MAX_DURATION.total_seconds():
         raise UsageError(f"{option}: {shown(text)} is longer than {MAX_DURATION.days} days.", "Give a shorter one.")
     return timedelta(seconds=seconds)
+
+
+_clock: Callable[[], float] = time.time
+
+
+def now() -> datetime:
+    """The moment every decision is taken at: leases, credential ends, VM ages, back-offs, the ledger's stamps.
+
+    It is the system clock. A simulation (bench/maintain_sim.py) runs the real code on a clock of its
+    own through `use_clock`; what times calls on the wire (timeouts, heartbeats) stays on the system's.
+    """
+    return datetime.fromtimestamp(_clock(), UTC)
+
+
+def use_clock(source: Callable[[], float] | None) -> None:
+    """Take decisions by `source` (Unix seconds) from now on; None: the system clock again."""
+    global _clock
+    _clock = source or time.time
 
 
 def check_moment(moment: datetime, option: str) -> datetime:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from wlcgcloud import times
 from wlcgcloud.cli import maintain
 from wlcgcloud.cli.common import (
     changing,
@@ -122,7 +123,7 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
     if not instances and not launches:
         asked = ", ".join(p.name for p in profiles)
         raise UsageError(f"no fleet '{name}' on profile(s) {asked}, nor in the ledger.", "See 'wlcgcloud fleet list'.")
-    now = datetime.now(UTC)
+    now = times.now()
     rows = [_shown(i, now) for i in instances]
     live = {(i.profile, i.id) for i in instances}
     forgotten = [r for r in remembered if (r["profile"], r["id"]) not in live]
@@ -324,7 +325,7 @@ def reap(
     with working(g, f"Looking for expired leases on {len(profiles)} profile(s) ..."):
         gathered = fleet.list_instances(profiles)
     report_failures(g, gathered.failures, gathered.asked)
-    victims = fleet.expired_leases(gathered.instances, datetime.now(UTC))
+    victims = fleet.expired_leases(gathered.instances, times.now())
     terminate_confirmed(ctx, g, victims, "past their lease", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
 

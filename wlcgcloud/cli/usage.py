@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from wlcgcloud import times
 from wlcgcloud.cli.common import emit, globals_of, info, read_profiles, report_failures, warn, working
 from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
@@ -58,7 +58,7 @@ def usage(
     from wlcgcloud.times import stamp
 
     g = globals_of(ctx)
-    now = datetime.now(UTC)
+    now = times.now()
     start, end, notes = usage_domain.window(since, until, now)
     groups = [b.strip() for b in by.split(",") if b.strip()]
     if not groups:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from wlcgcloud import bounded
+from wlcgcloud import bounded, times
 from wlcgcloud.errors import PolicyError, UsageError
 from wlcgcloud.times import human_duration
 
@@ -391,7 +391,7 @@ def choose(
     if kind == "none":
         return Choice(None)
     env = os.environ if env is None else env
-    now = now or datetime.now(UTC)
+    now = now or times.now()
     found: list[Credential] = []
     rejected: list[Rejected] = []
     looked: list[str] = []

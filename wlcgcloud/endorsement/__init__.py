@@ -19,11 +19,11 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from wlcgcloud import bounded
+from wlcgcloud import bounded, times
 from wlcgcloud.config import GRID_CA_DIR, atomic_write
 from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
@@ -185,7 +185,7 @@ def check(
     now: datetime | None = None,
 ) -> tuple[ImageList, smime.Verified]:
     """Every check of formats.md §1 on a signed list; a PolicyError (exit 5) with the first that fails."""
-    now = now or datetime.now(UTC)
+    now = now or times.now()
     verified = smime.verify(signed, anchors)
     image_list = parse(verified.content)
     signer, issuer = verified.signer_dn, verified.issuer_dn
@@ -237,7 +237,7 @@ def _record(base: Subscription, signed: bytes, image_list: ImageList, verified: 
             "version": image_list.version,
             "created": stamp(image_list.created),
             "expires": stamp(image_list.expires),
-            "fetched_at": stamp(datetime.now(UTC)),
+            "fetched_at": stamp(times.now()),
             "warnings": list(verified.warnings),
             "images": [{"identifier": i.identifier, "title": i.title} for i in image_list.images],
             "signed": base64.b64encode(signed).decode(),

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud import times
 from wlcgcloud.config import ledger_url_problem
 from wlcgcloud.errors import CloudError, ConfigError
 from wlcgcloud.ledger.locks import WAIT_STEP, FleetLocked, Holder
@@ -45,7 +46,7 @@ SAYS_WHO_WITHIN = 2.0  # seconds: a lock's holder writes who it is right after t
 
 
 def _now() -> str:
-    return stamp(datetime.now(UTC))
+    return stamp(times.now())
 
 
 @dataclass(frozen=True)
