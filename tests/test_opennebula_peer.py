@@ -11,6 +11,7 @@ import base64
 import inspect
 import os
 import signal
+import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -239,6 +240,26 @@ def test_quota_failure_uses_oned_wording() -> None:
         assert body(raw.one.vm.allocate("oneadmin:x", SMALL, False)) == 2  # oneadmin has no quota
         with pytest.raises(pyone.OneAuthorizationException):
             pyone.OneServer(peer.url, session=ATLAS).vm.allocate(SMALL, False)
+
+
+def test_oneadmin_sets_a_users_quota_and_others_may_not(tmp_path: Any) -> None:
+    users = [{"id": 2, "name": "atlas", "password": "secret", "gid": 100, "quota": {"VMS": 2, "CPU": 5}}]
+    with OpenNebulaPeer(users=[{"id": 0, "name": "oneadmin", "password": "x", "gid": 0}, *users]) as peer:
+        raw = xmlrpc.client.ServerProxy(peer.url)
+        failure(raw.one.user.quota(ATLAS, 2, 'VM = [ VMS = "9" ]'), 0x200,
+                "[one.user.quota] User [2] : Not authorized to perform ADMIN USER [2].")  # fmt: skip
+        assert body(raw.one.user.quota("oneadmin:x", 2, 'VM = [ VMS = "3", CPU = "-2" ]')) == 2
+        assert body(raw.one.template.instantiate(ATLAS, 1, "a", False, "", False)) == 0
+        assert body(raw.one.template.instantiate(ATLAS, 1, "b", False, "", False)) == 1  # CPU now unlimited
+        assert body(raw.one.vm.allocate(ATLAS, SMALL, False)) == 2
+        failure(raw.one.vm.allocate(ATLAS, SMALL, False), 0x200,
+                "[one.vm.allocate] User [2] : user [2] limit of 3 reached for VMS quota in VM.")  # fmt: skip
+        clock = tmp_path / "clock"
+        clock.write_bytes(struct.pack("<d", 2_000_000_000.0))
+        peer.use_clock_file(str(clock))
+        assert peer.now() == 2_000_000_000.0
+        clock.write_bytes(struct.pack("<d", 2_000_086_400.0))  # the simulation moves its clock a day on
+        assert peer.now() == 2_000_086_400.0
 
 
 def test_quota_used_follows_live_vms(one: Any, peer: OpenNebulaPeer) -> None:

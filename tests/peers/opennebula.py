@@ -28,7 +28,7 @@ quota excess is AUTHORIZATION (0x200), not ALLOCATE; vmpool.info's USER_TEMPLATE
 LABELS/ERROR/SCHED_MESSAGE.
 
 Test control lives in the ``peer.`` namespace (no session): peer.reset, peer.calls, peer.set_state,
-peer.add_vm, peer.add_vms, peer.set_time_offset (peer clock = wall clock + offset), peer.now,
+peer.add_vm, peer.add_vms, peer.set_time_offset (peer clock = wall clock, or --clock-file's, + offset), peer.now,
 peer.set_deploy_delay, peer.fail (the next calls of a method fail with a code and a message that
 may quote the request's session string, as oned's own messages quote requests).
 
@@ -43,9 +43,11 @@ import copy
 import hashlib
 import ipaddress
 import json
+import mmap
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -434,6 +436,7 @@ class OpenNebulaPeer:
             world["default_user_quotas"] = default_user_quotas
         self._world, self._delay0, self._desc, self._port = world, deploy_delay, list_order.upper() == "DESC", port
         self._lock = threading.RLock()
+        self._clock: mmap.mmap | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -441,6 +444,7 @@ class OpenNebulaPeer:
         self._methods: dict[str, Callable[[str, _User, list[Any]], Any]] = {
             "one.system.version": lambda m, u, p: ONE_VERSION,
             "one.user.info": self._user_info,
+            "one.user.quota": self._user_quota,
             "one.template.info": self._template_info,
             "one.templatepool.info": self._templatepool_info,
             "one.template.instantiate": self._template_instantiate,
@@ -526,7 +530,14 @@ class OpenNebulaPeer:
             return dict(self._calls)
 
     def now(self) -> float:
+        if self._clock is not None:  # a simulation's clock (--clock-file): little-endian double, Unix seconds
+            return float(struct.unpack_from("<d", self._clock, 0)[0]) + self._offset
         return time.time() + self._offset
+
+    def use_clock_file(self, path: str) -> None:
+        """Take the time from the first 8 bytes of `path` (written by a simulation) instead of the wall clock."""
+        with open(path, "rb") as fh:
+            self._clock = mmap.mmap(fh.fileno(), 8, access=mmap.ACCESS_READ)
 
     def set_time_offset(self, seconds: float) -> int:
         with self._lock:
@@ -927,6 +938,23 @@ class OpenNebulaPeer:
             f"</DEFAULT_USER_QUOTAS></USER>"
         )
 
+    def _user_quota(self, method: str, user: _User, p: list[Any]) -> int:
+        """one.user.quota(session, uid, template): VM = [ VMS = .., CPU = .., ... ] sets those limits
+        (-1: the default, -2: unlimited); other quota sections are accepted and not modelled. oneadmin only."""
+        uid, text = _arg(p, 1, int), _arg(p, 2, str)
+        target = self._users.get(uid)
+        if target is None:
+            raise OneError(NO_EXISTS, f"[{method}] Error getting user [{uid}].", uid)
+        if not user.admin:
+            why = f"[{method}] User [{user.id}] : Not authorized to perform ADMIN USER [{uid}]."
+            raise OneError(AUTHORIZATION, why)
+        for name, value in self._parse(method, text):
+            if name == "VM" and isinstance(value, dict):
+                for metric, limit in value.items():
+                    if metric in QUOTA_METRICS and _is_num(limit, float):
+                        target.quota[metric] = float(limit)
+        return uid
+
     def _template_info(self, method: str, user: _User, p: list[Any]) -> str:
         tid = _arg(p, 1, int)
         tmpl = self._templates.get(tid)
@@ -1273,8 +1301,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--user", action="append", help="NAME:PASSWORD (repeatable)")
     parser.add_argument("--config", help="JSON file: users, groups, templates, images, networks, ...")
     parser.add_argument("--deploy-delay", type=float, default=None)
+    parser.add_argument("--clock-file", help="take the time from this file's first 8 bytes (a simulation's clock)")
     args = parser.parse_args(argv)
     peer = OpenNebulaPeer(port=args.port, **_config_from_args(args))
+    if args.clock_file:
+        peer.use_clock_file(args.clock_file)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
