@@ -192,3 +192,28 @@ def test_fleet_list_on_ec2_reads_tags_and_states_not_whole_instances(
         live = [i for i in full if i["fleet"] == name]  # type: ignore[union-attr]
         assert {i["flavor"] for i in live} == {rows[name]["flavor"]}
         assert len([i for i in live if i["state"] == "running"]) == rows[name]["counts"]["running"]
+
+
+@pytest.mark.openstack
+def test_growing_a_fleet_again_after_another_loss_makes_new_instances(
+    run: Run, world: World, three_clouds: dict[str, Any]
+) -> None:
+    """The second `fleet scale` by one, after a loss, is a new request: it must not adopt the first one's
+    instance (same count, same next name, same credential: the same idempotency token before)."""
+    name = f"fc-again-{int(time.time()) % 100000}"
+    launched(run, "osk", name, 3)  # Nova names them name-1, name-2, name-3
+
+    def by_name() -> dict[str, str]:
+        rows = run("instance", "list", "--fleet", name, "-o", "json").json()
+        return {i["name"]: i["id"] for i in rows if i["state"] != "terminated"}  # type: ignore[union-attr]
+
+    try:
+        for lost in (f"{name}-1", f"{name}-2"):  # each time the fleet keeps name-3, the highest number
+            assert run("instance", "terminate", by_name()[lost], "--yes").code == 0
+            wait_for_total(run, name, 2)
+            up = run("fleet", "scale", name, "-n", "3", "-o", "json")
+            assert up.code == 0, up.err
+            assert (up.json()["resumed"], up.json()["launched"]) == (2, 1), up.json()  # type: ignore[call-overload,index]
+            wait_for_total(run, name, 3)
+    finally:
+        run("fleet", "terminate", name, "--yes")

@@ -9,6 +9,7 @@ what launched, and the ledger stays true.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -284,7 +285,11 @@ def _create_missing(
     # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
     pattern = re.compile(rf"{re.escape(fleet)}-(\d+)")
     numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
-    request = replace(p.request, count=missing, first=max(numbers, default=0) + 1)
+    # Every instance of the fleet here the cloud listed or the ledger ever knew: a retry of this attempt
+    # (the same fleet, seen the same) gets the same token and adopts what it made; a later attempt does not.
+    known = {i.id for i in have} | {r["id"] for r in ledger.instances(fleet=fleet, profile=p.name)}
+    basis = hashlib.sha256(" ".join(sorted(known)).encode()).hexdigest()[:16]
+    request = replace(p.request, count=missing, first=max(numbers, default=0) + 1, basis=basis)
     seen: dict[str, Instance] = {}
 
     def record(known: list[Instance]) -> None:

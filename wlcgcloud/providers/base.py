@@ -217,10 +217,16 @@ class LaunchRequest:
     first: int = 1  # number in the name of the first instance, where a cloud names them one by one
     spot: bool = False  # EC2 spot instances (other clouds refuse it at planning)
     shutdown_terminates: bool = False  # a VM that powers itself off is gone (the lease), where the cloud can
+    basis: str = ""  # what the fleet held when the request was made (launch: every instance id known of it)
 
     @property
     def token(self) -> str:
-        """A 32-hex idempotency key derived from everything that defines the request."""
+        """A 32-hex idempotency key derived from everything that defines the request.
+
+        `basis` makes the same request made later, after the fleet changed, a new one: without it,
+        growing a fleet by 3 twice (names and credential alike) would adopt the first 3 again (Nova's
+        tag, EC2's ClientToken) and make nothing.
+        """
         body = {
             "name": self.name,
             "image": self.image,
@@ -234,6 +240,7 @@ class LaunchRequest:
             "first": self.first,
             "spot": self.spot,
             "shutdown_terminates": self.shutdown_terminates,
+            **({"basis": self.basis} if self.basis else {}),
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
