@@ -239,6 +239,8 @@ def test_launch_refuses_what_is_not_endorsed_on_every_cloud(
         assert copy_missing.code == 5 and "no cloud image carries endorsed image" in copy_missing.err
         too_small = run("launch", endorsed["first"], *base, "--flavor", small[profile])
         assert too_small.code == 5 and "is below what 'ATLAS worker node 1' needs" in too_small.err
+        no_such = run("launch", endorsed["first"], *base, "--flavor", "x9.nope", "--dry-run")
+        assert no_such.code == 2 and f"profile '{profile}': no flavor 'x9.nope'." in no_such.err, no_such.err
         loud = run("launch", raw, *base, "--allow-unendorsed", "--dry-run", "-o", "json")
         assert loud.code == 0, loud.err
         assert "no endorsed image list vouches for" in loud.err

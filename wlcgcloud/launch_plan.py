@@ -263,7 +263,7 @@ def _quotas(providers: Sequence[Provider], flavors: Sequence[str]) -> list[dict[
     """Each profile's quota and how many more instances of its flavor fit, read in parallel."""
 
     def read(provider: Provider, flavor: str) -> dict[str, Any] | None:
-        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
+        size = provider.flavor(flavor)
         if size is None:
             raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
         quota = provider.quota()

@@ -366,7 +366,7 @@ def gate(reference: str, provider: Provider, flavor: str | None, allow_unendorse
             f"Register it with 'wlcgcloud image register {image.identifier} -p {provider.name}'.",
         )
     if flavor and (image.core_minimum or image.ram_minimum):
-        size = next((f for f in provider.flavors() if flavor in (f.name, f.id)), None)
+        size = provider.flavor(flavor)
         if size is None:
             raise UsageError(f"profile '{provider.name}': no flavor '{flavor}'.")
         short = []

@@ -344,6 +344,10 @@ class Provider(ABC):
     def flavors(self) -> list[Flavor]:
         """Instance sizes with vCPUs, memory and disk."""
 
+    def flavor(self, name: str) -> Flavor | None:
+        """The flavor called (or with the id) `name`, or None; clouds with hundreds of sizes ask for that one."""
+        return next((f for f in self.flavors() if name in (f.name, f.id)), None)
+
     @abstractmethod
     def quota(self) -> Quota:
         """Limits and current use."""

@@ -195,6 +195,17 @@ class EC2Provider(Provider):
     def flavors(self) -> list[Flavor]:
         return list(self._describe_types(None))
 
+    def flavor(self, name: str) -> Flavor | None:
+        # One DescribeInstanceTypes of that type, not the ~900 types in ten pages (2 s a launch on moto).
+        if name not in self._types:
+            try:
+                list(self._describe_types([name]))
+            except WlcgError as exc:
+                cause = exc.__cause__
+                if not (isinstance(cause, botocore.exceptions.ClientError) and _code(cause) == "InvalidInstanceType"):
+                    raise
+        return self._types.get(name)
+
     def _describe_types(self, names: Sequence[str] | None) -> Iterator[Flavor]:
         # MaxResults (at most 100 here) may not be combined with named InstanceTypes.
         kwargs: dict[str, Any] = {"InstanceTypes": list(names)} if names else {}
