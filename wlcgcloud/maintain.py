@@ -306,7 +306,7 @@ def _look_at(
             part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
             lives[inst.id] = age
     fizzled = sum(1 for lived in lives.values() if lived < young)
-    if fizzled and _fizzling(lives, rows.values(), young, len(instances)) >= spec.tuning.fizzle_share:
+    if fizzled and _fizzling(lives, rows.values(), young) >= spec.tuning.fizzle_share:
         _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting "
                   "(no work for them, or a broken image or site)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
@@ -317,22 +317,28 @@ def _look_at(
     return doomed
 
 
-FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its last this many endings
+FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its last this many VMs
 
 
-def _fizzling(lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float, size: int) -> float:
-    """The share of the profile's last FIZZLE_WINDOW endings that fizzled: this cycle's (`lives`) first,
-    then the ledger's. A few pilots that find no work among many that do back nothing off; a broken
-    image or an experiment out of work, where most new VMs end at once, does. While fewer endings are
-    known than the profile holds (`size`, up to the window), the ones not seen count as VMs that worked:
-    one early fizzle among ten VMs is not half of anything."""
-    window = list(lives.values())[:FIZZLE_WINDOW]
-    if len(window) < FIZZLE_WINDOW:
-        earlier = heapq.nlargest(FIZZLE_WINDOW - len(window), ((r["ended_at"], r.get("launched_at")) for r in rows
-                                 if r.get("ended_at") and r["id"] not in lives))  # fmt: skip
-        for ended, launched in earlier:
-            window.append(_lived(launched, datetime.fromisoformat(ended.replace("Z", "+00:00")).timestamp()))
-    return sum(1 for lived in window if lived < young) / max(len(window), min(FIZZLE_WINDOW, size), 1)
+def _fizzling(lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float) -> float:
+    """The share of the profile's FIZZLE_WINDOW most recently created VMs that fizzled (ended younger
+    than `young`; `lives` are this cycle's endings, the ledger knows the earlier ones). Those still
+    running count as VMs that worked. A few pilots that find no work among many that do back
+    nothing off; a broken image or an experiment out of work, where most new VMs end at once, does."""
+    recent = heapq.nlargest(FIZZLE_WINDOW, (r for r in rows if r.get("launched_at")),
+                            key=lambda r: (r["launched_at"], r["id"]))  # fmt: skip
+
+    def fizzled(row: Mapping[str, Any]) -> bool:
+        if row["id"] in lives:
+            return lives[row["id"]] < young
+        ended = row.get("ended_at")
+        return isinstance(ended, str) and _lived(row["launched_at"], _epoch(ended)) < young
+
+    return sum(1 for row in recent if fizzled(row)) / max(1, len(recent))
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def _why_it_must_go(inst: Instance, age: float, expired: set[str], stuck: float) -> str | None:
@@ -351,7 +357,7 @@ def _lived(launched_at: str | None, now: float) -> float:
     """Seconds since a ledger time (launched_at), infinite when unknown (never counted as young)."""
     if not launched_at:
         return float("inf")
-    return now - datetime.fromisoformat(launched_at.replace("Z", "+00:00")).timestamp()
+    return now - _epoch(launched_at)
 
 
 def _back_off(part: ProfileCycle, spec: FleetSpec, now: float, why: str) -> None:

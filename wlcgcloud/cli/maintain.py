@@ -119,6 +119,7 @@ def maintain(
     from wlcgcloud import maintain as maintaining
     from wlcgcloud.context.userdata import parse_settings
     from wlcgcloud.fleet_spec import read_spec
+    from wlcgcloud.providers import reusing
     from wlcgcloud.times import parse_duration
 
     g = globals_of(ctx)
@@ -146,6 +147,7 @@ def maintain(
     cycles: list[dict[str, Any]] = []
     with (
         changing(ctx, [] if dry_run else names) as ledger,
+        reusing(),  # one login and one client per profile for as long as it runs
         _stopped_by_signals(stop),
         _served(metrics_port, metrics_address, log_format) as metrics,
     ):

@@ -7,9 +7,11 @@ and keeps every profile's failure beside the others' answers.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -17,7 +19,7 @@ from typing import Generic, TypeVar
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import WlcgError
 from wlcgcloud.providers.base import Provider
-from wlcgcloud.secretstore import require_secret
+from wlcgcloud.secretstore import Secret, require_secret
 
 MODULES = {
     "ec2": "wlcgcloud.providers.ec2",
@@ -28,8 +30,42 @@ MODULES = {
 T = TypeVar("T")
 
 
+# Inside `reusing()`: (id of the profile, secret) -> (the profile, kept alive so its id stays its own; provider)
+_reused: dict[tuple[int, str], tuple[Profile, Provider]] | None = None
+_reused_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def reusing() -> Iterator[None]:
+    """Within it, `connect` gives the same provider again for the same profile and secret: a maintainer
+    cycling for weeks logs in to Keystone and builds its boto3 client once, not twice a cycle. A secret
+    changed in between (a rotated key) makes a new provider."""
+    global _reused
+    with _reused_lock:
+        outer, _reused = _reused, ({} if _reused is None else _reused)
+    try:
+        yield
+    finally:
+        with _reused_lock:
+            _reused = outer
+
+
 def connect(profile: Profile) -> Provider:
     """The provider for `profile`, with its secret; no network traffic yet."""
+    secret = require_secret(profile)
+    if _reused is None:
+        return _connect(profile, secret)
+    key = (id(profile), secret.value)
+    with _reused_lock:
+        found = _reused.get(key)
+    if found is None:
+        made = (profile, _connect(profile, secret))
+        with _reused_lock:
+            found = _reused.setdefault(key, made)
+    return found[1]
+
+
+def _connect(profile: Profile, secret: Secret) -> Provider:
     # The SDKs log warnings (keystoneauth's version discovery, botocore's retries) that
     # logging's last-resort handler would print on stderr, request details included: our
     # errors say what matters, so their loggers never reach the terminal.
@@ -38,7 +74,7 @@ def connect(profile: Profile) -> Provider:
         root.addHandler(logging.NullHandler())
     module = importlib.import_module(MODULES[profile.provider])
     cls: type[Provider] = module.PROVIDER
-    return cls(profile, require_secret(profile))
+    return cls(profile, secret)
 
 
 @dataclass
