@@ -381,3 +381,21 @@ def test_fleet_spec_holds_what_each_profile_holds_after_a_spread_launch_and_a_sh
         assert shrunk.target == 3 - split[bigger] + 1
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_cycle_lists_each_profile_once_and_its_launch_counts_that_listing(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    """Listing 2,000 VMs takes seconds: the launch of a cycle counts the cycle's own listing (it holds the
+    fleet's lock), less what the cycle terminated, instead of listing the fleet again."""
+    peer, fleet = two_clouds["one"], fleet_name()
+    spec = write_spec(world, spec_text(fleet, two_clouds["image"], 3, {"one": "share = 1"}))
+    try:
+        before = peer.calls()
+        assert cycle(run, spec)[2]["one"]["created"] == 3
+        listings = {m: n - before.get(m, 0) for m, n in peer.calls().items() if m.startswith("one.vmpool.info")}
+        assert sum(listings.values()) == 2, listings  # the cycle's, and create's look for an earlier attempt
+        code, data, parts = cycle(run, spec)
+        assert code == 0 and parts["one"]["created"] == 0 and len(alive(run, fleet)["one"]) == 3, data
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

@@ -15,7 +15,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -145,9 +145,9 @@ def _heartbeat(ledger: Ledger, launch_id: int, timeout: float) -> Iterator[None]
         thread.join()
 
 
-def _calls_of_others(ledger: Ledger, fleet: str, p: ProfilePlan, launch_id: int, tell: Progress) -> None:
+def _calls_of_others(ledger: Ledger, fleet: str, p: ProfilePlan, launch_id: int, tell: Progress) -> bool:
     """Before listing the fleet to resume it: refuse while another live process launches it here,
-    and wait while calls of a killed one may still land (they would not be listed yet)."""
+    and wait while calls of a killed one may still land (they would not be listed yet). Whether it waited."""
     now = time.time()
     landing = [r for r in ledger.on_the_wire(fleet, p.name, now) if r.id != launch_id]
     live = [r for r in landing if _alive(r.owner)]
@@ -160,6 +160,7 @@ def _calls_of_others(ledger: Ledger, fleet: str, p: ProfilePlan, launch_id: int,
         until = max(r.calls_until or now for r in landing)
         tell(p.name, f"waiting {until - now:.0f} s for calls of an interrupted launch to land", 0, p.request.count)
         time.sleep(max(0.0, until - time.time()))
+    return bool(landing)
 
 
 LISTING_LAG = 300.0  # seconds: how long a new instance may be missing from a cloud's filtered listing
@@ -198,6 +199,8 @@ def run_plan(
     wait: timedelta | None = None,
     rollback: bool = False,
     resize: bool = False,
+    listed: Mapping[str, Sequence[Instance]] | None = None,
+    listed_at: float = 0.0,
 ) -> Launched:
     """Launch the plan on each profile in parallel, resuming what an earlier attempt made.
 
@@ -217,19 +220,24 @@ def run_plan(
     }
     intents = {p.name: ledger.record_intent(_intent(plan, p)) for p in plan.profiles}
 
-    def existing(p: ProfilePlan) -> list[Instance]:
+    def existing(p: ProfilePlan, waited: bool) -> list[Instance]:
         if p.name not in earlier and not resize:
             return []
-        listed = [i for i in p.provider.instances(fleet=plan.fleet) if _made_for(i, p) and i.state != "terminated"]
-        return listed + _not_listed_yet(ledger, plan.fleet, p, {i.id for i in listed})
+        # A caller that holds the fleet's lock and has just listed it (fleet maintain) gives its listing
+        # (taken at `listed_at`), unless calls of a killed launch may have landed since: not in it.
+        stale = waited or any(r.id != intents[p.name] for r in ledger.on_the_wire(plan.fleet, p.name, listed_at))
+        given = listed is not None and p.name in listed and not stale
+        found = listed[p.name] if listed is not None and given else p.provider.instances(fleet=plan.fleet)
+        here = [i for i in found if _made_for(i, p) and i.state != "terminated"]
+        return here + _not_listed_yet(ledger, plan.fleet, p, {i.id for i in here})
 
     def one(p: ProfilePlan) -> ProfileLaunched:
         launch_id = intents[p.name]
         result = ProfileLaunched(p)
         try:
-            _calls_of_others(ledger, plan.fleet, p, launch_id, tell)
+            waited = _calls_of_others(ledger, plan.fleet, p, launch_id, tell)
             with _heartbeat(ledger, launch_id, p.provider.profile.timeout):
-                _launch_on(p, launch_id, result)
+                _launch_on(p, launch_id, result, waited)
         except WlcgError as exc:  # refused: another launch of the fleet is running
             result.error = exc
         result.error = result.error or ledger.lock_lost(plan.fleet)
@@ -240,9 +248,9 @@ def run_plan(
         remember_names(p.name, result.instances)
         return result
 
-    def _launch_on(p: ProfilePlan, launch_id: int, result: ProfileLaunched) -> None:
+    def _launch_on(p: ProfilePlan, launch_id: int, result: ProfileLaunched, waited: bool) -> None:
         try:
-            have = existing(p)
+            have = existing(p, waited)
             foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
             if foreign:
                 raise UsageError(

@@ -117,6 +117,7 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     started = times.now()
     clock = time.monotonic()
     now = started.timestamp()
+    listed_at = time.time()  # on the wire's clock, as launches record when their calls may land
     found, gathered = fleets.fleet_instances(profiles, [spec.fleet])
     failed = {name: error for name, error in gathered.failures}
     listed: dict[str, list[Instance]] = {p.profile: [] for p in spec.places}
@@ -168,7 +169,8 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
         if more <= 0:
             continue
         budget -= more
-        _create(spec, _profile(profiles, name), part, more, listed[name], doomed.get(name, []), ledger, given, dry_run)
+        _create(spec, _profile(profiles, name), part, more, (listed_at, listed[name]), doomed.get(name, []), ledger,
+                given, dry_run)  # fmt: skip
     for name in usable:  # a profile whose VMs now outlive the fizzle time is trusted again
         part = parts[name]
         if part.proven and part.error is None and not part.backing_off(times.now().timestamp()):
@@ -407,14 +409,14 @@ def _kind_of(reason: str) -> str:
 
 
 def _create(
-    spec: FleetSpec, profile: Profile, part: ProfileCycle, more: int, listed: list[Instance],
+    spec: FleetSpec, profile: Profile, part: ProfileCycle, more: int, listing: tuple[float, list[Instance]],
     doomed: list[tuple[Instance, str]], ledger: Ledger, given: RunTime, dry_run: bool,
 ) -> None:  # fmt: skip
     """Launch `more` VMs of the fleet on the profile, through the launch path; a failure backs the profile off."""
     place = next(p for p in spec.places if p.profile == profile.name)
+    listed_at, listed = listing
     going = {i.id for i, _ in doomed}
-    # What the launch's own listing will count as there: not terminated before this cycle, and not
-    # terminated by it (if the cloud still shows those, fewer are made now and the next cycle makes up).
+    # What the launch will count as there: not terminated before this cycle, and not terminated by it.
     there = sum(1 for i in listed if i.state != "terminated" and i.id not in going)
     options = _options(spec, place.flavor, there + more, given)
     if dry_run:
@@ -422,7 +424,9 @@ def _create(
         return
     try:
         plan = plan_launch([profile], options)
-        result = run_plan(plan, ledger, resize=True)
+        # The launch counts what this cycle listed there (under the same lock), less what it terminated.
+        here = {profile.name: [i for i in listed if i.id not in going]}
+        result = run_plan(plan, ledger, resize=True, listed=here, listed_at=listed_at)
     except WlcgError as exc:
         part.error = str(exc)  # the message and its next step
         _back_off(part, spec, times.now().timestamp(), f"could not create: {exc}")
