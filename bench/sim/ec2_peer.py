@@ -2,10 +2,12 @@
 
     python bench/sim/ec2_peer.py --port 0 --clock-file CLOCK    -> prints "READY http://127.0.0.1:PORT"
 
-The only changes to moto are its clock (an instance's LaunchTime and state-transition reasons come
-from the simulation's clock file instead of the wall clock) and two paths of our own, outside
-the AWS API: ``GET /sim/calls`` (the EC2 actions asked for so far, by name) and
-``POST /sim/calls/reset``. Everything else is moto's own wire behaviour.
+The only changes to moto are its clock (an instance's LaunchTime and state-transition reasons
+come from the simulation's clock file instead of the wall clock) and paths of our own, outside
+the AWS API, for the simulation's driver: ``GET /sim/calls`` (the EC2 actions asked for so far,
+by name), ``POST /sim/calls/reset``, and ``GET /sim/instances`` (each instance's id, state and
+launch time, read from moto's backend: the driver's view of the world, without the seconds
+DescribeInstances takes at 2,000 instances). Everything else is moto's own wire behaviour.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ class Counting:
             if path == "/sim/calls/reset":
                 with self.lock:
                     self.calls.clear()
-            with self.lock:
-                body = json.dumps(dict(self.calls)).encode()
+            if path == "/sim/instances":
+                body = json.dumps(_instances()).encode()
+            else:
+                with self.lock:
+                    body = json.dumps(dict(self.calls)).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -63,6 +68,20 @@ class Counting:
             self.calls[action] += 1
         environ["wsgi.input"] = io.BytesIO(raw)
         return self.app(environ, start_response)
+
+
+def _instances() -> list[dict[str, Any]]:
+    from moto.ec2.models import ec2_backends
+
+    out = []
+    for regions in list(ec2_backends.values()):
+        for backend in list(regions.values()):
+            for reservation in list(backend.reservations.values()):
+                for inst in reservation.instances:
+                    launched = inst.launch_time
+                    when = launched.replace(tzinfo=UTC).timestamp() if isinstance(launched, datetime) else None
+                    out.append({"id": inst.id, "state": inst._state.name, "launched": when})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
