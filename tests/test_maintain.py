@@ -399,3 +399,29 @@ def test_a_cycle_lists_each_profile_once_and_its_launch_counts_that_listing(
         assert code == 0 and parts["one"]["created"] == 0 and len(alive(run, fleet)["one"]) == 3, data
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_spec_given_a_new_image_rolls_the_fleet_over_a_few_vms_a_cycle(
+    run: Run, world: World, two_clouds: dict[str, Any], endorsed: dict[str, Any]
+) -> None:
+    from conftest import own_marked_ami
+
+    own_marked_ami(two_clouds["aws"].client(), endorsed["second"])  # the new image has a copy there too
+    fleet = fleet_name()
+    text = spec_text(fleet, endorsed["first"], 2, {"aws": "share = 1"})
+    spec = write_spec(world, text)
+    try:
+        assert cycle(run, spec)[0] == 0
+        old = set(alive(run, fleet)["aws"])
+        spec.write_text(text.replace(endorsed["first"], endorsed["second"]))
+        for _ in range(2):  # one retired and replaced a cycle (half of create_per_cycle): never all at once
+            code, data, parts = cycle(run, spec)
+            assert code == 0 and parts["aws"]["terminated"] == {"image replaced": 1}, data
+            assert parts["aws"]["created"] == 1 and len(alive(run, fleet)["aws"]) == 2
+        listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+        now = {i["id"]: i["tags"]["wlcg:image"] for i in listed if i["state"] in ("pending", "running")}  # type: ignore[union-attr]
+        assert not set(now) & old and set(now.values()) == {endorsed["second"]}, now
+        code, data, parts = cycle(run, spec)
+        assert code == 0 and parts["aws"]["terminated"] == {} and parts["aws"]["created"] == 0, data
+    finally:
+        run("fleet", "terminate", fleet, "--yes")

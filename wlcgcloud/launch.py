@@ -201,6 +201,7 @@ def run_plan(
     resize: bool = False,
     listed: Mapping[str, Sequence[Instance]] | None = None,
     listed_at: float = 0.0,
+    rolling: bool = False,
 ) -> Launched:
     """Launch the plan on each profile in parallel, resuming what an earlier attempt made.
 
@@ -252,7 +253,7 @@ def run_plan(
         try:
             have = existing(p, waited)
             foreign = [i for i in have if i.tags.get("wlcg:image") not in (None, p.request.tags["wlcg:image"])]
-            if foreign:
+            if foreign and not rolling:  # fleet maintain replaces them a few a cycle: a spec's new image
                 raise UsageError(
                     f"fleet '{plan.fleet}' on profile '{p.name}' holds instances of another image "
                     f"({foreign[0].tags.get('wlcg:image')}).",

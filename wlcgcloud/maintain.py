@@ -141,6 +141,8 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     problem, forwarded = _credential_problem(spec, given, started)
     if problem is None and forwarded:
         _retire_ending_credentials(spec, parts, listed, doomed, usable, started)
+    if problem is None:
+        _retire_other_images(spec, parts, listed, doomed, usable)
     want = targets(spec, usable, {n: part.alive for n, part in parts.items()})
     for name, part in parts.items():
         part.target = want[name]
@@ -245,6 +247,35 @@ def _retire_ending_credentials(
     )  # fmt: skip
     for end, inst in ending[: max(1, spec.tuning.creations(spec.target) // 2)]:
         _doom(parts[inst.profile], doomed[inst.profile], [inst], f"credential ends {stamp(end)}")
+
+
+def _endorsed_id(spec: FleetSpec) -> str | None:
+    """The identifier of the endorsed image the spec names (by identifier or title), as VMs are tagged."""
+    from wlcgcloud.endorsement import endorsed_images
+
+    if spec.options.get("allow_unendorsed"):
+        return None  # tagged "none": which image an unendorsed VM runs is not ours to judge
+    found = {image.identifier for _, image in endorsed_images() if spec.image in (image.identifier, image.title)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _retire_other_images(
+    spec: FleetSpec, parts: Mapping[str, ProfileCycle], listed: Mapping[str, list[Instance]],
+    doomed: Mapping[str, list[tuple[Instance, str]]], usable: set[str],
+) -> None:  # fmt: skip
+    """A spec whose image changed rolls the fleet over: VMs of another endorsed image are retired oldest
+    first, never all at once (with the credential's retirements, at most half a cycle's creations), and
+    their replacements, of the spec's image, come in the same cycle."""
+    wanted = _endorsed_id(spec)
+    if wanted is None:
+        return
+    going = {i.id for victims in doomed.values() for i, _ in victims}
+    retiring = sum(1 for victims in doomed.values() for _, why in victims if why.startswith("credential"))
+    room = max(1, spec.tuning.creations(spec.target) // 2) - retiring
+    other = [inst for name in usable for inst in listed[name] if inst.state in ALIVE and inst.id not in going
+             and inst.tags.get("wlcg:image") not in (None, "none", wanted)]  # fmt: skip
+    for inst in _oldest_first(other)[: max(0, room)]:
+        _doom(parts[inst.profile], doomed[inst.profile], [inst], f"image replaced (was {inst.tags.get('wlcg:image')})")
 
 
 def _doom(part: ProfileCycle, doomed: list[tuple[Instance, str]], victims: list[Instance], reason: str) -> None:
@@ -403,7 +434,7 @@ def _terminate(
 
 def _kind_of(reason: str) -> str:
     """A reason without its particulars, for counting: 'pending for 31m' -> 'pending'."""
-    for tail in (" for ", " ends "):
+    for tail in (" for ", " ends ", " (was "):
         reason = reason.split(tail)[0]
     return reason
 
@@ -426,7 +457,7 @@ def _create(
         plan = plan_launch([profile], options)
         # The launch counts what this cycle listed there (under the same lock), less what it terminated.
         here = {profile.name: [i for i in listed if i.id not in going]}
-        result = run_plan(plan, ledger, resize=True, listed=here, listed_at=listed_at)
+        result = run_plan(plan, ledger, resize=True, listed=here, listed_at=listed_at, rolling=True)
     except WlcgError as exc:
         part.error = str(exc)  # the message and its next step
         _back_off(part, spec, times.now().timestamp(), f"could not create: {exc}")
