@@ -425,3 +425,31 @@ def test_a_spec_given_a_new_image_rolls_the_fleet_over_a_few_vms_a_cycle(
         assert code == 0 and parts["aws"]["terminated"] == {} and parts["aws"]["created"] == 0, data
     finally:
         run("fleet", "terminate", fleet, "--yes")
+
+
+def test_a_proxy_near_its_end_is_rotated_onto_the_renewed_one_a_vm_a_cycle(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    from peers.proxies import make_grid
+
+    grid, fqan = make_grid(world.root / "grid"), "/atlas/Role=NULL/Capability=NULL"
+    old = grid.voms_proxy(world.root / "x509up_old", "atlas", fqan, hours=1, voms_hours=1)
+    new = grid.voms_proxy(world.root / "x509up_new", "atlas", fqan, hours=12, voms_hours=12)
+    fleet = fleet_name()
+    launched = run("launch", two_clouds["image"], "-p", "aws", "-n", "2", "--fleet", fleet, "--credential", "x509",
+                   "--proxy", str(old), "--min-lifetime", "10m", "-o", "json")  # fmt: skip
+    assert launched.code == 0, launched.err
+    first = {i["id"]: i["tags"]["wlcg:credential"] for i in launched.json()["instances"]}  # type: ignore[index]
+    text = spec_text(fleet, two_clouds["image"], 2, {"aws": "share = 1"}, credential_margin="2h")
+    spec = write_spec(world, text.replace('credential = "none"', 'credential = "x509"'))
+    try:
+        for _ in range(2):  # the proxy ends within the margin: one VM a cycle, replaced in the same cycle
+            code, data, parts = cycle(run, spec, "--proxy", str(new))
+            assert code == 0 and parts["aws"]["terminated"] == {"credential": 1} and parts["aws"]["created"] == 1, data
+            assert len(alive(run, fleet)["aws"]) == 2  # never below the target
+        listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
+        now = {i["id"]: i["tags"]["wlcg:credential"] for i in listed if i["state"] in ("pending", "running")}  # type: ignore[union-attr]
+        assert not set(now) & set(first) and {v.split()[0] for v in now.values()} == {"x509"}
+        assert set(now.values()).isdisjoint(first.values()) and len(set(now.values())) == 1
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
