@@ -230,6 +230,22 @@ def test_a_nova_answering_html_is_exit_6(run: Run, world: World, osk: Any, nova_
     assert result.code == 6 and "profile 'osk': list servers: the answer is not the OpenStack API's" in result.err
 
 
+@pytest.mark.openstack
+@pytest.mark.parametrize(("status", "code", "said"), [(403, 4, "OpenStack refused it (HTTP 403)"), (500, 6, "500")])
+def test_a_nova_refusing_a_listing_says_so_not_that_it_is_not_the_api(
+    run: Run, world: World, osk: Any, nova_behind_proxy: Any, status: int, code: int, said: str
+) -> None:
+    """Server listings are read as Nova's JSON: an HTTP error is still the error it is."""
+    proxy, region = nova_behind_proxy
+    write_profiles(world, {"osk": openstack_profile(osk, region=region)})
+    body = b'{"computeFault": {"code": %d, "message": "refused by the test"}}' % status
+    proxy.always(Fault("status", status=status, headers={"Content-Type": "application/json"}, body=body,
+                       match="/servers/detail"))  # fmt: skip
+    result = run("instance", "list")
+    assert result.code == code and "profile 'osk': list servers" in result.err and said in result.err, result.err
+    assert "not the OpenStack API's" not in result.err
+
+
 # Answers lost after the cloud acted
 
 

@@ -117,6 +117,14 @@ def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _checked(response: Any) -> bytes:
+    """The body of a raw SDK answer, or the SDK's own exception for its HTTP status (the proxies' raw
+    calls do not raise): a 403 stays AuthError, a 503 says so, a 404 is NotFoundException."""
+    if response.status_code >= 400:
+        sdk.raise_from_response(response)
+    return bytes(response.content)
+
+
 def _json_object(content: bytes, listing: bool) -> dict[str, Any]:
     """A page of Nova's servers (`listing`), or one server, as JSON bounded in size and depth; NotTheApi
     for anything else (an HTML page, an empty body, another shape)."""
@@ -369,7 +377,12 @@ class OpenStackProvider(Provider):
             if isinstance(exc.__cause__, sdk.NotFoundException):
                 return None
             raise
-        [server] = self._servers("show server", f"/servers/{raw.id}")  # found by id or name: Nova's own JSON
+        try:  # found by id or name: now Nova's own JSON of it
+            [server] = self._servers("show server", f"/servers/{raw.id}")
+        except WlcgError as exc:
+            if isinstance(exc.__cause__, sdk.NotFoundException):
+                return None  # deleted in between
+            raise
         return self._instance(server)
 
     def _servers(self, what: str, url: str = "/servers/detail", **query: str) -> list[dict[str, Any]]:
@@ -385,7 +398,7 @@ class OpenStackProvider(Provider):
         params: dict[str, str] = dict(query)
         for _ in range(100_000):  # a bound: pages of at least one server each
             body = self.call(what, lambda q=params: _json_object(
-                self.conn.compute.get(url, params=q or None, microversion=version).content, listing))  # fmt: skip
+                _checked(self.conn.compute.get(url, params=q or None, microversion=version)), listing))  # fmt: skip
             if not listing:
                 return [body["server"]]
             out += body["servers"]
