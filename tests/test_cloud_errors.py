@@ -246,6 +246,33 @@ def test_a_nova_refusing_a_listing_says_so_not_that_it_is_not_the_api(
     assert "not the OpenStack API's" not in result.err
 
 
+@pytest.mark.openstack
+def test_a_token_keystoneauth_renewed_mid_run_stays_out_of_errors(
+    world: World, osk: Any, nova_behind_proxy: Any
+) -> None:
+    """fleet maintain keeps its providers for an hour: keystoneauth logs in again when a token expires, and
+    an error that quotes the request (its X-Auth-Token) must not show the new token either."""
+    from wlcgcloud.config import load_config
+    from wlcgcloud.errors import WlcgError
+    from wlcgcloud.providers import connect
+
+    proxy, region = nova_behind_proxy
+    write_profiles(world, {"osk": openstack_profile(osk, region=region)})
+    provider = connect(load_config().profile("osk"))
+    provider.instances()  # logged in: the first token
+    first = provider.conn.session.get_token()  # type: ignore[attr-defined]
+    provider.conn.session.auth.invalidate()  # type: ignore[attr-defined]  # as when it expires
+    proxy.always(Fault("status", status=500, headers={"Content-Type": "application/json"},
+                       body='{"computeFault": {"code": 500, "message": "bad token {header:X-Auth-Token}"}}',
+                       match="/servers/detail"))  # fmt: skip
+    with pytest.raises(WlcgError) as caught:
+        provider.instances()
+    renewed = provider.conn.session.get_token()  # type: ignore[attr-defined]
+    assert renewed != first and len(renewed) > 20
+    text = f"{caught.value.message} {caught.value.hint}"
+    assert renewed not in text and first not in text and "(secret)" in text, text
+
+
 # Answers lost after the cloud acted
 
 

@@ -93,7 +93,8 @@ class Fault:
         """The (status, headers, body) a synthesized answer carries (kinds status/ec2_throttle/xmlrpc_fault).
 
         ``request`` (the request as received) and ``body`` (its body) replace ``{request}`` and ``{body}``
-        in a status fault's body.
+        in a status fault's body, and ``{header:NAME}`` is the value of that request header (a cloud
+        quoting, say, X-Auth-Token back where a cut message still shows it).
         """
         if self.kind == "ec2_throttle":
             body = _EC2_THROTTLE.format(uuid.uuid4()).encode()
@@ -104,7 +105,10 @@ class Fault:
             return 200, {"Content-Type": "text/xml"}, body
         answer = self.body.encode() if isinstance(self.body, str) else self.body
         kind = next((v for k, v in self.headers.items() if k.lower() == "content-type"), "").lower()
-        for mark, text in ((b"{request}", request), (b"{body}", body)):
+        quoted = [(f"{{header:{name}}}".encode(), value.strip())
+                  for name, _, value in (line.partition(":") for line in request.splitlines()[1:])
+                  if f"{{header:{name}}}".encode() in answer]  # fmt: skip
+        for mark, text in ((b"{request}", request), (b"{body}", body), *quoted):
             if "json" in kind:
                 text = json.dumps(text)[1:-1]
             elif "xml" in kind or "html" in kind:

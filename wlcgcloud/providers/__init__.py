@@ -8,9 +8,11 @@ and keeps every profile's failure beside the others' answers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,16 +32,26 @@ MODULES = {
 T = TypeVar("T")
 
 
-# Inside `reusing()`: (id of the profile, secret) -> (the profile, kept alive so its id stays its own; provider)
-_reused: dict[tuple[int, str], tuple[Profile, Provider]] | None = None
+REUSE_FOR = 3600.0  # seconds a reused provider lives: what it cached of the cloud (templates) is read again
+
+
+@dataclass
+class _Kept:
+    profile: Profile  # kept alive, so its id stays its own
+    secret: str  # a digest of the secret it was made with, never the secret
+    made: float  # time.monotonic()
+    provider: Provider
+
+
+_reused: dict[int, _Kept] | None = None  # inside `reusing()`: id of the profile -> its provider
 _reused_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def reusing() -> Iterator[None]:
-    """Within it, `connect` gives the same provider again for the same profile and secret: a maintainer
-    cycling for weeks logs in to Keystone and builds its boto3 client once, not twice a cycle. A secret
-    changed in between (a rotated key) makes a new provider."""
+    """Within it, `connect` gives the same provider again for the same profile: a maintainer cycling for
+    weeks logs in to Keystone and builds its boto3 client once an hour, not twice a cycle. A changed
+    secret (a rotated key, a renewed OIDC token) replaces the provider at once."""
     global _reused
     with _reused_lock:
         outer, _reused = _reused, ({} if _reused is None else _reused)
@@ -53,16 +65,18 @@ def reusing() -> Iterator[None]:
 def connect(profile: Profile) -> Provider:
     """The provider for `profile`, with its secret; no network traffic yet."""
     secret = require_secret(profile)
-    if _reused is None:
-        return _connect(profile, secret)
-    key = (id(profile), secret.value)
     with _reused_lock:
-        found = _reused.get(key)
-    if found is None:
-        made = (profile, _connect(profile, secret))
+        kept = _reused
+    if kept is None:
+        return _connect(profile, secret)
+    digest = hashlib.sha256(secret.value.encode()).hexdigest()
+    with _reused_lock:
+        found = kept.get(id(profile))
+    if found is None or found.secret != digest or time.monotonic() - found.made > REUSE_FOR:
+        found = _Kept(profile, digest, time.monotonic(), _connect(profile, secret))
         with _reused_lock:
-            found = _reused.setdefault(key, made)
-    return found[1]
+            kept[id(profile)] = found
+    return found.provider
 
 
 def _connect(profile: Profile, secret: Secret) -> Provider:

@@ -34,6 +34,7 @@ from wlcgcloud.providers.base import (
     FLEET_TAG,
     TAG_PREFIX,
     Check,
+    E,
     Flavor,
     Image,
     ImageUpload,
@@ -226,7 +227,19 @@ class OpenStackProvider(Provider):
 
     # Errors
 
+    def _hide_current_token(self) -> None:
+        """keystoneauth logs in again when a token expires (hourly on many clouds): the token in use now is
+        kept out of errors too, not only the first one."""
+        token = getattr(getattr(self.conn.session.auth, "auth_ref", None), "auth_token", None)
+        if isinstance(token, str) and token not in self._hidden:
+            self.hide(token)
+
+    def scrubbed(self, error: E) -> E:
+        self._hide_current_token()
+        return super().scrubbed(error)
+
     def translate(self, what: str, exc: Exception) -> WlcgError:
+        self._hide_current_token()
         status = getattr(exc, "status_code", None) or getattr(exc, "http_status", None)
         if status is None and (tls := self.tls_error(what, exc, str(self.profile.get("auth_url")))):
             return tls  # our connection failed; a cloud's answer (with a status) never counts
