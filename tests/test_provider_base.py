@@ -11,6 +11,8 @@ import pytest
 from wlcgcloud.providers.answers import clean
 from wlcgcloud.providers.base import STATES, LaunchRequest, aware, call_with_timeout
 
+from conftest import World, write_profiles
+
 
 def test_clean_never_shows_an_echoed_value_and_stays_one_short_line() -> None:
     nova = "Invalid input for field/attribute user_data. Value: UEFTU1dPUkQ9aHVudGVyMgo=" + "A" * 5000
@@ -66,3 +68,22 @@ def test_every_opennebula_state_maps_to_one_of_ours() -> None:
     failures = [n for n in LCM_STATES if n.endswith("FAILURE")]
     assert all(vm_state(3, LCM_STATES.index(n))[0] == "error" for n in failures)
     assert vm_state(3, 99) == ("unknown", "ACTIVE/99") and vm_state(42, 0) == ("unknown", "42")
+
+
+def test_reusing_gives_a_profile_the_same_provider_until_its_secret_changes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wlcgcloud.config import load_config
+    from wlcgcloud.providers import connect, reusing
+
+    write_profiles(world, {"aws": {"provider": "ec2", "region": "eu-west-1", "access_key_id": "AKIAREUSE"}})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", "first-secret")
+    profile = load_config().profile("aws")
+    assert connect(profile) is not connect(profile)  # outside reusing(): a provider each time
+    with reusing():
+        first = connect(profile)
+        assert connect(profile) is first
+        monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", "rotated-secret")
+        second = connect(profile)
+        assert second is not first and second.secret.value == "rotated-secret" and connect(profile) is second
+    assert connect(profile) is not second
