@@ -294,9 +294,12 @@ def _create_missing(
     # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
     pattern = re.compile(rf"{re.escape(fleet)}-(\d+)")
     numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]
-    # Every instance of the fleet here the cloud listed or the ledger ever knew: a retry of this attempt
-    # (the same fleet, seen the same) gets the same token and adopts what it made; a later attempt does not.
-    known = {i.id for i in have} | {r["id"] for r in ledger.instances(fleet=fleet, profile=p.name)}
+    # What the fleet here holds and has held: the instances listed, and those the ledger saw end. A retry of
+    # this attempt (killed, run again) sees the same and gets the same token, so it adopts what the attempt
+    # made, even when the ledger recorded those ids but the cloud lists them not yet; a later attempt, after
+    # the fleet changed, does not.
+    ended = {r["id"] for r in ledger.instances(fleet=fleet, profile=p.name) if r["ended_at"]}
+    known = {i.id for i in have} | ended
     basis = hashlib.sha256(" ".join(sorted(known)).encode()).hexdigest()[:16]
     request = replace(p.request, count=missing, first=max(numbers, default=0) + 1, basis=basis)
     seen: dict[str, Instance] = {}
