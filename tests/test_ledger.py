@@ -95,7 +95,11 @@ def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(backend: Any) -
     _version_1(backend)
     ledger = Ledger(backend.where)
     try:
-        assert ledger.version == SCHEMA_VERSION == 5
+        assert ledger.version == SCHEMA_VERSION == 6
+        ledger.record_cycle(
+            "f", "2026-11-01T10:00:00Z", [{"profile": "p", "backoff_level": 0, "fates": "[0, 1]"}]
+        )  # v6
+        assert ledger.cycle_state("f")["p"]["fates"] == "[0, 1]"
         [old] = ledger.launches("f")
         assert old.state == "intent" and old.requested == 3 and old.owner is None and old.calls_until is None
         assert old.uncertain == 0

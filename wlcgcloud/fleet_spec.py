@@ -27,7 +27,7 @@ target or a share each and a maximum; `[maintain]` tunes the maintainer.
     create_per_cycle = "10%"         # of the target (at least 1), or a number
     stuck_after = "30m"              # pending or error longer than this: terminated
     fizzle_after = "10m"             # a VM that ended younger than this fizzled ...
-    fizzle_share = "50%"             # ... and its profile backs off when this share of its 10 newest VMs did
+    fizzle_share = "50%"             # ... and its profile backs off when this share of its last 10 did
     backoff = "2m"                   # the first back-off; doubled each time, up to backoff_max
     backoff_max = "1h"
     credential_margin = "2h"         # a VM whose forwarded credential ends sooner is replaced; a
@@ -83,7 +83,9 @@ class Tuning:
     create_per_cycle: str = "10%"
     stuck_after: timedelta = timedelta(minutes=30)
     fizzle_after: timedelta = timedelta(minutes=10)
-    fizzle_share: float = 0.5  # of a profile's FIZZLE_WINDOW newest VMs: when that many fizzled, it backs off
+    fizzle_share: float = (
+        0.5  # of a profile's last FIZZLE_WINDOW VMs whose fate is known: that many fizzled, it backs off
+    )
     backoff: timedelta = timedelta(minutes=2)
     backoff_max: timedelta = timedelta(hours=1)
     credential_margin: timedelta = timedelta(hours=2)
@@ -285,7 +287,7 @@ class _Checker:
             raise self.fail("create_per_cycle", "maintain", "expected a number of VMs (1 or more) or a share (10%)")
         share = table.get("fizzle_share", MAINTAIN_DEFAULTS["fizzle_share"])
         if not (isinstance(share, str) and re.fullmatch(r"([1-9][0-9]?|100)%", share)):
-            raise self.fail("fizzle_share", "maintain", 'expected a share of the newest VMs, "1%" to "100%"')
+            raise self.fail("fizzle_share", "maintain", 'expected a share of the last VMs, "1%" to "100%"')
         times = {}
         for key, default in MAINTAIN_DEFAULTS.items():
             if key not in ("create_per_cycle", "fizzle_share"):

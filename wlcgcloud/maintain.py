@@ -15,7 +15,6 @@ What it saw and decided is recorded per profile in the ledger (`fleet status` re
 
 from __future__ import annotations
 
-import heapq
 import json
 import time
 from collections import Counter
@@ -59,6 +58,8 @@ class ProfileCycle:
     error: str | None = None
     decisions: list[str] = field(default_factory=list)
     proven: bool = False  # a VM of it runs past the fizzle time: its back-off may be forgotten
+    fates: list[int] = field(default_factory=list)  # its latest VMs' fates, oldest first: 1 fizzled, 0 worked
+    last_cycle: str | None = None  # when the cycle before started
 
     @property
     def alive(self) -> int:
@@ -126,8 +127,6 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
         if inst.tags.get("wlcg:profile") in (None, inst.profile) and (inst.provider, inst.id) not in taken:
             taken.add((inst.provider, inst.id))
             listed.setdefault(inst.profile, []).append(inst)
-    if not dry_run:
-        ledger.record_instances(found)
     before = ledger.cycle_state(spec.fleet)
     parts = {p.profile: _carried(p.profile, before.get(p.profile)) for p in spec.places}
     doomed: dict[str, list[tuple[Instance, str]]] = {}
@@ -137,6 +136,8 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
             _back_off(part, spec, now, f"the cloud did not answer: {failed[name]}")
             continue  # it holds nothing as far as this cycle knows: the others carry the target
         doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
+    if not dry_run:  # after looking: what the ledger had not seen end before this cycle ended since the last
+        ledger.record_instances(found)
     usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
     problem, forwarded = _credential_problem(spec, given, started)
     if problem is None and forwarded:
@@ -292,6 +293,9 @@ def _carried(profile: str, row: Mapping[str, Any] | None) -> ProfileCycle:
         part.backoff_level = int(row.get("backoff_level") or 0)
         part.backoff_until = row.get("backoff_until")
         part.backoff_reason = row.get("backoff_reason")
+        part.last_cycle = row.get("cycle")
+        fates = json.loads(row.get("fates") or "[]")
+        part.fates = [int(f) for f in fates if f in (0, 1)] if isinstance(fates, list) else []
     return part
 
 
@@ -301,7 +305,6 @@ def _look_at(
     """Count what runs, record what ended since the last cycle (and why), and say which VMs must go:
     powered off, in error, stuck starting, past their lease."""
     now = started.timestamp()
-    cutoff = stamp(datetime.fromtimestamp(now - 1, UTC))  # this cycle's listing ended them at `now`, if not before
     rows = {r["id"]: r for r in ledger.instances(fleet=spec.fleet, profile=part.profile)}
     seen = {i.id for i in instances}
     young = spec.tuning.fizzle_after.total_seconds()
@@ -322,7 +325,7 @@ def _look_at(
         age = now - inst.launched_at.timestamp() if inst.launched_at else float("inf")  # unknown: never young
         if inst.state == "terminated":
             ended = (rows.get(inst.id) or {}).get("ended_at")
-            if not ended or ended >= cutoff:
+            if not ended:  # not ended as far as the ledger knew before this cycle: it ended since the last
                 lease = inst.tags.get("wlcg:lease-until")
                 part.ended["lease over" if lease and lease <= stamp(started) else "terminated"] += 1
                 lives[inst.id] = age
@@ -339,9 +342,10 @@ def _look_at(
             part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
             lives[inst.id] = age
     fizzled = sum(1 for lived in lives.values() if lived < young)
-    if fizzled and _fizzling(lives, rows.values(), young) >= spec.tuning.fizzle_share:
-        _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting "
-                  "(no work for them, or a broken image or site)")  # fmt: skip
+    share = _judge(part, lives, rows.values(), young, now)
+    if fizzled and share >= spec.tuning.fizzle_share:
+        _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting, {share:.0%} "
+                  f"of the last {len(part.fates)} (no work for them, or a broken image or site)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
     elif stuck:
         _back_off(part, spec, now, f"{stuck} VM(s) never started within "
@@ -350,24 +354,34 @@ def _look_at(
     return doomed
 
 
-FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its last this many VMs
+FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its latest this many VMs whose fate is known
 
 
-def _fizzling(lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float) -> float:
-    """The share of the profile's FIZZLE_WINDOW most recently created VMs that fizzled (ended younger
-    than `young`; `lives` are this cycle's endings, the ledger knows the earlier ones). Those still
-    running count as VMs that worked. A few pilots that find no work among many that do back
-    nothing off; a broken image or an experiment out of work, where most new VMs end at once, does."""
-    recent = heapq.nlargest(FIZZLE_WINDOW, (r for r in rows if r.get("launched_at")),
-                            key=lambda r: (r["launched_at"], r["id"]))  # fmt: skip
+def _judge(
+    part: ProfileCycle, lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float, now: float
+) -> float:
+    """Add the fates learnt this cycle to the profile's window and give the share of fizzles in it.
 
-    def fizzled(row: Mapping[str, Any]) -> bool:
-        if row["id"] in lives:
-            return lives[row["id"]] < young
-        ended = row.get("ended_at")
-        return isinstance(ended, str) and _lived(row["launched_at"], _epoch(ended)) < young
+    A VM's fate is known when it ends by itself younger than `young` (fizzled: at once), or when it
+    has lived `young` (worked: then, whatever it does later). VMs the maintainer itself ended young
+    (retired, surplus, stuck) have no fate. So an experiment out of work, whose new VMs all fizzle,
+    backs its profiles off however many are made a cycle, while a few idle pilots among many busy
+    ones do not; early in a fleet's life, fizzles are known before anything has lived `young`.
+    """
+    cutoff = now - young
+    since = _epoch(part.last_cycle) - young if part.last_cycle else None
+    came_of_age = sorted((r["launched_at"], r["id"]) for r in rows if r.get("launched_at")
+                         and (since is None or _epoch(r["launched_at"]) > since) and _epoch(r["launched_at"]) <= cutoff
+                         and lives.get(r["id"], young) >= young and not _ended_young(r, young))  # fmt: skip
+    part.fates += [0] * len(came_of_age[-FIZZLE_WINDOW:])
+    part.fates += [1] * sum(1 for lived in lives.values() if lived < young)
+    part.fates = part.fates[-FIZZLE_WINDOW:]
+    return sum(part.fates) / len(part.fates) if part.fates else 0.0
 
-    return sum(1 for row in recent if fizzled(row)) / max(1, len(recent))
+
+def _ended_young(row: Mapping[str, Any], young: float) -> bool:
+    ended = row.get("ended_at")
+    return isinstance(ended, str) and _lived(row["launched_at"], _epoch(ended)) < young
 
 
 def _epoch(text: str) -> float:
@@ -502,7 +516,7 @@ def _state_row(part: ProfileCycle) -> dict[str, Any]:
         "ended": json.dumps(dict(part.ended), sort_keys=True), "created": part.created,
         "terminated": json.dumps(dict(part.terminated), sort_keys=True), "error": part.error,
         "backoff_level": part.backoff_level, "backoff_until": part.backoff_until, "backoff_reason": part.backoff_reason,
-        "decisions": json.dumps(part.decisions),
+        "decisions": json.dumps(part.decisions), "fates": json.dumps(part.fates),
     }  # fmt: skip
 
 

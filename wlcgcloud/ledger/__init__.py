@@ -443,7 +443,7 @@ class Ledger:
     def record_cycle(self, fleet: str, started: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """One cycle's state per profile, replacing the cycle before."""
         columns = ("profile", "target", "running", "starting", "created", "ended", "terminated", "error",
-                   "backoff_level", "backoff_until", "backoff_reason", "decisions")  # fmt: skip
+                   "backoff_level", "backoff_until", "backoff_reason", "decisions", "fates")  # fmt: skip
         values = [{"fleet": fleet, "cycle": started, **{c: r.get(c) for c in columns}} for r in rows]
         if not values:
             return

@@ -100,6 +100,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (fleet, profile)
     );
     """,
+    # v6: the fates of a profile's latest VMs (1 fizzled, 0 worked), which decide its fizzle back-off
+    """
+    ALTER TABLE maintain_state ADD COLUMN fates TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
