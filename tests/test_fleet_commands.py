@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -200,7 +201,7 @@ def test_growing_a_fleet_again_after_another_loss_makes_new_instances(
 ) -> None:
     """The second `fleet scale` by one, after a loss, is a new request: it must not adopt the first one's
     instance (same count, same next name, same credential: the same idempotency token before)."""
-    name = f"fc-again-{int(time.time()) % 100000}"
+    name = f"fc-again-{uuid.uuid4().hex[:8]}"
     launched(run, "osk", name, 3)  # Nova names them name-1, name-2, name-3
 
     def by_name() -> dict[str, str]:

@@ -258,7 +258,8 @@ def test_oneadmin_sets_a_users_quota_and_others_may_not(tmp_path: Any) -> None:
         clock.write_bytes(struct.pack("<d", 2_000_000_000.0))
         peer.use_clock_file(str(clock))
         assert peer.now() == 2_000_000_000.0
-        clock.write_bytes(struct.pack("<d", 2_000_086_400.0))  # the simulation moves its clock a day on
+        with clock.open("r+b") as fh:  # the simulation moves its clock a day on, in place
+            fh.write(struct.pack("<d", 2_000_086_400.0))
         assert peer.now() == 2_000_086_400.0
 
 

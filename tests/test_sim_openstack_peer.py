@@ -48,7 +48,8 @@ class Peer:
         return self.auth_url.removesuffix("/v3")
 
     def at(self, when: float) -> None:
-        self.clock.write_bytes(struct.pack("<d", when))  # in place: the peer's mapping sees it
+        with self.clock.open("r+b") as fh:  # in place, never truncated: the peer's mapping reads it meanwhile
+            fh.write(struct.pack("<d", when))
 
     def sim(self, method: str, path: str, body: Any = None) -> Any:
         status, _, payload = http(method, self.base + path, body)

@@ -420,8 +420,11 @@ class OpenStackProvider(Provider):
             if not isinstance(after, str) or not body["servers"]:
                 return out
             # Only the next link's query (its marker) is taken: the token goes to the catalog's Nova, never
-            # to wherever a link points.
-            params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(after).query))
+            # to wherever a link points. A link that leads back to a page already read ends the listing.
+            following = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(after).query))
+            if following == params:
+                return out
+            params = following
         return out
 
     def _instance(self, raw: Mapping[str, Any]) -> Instance:
