@@ -185,6 +185,10 @@ class World:
         for vm in by["one"]:
             self.one.one.vm.action(ONE_ADMIN, "poweroff", int(vm))
 
+    def forget(self) -> None:
+        """EC2 lists a terminated instance for about an hour; moto for ever (its listings would grow all week)."""
+        urllib.request.urlopen(f"{self.ec2_url}/sim/forget?before={self.clock.now() - HOUR}", timeout=60).read()
+
     def calls(self) -> Counter[str]:
         out: Counter[str] = Counter()
         out["aws"] = sum(json.loads(urllib.request.urlopen(self.ec2_url + "/sim/calls").read()).values())
@@ -350,6 +354,7 @@ class Simulation:
         self.tally.cycles.append({"t": self.clock.now() - self.t0, "alive": done["alive"], "met": done["met"],
                                   "created": sum(p["created"] for p in done["profiles"])})  # fmt: skip
         self.observe()
+        self.world.forget()
         return done
 
     def observe(self) -> None:

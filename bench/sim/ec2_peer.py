@@ -5,7 +5,8 @@
 The only changes to moto are its clock (an instance's LaunchTime and state-transition reasons
 come from the simulation's clock file instead of the wall clock) and paths of our own, outside
 the AWS API, for the simulation's driver: ``GET /sim/calls`` (the EC2 actions asked for so far,
-by name), ``POST /sim/calls/reset``, and ``GET /sim/instances`` (each instance's id, state and
+by name), ``POST /sim/calls/reset``, ``GET /sim/forget?before=T`` (drop instances terminated before T, as
+EC2 forgets them after about an hour), and ``GET /sim/instances`` (each instance's id, state and
 launch time, read from moto's backend: the driver's view of the world, without the seconds
 DescribeInstances takes at 2,000 instances). Everything else is moto's own wire behaviour.
 """
@@ -52,6 +53,9 @@ class Counting:
                     self.calls.clear()
             if path == "/sim/instances":
                 body = json.dumps(_instances()).encode()
+            elif path == "/sim/forget":  # as EC2 does, about an hour after it terminated them
+                body = json.dumps({"forgot": _forget(float(parse_qs(environ.get("QUERY_STRING", ""))["before"][0]))})
+                body = body.encode()
             else:
                 with self.lock:
                     body = json.dumps(dict(self.calls)).encode()
@@ -82,6 +86,40 @@ def _instances() -> list[dict[str, Any]]:
                     when = launched.replace(tzinfo=UTC).timestamp() if isinstance(launched, datetime) else None
                     out.append({"id": inst.id, "state": inst._state.name, "launched": when})
     return out
+
+
+def _forget(before: float) -> int:
+    """Drop instances terminated before `before` (Unix seconds of the simulation's clock) from moto's
+    backend: EC2 lists a terminated instance for about an hour, moto for ever, and its listings
+    would grow through a simulated week."""
+    from moto.ec2.models import ec2_backends
+
+    gone = 0
+    for regions in list(ec2_backends.values()):
+        for backend in list(regions.values()):
+            for rid, reservation in list(backend.reservations.items()):
+                keep = []
+                for inst in reservation.instances:
+                    when = _terminated_at(inst)
+                    if inst._state.name == "terminated" and when is not None and when < before:
+                        gone += 1
+                    else:
+                        keep.append(inst)
+                reservation.instances = keep
+                if not keep:
+                    del backend.reservations[rid]
+    return gone
+
+
+def _terminated_at(inst: Any) -> float | None:
+    """When moto terminated it, from its state-transition reason ("User initiated (YYYY-MM-DD HH:MM:SS UTC)")."""
+    reason = str(getattr(inst, "_reason", "") or "")
+    if "(" not in reason:
+        return None
+    try:
+        return datetime.strptime(reason.split("(")[1][:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -213,12 +213,16 @@ class Ledger:
 
     def on_the_wire(self, fleet: str, profile: str | None, now: float) -> list[LaunchRecord]:
         """Unfinished launches of this fleet (on `profile`, or on any) whose calls may still land after `now`."""
-        return [r for r in self.launches(fleet) if profile in (None, r.profile) and r.state == "intent"
-                and r.calls_until is not None and r.calls_until > now]  # fmt: skip
+        # In SQL: a fleet maintained for weeks has thousands of launches, and this is asked every cycle.
+        query = "SELECT * FROM launches WHERE fleet = ? AND state = 'intent' AND calls_until > ?"
+        return [r for r in self._launches(query, (fleet, now)) if profile in (None, r.profile)]
 
     def launches(self, fleet: str | None = None) -> list[LaunchRecord]:
-        query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "") + " ORDER BY id"
-        rows = self._rows(query, (fleet,) if fleet else ())
+        query = "SELECT * FROM launches" + (" WHERE fleet = ?" if fleet else "")
+        return self._launches(query, (fleet,) if fleet else ())
+
+    def _launches(self, query: str, args: Sequence[Any]) -> list[LaunchRecord]:
+        rows = self._rows(query + " ORDER BY id", args)
         return [LaunchRecord(**{**r, "options": json.loads(r["options"])}) for r in rows]
 
     # Instances
