@@ -80,7 +80,6 @@ import os
 import random
 import re
 import signal
-import socketserver
 import string
 import struct
 import subprocess
@@ -94,9 +93,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tests"))
+from peers.localhttp import LocalServer
 
 Version = tuple[int, int]
 Reply = tuple[int, list[tuple[str, str]], bytes]
@@ -1783,19 +1785,9 @@ class OpenStackPeer:
         return formatdate(self.world.clock.now() if self.world.date_from_clock else time.time(), usegmt=True)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _HTTPServer(LocalServer):
     request_queue_size = 128
     peer: OpenStackPeer
-
-    def server_bind(self) -> None:  # no reverse DNS lookup (getfqdn), which can take seconds
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import json
 import re
-import socketserver
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from peers.localhttp import LocalServer
 
 PAYLOADS = Path(__file__).resolve().parent.parent / "payloads" / "openstack"
 REFUSED = "wrong_secret"  # the scenario whose Keystone 401 answers every wrong secret
@@ -110,19 +110,9 @@ class Exchange:
         return self.port, self.method, normalise(self.path), self.verdict
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
+class _Server(LocalServer):
     upstream: int
     answer: Answer
-
-    def server_bind(self) -> None:  # no reverse DNS lookup (getfqdn), which can take seconds
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", self.server_address[1]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
