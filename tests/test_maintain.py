@@ -409,7 +409,10 @@ def test_a_spec_given_a_new_image_rolls_the_fleet_over_a_few_vms_a_cycle(
 ) -> None:
     from conftest import own_marked_ami
 
-    own_marked_ami(two_clouds["aws"].client(), endorsed["second"])  # the new image has a copy there too
+    # The new image has a copy there too: on the session's moto, so it goes again at the end (other tests
+    # rely on the second endorsed image having no copy).
+    client = two_clouds["aws"].client()
+    second = own_marked_ami(client, endorsed["second"])
     fleet = fleet_name()
     text = spec_text(fleet, endorsed["first"], 2, {"aws": "share = 1"})
     spec = write_spec(world, text)
@@ -428,6 +431,7 @@ def test_a_spec_given_a_new_image_rolls_the_fleet_over_a_few_vms_a_cycle(
         assert code == 0 and parts["aws"]["terminated"] == {} and parts["aws"]["created"] == 0, data
     finally:
         run("fleet", "terminate", fleet, "--yes")
+        client.deregister_image(ImageId=second)
 
 
 def test_a_proxy_near_its_end_is_rotated_onto_the_renewed_one_a_vm_a_cycle(

@@ -221,12 +221,8 @@ class LaunchRequest:
 
     @property
     def token(self) -> str:
-        """A 32-hex idempotency key derived from everything that defines the request.
-
-        `basis` makes the same request made later, after the fleet changed, a new one: without it,
-        growing a fleet by 3 twice (names and credential alike) would adopt the first 3 again (Nova's
-        tag, EC2's ClientToken) and make nothing.
-        """
+        """A 32-hex idempotency key derived from everything that defines the request; `basis` makes the
+        same request after the fleet changed a new one (else Nova's tag, EC2's ClientToken adopt the first)."""
         body = {
             "name": self.name,
             "image": self.image,
