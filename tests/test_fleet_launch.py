@@ -239,7 +239,9 @@ def test_sigkill_at_any_moment_then_the_same_command_resumes_without_duplicates(
     _ok, body = xmlrpc.client.ServerProxy(peer.url).one.vmpool.info("atlas:secret", -1, -1, -1, -1)[:2]
     assert body.count("killed") >= 10
     names = re.findall(r"<NAME>(killed-\d+)</NAME>", body)
-    assert sorted(names) == sorted(f"killed-{n}" for n in range(1, 11))  # ten, none twice
+    # Ten, none twice. Not necessarily killed-1..10: a call the kill cut before it reached the cloud leaves
+    # its number unused, and the re-run names what it makes after the highest number it found.
+    assert len(names) == 10 and len(set(names)) == 10, names
     recorded = {r["id"] for r in ledger_rows(world, "instances") if r["fleet"] == "killed"}
     assert len(recorded) == 10
     # The killed launch's intent stayed open until the re-run's listing adopted what it had made.
