@@ -226,9 +226,15 @@ def run_plan(
             return []
         # A caller that holds the fleet's lock and has just listed it (fleet maintain) gives its listing
         # (taken at `listed_at`), unless calls of a killed launch may have landed since: not in it.
-        stale = waited or any(r.id != intents[p.name] for r in ledger.on_the_wire(plan.fleet, p.name, listed_at))
-        given = listed is not None and p.name in listed and not stale
-        found = listed[p.name] if listed is not None and given else p.provider.instances(fleet=plan.fleet)
+        given = listed.get(p.name) if listed is not None else None
+        if (
+            given is not None
+            and not waited
+            and not any(r.id != intents[p.name] for r in ledger.on_the_wire(plan.fleet, p.name, listed_at))
+        ):
+            found = given
+        else:
+            found = p.provider.instances(fleet=plan.fleet)
         here = [i for i in found if _made_for(i, p) and i.state != "terminated"]
         return here + _not_listed_yet(ledger, plan.fleet, p, {i.id for i in here})
 
