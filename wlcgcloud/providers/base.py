@@ -10,11 +10,8 @@ import base64
 import hashlib
 import itertools
 import json
-import random
 import re
 import ssl
-import threading
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -25,7 +22,9 @@ from typing import Any, TypeVar
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.providers.answers import USER_DATA_LINE, NotTheApi, causes, clean, scrub, sent, why_unreachable
+from wlcgcloud.providers.waiting import call_with_timeout
 from wlcgcloud.secretstore import Secret
+from wlcgcloud.shutdown import ShutdownMessage, from_console
 from wlcgcloud.times import stamp
 
 T = TypeVar("T")
@@ -50,6 +49,11 @@ TAG_KEYS = (
     "wlcg:lease-until",
     "wlcg:credential",  # kind, fingerprint and end of life of the forwarded credential: never the credential
     "wlcg:request",
+    "wlcg:drainable",  # launched with the VM agent of a shipped bootstrap: it drains on request
+    "wlcg:drain-by",  # a drain was asked: the VM stops taking work and powers off by then
+    "wlcg:hs06",  # the VM's HEP-SPEC06, from the profile's benchmarks: Machine Features tell its payload
+    "wlcg:shutdown-code",  # OpenNebula: the HEPiX code the VM left through OneGate as it ended
+    "wlcg:shutdown-message",
 )
 ENDORSED_ID_TAG = "wlcg:endorsed-id"
 
@@ -402,6 +406,15 @@ class Provider(ABC):
         """The instance's console output (the last `lines` lines if given)."""
 
     @abstractmethod
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> list[Outcome]:
+        """Add or change our keys on instances (EC2 tags, Nova server metadata, OpenNebula
+        USER_TEMPLATE), where the VM itself can read them; one outcome per id, in order."""
+
+    def shutdown_message(self, inst: Instance) -> ShutdownMessage | None:
+        """The HEPiX shutdown message a VM that ended left (a line on its console), or None."""
+        return from_console(self.console_log(inst.id))
+
+    @abstractmethod
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
         """Per-instance run time that overlaps [since, until)."""
 
@@ -541,58 +554,3 @@ class Provider(ABC):
             out.extend(part)
             if len(part) < chunk:
                 return out
-
-
-def call_with_timeout(seconds: float, fn: Callable[[], T]) -> T:
-    """`fn()`, or TimeoutError after `seconds`; a call still running then is left to its own socket timeout.
-
-    The worker is a daemon thread, so an abandoned call never keeps the command from exiting.
-    """
-    box: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True, name="cloud-call").start()
-    if not done.wait(seconds):
-        raise TimeoutError(seconds)
-    if "error" in box:
-        raise box["error"]
-    result: T = box["value"]
-    return result
-
-
-THROTTLE_RETRIES = 4
-MAX_WAIT = 8.0
-
-
-def when_throttled(fn: Callable[[], T], throttled: Callable[[Exception], str | None]) -> T:
-    """`fn()`, again after a wait each time the cloud answered "not now" (429/503), up to 4 times.
-
-    `throttled(exc)` returns the answer's Retry-After ("" when it gave none) for such an answer,
-    None for any other error. The wait honours Retry-After, else full jitter (0.5 s doubling),
-    capped at 8 s. Only for calls the SDK does not retry itself; `Provider.call` bounds the whole.
-    """
-    for attempt in range(THROTTLE_RETRIES + 1):
-        try:
-            return fn()
-        except Exception as exc:
-            after = throttled(exc)
-            if after is None or attempt == THROTTLE_RETRIES:
-                raise
-            wait = float(after) if after.isdigit() else random.uniform(0, 0.5 * 2**attempt)
-            time.sleep(min(wait, MAX_WAIT))
-    raise AssertionError("unreachable")
-
-
-def tail(text: str, lines: int | None) -> str:
-    """The last `lines` lines of a console log (all with None)."""
-    if lines is None or lines <= 0:
-        return text
-    return "\n".join(text.splitlines()[-lines:]) + ("\n" if text.endswith("\n") else "")

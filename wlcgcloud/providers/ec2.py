@@ -6,13 +6,10 @@ transient errors are retried by botocore's `standard` mode; `Provider.call` boun
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import itertools
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,9 +41,8 @@ from wlcgcloud.providers.base import (
     UncertainLaunch,
     UsageRecord,
     aware,
-    tail,
 )
-from wlcgcloud.providers.disks import raw_disk
+from wlcgcloud.providers.waiting import tail
 
 # EC2's own state names -> ours.
 STATES = {
@@ -96,10 +92,6 @@ def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any)
 # Never let botocore probe the instance metadata address for credentials or region. Set once,
 # at import (under the import lock), not from the threads that use the provider.
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-
-
-EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
-_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64", "i386": "i386"}
 
 
 class EC2Provider(Provider):
@@ -365,6 +357,18 @@ class EC2Provider(Provider):
         reply = self.call("read console log", self.client.get_console_output, InstanceId=instance_id)
         return tail(reply.get("Output") or "", lines)  # botocore has already decoded the base64
 
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> list[Outcome]:
+        ids, pairs = list(instance_ids), [{"Key": k, "Value": v} for k, v in tags.items()]
+        outcomes: list[Outcome] = []
+        for start in range(0, len(ids), 1000):  # CreateTags takes up to 1000 resources, all or none
+            batch = ids[start : start + 1000]
+            try:
+                self.call("tag instances", self.client.create_tags, Resources=batch, Tags=pairs)
+                outcomes += [Outcome(i) for i in batch]
+            except WlcgError as exc:
+                outcomes += [Outcome.failed(i, exc) for i in batch]
+        return outcomes
+
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
         """EC2 has no usage API: run times come from launch times and termination reasons.
 
@@ -419,6 +423,8 @@ class EC2Provider(Provider):
             kwargs["UserData"] = request.user_data  # boto3 base64-encodes it
         if request.shutdown_terminates:
             kwargs["InstanceInitiatedShutdownBehavior"] = "terminate"
+        if request.tags.get("wlcg:drainable"):  # its agent reads wlcg:drain-by from instance metadata
+            kwargs["MetadataOptions"] = {"InstanceMetadataTags": "enabled"}
         if request.spot:
             # One-time spot requests; MinCount 1 lets EC2 start as many as the market gives now,
             # and the ones it refused are reported as failed (a partial launch).
@@ -473,6 +479,8 @@ class EC2Provider(Provider):
             size += ", InstanceMarketOptions=spot one-time, MinCount=1"
         if request.shutdown_terminates:
             size += ", InstanceInitiatedShutdownBehavior=terminate"
+        if request.tags.get("wlcg:drainable"):
+            size += ", MetadataOptions=InstanceMetadataTags enabled"
         return [
             f"RunInstances(ImageId={request.image}, InstanceType={request.flavor}, MinCount={request.count}, "
             f"MaxCount={request.count}, ClientToken={request.token}, TagSpecifications=instance+volume "
@@ -495,59 +503,9 @@ class EC2Provider(Provider):
         linear aggregate of them, so what EBS stores is what we checked against the list. All-zero
         blocks are not sent (a new snapshot reads as zeros). A failure deletes what was made.
         """
-        with raw_disk(upload, self.name) as raw:
-            size = raw.stat().st_size
-            gib = max(1, -(-size // 2**30))
-            started = self.call(
-                "start snapshot", self.ebs.start_snapshot, VolumeSize=gib, Timeout=60,
-                Description=f"wlcgcloud: {upload.name}", ClientToken=upload.sha512[:64],
-                Tags=[{"Key": ENDORSED_ID_TAG, "Value": upload.endorsed_id}],
-            )  # fmt: skip
-            snapshot = started["SnapshotId"]
-            image_id = None
-            try:
-                checksums, sent = [], 0
-                with raw.open("rb") as f:
-                    for index in itertools.count():
-                        block = f.read(EBS_BLOCK)
-                        if not block:
-                            break
-                        if block.count(0) != len(block):
-                            block = block.ljust(EBS_BLOCK, b"\0")
-                            digest = hashlib.sha256(block).digest()
-                            checksums.append(digest)
-                            self.call(
-                                "upload snapshot block", self.ebs.put_snapshot_block, SnapshotId=snapshot,
-                                BlockIndex=index, BlockData=block, DataLength=EBS_BLOCK,
-                                Checksum=base64.b64encode(digest).decode(), ChecksumAlgorithm="SHA256",
-                            )  # fmt: skip
-                            sent += 1
-                        if advance:
-                            advance(len(block))
-                aggregate = base64.b64encode(hashlib.sha256(b"".join(checksums)).digest()).decode()
-                self.call(
-                    "complete snapshot", self.ebs.complete_snapshot, SnapshotId=snapshot, ChangedBlocksCount=sent,
-                    Checksum=aggregate, ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR",
-                )  # fmt: skip
-                image_id = self.call(
-                    "register image", self.client.register_image, Name=upload.name[:128],
-                    Description=f"endorsed image {upload.endorsed_id}", Architecture=_ARCH.get(upload.arch, "x86_64"),
-                    RootDeviceName="/dev/xvda", VirtualizationType="hvm", EnaSupport=True,
-                    BlockDeviceMappings=[{"DeviceName": "/dev/xvda",
-                                          "Ebs": {"SnapshotId": snapshot, "DeleteOnTermination": True}}],
-                )["ImageId"]  # fmt: skip
-                self.call(
-                    "mark image", self.client.create_tags, Resources=[image_id],
-                    Tags=[{"Key": ENDORSED_ID_TAG, "Value": upload.endorsed_id}, {"Key": "Name", "Value": upload.name}],
-                )  # fmt: skip
-                found = self.call("show image", self.client.describe_images, ImageIds=[image_id])["Images"]
-                return self._image(found[0])
-            except WlcgError:
-                with contextlib.suppress(WlcgError):
-                    if image_id:
-                        self.call("deregister image", self.client.deregister_image, ImageId=image_id)
-                    self.call("delete snapshot", self.client.delete_snapshot, SnapshotId=snapshot)
-                raise
+        from wlcgcloud.providers.ec2_upload import upload_image
+
+        return upload_image(self, upload, advance)
 
     def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
         outcomes: list[Outcome] = []

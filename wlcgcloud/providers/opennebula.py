@@ -21,7 +21,7 @@ import hashlib
 import time
 import xml.parsers.expat
 import xmlrpc.client
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -51,9 +51,10 @@ from wlcgcloud.providers.base import (
     UsageRecord,
     aware,
     one_attribute,
-    when_throttled,
 )
 from wlcgcloud.providers.opennebula_template import as_list, int_or_none, quoted, vcpus_of, vector, vm_state
+from wlcgcloud.providers.waiting import when_throttled
+from wlcgcloud.shutdown import CODE_TAG, TEXT_TAG, ShutdownMessage, from_attributes
 
 OWN_AND_GROUP = -1  # pool filter: the user's own objects and those of their group
 ALL_VISIBLE = -2  # pool filter: everything the user may use (shared templates and images)
@@ -544,6 +545,23 @@ class OpenNebulaProvider(Provider):
             raise UsageError(f"profile '{self.name}': {why} named '{image}' visible to this user.", "Give its id.")
         return matches[0].id
 
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> list[Outcome]:
+        update = "\n".join(f"{one_attribute(k)}={quoted(v, k)}" for k, v in tags.items())
+
+        def one(vm_id: str) -> Outcome:
+            try:  # one.vm.update type 1 merges into USER_TEMPLATE, where OneGate shows it to the VM
+                self.rpc("update VM", self.one.vm.update, int(vm_id), update, 1)
+                return Outcome(vm_id)
+            except WlcgError as exc:
+                return Outcome.failed(vm_id, exc)
+            except ValueError:
+                return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id", 2)
+
+        return self._each(one, instance_ids)
+
+    def shutdown_message(self, inst: Instance) -> ShutdownMessage | None:
+        return from_attributes(inst.tags.get(CODE_TAG), inst.tags.get(TEXT_TAG))  # OneGate's, in USER_TEMPLATE
+
     def terminate(self, instance_ids: Sequence[str]) -> list[Outcome]:
         def one(vm_id: str) -> Outcome:
             try:
@@ -556,10 +574,13 @@ class OpenNebulaProvider(Provider):
             except ValueError:
                 return Outcome(vm_id, f"'{vm_id}' is not an OpenNebula VM id", 2)
 
+        return self._each(one, instance_ids)
+
+    def _each(self, fn: Callable[[str], Outcome], instance_ids: Sequence[str]) -> list[Outcome]:
         if not instance_ids:
             return []
         with ThreadPoolExecutor(max_workers=min(PARALLEL_CALLS, len(instance_ids)), thread_name_prefix="one") as pool:
-            return list(pool.map(one, instance_ids))
+            return list(pool.map(fn, instance_ids))
 
 
 def _first(quota: Any) -> Any:

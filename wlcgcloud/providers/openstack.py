@@ -25,10 +25,8 @@ import openstack.exceptions as sdk
 from openstack.utils import maximum_supported_microversion
 
 from wlcgcloud import __version__
-from wlcgcloud.bounded import size_text, too_deep
 from wlcgcloud.clouds import CLOUDS
 from wlcgcloud.errors import AuthError, PolicyError, WlcgError
-from wlcgcloud.providers.answers import NotTheApi
 from wlcgcloud.providers.base import (
     ENDORSED_ID_TAG,
     FLEET_TAG,
@@ -48,9 +46,9 @@ from wlcgcloud.providers.base import (
     UncertainLaunch,
     UsageRecord,
     aware,
-    tail,
-    when_throttled,
 )
+from wlcgcloud.providers.nova_answers import checked, json_object
+from wlcgcloud.providers.waiting import tail, when_throttled
 from wlcgcloud.secretstore import auth_type
 
 T = TypeVar("T")
@@ -91,7 +89,6 @@ def _dotted(version: Any) -> str:
 NEEDED = (2, 47)  # the highest Nova microversion a feature of ours relies on (flavor embedded in servers)
 PAGE = 500
 LISTING_MICROVERSION = "2.96"  # asked for in server listings (or the cloud's highest, when lower)
-PAGE_BYTES = 64 * 2**20  # one page of /servers/detail: Nova sends at most its max_limit (1000) servers, ~1 MB
 STATUS_RETRIES = 4  # 429/503 answers; keystoneauth waits Retry-After, else 0.5 s doubling
 USER_DATA_LIMIT = 65535 // 4 * 3  # Nova keeps at most 65535 characters of base64: 49149 bytes
 REQUEST_TAG = "wlcg:request"
@@ -116,35 +113,6 @@ def _parse_time(value: Any) -> datetime | None:
 def _table(raw: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = raw.get(key)
     return value if isinstance(value, dict) else {}
-
-
-def _checked(response: Any) -> bytes:
-    """The body of a raw SDK answer, or the SDK's own exception for its HTTP status (the proxies' raw
-    calls do not raise): a 403 stays AuthError, a 503 says so, a 404 is NotFoundException."""
-    if response.status_code >= 400:
-        sdk.raise_from_response(response)
-    return bytes(response.content)
-
-
-def _json_object(content: bytes, listing: bool) -> dict[str, Any]:
-    """A page of Nova's servers (`listing`), or one server, as JSON bounded in size and depth; NotTheApi
-    for anything else (an HTML page, an empty body, another shape)."""
-    key = "servers" if listing else "server"
-    if len(content) > PAGE_BYTES:
-        raise NotTheApi(f"a page of {size_text(len(content))}, more than Nova sends")
-    text = content.decode("utf-8", "replace")
-    if too_deep(text):
-        raise NotTheApi("JSON nested too deep")
-    try:
-        body = json.loads(text)
-    except json.JSONDecodeError:
-        raise NotTheApi("not JSON") from None
-    wanted = list if key == "servers" else dict
-    if not isinstance(body, dict) or not isinstance(body.get(key), wanted):
-        raise NotTheApi(f"JSON without '{key}'")
-    if key == "servers" and not all(isinstance(s, dict) and s.get("id") for s in body[key]):
-        raise NotTheApi("a server without an id")
-    return body
 
 
 class OpenStackProvider(Provider):
@@ -410,8 +378,8 @@ class OpenStackProvider(Provider):
         out: list[dict[str, Any]] = []
         params: dict[str, str] = dict(query)
         for _ in range(100_000):  # a bound: pages of at least one server each
-            body = self.call(what, lambda q=params: _json_object(
-                _checked(self.conn.compute.get(url, params=q or None, microversion=version)), listing))  # fmt: skip
+            body = self.call(what, lambda q=params: json_object(
+                checked(self.conn.compute.get(url, params=q or None, microversion=version)), listing))  # fmt: skip
             if not listing:
                 return [body["server"]]
             out += body["servers"]
@@ -463,6 +431,17 @@ class OpenStackProvider(Provider):
             "read console log", lambda: self.conn.compute.get_server_console_output(instance_id, length=lines)
         )
         return tail(str(reply.get("output") or ""), lines)
+
+    def set_tags(self, instance_ids: Sequence[str], tags: Mapping[str, str]) -> list[Outcome]:
+        outcomes = []
+        for one in instance_ids:  # POST /servers/{id}/metadata adds and changes keys, keeps the others
+            try:
+                self.call("set server metadata", lambda i=one: checked(self.conn.compute.post(
+                    f"/servers/{i}/metadata", json={"metadata": dict(tags)})))  # fmt: skip
+                outcomes.append(Outcome(one))
+            except WlcgError as exc:
+                outcomes.append(Outcome.failed(one, exc))
+        return outcomes
 
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:
         since, until = aware(since), aware(until)
