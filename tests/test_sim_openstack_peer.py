@@ -235,3 +235,26 @@ def test_microversions_and_call_counts(peer: Peer) -> None:
     }  # fmt: skip
     assert http("GET", f"{peer.base}/compute/v2.1/os-nothing", None, token)[0] == 404
     assert peer.sim("GET", "/sim/unrouted") == ["GET /compute/v2.1/os-nothing"]
+
+
+def test_sim_console_appends_to_one_server_s_console_and_keeps_it_when_shutoff(peer: Peer) -> None:
+    conn = peer.sdk()
+    create(conn, 2, "c")
+    peer.at(T0 + 121)
+    first, second = (s.id for s in conn.compute.servers(details=True))
+    assert peer.sim("POST", "/sim/console", {"server": first, "text": "systemd[1]: Stopping\n"}) == {
+        "server": first, "lines": 1,
+    }  # fmt: skip
+    peer.sim("POST", "/sim/console", {"server": first, "text": "wlcgcloud-shutdown: 0 drained\n"})
+    lines = conn.compute.get_server_console_output(first)["output"].splitlines()
+    assert lines[-2:] == ["systemd[1]: Stopping", "wlcgcloud-shutdown: 0 drained"]
+    assert "wlcgcloud-shutdown" not in conn.compute.get_server_console_output(second)["output"]
+    peer.sim("POST", "/sim/stop", {"ids": [first]})
+    assert conn.compute.get_server(first).status == "SHUTOFF"
+    assert conn.compute.get_server_console_output(first, length=2)["output"] == (
+        "wlcgcloud-shutdown: 0 drained\nreboot: Power down\n"
+    )
+    assert conn.compute.get_server_console_output(first, length=0)["output"] == ""
+    assert len(conn.compute.get_server_console_output(first)["output"].splitlines()) == 7
+    status, _, body = http("POST", f"{peer.base}/sim/console", {"server": "unknown", "text": "x"})
+    assert status == 404 and b"no server unknown" in body

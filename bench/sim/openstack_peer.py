@@ -48,6 +48,8 @@ Control, no token, JSON in and out, on the same port (never behind the outage):
     POST /sim/quota {"instances", "cores", "ram", "project"?}   change quotas (every project's by default)
     POST /sim/stop {"ids": [...]}           those ACTIVE servers power off (SHUTOFF), as after `shutdown -h`
     POST /sim/kill_all {"message"?}         every server goes ERROR with a fault (hypervisors lost)
+    POST /sim/console {"server": id, "text": "..."}   append lines to that server's serial console (what
+                                            os-getConsoleOutput returns), kept while it is SHUTOFF too
     GET  /sim/servers                       [{"id", "name", "status", "created", "tags"}] of live servers
     GET  /sim/calls, POST /sim/calls/reset  API requests counted by "METHOD path-template"
     GET  /sim/unrouted                      requests nothing here could answer (also logged to stderr)
@@ -348,6 +350,7 @@ class Server:
     launched_at: float | None = None
     terminated_at: float | None = None
     fault: dict[str, Any] | None = None
+    console: list[str] = field(default_factory=list)  # lines the guest wrote (POST /sim/console)
 
     def settle(self, now: float) -> None:
         """The lazy clock: a building server whose boot time has passed is ACTIVE since then."""
@@ -1086,10 +1089,12 @@ class Nova:
 
     @staticmethod
     def _console(s: Server, asked: Any) -> str:
-        """A made-up serial console: the boot so far; `length` keeps the last lines, as Nova's does."""
+        """A made-up serial console: the boot so far, then what /sim/console appended (the guest's own lines),
+        then the kernel's last line if it is powered off; `length` keeps the last lines, as Nova's does."""
         lines = [f"[    0.000000] Linux version 5.14.0-427.el9.x86_64 ({s.hostname})", "[    1.021337] Run /init"]
         if s.launched_at is not None:
             lines += ["Cloud-init finished", f"{s.hostname} login: "]
+        lines += s.console
         if s.vm_state == "stopped":
             lines += ["reboot: Power down"]
         length = (asked or {}).get("length") if isinstance(asked, dict) else None
@@ -1571,6 +1576,7 @@ class Control:
             route("POST", "/sim/quota", self.quota),
             route("POST", "/sim/stop", self.stop),
             route("POST", "/sim/kill_all", self.kill_all),
+            route("POST", "/sim/console", self.console),
             route("GET", "/sim/servers", self.servers),
             route("GET", "/sim/calls", self.calls),
             route("POST", "/sim/calls/reset", self.reset),
@@ -1627,6 +1633,17 @@ class Control:
             s.vm_state, s.task_state, s.power_state, s.updated = "error", None, 0, req.now
             s.fault = {"code": 500, "created": stamp_z(req.now), "message": message}
         return reply(200, {"killed": len(self.w.live)})
+
+    def console(self, req: Request) -> Reply:
+        body = self._body(req)
+        s = self.w.live.get(str(body.get("server")))
+        if s is None:
+            raise Fail(404, jbytes({"error": f"no server {body.get('server')}"}))
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise Fail(400, jbytes({"error": "text must be a string"}))
+        s.console += text.splitlines()
+        return reply(200, {"server": s.id, "lines": len(s.console)})
 
     def servers(self, req: Request) -> Reply:
         rows = []

@@ -4,6 +4,10 @@ moto accepts any credentials unless `INITIAL_NO_AUTH_ACTION_COUNT` is set: then 
 N requests go unchecked. We spend exactly those on creating one IAM user with an access key
 and an allow-all policy, so every later request is signed and checked like on AWS, and a
 wrong secret gets AuthFailure (HTTP 401).
+
+The process is moto_server as run by tests/peers/moto_console.py: moto unchanged except that
+GetConsoleOutput serves a text a test sets per instance (`MotoEC2.set_console`), the last 64 KB of
+it as EC2 does, and moto's fixed sample text for every other instance.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 import boto3
 
 BOOTSTRAP_REQUESTS = 3  # create_user, create_access_key, put_user_policy
+SERVER = Path(__file__).with_name("moto_console.py")
 
 
 def free_port() -> int:
@@ -51,6 +57,21 @@ class MotoEC2:
             aws_secret_access_key=self.secret_key,
         )
 
+    def set_console(self, instance_id: str, text: str | bytes | None) -> None:
+        """What GetConsoleOutput returns for this instance from now on (None: moto's sample text again).
+
+        Any instance id is accepted here; GetConsoleOutput still answers InvalidInstanceID.NotFound
+        for one moto does not know.
+        """
+        url = f"{self.url}/_peer/console/{urllib.parse.quote(instance_id, safe='')}"
+        if text is None:
+            request = urllib.request.Request(url, method="DELETE")
+        else:
+            data = text.encode() if isinstance(text, str) else text
+            request = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "text/plain"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            reply.read()
+
 
 def start(log: Path, check_credentials: bool = True) -> MotoEC2:
     """Start moto_server on a free port and create the one IAM user every test signs as.
@@ -63,11 +84,10 @@ def start(log: Path, check_credentials: bool = True) -> MotoEC2:
     env = dict(os.environ, AWS_EC2_METADATA_DISABLED="true")
     if check_credentials:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(BOOTSTRAP_REQUESTS)
-    moto = Path(sys.executable).with_name("moto_server")
+    # -P: run by path without putting tests/peers (modules named ec2, tls, ...) first on sys.path
+    command = [sys.executable, "-P", str(SERVER), "-H", "127.0.0.1", "-p", str(port)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
