@@ -4,8 +4,9 @@ One MIME multipart document (formats.md §4), in this order:
 1. the user's own cloud-config parts (`--user-data`), as they are;
 2. ours, a `text/cloud-config` that writes the credential to /run/wlcgcloud/ (mode 0600), points
    X509_USER_PROXY or BEARER_TOKEN_FILE at it in /etc/profile.d and /etc/environment, and writes
-   the bootstrap's settings. Its `Merge-Type` appends our `write_files` to the user's instead of
-   replacing them (cloud-init's default merge replaces lists);
+   the bootstrap's settings and, with a bootstrap, the in-VM agent (vmagent.py). Its `Merge-Type`
+   appends our `write_files` to the user's instead of replacing them (cloud-init's default merge
+   replaces lists);
 3. the bootstrap script (`--bootstrap`), a file shipped in wlcgcloud/context/bootstraps/;
 4. the user's other parts (scripts, boothooks, includes), as they are.
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from wlcgcloud import bounded
+from wlcgcloud.context import vmagent
 from wlcgcloud.context.credentials import Credential
 from wlcgcloud.errors import PolicyError, UsageError
 
@@ -360,6 +362,10 @@ def _our_config(
         files.append({"path": f"{RUN_DIR}/bootstrap.env", "content": body, "permissions": "0600"})
         visible = {key: "(redacted)" if is_secret(key) else value for key, value in settings.items()}
         described.append({"path": f"{RUN_DIR}/bootstrap.env", "permissions": "0600", "settings": visible})
+        # The in-VM agent: drain requests, machine features, the shutdown message (docs/vm-side.md).
+        agent, shown_agent = vmagent.agent_files(bootstrap.name, lease)
+        files.extend(agent)
+        described.extend(shown_agent)
     config: dict[str, Any] = {}
     if files:
         config["write_files"] = files
