@@ -313,9 +313,9 @@ class Simulation:
     def open_maintainer(self) -> None:
         from wlcgcloud import times
         from wlcgcloud.config import load_config
+        from wlcgcloud.cycle_state import RunTime
         from wlcgcloud.fleet_spec import read_spec
         from wlcgcloud.ledger import open_ledger
-        from wlcgcloud.maintain import RunTime
 
         times.use_clock(self.clock.now)
         from wlcgcloud.providers import reusing

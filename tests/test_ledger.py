@@ -95,12 +95,17 @@ def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(backend: Any) -
     _version_1(backend)
     ledger = Ledger(backend.where)
     try:
-        assert ledger.version == SCHEMA_VERSION == 6
+        assert ledger.version == SCHEMA_VERSION == 7
         ledger.record_cycle(
             "f", "2026-11-01T10:00:00Z", [{"profile": "p", "backoff_level": 0, "fates": "[0, 1]"}]
         )  # v6
         assert ledger.cycle_state("f")["p"]["fates"] == "[0, 1]"
         [old] = ledger.launches("f")
+        ledger.record_instances([_vm("i-1", "stopped")])
+        ledger.record_end_reasons("p", {"i-1": (300, "No more work")})  # v7: an instance's own last word
+        ledger.record_end_reasons("p", {"i-1": (500, "a later read changes nothing")})
+        [row] = ledger.instances(ids=["i-1"])
+        assert (row["end_code"], row["end_reason"]) == (300, "No more work")
         assert old.state == "intent" and old.requested == 3 and old.owner is None and old.calls_until is None
         assert old.uncertain == 0
         ledger.calls_may_land_until(old.id, 2e9)

@@ -107,7 +107,7 @@ def test_export_then_import_twice_merges_once(run: Run, shared: str, world: Worl
     assert exported.code == 0 and "Wrote 2 record(s)" in exported.err, exported.err
     assert dump.stat().st_mode & 0o077 == 0
     lines = [json.loads(line) for line in dump.read_text().splitlines()]
-    assert lines[0]["wlcgcloud_ledger"] == 6 and [r["table"] for r in lines[1:]] == ["launches", "instances"]
+    assert lines[0]["wlcgcloud_ledger"] == 7 and [r["table"] for r in lines[1:]] == ["launches", "instances"]
     os.environ["WLCGCLOUD_LEDGER"] = shared
     first = run("ledger", "import", str(dump), "-o", "json")
     assert first.code == 0 and first.json() == {"launches_added": 1, "launches_known": 0, "instances": 1}, first.err

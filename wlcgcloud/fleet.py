@@ -292,7 +292,7 @@ def scale_plan(
 ) -> ScalePlan:
     """Where fleet `name` is scaled: the profiles holding live instances of it (`instances`, its listing),
     else the asked profiles the ledger launched it on. None, or several, is a UsageError."""
-    alive = [i for i in instances if i.state != "terminated"]
+    alive = [i for i in instances if i.state != "terminated" and i.drain_by is None]  # draining: on its way out
     holders = sorted({i.profile for i in alive})
     launched_on = sorted({r.profile for r in ledger.launches(name)})
     by_name = {p.name: p for p in profiles}

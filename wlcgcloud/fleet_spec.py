@@ -32,6 +32,7 @@ target or a share each and a maximum; `[maintain]` tunes the maintainer.
     backoff_max = "1h"
     credential_margin = "2h"         # a VM whose forwarded credential ends sooner is replaced; a
                                      # current credential shorter than this creates nothing
+    drain_deadline = "2h"            # a VM retired with an agent (a shipped bootstrap) drains this long first
 
 Errors name the file, the line, the key and a near miss, as config.toml's do (exit 3).
 """
@@ -62,7 +63,7 @@ TOP = ("fleet", "target", "credential", *TEXT_KEYS, *DURATION_KEYS, *FLAG_KEYS, 
 PROFILE_KEYS = ("target", "share", "max", "flavor")
 MAINTAIN_DEFAULTS: dict[str, str] = {
     "create_per_cycle": "10%", "stuck_after": "30m", "fizzle_after": "10m", "backoff": "2m", "backoff_max": "1h",
-    "credential_margin": "2h", "fizzle_share": "50%",
+    "credential_margin": "2h", "fizzle_share": "50%", "drain_deadline": "2h",
 }  # fmt: skip
 
 
@@ -89,6 +90,7 @@ class Tuning:
     backoff: timedelta = timedelta(minutes=2)
     backoff_max: timedelta = timedelta(hours=1)
     credential_margin: timedelta = timedelta(hours=2)
+    drain_deadline: timedelta = timedelta(hours=2)  # how long a retired VM with an agent drains before it goes
 
     def creations(self, target: int) -> int:
         """How many VMs one cycle may create: the rate limit."""

@@ -206,6 +206,9 @@ def plan_launch(
             tags["wlcg:credential"] = f"{credential.kind} {credential.fingerprint} {stamp(credential.not_after)}"
         if options.lease is not None:
             tags["wlcg:lease-until"] = stamp(now + options.lease)
+        if boot is not None:  # the shipped bootstraps carry the VM agent (docs/vm-side.md)
+            tags["wlcg:drainable"] = "yes"
+            tags.update(_hs06(provider.profile, flavor))
         request = LaunchRequest(
             name=fleet,
             image=decision.cloud_image,
@@ -219,6 +222,14 @@ def plan_launch(
         if count > 0:
             plans.append(ProfilePlan(provider, decision, request, payload, quota))
     return LaunchPlan(fleet, plans, credential, document, warnings, now, options)
+
+
+def _hs06(profile: Profile, flavor: str) -> dict[str, str]:
+    """The VM's HEP-SPEC06 from the profile's benchmarks, as a tag its agent gives Machine Features."""
+    marks = dict(profile.get("benchmarks") or {})
+    kind = str(marks.get("type") or "").replace("-", "").replace(" ", "").upper()
+    value = marks.get(flavor)
+    return {"wlcg:hs06": str(value)} if kind in ("HS06", "HEPSPEC06") and value is not None else {}
 
 
 def _check_options(profiles: Sequence[Profile], options: LaunchOptions) -> None:

@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wlcgcloud import drain, times
 from wlcgcloud import fleet as fleets
-from wlcgcloud import times
+from wlcgcloud.cycle_state import Cycle, ProfileCycle, RunTime, carried, judgement, state_row
 from wlcgcloud.errors import UsageError, WlcgError
 from wlcgcloud.fleet_spec import FleetSpec, targets
 from wlcgcloud.launch import run_plan
@@ -36,81 +35,10 @@ if TYPE_CHECKING:
     from wlcgcloud.config import Profile
     from wlcgcloud.ledger import Ledger
     from wlcgcloud.providers.base import Instance
+    from wlcgcloud.shutdown import ShutdownMessage
 
 ALIVE = ("pending", "running")
 GONE_AFTER = 300.0  # seconds a VM the ledger saw may be missing from a listing before it counts as gone (as launch)
-
-
-@dataclass
-class ProfileCycle:
-    """One profile's part of a cycle: what was there, what happened, what was done."""
-
-    profile: str
-    target: int = 0
-    running: int = 0
-    starting: int = 0
-    ended: Counter[str] = field(default_factory=Counter)  # why -> how many, since the last cycle
-    terminated: Counter[str] = field(default_factory=Counter)  # why -> how many this cycle terminated
-    created: int = 0
-    backoff_level: int = 0
-    backoff_until: float | None = None
-    backoff_reason: str | None = None
-    error: str | None = None
-    decisions: list[str] = field(default_factory=list)
-    proven: bool = False  # a VM of it runs past the fizzle time: its back-off may be forgotten
-    fates: list[int] = field(default_factory=list)  # its latest VMs' fates, oldest first: 1 fizzled, 0 worked
-    last_cycle: str | None = None  # when the cycle before started
-
-    @property
-    def alive(self) -> int:
-        return self.running + self.starting
-
-    def backing_off(self, now: float) -> bool:
-        return self.backoff_until is not None and self.backoff_until > now
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "profile": self.profile, "target": self.target, "running": self.running, "starting": self.starting,
-            "ended": dict(self.ended), "terminated": dict(self.terminated), "created": self.created,
-            "backoff_until": stamp(datetime.fromtimestamp(self.backoff_until, UTC)) if self.backoff_until else None,
-            "backoff_reason": self.backoff_reason, "error": self.error, "decisions": self.decisions,
-        }  # fmt: skip
-
-
-@dataclass
-class Cycle:
-    fleet: str
-    started: datetime
-    profiles: list[ProfileCycle]
-    target: int
-    seconds: float = 0.0
-    dry_run: bool = False
-    error: str | None = None  # why nothing could be created on any profile (the credential to forward)
-
-    @property
-    def met(self) -> bool:
-        """Every profile holds its share of the target (starting VMs count) and the whole is there."""
-        return (
-            self.error is None
-            and all(p.alive >= p.target and p.error is None for p in self.profiles)
-            and (sum(p.alive for p in self.profiles) >= self.target)
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fleet": self.fleet, "started": stamp(self.started), "seconds": round(self.seconds, 3),
-            "target": self.target, "alive": sum(p.alive for p in self.profiles), "met": self.met,
-            "dry_run": self.dry_run, "error": self.error, "profiles": [p.to_dict() for p in self.profiles],
-        }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class RunTime:
-    """What a maintainer is given on the command line, not in the spec: secret settings, credential files."""
-
-    settings: Mapping[str, str] = field(default_factory=dict)
-    proxy: Any = None
-    token_file: Any = None
 
 
 def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: RunTime, dry_run: bool = False) -> Cycle:
@@ -128,14 +56,15 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
             taken.add((inst.provider, inst.id))
             listed.setdefault(inst.profile, []).append(inst)
     before = ledger.cycle_state(spec.fleet)
-    parts = {p.profile: _carried(p.profile, before.get(p.profile)) for p in spec.places}
+    parts = {p.profile: carried(p.profile, before.get(p.profile)) for p in spec.places}
     doomed: dict[str, list[tuple[Instance, str]]] = {}
     for name, part in parts.items():
         if name in failed:
             part.error = str(failed[name])
             _back_off(part, spec, now, f"the cloud did not answer: {failed[name]}")
             continue  # it holds nothing as far as this cycle knows: the others carry the target
-        doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run)
+        doomed[name] = _look_at(spec, part, listed[name], ledger, started, dry_run,
+                                lambda ended: drain.read_reasons(profiles, ended, ledger))  # fmt: skip
     if not dry_run:  # after looking: what the ledger had not seen end before this cycle ended since the last
         ledger.record_instances(found)
     usable = {n for n, part in parts.items() if n not in failed and not part.backing_off(now)}
@@ -155,13 +84,13 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
         part = parts[name]
         excess = min(part.alive - part.target, surplus)
         if excess > 0:
-            alive = [i for i in listed[name] if i.state in ALIVE and i.id not in {v.id for v, _ in doomed[name]}]
+            alive = [i for i in listed[name] if _live(i) and i.id not in {v.id for v, _ in doomed[name]}]
             _doom(part, doomed[name], _oldest_first(alive)[:excess], "surplus")
             surplus -= excess
     lost = ledger.lock_lost(spec.fleet)
     if lost is not None:  # another maintainer holds the fleet now: change nothing
         raise lost
-    _terminate(profiles, doomed, parts, ledger, dry_run)
+    _terminate(spec, profiles, doomed, parts, ledger, dry_run)
     deficit = max(0, spec.target - sum(p.alive for p in parts.values()))
     budget = 0 if problem else min(spec.tuning.creations(spec.target), deficit)
     for name in usable if problem else ():
@@ -181,7 +110,7 @@ def cycle(spec: FleetSpec, profiles: Sequence[Profile], ledger: Ledger, given: R
     out = Cycle(spec.fleet, started, list(parts.values()), spec.target, dry_run=dry_run, error=problem)
     out.seconds = time.monotonic() - clock
     if not dry_run:
-        ledger.record_cycle(spec.fleet, stamp(started), [_state_row(p) for p in out.profiles])
+        ledger.record_cycle(spec.fleet, stamp(started), [state_row(p) for p in out.profiles])
     return out
 
 
@@ -243,7 +172,7 @@ def _retire_ending_credentials(
     going = {i.id for victims in doomed.values() for i, _ in victims}
     ending = sorted(
         ((end, inst) for name in usable for inst in listed[name]
-         if inst.state in ALIVE and inst.id not in going and (end := _credential_end(inst)) and end < horizon),
+         if _live(inst) and inst.id not in going and (end := _credential_end(inst)) and end < horizon),
         key=lambda pair: (pair[0], pair[1].id),
     )  # fmt: skip
     for end, inst in ending[: max(1, spec.tuning.creations(spec.target) // 2)]:
@@ -273,7 +202,7 @@ def _retire_other_images(
     going = {i.id for victims in doomed.values() for i, _ in victims}
     retiring = sum(1 for victims in doomed.values() for _, why in victims if why.startswith("credential"))
     room = max(1, spec.tuning.creations(spec.target) // 2) - retiring
-    other = [inst for name in usable for inst in listed[name] if inst.state in ALIVE and inst.id not in going
+    other = [inst for name in usable for inst in listed[name] if _live(inst) and inst.id not in going
              and inst.tags.get("wlcg:image") not in (None, "none", wanted)]  # fmt: skip
     for inst in _oldest_first(other)[: max(0, room)]:
         _doom(parts[inst.profile], doomed[inst.profile], [inst], f"image replaced (was {inst.tags.get('wlcg:image')})")
@@ -286,24 +215,18 @@ def _doom(part: ProfileCycle, doomed: list[tuple[Instance, str]], victims: list[
     part.starting -= sum(1 for i in victims if i.state != "running")
 
 
-def _carried(profile: str, row: Mapping[str, Any] | None) -> ProfileCycle:
-    """A profile's part of a new cycle, with the back-off the last cycle left it in."""
-    part = ProfileCycle(profile)
-    if row:
-        part.backoff_level = int(row.get("backoff_level") or 0)
-        part.backoff_until = row.get("backoff_until")
-        part.backoff_reason = row.get("backoff_reason")
-        part.last_cycle = row.get("cycle")
-        fates = json.loads(row.get("fates") or "[]")
-        part.fates = [int(f) for f in fates if f in (0, 1)] if isinstance(fates, list) else []
-    return part
+def _live(inst: Instance) -> bool:
+    """Counted as the fleet's: starting or running, and not asked to drain."""
+    return inst.state in ALIVE and inst.drain_by is None
 
 
 def _look_at(
-    spec: FleetSpec, part: ProfileCycle, instances: list[Instance], ledger: Ledger, started: datetime, dry_run: bool
-) -> list[tuple[Instance, str]]:
-    """Count what runs, record what ended since the last cycle (and why), and say which VMs must go:
-    powered off, in error, stuck starting, past their lease."""
+    spec: FleetSpec, part: ProfileCycle, instances: list[Instance], ledger: Ledger, started: datetime, dry_run: bool,
+    read: Callable[[list[Instance]], Mapping[str, ShutdownMessage]],
+) -> list[tuple[Instance, str]]:  # fmt: skip
+    """Count what runs, record what ended since the last cycle (and why, in the VMs' own words where
+    they left any), and say which VMs must go: powered off, in error, stuck starting, past their
+    lease or their drain's deadline."""
     now = started.timestamp()
     rows = {r["id"]: r for r in ledger.instances(fleet=spec.fleet, profile=part.profile)}
     seen = {i.id for i in instances}
@@ -320,6 +243,10 @@ def _look_at(
         ledger.mark_ended(part.profile, [r["id"] for r in gone], state="gone")
     doomed: list[tuple[Instance, str]] = []
     expired = {i.id for i in fleets.expired_leases(instances, started)}
+    overdue = {i.id for i in drain.overdue(instances, started)}
+    ended_now = [i for i in instances if i.state in ("stopped", "error") or (i.state == "terminated"
+                 and not (rows.get(i.id) or {}).get("ended_at"))]  # fmt: skip
+    said = read(ended_now) if ended_now and not dry_run else {}
     stuck = 0
     for inst in instances:
         age = now - inst.launched_at.timestamp() if inst.launched_at else float("inf")  # unknown: never young
@@ -331,6 +258,11 @@ def _look_at(
                 lives[inst.id] = age
             continue
         reason = _why_it_must_go(inst, age, expired, spec.tuning.stuck_after.total_seconds())
+        if reason is None and inst.id in overdue:
+            reason = "drain deadline passed"
+        if reason is None and inst.drain_by is not None:
+            part.draining += 1
+            continue
         if reason is None:
             part.running += inst.state == "running"
             part.starting += inst.state != "running"
@@ -341,11 +273,22 @@ def _look_at(
         if reason in ("powered off", "error") and not (rows.get(inst.id) or {}).get("ended_at"):
             part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
             lives[inst.id] = age
-    fizzled = sum(1 for lived in lives.values() if lived < young)
-    share = _judge(part, lives, rows.values(), young, now)
-    if fizzled and share >= spec.tuning.fizzle_share:
-        _back_off(part, spec, now, f"{fizzled} VM(s) ended within {human_duration(young)} of starting, {share:.0%} "
-                  f"of the last {len(part.fates)} (no work for them, or a broken image or site)")  # fmt: skip
+    messages = {i: said[i] for i in lives if i in said}
+    part.said.update(str(m) for m in messages.values())
+    if lives:
+        part.judged_by = "lifetimes" if not messages else "messages" if len(messages) == len(lives) else "both"
+    failed = [(i, m) for i, m in messages.items() if m.verdict == "failure"]
+    fizzled = sum(1 for i, lived in lives.items() if _fizzled(lived, messages.get(i), young))
+    share = _judge(part, lives, messages, rows.values(), young, now)
+    if failed:  # the site, the grid or a ban: one VM saying so is enough, whatever the others did
+        _back_off(part, spec, now, f"{len(failed)} VM(s) ended saying {failed[-1][1]} ({failed[-1][0]})")
+        part.decisions.append(f"backing off: {part.backoff_reason}")
+    elif fizzled and share >= spec.tuning.fizzle_share:
+        idle = [m for m in messages.values() if m.verdict == "no work"]
+        _back_off(part, spec, now, f"{len(idle)} VM(s) ended saying {idle[-1]}, {share:.0%} of the last "
+                  f"{len(part.fates)} fizzled" if idle else f"{fizzled} VM(s) ended within {human_duration(young)} "
+                  f"of starting, {share:.0%} of the last {len(part.fates)} (no work for them, or a broken image or "
+                  "site)")  # fmt: skip
         part.decisions.append(f"backing off: {part.backoff_reason}")
     elif stuck:
         _back_off(part, spec, now, f"{stuck} VM(s) never started within "
@@ -357,9 +300,18 @@ def _look_at(
 FIZZLE_WINDOW = 10  # a profile backs off on the share of fizzles among its latest this many VMs whose fate is known
 
 
+def _fizzled(lived: float, message: ShutdownMessage | None, young: float) -> bool:
+    """A VM that ended fizzled when it said so (no work, a failure), or, without a message that
+    says otherwise (none, or 700), when it ended younger than `young`."""
+    if message is not None and message.verdict != "vm error":
+        return message.verdict in ("no work", "failure")
+    return lived < young
+
+
 def _judge(
-    part: ProfileCycle, lives: Mapping[str, float], rows: Iterable[Mapping[str, Any]], young: float, now: float
-) -> float:
+    part: ProfileCycle, lives: Mapping[str, float], messages: Mapping[str, ShutdownMessage],
+    rows: Iterable[Mapping[str, Any]], young: float, now: float,
+) -> float:  # fmt: skip
     """Add the fates learnt this cycle to the profile's window and give the share of fizzles in it.
 
     A VM's fate is known when it ends by itself younger than `young` (fizzled: at once), or when it
@@ -367,6 +319,8 @@ def _judge(
     (retired, surplus, stuck) have no fate. So an experiment out of work, whose new VMs all fizzle,
     backs its profiles off however many are made a cycle, while a few idle pilots among many busy
     ones do not; early in a fleet's life, fizzles are known before anything has lived `young`.
+    A VM's own message overrules its lifetime (docs/vm-side.md): 100 and 200 are fine however young,
+    300 to 699 fizzled however old (an old VM that worked is counted twice: it worked, then no more).
     """
     cutoff = now - young
     since = _epoch(part.last_cycle) - young if part.last_cycle else None
@@ -374,7 +328,10 @@ def _judge(
                          and (since is None or _epoch(r["launched_at"]) > since) and _epoch(r["launched_at"]) <= cutoff
                          and lives.get(r["id"], young) >= young and not _ended_young(r, young))  # fmt: skip
     part.fates += [0] * len(came_of_age[-FIZZLE_WINDOW:])
-    part.fates += [1] * sum(1 for lived in lives.values() if lived < young)
+    part.fates += [1] * sum(1 for i, lived in lives.items() if _fizzled(lived, messages.get(i), young))
+    part.fates += [0] * sum(
+        1 for i, lived in lives.items() if lived < young and not _fizzled(lived, messages.get(i), young)
+    )
     part.fates = part.fates[-FIZZLE_WINDOW:]
     return sum(part.fates) / len(part.fates) if part.fates else 0.0
 
@@ -427,17 +384,40 @@ def _profile(profiles: Sequence[Profile], name: str) -> Profile:
     return next(p for p in profiles if p.name == name)
 
 
+RETIRED = ("surplus", "credential ends", "image replaced")  # reasons a working VM goes: it drains first, if it can
+
+
 def _terminate(
-    profiles: Sequence[Profile], doomed: Mapping[str, list[tuple[Instance, str]]], parts: Mapping[str, ProfileCycle],
-    ledger: Ledger, dry_run: bool,
+    spec: FleetSpec, profiles: Sequence[Profile], doomed: Mapping[str, list[tuple[Instance, str]]],
+    parts: Mapping[str, ProfileCycle], ledger: Ledger, dry_run: bool,
 ) -> None:  # fmt: skip
-    why = {i.id: reason for victims in doomed.values() for i, reason in victims}
+    """Terminate the doomed VMs; working ones retired with an agent are asked to drain instead, by
+    `drain_deadline` (or the end of their credential, if sooner), and terminated past it."""
+    soon = times.now() + spec.tuning.drain_deadline
+    drains: dict[datetime, list[Instance]] = {}
     for name, victims in doomed.items():
         for inst, reason in victims:
-            parts[name].decisions.append(f"{'would terminate' if dry_run else 'terminate'} {inst.id} ({reason})")
-    if dry_run or not why:
+            if inst.state == "running" and drain.drainable(inst) and reason.startswith(RETIRED):
+                deadline = min(soon, _credential_end(inst) or soon).replace(microsecond=0)
+                drains.setdefault(deadline, []).append(inst)
+                parts[name].draining += 1
+                parts[name].drained[_kind_of(reason)] += 1
+                verb = "would drain" if dry_run else "drain"
+                parts[name].decisions.append(f"{verb} {inst.id} ({reason}) by {stamp(deadline)}")
+            else:
+                verb = "would terminate" if dry_run else "terminate"
+                parts[name].decisions.append(f"{verb} {inst.id} ({reason})")
+    draining = {i.id for group in drains.values() for i in group}
+    why = {i.id: reason for victims in doomed.values() for i, reason in victims if i.id not in draining}
+    if dry_run:
         return
-    targets_by_profile = {name: [i for i, _ in victims] for name, victims in doomed.items() if victims}
+    for deadline, group in drains.items():
+        for asked in drain.request(profiles, group, deadline):
+            if asked.error is not None:  # not drained: it stays, and counts as alive again next cycle
+                parts[asked.instance.profile].decisions.append(f"could not drain {asked.instance.id}: {asked.error}")
+    if not why:
+        return
+    targets_by_profile = {name: [i for i, _ in victims if i.id in why] for name, victims in doomed.items() if victims}
     for result in fleets.terminate(profiles, targets_by_profile, ledger):
         part = parts[result.instance.profile]
         if result.error is None:
@@ -510,16 +490,6 @@ def _options(spec: FleetSpec, flavor: str | None, count: int, given: RunTime) ->
     )  # fmt: skip
 
 
-def _state_row(part: ProfileCycle) -> dict[str, Any]:
-    return {
-        "profile": part.profile, "target": part.target, "running": part.running, "starting": part.starting,
-        "ended": json.dumps(dict(part.ended), sort_keys=True), "created": part.created,
-        "terminated": json.dumps(dict(part.terminated), sort_keys=True), "error": part.error,
-        "backoff_level": part.backoff_level, "backoff_until": part.backoff_until, "backoff_reason": part.backoff_reason,
-        "decisions": json.dumps(part.decisions), "fates": json.dumps(part.fates),
-    }  # fmt: skip
-
-
 def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
     """What the last cycle saw and did, per profile of the spec (from the ledger: no cloud is asked)."""
     rows = ledger.cycle_state(spec.fleet)
@@ -535,5 +505,7 @@ def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
             "backoff_until": stamp(datetime.fromtimestamp(until, UTC)) if until and until > now else None,
             "backoff_reason": row.get("backoff_reason") if until and until > now else None, "error": row.get("error"),
             "last_cycle": row.get("cycle"), "decisions": json.loads(row.get("decisions") or "[]"),
+            "draining": judgement(row).get("draining", 0), "judged_by": judgement(row).get("rule"),
+            "said": judgement(row).get("said", {}),
         })  # fmt: skip
     return out

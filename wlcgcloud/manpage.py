@@ -261,6 +261,7 @@ ARGUMENT_KINDS: dict[tuple[tuple[str, ...], str], Any] = {
     (("launch",), "image"): "@endorsed",
     (("fleet",), "name"): "@fleet",
     (("fleet",), "names"): "@fleet",
+    (("fleet", "drain"), "instance_ids"): "@instance",
     (("instance",), "instance_id"): "@instance",
     (("instance",), "instance_ids"): "@instance",
     (("doctor",), "names"): "@profile",

@@ -7,14 +7,14 @@ wherever the fleet lives. The domain layer is imported inside each command.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from wlcgcloud import times
-from wlcgcloud.cli import maintain
+from wlcgcloud.cli import drain, maintain
 from wlcgcloud.cli.common import (
     changing,
     emit,
@@ -32,6 +32,7 @@ from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
     from wlcgcloud.providers.base import Instance
+    from wlcgcloud.shutdown import ShutdownMessage
 
 app = new_app("Fleets: named groups of instances from one launch, across clouds.")
 
@@ -55,6 +56,8 @@ SHOW_COLUMNS = [
     Column("endorsement", "ENDORSEMENT"),
     Column("credential", "CREDENTIAL"),
     Column("lease_until", "LEASE UNTIL"),
+    Column("drain_by", "DRAIN BY"),
+    Column("said", "ENDED SAYING"),
 ]
 CHANGE_COLUMNS = [
     Column("id", "ID"),
@@ -102,15 +105,17 @@ def list_(ctx: typer.Context) -> None:
 
 @app.command("show")
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet name.")]) -> None:
-    """A fleet's instances: where, since when, endorsement, credential fingerprint and lifetime, lease.
+    """A fleet's instances: where, since when, endorsement, credential fingerprint and lifetime, lease,
+    the deadline of a drain, and for VMs that ended, the shutdown message they left (docs/vm-side.md).
 
     \b
     Examples:
       wlcgcloud fleet show atlas-20261124-1a2b
       wlcgcloud fleet show atlas-20261124-1a2b -o json --query 'launches[].{profile: profile, state: state}'
     """
-    from wlcgcloud import fleet
+    from wlcgcloud import drain, fleet
     from wlcgcloud.ledger import open_ledger
+    from wlcgcloud.shutdown import parse_stored
 
     g = globals_of(ctx)
     profiles = read_profiles(g)
@@ -118,22 +123,33 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
         instances, gathered = fleet.fleet_instances(profiles, [name])
     report_failures(g, gathered.failures, gathered.asked)
     with open_ledger(g.config()) as ledger:
+        ended = [i for i in instances if i.state in ("stopped", "error", "terminated")]
+        said = drain.read_reasons(profiles, ended, ledger) if ended else {}
         launches = [{k: v for k, v in r.__dict__.items() if k != "options"} for r in ledger.launches(name)]
         remembered = ledger.instances(fleet=name)
     if not instances and not launches:
         asked = ", ".join(p.name for p in profiles)
         raise UsageError(f"no fleet '{name}' on profile(s) {asked}, nor in the ledger.", "See 'wlcgcloud fleet list'.")
     now = times.now()
-    rows = [_shown(i, now) for i in instances]
+    rows = [{**_shown(i, now), "said": _said(said.get(i.id))} for i in instances]
     live = {(i.profile, i.id) for i in instances}
-    forgotten = [r for r in remembered if (r["profile"], r["id"]) not in live]
+    forgotten = [{**r, "said": _said(parse_stored(r.get("end_code"), r.get("end_reason")))}
+                 for r in remembered if (r["profile"], r["id"]) not in live]  # fmt: skip
     if g.output == "table":
-        emit(ctx, rows, SHOW_COLUMNS)
+        said_text = {id(r): f"{r['said']['code']} {r['said']['text']}" for r in rows if r["said"]}
+        emit(ctx, [{**r, "said": said_text.get(id(r))} for r in rows], SHOW_COLUMNS)
         if forgotten:
             info(f"{len(forgotten)} more instance(s) in the ledger that the clouds no longer show (ended).")
     else:
         emit(ctx, {"fleet": name, "instances": rows, "launches": launches, "ledger_only": forgotten})
     raise typer.Exit(gathered.exit_code())
+
+
+def _said(message: ShutdownMessage | None) -> dict[str, Any] | None:
+    """A shutdown message as `fleet show` gives it: code, the VM's text, what the code means."""
+    from wlcgcloud.shutdown import CODES
+
+    return {"code": message.code, "text": message.text, "meaning": CODES[message.code]} if message else None
 
 
 def _shown(inst: Instance, now: datetime) -> dict[str, Any]:
@@ -142,6 +158,7 @@ def _shown(inst: Instance, now: datetime) -> dict[str, Any]:
     row = inst.to_dict()
     row["endorsement"] = inst.tags.get("wlcg:endorsement")
     row["lease_until"] = inst.tags.get("wlcg:lease-until")
+    row["drain_by"] = inst.tags.get("wlcg:drain-by")
     credential = inst.tags.get("wlcg:credential")
     if credential:
         parts = credential.split(" ")
@@ -202,18 +219,25 @@ def scale(
     settings: Annotated[
         list[str] | None, typer.Option("--set", help="Growing: bootstrap settings, secret ones again.")
     ] = None,
+    deadline: Annotated[
+        str, typer.Option("--deadline", help="Shrinking: how long VMs with an agent drain before they go.")
+    ] = "2h",
+    now: Annotated[bool, typer.Option("--now", help="Shrinking: terminate at once, draining none.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would change; do nothing.")] = False,
 ) -> None:
     """Grow or shrink a fleet to --count instances on its profile.
 
     Growing launches more of the same (image, flavor, bootstrap, from the ledger) with the
-    credential found now; shrinking terminates the newest instances first. A fleet on several
-    profiles is scaled one profile at a time (-p).
+    credential found now; shrinking takes the newest instances first: those launched with a
+    shipped bootstrap are asked to drain by --deadline (see 'fleet drain'; 'fleet reap'
+    terminates them after it), the others are terminated. Draining VMs no longer count.
+    A fleet on several profiles is scaled one profile at a time (-p).
 
     \b
     Examples:
       wlcgcloud fleet scale atlas-20261124-1a2b --count 50
       wlcgcloud fleet scale atlas-20261124-1a2b -n 0 --yes
+      wlcgcloud fleet scale atlas-20261124-1a2b -n 10 --deadline 30m
       wlcgcloud fleet scale atlas-20261124-1a2b -n 30 -p cern-atlas --dry-run
     """
     from wlcgcloud.launch_plan import MAX_COUNT
@@ -224,12 +248,14 @@ def scale(
     profiles = read_profiles(g)
     with changing(ctx, [] if dry_run else [name]) as ledger:  # the count is decided and reached under one lock
         _scale(ctx, g, ledger, profiles, name, count, dry_run,
-               {"credential": credential, "proxy": proxy, "token_file": token_file, "settings": settings})  # fmt: skip
+               {"credential": credential, "proxy": proxy, "token_file": token_file, "settings": settings},
+               None if now else times.parse_duration(deadline, "--deadline"))  # fmt: skip
 
 
 def _scale(
-    ctx: typer.Context, g: Any, ledger: Any, profiles: Any, name: str, count: int, dry_run: bool, grow: dict[str, Any]
-) -> None:
+    ctx: typer.Context, g: Any, ledger: Any, profiles: Any, name: str, count: int, dry_run: bool, grow: dict[str, Any],
+    deadline: timedelta | None,
+) -> None:  # fmt: skip
     from wlcgcloud import fleet, launch_plan
     from wlcgcloud.context.userdata import parse_settings
     from wlcgcloud.launch import run_plan
@@ -241,9 +267,22 @@ def _scale(
     profile = scaling.profile
     info(f"fleet {name} on profile {profile.name}: {len(scaling.alive)} instance(s), to become {count}.")
     if scaling.victims:
-        terminate_confirmed(
-            ctx, g, scaling.victims, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS
-        )
+        from wlcgcloud import drain
+
+        gently = [i for i in scaling.victims if deadline and i.state == "running" and drain.drainable(i)]
+        if gently:
+            by = (times.now() + (deadline or timedelta())).replace(microsecond=0)
+            info(f"{'Would ask' if dry_run else 'Asking'} {len(gently)} instance(s) with an agent to drain by "
+                 f"{times.stamp(by)} ('fleet reap' terminates them after it).")  # fmt: skip
+            for asked in [] if dry_run else drain.request([profile], gently, by):
+                if asked.error:
+                    warn(f"{asked.instance.id} was not asked to drain: {asked.error}", g)
+        rest = [i for i in scaling.victims if i not in gently]
+        if rest or not gently:
+            terminate_confirmed(ctx, g, rest, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS)
+        else:
+            emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False, "draining": True}
+                       for i in gently], CHANGE_COLUMNS)  # fmt: skip
         return
     if not scaling.more:
         info("Nothing to do.")
@@ -311,7 +350,8 @@ def reap(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be terminated; do nothing.")] = False,
 ) -> None:
-    """Terminate every instance past its fleet's lease (wlcg:lease-until), on every cloud (-p narrows).
+    """Terminate every instance past its fleet's lease (wlcg:lease-until), or past the deadline of a drain
+    asked of it (wlcg:drain-by, and 10 minutes for its own power-off), on every cloud (-p narrows).
 
     \b
     Examples:
@@ -325,8 +365,12 @@ def reap(
     with working(g, f"Looking for expired leases on {len(profiles)} profile(s) ..."):
         gathered = fleet.list_instances(profiles)
     report_failures(g, gathered.failures, gathered.asked)
-    victims = fleet.expired_leases(gathered.instances, times.now())
-    terminate_confirmed(ctx, g, victims, "past their lease", dry_run, profiles, CHANGE_COLUMNS)
+    from wlcgcloud import drain
+
+    now = times.now()
+    overdue = [i for i in drain.overdue(gathered.instances, now) if i not in fleet.expired_leases([i], now)]
+    victims = fleet.expired_leases(gathered.instances, now) + overdue
+    terminate_confirmed(ctx, g, victims, "past their lease or drain deadline", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
 
 
@@ -334,3 +378,4 @@ def reap(
 app.command("spec")(maintain.spec)
 app.command("maintain")(maintain.maintain)
 app.command("status")(maintain.status)
+app.command("drain")(drain.drain)

@@ -87,7 +87,8 @@ def list_(
 
 @app.command("show")
 def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="Instance id.")]) -> None:
-    """Show one instance, wherever it lives (-p narrows where to look).
+    """Show one instance, wherever it lives (-p narrows where to look); for one that ended, the
+    shutdown message it left (its code and text: see docs/vm-side.md), where it left one.
 
     \b
     Examples:
@@ -103,6 +104,14 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
     report_failures(g, gathered.failures, gathered.asked)
     data = inst.to_dict()
     data["extra"] = {k: v for k, v in inst.extra.items() if v is not None}
+    if inst.state in ("stopped", "error", "terminated"):  # why it ended, in its own words (docs/vm-side.md)
+        from wlcgcloud import drain
+        from wlcgcloud.ledger import open_ledger
+        from wlcgcloud.shutdown import CODES
+
+        with open_ledger(g.config()) as ledger:
+            said = drain.read_reasons(profiles, [inst], ledger).get(inst.id)
+        data["said"] = {"code": said.code, "text": said.text, "meaning": CODES[said.code]} if said else None
     emit(ctx, data if g.output != "table" else _as_rows(data))
 
 

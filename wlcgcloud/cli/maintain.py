@@ -118,6 +118,7 @@ def maintain(
     """
     from wlcgcloud import maintain as maintaining
     from wlcgcloud.context.userdata import parse_settings
+    from wlcgcloud.cycle_state import RunTime
     from wlcgcloud.fleet_spec import read_spec
     from wlcgcloud.providers import reusing
     from wlcgcloud.times import parse_duration
@@ -137,7 +138,7 @@ def maintain(
     config = g.config()
     profiles = {s.fleet: [config.profile(name) for name in s.profiles()] for s in read}
     from_env = {k.removeprefix(SETTING_PREFIX): v for k, v in os.environ.items() if k.startswith(SETTING_PREFIX)}
-    given = maintaining.RunTime({**parse_settings([f"{k}={v}" for k, v in from_env.items()]),
+    given = RunTime({**parse_settings([f"{k}={v}" for k, v in from_env.items()]),
                                  **parse_settings(settings or [])},
                                 proxy.expanduser() if proxy else None,
                                 token_file.expanduser() if token_file else None)  # fmt: skip

@@ -271,6 +271,17 @@ class Ledger:
                     rows,
                 )
 
+    def record_end_reasons(self, profile: str, reasons: Mapping[str, tuple[int, str]]) -> None:
+        """The HEPiX code and text each instance left as it ended (the first one read stays)."""
+        rows = [(code, text, profile, i) for i, (code, text) in reasons.items()]
+        if rows:
+            with self._lock:
+                self.backend.many(
+                    "UPDATE instances SET end_code = COALESCE(end_code, ?), end_reason = COALESCE(end_reason, ?)"
+                    " WHERE profile = ? AND id = ?",
+                    rows,
+                )
+
     def credentials(self) -> dict[tuple[str, str], dict[str, Any]]:
         """For each instance the ledger knows, the identity of the credential its launch forwarded."""
         query = """
@@ -447,7 +458,7 @@ class Ledger:
     def record_cycle(self, fleet: str, started: str, rows: Iterable[Mapping[str, Any]]) -> None:
         """One cycle's state per profile, replacing the cycle before."""
         columns = ("profile", "target", "running", "starting", "created", "ended", "terminated", "error",
-                   "backoff_level", "backoff_until", "backoff_reason", "decisions", "fates")  # fmt: skip
+                   "backoff_level", "backoff_until", "backoff_reason", "decisions", "fates", "judged_by")  # fmt: skip
         values = [{"fleet": fleet, "cycle": started, **{c: r.get(c) for c in columns}} for r in rows]
         if not values:
             return

@@ -104,6 +104,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE maintain_state ADD COLUMN fates TEXT
     """,
+    # v7: why each VM ended, in its own words (the HEPiX shutdown message it left, issue 18), and
+    # which rule judged a profile's last ended VMs (their messages, or their lifetimes)
+    """
+    ALTER TABLE instances ADD COLUMN end_code INTEGER;
+    ALTER TABLE instances ADD COLUMN end_reason TEXT;
+    ALTER TABLE maintain_state ADD COLUMN judged_by TEXT
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

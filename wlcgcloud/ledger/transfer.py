@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 LINE_SIZE = 64 * 1024  # one row of JSON: a launch's options are the largest part
 BATCH = 1000
 INSTANCE_COLUMNS = ("profile", "id", "fleet", "launch_id", "provider", "name", "flavor", "vcpus", "memory_mb", "image",
-                    "experiment", "launched_at", "ended_at", "last_state", "last_seen")  # fmt: skip
+                    "experiment", "launched_at", "ended_at", "last_state", "last_seen",
+                    "end_code", "end_reason")  # fmt: skip
 REQUIRED = {
     "launches": ("id", "fleet", "profile", "provider", "request_token", "image", "cloud_image", "endorsement",
                  "flavor", "requested", "options", "created", "state"),

@@ -114,6 +114,14 @@ class Instance:
     def fleet(self) -> str | None:
         return self.tags.get(FLEET_TAG)
 
+    @property
+    def drain_by(self) -> datetime | None:
+        """The deadline of a drain asked of it (wlcg:drain-by), None when none was (or it is no time)."""
+        try:
+            return aware(datetime.fromisoformat(self.tags["wlcg:drain-by"].replace("Z", "+00:00")))
+        except (KeyError, ValueError):
+            return None
+
     def to_dict(self) -> dict[str, Any]:
         """The `instance list -o json` shape of the contract, plus our tags."""
         # The fleet (read from the tags) goes right after the name; the fields then keep their places.

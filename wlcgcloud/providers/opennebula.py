@@ -518,6 +518,8 @@ class OpenNebulaProvider(Provider):
             context = dict(body.get("CONTEXT") or {})  # replaced whole by ours: keep its settings
             context["USER_DATA"] = base64.b64encode(request.user_data).decode()
             context["USER_DATA_ENCODING"] = "base64"
+            if request.tags.get("wlcg:drainable"):  # its agent reads drain requests and reports through OneGate
+                context["TOKEN"] = "YES"
             lines.append(f"CONTEXT={vector(context)}")
         if request.image:
             # DISK in the extra template replaces all of the template's disks: send them all,
