@@ -258,3 +258,28 @@ def test_sim_console_appends_to_one_server_s_console_and_keeps_it_when_shutoff(p
     assert len(conn.compute.get_server_console_output(first)["output"].splitlines()) == 7
     status, _, body = http("POST", f"{peer.base}/sim/console", {"server": "unknown", "text": "x"})
     assert status == 404 and b"no server unknown" in body
+
+
+def test_our_openstack_profile_reads_the_shutdown_line_a_server_left_on_its_console(
+    peer: Peer, run: Any, world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OpenStack leg of issue 18 that the real Nova's fake driver cannot serve: `instance show` and
+    `fleet show` read the line back through os-getConsoleOutput, and keep it in the ledger."""
+    from conftest import write_profiles
+
+    write_profiles(world, {"sim": {"provider": "openstack", "auth_url": peer.auth_url, "region": "RegionOne",
+                                   "application_credential_id": APPCRED, "timeout": 10}})  # fmt: skip
+    monkeypatch.setenv("WLCGCLOUD_SECRET_SIM", SECRET)
+    conn = peer.sdk()
+    create(conn, 2, "said")
+    peer.at(T0 + 121)
+    first, second = (s.id for s in conn.compute.servers(details=True))
+    for server, line in ((first, "wlcgcloud-shutdown: 500 Proxy not accepted"), (second, "no line of ours")):
+        peer.sim("POST", "/sim/console", {"server": server, "text": f"{line}\n"})
+    peer.sim("POST", "/sim/stop", {"ids": [first, second]})
+    shown = run("instance", "show", first, "-p", "sim", "-o", "json")
+    assert shown.code == 0, shown.err
+    assert shown.json()["said"] == {"code": 500, "text": "Proxy not accepted", "meaning": "site or environment problem"}
+    fleet = run("fleet", "show", "said", "-p", "sim", "-o", "json")
+    said = {i["id"]: i["said"] for i in fleet.json()["instances"]}
+    assert said == {first: shown.json()["said"], second: None}, fleet.err

@@ -172,7 +172,8 @@ def make_vm(tmp_path: Path, cloud: Cloud, bootstrap: str, settings: dict[str, st
     if cloud.onegate is not None:
         context = root / "var/run/one-context"
         context.mkdir(parents=True)
-        (context / "one_env").write_text(f'export ONEGATE_ENDPOINT="{cloud.onegate.url}"\nexport VMID="7"\n')
+        gate = cloud.onegate
+        (context / "one_env").write_text(f'export ONEGATE_ENDPOINT="{gate.url}"\nexport VMID="{gate.vm_id}"\n')
         (context / "token.txt").write_text(cloud.onegate.token + "\n")
     stub_bin, answers, calls = tmp_path / "bin", tmp_path / "answers", tmp_path / "calls.txt"
     stub_bin.mkdir()

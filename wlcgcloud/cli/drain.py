@@ -48,6 +48,13 @@ def drain(
     VM again moves its deadline.
 
     \b
+    The shutdown message a VM leaves as it ends (HEPiX codes; 'fleet show' reads it back from
+    the console, or on OpenNebula from OneGate's WLCG_SHUTDOWN_CODE and _MESSAGE):
+      100 shutdown requested by the host   200 intended work completed   300 no more work
+      400 banned or disabled   500 site or environment problem   600 grid-wide problem
+      700 VM or application error
+
+    \b
     Examples:
       wlcgcloud fleet drain atlas-20261124-1a2b --count 5 --deadline 1h
       wlcgcloud fleet drain atlas-20261124-1a2b i-0a1b2c3d4e5f67890 --deadline 30m -o json

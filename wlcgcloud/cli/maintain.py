@@ -27,7 +27,9 @@ STATUS_COLUMNS = [
     Column("target", "TARGET"),
     Column("running", "RUNNING"),
     Column("starting", "STARTING"),
+    Column("draining", "DRAINING"),
     Column("ended", "ENDED"),
+    Column("judged_by", "JUDGED BY"),
     Column("backoff_until", "BACKING OFF UNTIL"),
     Column("backoff_reason", "WHY"),
     Column("last_cycle", "LAST CYCLE"),
@@ -103,11 +105,18 @@ def maintain(
     Each cycle lists the fleet on every profile of its spec in parallel, records what ended and
     why, terminates VMs stuck starting, in error, powered off or past their lease, spreads the
     target over the profiles by share (what a full or failing profile cannot hold goes to the
-    others), terminates the surplus oldest first, and creates what is missing through the same
+    others), retires the surplus oldest first, and creates what is missing through the same
     path as 'launch', at most create_per_cycle VMs a cycle. A profile whose VMs end young, or
     that fails to create, backs off (doubling, up to backoff_max) while the others carry the
     target. The credential is found again for every creation. One maintainer per fleet: a second
     one says who holds it (exit 2). SIGTERM or Ctrl-C end it after the cycle under way.
+
+    VMs launched with a shipped bootstrap carry an agent: the surplus, and VMs retired for their
+    credential or image, are drained (drain_deadline) rather than killed, and their replacements
+    come at once. Such a VM leaves a HEPiX shutdown message as it ends, and that judges it before
+    its lifetime does: 100 and 200 are fine, 300 (no more work) counts as a fizzle, 400-699
+    (banned, site or grid problem) back the profile off at once with the VM's own words; with no
+    message, or 700, the lifetime decides (fizzle_after). 'fleet status' says which rule judged.
 
     \b
     Examples:
@@ -260,8 +269,9 @@ def _log(g: Any, cycle: dict[str, Any], log_format: str) -> None:
 def status(ctx: typer.Context, spec_file: Annotated[Path, typer.Argument(help="A fleet spec file.")]) -> None:
     """What the maintainer's last cycle saw and did, per profile (from the ledger; no cloud is asked).
 
-    Target, running, starting, what ended since the cycle before (and why), backing off until
-    when and why, when the last cycle ran, and its decisions (-o json).
+    Target, running, starting, draining, what ended since the cycle before (and why), what judged
+    the VMs that ended (their shutdown messages, their lifetimes, or both) and what they said,
+    backing off until when and why, when the last cycle ran, and its decisions (-o json).
 
     \b
     Examples:
