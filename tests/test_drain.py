@@ -202,6 +202,11 @@ def test_the_shutdown_message_of_an_ended_vm_is_read_back_on_each_cloud(
         with sqlite3.connect(Path(world.state) / "ledger.sqlite") as db:
             kept = dict(db.execute("SELECT id, end_code FROM instances WHERE end_code IS NOT NULL").fetchall())
         assert kept[ids["aws"]] == 500 and kept[ids["one"]] == 300 and ids["osk"] not in kept
+        used = run("usage", "--since", "2d", "--by", "profile,instance", "-v", "-o", "json")
+        said = {r["instance"]: r["said"] for r in used.json()["rows"]}  # type: ignore[index]
+        assert said[ids["aws"]] == "500 Proxy not accepted" and said[ids["one"]] == "300 No more work", said
+        assert said[ids["osk"]] is None
+        assert "ENDED SAYING" in run("usage", "--since", "2d", "--by", "instance", "-v").out
     finally:
         for fleet in fleets.values():
             run("fleet", "terminate", fleet, "--yes")

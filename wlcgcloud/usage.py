@@ -208,6 +208,15 @@ def _ledger_intervals(profile: str, ledger: Ledger, seen: set[str], since: datet
     ]
 
 
+def end_messages(ledger: Ledger, intervals: Iterable[Interval]) -> dict[str, str]:
+    """The shutdown message (code and text) each instance left as it ended, by id, where the ledger has one."""
+    by_profile: dict[str, set[str]] = {}
+    for iv in intervals:
+        by_profile.setdefault(iv.profile, set()).add(iv.instance)
+    return {r["id"]: f"{r['end_code']} {r['end_reason']}" for name, ids in by_profile.items()
+            for r in ledger.instances(profile=name, ids=sorted(ids)) if r.get("end_code")}  # fmt: skip
+
+
 # Aggregation
 
 

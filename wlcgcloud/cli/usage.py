@@ -41,7 +41,8 @@ def usage(
     window is [--since, --until), this month by default; what still runs counts up to now; an
     instance that crosses the window's edges is clipped to it; --by day splits at UTC midnight.
     EC2 has no usage API: its figures come from the instances it shows and the ledger's memory.
-    -v says where each row's numbers came from. -o apel prints APEL v0.4 records; --apel-dir
+    -v says where each row's numbers came from, and with --by instance the shutdown message each
+    instance left as it ended (see 'fleet drain'), where one was read. -o apel prints APEL v0.4 records; --apel-dir
     queues them for the APEL SSM sender, only for profiles with publish_apel = true.
 
     \b
@@ -67,6 +68,7 @@ def usage(
     with open_ledger(g.config()) as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
         collected = usage_domain.collect(profiles, start, end, ledger)
         credentials = ledger.credentials()
+        said = usage_domain.end_messages(ledger, collected.intervals) if g.verbose and "instance" in groups else {}
     report_failures(g, collected.failures, collected.asked)
     for line in notes + collected.notes:
         warn(line, g)
@@ -91,6 +93,8 @@ def usage(
     rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now)
     if g.verbose:
         _sources(rows, collected.intervals, groups)
+        for row in rows if said else ():  # -v --by instance: why each instance ended, in its own words
+            row["said"] = said.get(row["instance"])
     data: dict[str, Any] = {"since": stamp(start), "until": stamp(end), "by": groups, "rows": rows, "total": total}
     if g.output == "json" or g.output == "yaml":
         emit(ctx, data)
@@ -98,6 +102,8 @@ def usage(
         columns = [Column(b, b.upper()) for b in groups] + FIGURES
         if g.verbose:
             columns.append(Column("sources", "FROM"))
+        if said:
+            columns.append(Column("said", "ENDED SAYING"))
         shown = [{**r, **_rounded(r)} for r in rows] if g.output == "table" else rows
         if g.output == "table":
             shown.append({groups[0]: "TOTAL", **_rounded(total)})
