@@ -74,7 +74,7 @@ def test_drain_sets_what_each_vm_reads_and_a_draining_vm_no_longer_counts(
     fleets = {p: fleet_name(f"dr-{p}") for p in ("aws", "osk", "one")}
     try:
         for profile, fleet in fleets.items():
-            ids = launched(run, profile, fleet, 2, *PILOT)
+            ids = launched(run, profile, fleet, 2, *PILOT, "--wait")
             listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
             assert all(i["tags"]["wlcg:drainable"] == "yes" for i in listed), listed  # type: ignore[union-attr,index]
             asked = run("fleet", "drain", fleet, "--count", "1", "--deadline", "1h", "-o", "json")
@@ -140,8 +140,15 @@ def test_scale_down_drains_vms_with_an_agent_and_reap_ends_them_once_done(
     peer = two_clouds["one"]
     try:
         ids = launched(run, "one", fleet, 3, *PILOT, "--wait")
+        unasked = run("fleet", "scale", fleet, "-p", "one", "--count", "1")  # no terminal, no --yes: nothing sent
+        assert unasked.code == 2 and "confirmation is needed" in unasked.err, unasked.err
+        assert not any(
+            i["drain_by"] for i in run("fleet", "show", fleet, "-p", "one", "-o", "json").json()["instances"]
+        )  # type: ignore[index,union-attr]
         shrink = run("fleet", "scale", fleet, "-p", "one", "--count", "1", "--deadline", "30m", "--yes", "-o", "json")
         assert shrink.code == 0 and "to drain by" in shrink.err, shrink.err
+        rows = shrink.json()
+        assert sorted(r["draining"] for r in rows) == [True, True] and all(r["drain_by"] for r in rows), rows  # type: ignore[union-attr,index]
         assert len(alive(run, fleet)["one"]) == 3  # nothing killed: two drain
         assert "would launch 1 more" in run("fleet", "scale", fleet, "-p", "one", "-n", "2", "--dry-run").err
         shown = run("fleet", "show", fleet, "-p", "one", "-o", "json").json()
@@ -253,5 +260,58 @@ def test_maintain_backs_off_on_300_and_500_with_the_reason_and_not_on_200(
         end_saying("no shutdown line at all")  # the lifetime rule decides: it ended young
         part = cycle()
         assert part["judged_by"] == "lifetimes" and "ended within 1h" in (part["backoff_reason"] or ""), part
+    finally:
+        run("fleet", "terminate", fleet, "--yes")
+
+
+def test_what_a_vm_writes_into_its_own_attributes_never_breaks_a_cycle() -> None:
+    """OpenNebula VMs may rewrite their USER_TEMPLATE through OneGate: our tags there are its words too."""
+    from wlcgcloud import drain
+    from wlcgcloud.maintain import _credential_end
+    from wlcgcloud.providers.base import Instance
+
+    def vm(**tags: str) -> Instance:
+        return Instance("7", "vm", "one", "opennebula", "running", "ACTIVE/RUNNING", tags=tags)
+
+    now = datetime.now(UTC)
+    assert drain.overdue([vm(**{"wlcg:drain-by": "9999-12-31T23:59:59Z"})], now) == []  # no overflow
+    for odd in ("2026-12-06", "2026-12-06T10:00:00+05:00", "soon", "2026-12-06T10:00:00"):
+        assert vm(**{"wlcg:drain-by": odd}).drain_by is None, odd  # only the form we write and the agent reads
+    naive = _credential_end(vm(**{"wlcg:credential": "x509 ab12 2026-01-01T00:00:00"}))
+    assert naive is not None and naive.tzinfo is not None and naive < now
+    for code in ("\u00b200", "\u0663\u0660\u0660", "300; rm -rf /", "3e2"):
+        assert from_attributes(code, "x") is None, code
+
+
+def test_maintain_drains_its_surplus_and_a_drained_vm_that_ends_young_is_no_fizzle(
+    run: Run, world: World, two_clouds: dict[str, Any]
+) -> None:
+    moto, fleet = two_clouds["aws"], fleet_name("surplus")
+
+    def spec(target: int) -> Path:
+        text = spec_text(fleet, two_clouds["image"], target, {"aws": "share = 1"}, fizzle_after="1h", backoff="1h",
+                         drain_deadline="1h")  # fmt: skip
+        text = text.replace('credential = "none"', 'credential = "none"\nbootstrap = "script"', 1)
+        return write_spec(world, text + '[settings]\nPILOT_URL = "https://pilots.example.org/pilot.sh"\n')
+
+    def cycle(path: Path) -> dict[str, Any]:
+        result = run("fleet", "maintain", str(path), "--once", "-o", "json")
+        assert result.code in (0, 7), result.err
+        return {p["profile"]: p for p in result.json()["profiles"]}["aws"]  # type: ignore[index,union-attr]
+
+    try:
+        assert cycle(spec(2))["created"] == 2
+        part = cycle(spec(1))
+        assert part["draining"] == 1 and part["drained"] == {"surplus": 1} and part["terminated"] == {}, part
+        assert part["running"] == 1 and part["created"] == 0, part
+        shown = run("fleet", "show", fleet, "-o", "json").json()["instances"]  # type: ignore[index,call-overload]
+        [drained] = [i["id"] for i in shown if i["drain_by"]]
+        assert len(alive(run, fleet)["aws"]) == 2  # nothing killed: the surplus drains
+        part = cycle(spec(1))  # the draining VM is neither surplus again nor replaced
+        assert part["draining"] == 1 and part["created"] == 0 and part["terminated"] == {}, part
+        moto.client().stop_instances(InstanceIds=[drained])  # done draining, minutes old, no message read
+        part = cycle(spec(1))
+        assert part["backoff_reason"] is None and part["terminated"] == {"powered off": 1}, part
+        assert alive(run, fleet)["aws"] == [i["id"] for i in shown if not i["drain_by"]]
     finally:
         run("fleet", "terminate", fleet, "--yes")

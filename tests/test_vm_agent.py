@@ -312,6 +312,27 @@ def test_the_payloads_own_message_wins_and_a_malformed_one_is_ignored(tmp_path: 
         assert "ignored a malformed" in vm.log() and vm.calls("poweroff") == ["poweroff "]
 
 
+def test_any_payload_may_leave_its_code_in_joboutputs_but_a_link_is_never_followed(tmp_path: Path) -> None:
+    """Jobs and pilots run as other users: $JOBOUTPUTS (exported system-wide) is theirs to write."""
+    with _cloud("ec2") as cloud:
+        vm = booted(tmp_path, cloud)
+        shared = vm.root / "run/wlcgcloud/joboutputs"
+        assert shared.stat().st_mode & 0o7777 == 0o1777
+        assert "JOBOUTPUTS=/run/wlcgcloud/joboutputs" in (vm.root / "etc/environment").read_text()
+        secret = tmp_path / "shadow"
+        secret.write_text("root:$6$very-secret-hash:19000:0:99999:7:::\n")
+        (shared / "shutdown_message").symlink_to(secret)
+        vm.agent("stop", "--idle")
+        assert "very-secret" not in vm.log() + "".join(vm.console())
+        assert vm.console() == ["wlcgcloud-shutdown: 300 No more work"]
+    with _cloud("ec2") as cloud:
+        (tmp_path / "second").mkdir()
+        vm = booted(tmp_path / "second", cloud)
+        (vm.root / "run/wlcgcloud/joboutputs/shutdown_message").write_text("400 Banned by the experiment\n")
+        vm.agent("stop", "--idle")
+        assert vm.console() == ["wlcgcloud-shutdown: 400 Banned by the experiment"]
+
+
 @pytest.mark.parametrize(("history", "code"), [("", "300 No more work"), ("41\n", "200 Intended work completed")])
 def test_an_idle_htcondor_node_says_whether_it_ever_ran_a_job(tmp_path: Path, history: str, code: str) -> None:
     with _cloud("ec2") as cloud:
@@ -491,3 +512,21 @@ def test_the_metadata_peers_speak_their_wire_protocols() -> None:
 
 def test_iso_times_are_read_as_utc() -> None:
     assert iso(calendar.timegm((2026, 12, 6, 18, 0, 0))) == "2026-12-06T18:00:00Z"
+
+
+def test_a_config_drive_vm_still_reads_drains_from_the_metadata_service_and_a_reboot_boots_again(
+    tmp_path: Path,
+) -> None:
+    """cloud-init's ConfigDrive datasource names the cloud "configdrive" (its platform is openstack)."""
+    with _cloud("openstack") as cloud:
+        vm = make_vm(tmp_path, cloud, "htcondor")
+        data = {"v1": {"cloud_name": "configdrive", "platform": "openstack"}}
+        (vm.root / "run/cloud-init/instance-data.json").write_text(json.dumps(data))
+        vm.answer("condor_who", "12.0\n")
+        assert vm.agent("tick").returncode == 0  # never booted here (or /run emptied by a reboot): it boots first
+        assert vm.mf("total_cpu") and vm.mf("shutdowntime") is None
+        cloud.set("drain-by", iso(time.time() + 3600))
+        assert vm.agent("tick").returncode == 0
+        assert vm.calls("condor_off") == ["condor_off -peaceful -startd"], vm.log()
+        log = vm.root / "var/log/wlcgcloud-vm.log"
+        assert log.stat().st_mode & 0o077 == 0  # what condor_off and the drain hook print is the owner's

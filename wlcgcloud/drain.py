@@ -11,6 +11,7 @@ terminate it. VMs without an agent (`wlcg:drainable` absent) are terminated inst
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from wlcgcloud.config import Profile
     from wlcgcloud.ledger import Ledger
 
+log = logging.getLogger(__name__)
 DRAIN_TAG = "wlcg:drain-by"
 ALIVE = ("pending", "running")
 GRACE = timedelta(minutes=10)  # past a deadline, the VM's own power-off and message get this long before we terminate
@@ -66,13 +68,13 @@ def draining(inst: Instance) -> bool:
 def overdue(instances: Iterable[Instance], now: datetime) -> list[Instance]:
     """Drained VMs to terminate: powered off (done), or alive past the deadline and the grace for
     their own power-off."""
-    return [i for i in instances if i.drain_by is not None
-            and (i.state == "stopped" or (i.state in ALIVE and i.drain_by + GRACE <= now))]  # fmt: skip
+    return [i for i in instances if i.drain_by is not None  # now - GRACE: a deadline in year 9999 must not overflow
+            and (i.state == "stopped" or (i.state in ALIVE and i.drain_by <= now - GRACE))]  # fmt: skip
 
 
 def choose(instances: Sequence[Instance], count: int | None, ids: Sequence[str]) -> list[Instance]:
     """Which VMs `fleet drain` asks: the ids given (alive ones of the fleet; asking again moves a deadline),
-    else `count` of those not draining yet, the newest first (least work lost)."""
+    else `count` of those not draining yet: running ones first, the newest first (least work lost)."""
     alive = [i for i in instances if i.state in ALIVE]
     if ids:
         known = {i.id: i for i in alive}
@@ -82,7 +84,9 @@ def choose(instances: Sequence[Instance], count: int | None, ids: Sequence[str])
         return [known[i] for i in dict.fromkeys(ids)]
     if count is None:
         raise UsageError("say how many to drain (--count N) or which (INSTANCE...).")
-    return newest_first(i for i in alive if not draining(i))[:count]
+    # Running ones first: one still building has no work to finish (and Nova refuses its metadata until built).
+    free = newest_first(i for i in alive if not draining(i))
+    return sorted(free, key=lambda i: i.state != "running")[:count]
 
 
 def request(profiles: Sequence[Profile], victims: Sequence[Instance], deadline: datetime) -> list[Drained]:
@@ -115,6 +119,9 @@ def read_reasons(profiles: Sequence[Profile], ended: Iterable[Instance], ledger:
     todo: dict[str, list[Instance]] = {}
     for name, group in by_profile(ended).items():
         rows = {r["id"]: r for r in ledger.instances(profile=name, ids=[i.id for i in group])}
+        unknown = [i for i in group if i.id not in rows]
+        if unknown:  # first seen already ended: a row to keep its message in
+            ledger.record_instances(unknown)
         for inst in group:
             row = rows.get(inst.id) or {}
             known = parse_stored(row.get("end_code"), row.get("end_reason"))
@@ -135,6 +142,9 @@ def _read(provider: Provider, instances: Sequence[Instance]) -> dict[str, Shutdo
         try:
             return inst.id, provider.shutdown_message(inst)
         except WlcgError:  # console gone with the VM, or not readable: no message, the lifetime decides
+            return inst.id, None
+        except Exception as exc:  # what a VM wrote must not stop a cycle: one message lost, and said so
+            log.warning("profile '%s': could not read why %s ended: %s", provider.name, inst.id, exc)
             return inst.id, None
 
     with ThreadPoolExecutor(max_workers=PARALLEL_READS, thread_name_prefix="reasons") as pool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from wlcgcloud.errors import UsageError, WlcgError
 from wlcgcloud.fleet_spec import FleetSpec, targets
 from wlcgcloud.launch import run_plan
 from wlcgcloud.launch_plan import LaunchOptions, plan_launch
+from wlcgcloud.providers.base import aware
 from wlcgcloud.times import human_duration, stamp
 
 if TYPE_CHECKING:
@@ -157,8 +159,8 @@ def _credential_end(inst: Instance) -> datetime | None:
     """When the credential forwarded into `inst` ends (its wlcg:credential tag: kind, fingerprint, end)."""
     parts = (inst.tags.get("wlcg:credential") or "").split()
     try:
-        return datetime.fromisoformat(parts[2].replace("Z", "+00:00")) if len(parts) == 3 else None
-    except ValueError:
+        return aware(datetime.fromisoformat(parts[2].replace("Z", "+00:00"))) if len(parts) == 3 else None
+    except (ValueError, OverflowError):
         return None
 
 
@@ -274,8 +276,13 @@ def _look_at(
             part.ended[reason] += 1  # it ended by itself: counted once, though a slow delete lists it again
             lives[inst.id] = age
     messages = {i: said[i] for i in lives if i in said}
-    part.said.update(str(m) for m in messages.values())
-    if lives:
+    for inst in instances:  # drained: it ended because we asked, so it has no fate, unless it says the site failed
+        word = messages.get(inst.id)
+        if inst.drain_by is not None and inst.id in lives and (word is None or word.verdict != "failure"):
+            lives.pop(inst.id)
+            messages.pop(inst.id, None)
+    if lives:  # what the VMs that ended said, and so what judged them; else the last cycle's word stands
+        part.said = Counter(str(m) for m in messages.values())
         part.judged_by = "lifetimes" if not messages else "messages" if len(messages) == len(lives) else "both"
     failed = [(i, m) for i, m in messages.items() if m.verdict == "failure"]
     fizzled = sum(1 for i, lived in lives.items() if _fizzled(lived, messages.get(i), young))
@@ -394,27 +401,33 @@ def _terminate(
     """Terminate the doomed VMs; working ones retired with an agent are asked to drain instead, by
     `drain_deadline` (or the end of their credential, if sooner), and terminated past it."""
     soon = times.now() + spec.tuning.drain_deadline
-    drains: dict[datetime, list[Instance]] = {}
+    drains: dict[datetime, list[tuple[Instance, str]]] = {}
     for name, victims in doomed.items():
         for inst, reason in victims:
             if inst.state == "running" and drain.drainable(inst) and reason.startswith(RETIRED):
                 deadline = min(soon, _credential_end(inst) or soon).replace(microsecond=0)
-                drains.setdefault(deadline, []).append(inst)
-                parts[name].draining += 1
-                parts[name].drained[_kind_of(reason)] += 1
-                verb = "would drain" if dry_run else "drain"
-                parts[name].decisions.append(f"{verb} {inst.id} ({reason}) by {stamp(deadline)}")
+                drains.setdefault(deadline, []).append((inst, reason))
             else:
                 verb = "would terminate" if dry_run else "terminate"
                 parts[name].decisions.append(f"{verb} {inst.id} ({reason})")
-    draining = {i.id for group in drains.values() for i in group}
+    draining = {i.id for group in drains.values() for i, _ in group}
     why = {i.id: reason for victims in doomed.values() for i, reason in victims if i.id not in draining}
+    for deadline, group in drains.items():
+        reasons = {i.id: reason for i, reason in group}
+        asked = drain.request(profiles, [i for i, _ in group], deadline) if not dry_run else [
+            drain.Drained(i, deadline) for i, _ in group]  # fmt: skip
+        for one in asked:
+            part, inst = parts[one.instance.profile], one.instance
+            if one.error is not None:  # not asked: it works on, and counts as alive (no replacement for it)
+                part.running += 1
+                part.decisions.append(f"could not drain {inst.id}: {one.error}")
+                continue
+            part.draining += 1
+            part.drained[_kind_of(reasons[inst.id])] += 1
+            verb = "would drain" if dry_run else "drain"
+            part.decisions.append(f"{verb} {inst.id} ({reasons[inst.id]}) by {stamp(deadline)}")
     if dry_run:
         return
-    for deadline, group in drains.items():
-        for asked in drain.request(profiles, group, deadline):
-            if asked.error is not None:  # not drained: it stays, and counts as alive again next cycle
-                parts[asked.instance.profile].decisions.append(f"could not drain {asked.instance.id}: {asked.error}")
     if not why:
         return
     targets_by_profile = {name: [i for i, _ in victims if i.id in why] for name, victims in doomed.items() if victims}

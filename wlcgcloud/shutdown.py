@@ -23,8 +23,10 @@ CODES = {
 }
 TEXT_LIMIT = 160
 CONSOLE_TAIL = 64 * 1024  # as much of a console as EC2 keeps; more is not read
-# The whole line: an optional console prefix (a time stamp) before our tag, nothing after the text.
-LINE = re.compile(rb"wlcgcloud-shutdown: ([1-7]00) ([ -~]{1,%d})[ \t\r]*$" % TEXT_LIMIT, re.MULTILINE)
+CONSOLE_LINES = 500  # asked of a cloud that serves a console by lines (Nova's `length`): the line is among the last
+# The whole line: our tag at its start (after a kernel time stamp, at most), nothing after the text.
+LINE = re.compile(rb"^(?:\[[ 0-9.]{1,20}\] )?wlcgcloud-shutdown: ([1-7]00) ([ -~]{1,%d})[ \t\r]*$" % TEXT_LIMIT,
+                  re.MULTILINE)  # fmt: skip
 CODE_TAG = "wlcg:shutdown-code"
 TEXT_TAG = "wlcg:shutdown-message"
 
@@ -62,8 +64,8 @@ def from_console(text: str | bytes) -> ShutdownMessage | None:
 
 def from_attributes(code: object, text: object) -> ShutdownMessage | None:
     """The message a VM set through OneGate (WLCG_SHUTDOWN_CODE, WLCG_SHUTDOWN_MESSAGE), or None."""
-    if not isinstance(code, str) or not code.strip().isdigit() or int(code) not in CODES:
-        return None
+    if not isinstance(code, str) or not re.fullmatch(r"[1-7]00", code.strip(), re.ASCII):
+        return None  # written by the VM: "²" is a digit to Python, and no code
     words = text if isinstance(text, str) else ""
     shown = "".join(c if " " <= c <= "~" else "?" for c in words.strip())[:TEXT_LIMIT]
     return ShutdownMessage(int(code), shown or CODES[int(code)])

@@ -191,11 +191,13 @@ def terminate_confirmed(
     dry_run: bool,
     profiles: Sequence[Profile],
     columns: Sequence[output.Column],
+    also: Sequence[dict[str, Any]] = (),
 ) -> None:
     """The one way instances are terminated from the CLI (`instance terminate`, `fleet terminate|scale|reap`).
 
     Shows what will die, stops there with --dry-run, asks (or --yes), terminates per profile in
     parallel (the ledger records the ends), warns per failure; exits 0, 7 or the failures' class.
+    `also`: rows of the same command about instances it did not terminate (asked to drain instead).
     """
     from wlcgcloud import fleet
     from wlcgcloud.errors import partial_exit
@@ -208,11 +210,11 @@ def terminate_confirmed(
         info(f"  {inst.id}{name}  fleet {inst.fleet or '-'}  profile {inst.profile}  {inst.state}  since {since}")
     if dry_run:
         info(f"dry run: would terminate {len(victims)} instance(s) ({what}).")
-        emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims], columns)
+        emit(ctx, [*({**fleet.Terminated(i, None).to_dict(), "terminated": False} for i in victims), *also], columns)
         return
     if not victims:
         info(f"Nothing to terminate ({what}).")
-        emit(ctx, [], columns)
+        emit(ctx, list(also), columns)
         return
     confirm(g, f"terminate {len(victims)} instance(s) ({what})")
     with changing(ctx, [i.fleet for i in victims]) as ledger, working(g, f"Terminating {len(victims)} instance(s) ..."):
@@ -221,5 +223,5 @@ def terminate_confirmed(
     for r in failed:
         reason = (r.error or "").removeprefix(f"profile '{r.instance.profile}': ")
         warn(f"profile '{r.instance.profile}': {r.instance.id} was not terminated: {reason}", g)
-    emit(ctx, [r.to_dict() for r in results], columns)
+    emit(ctx, [*(r.to_dict() for r in results), *also], columns)
     raise typer.Exit(partial_exit([r.code for r in failed], len(results)))

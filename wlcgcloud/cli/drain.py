@@ -31,7 +31,7 @@ def drain(
         list[str] | None, typer.Argument(help="Instances of the fleet to drain (else --count of them).")
     ] = None,
     count: Annotated[
-        int | None, typer.Option("--count", "-n", min=1, help="Drain this many, the newest first.")
+        int | None, typer.Option("--count", "-n", min=1, help="Drain this many: running ones first, the newest first.")
     ] = None,
     deadline: Annotated[str, typer.Option("--deadline", help="Power off by then at the latest (30m, 2h, 1d).")] = "2h",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say which VMs would be asked; ask none.")] = False,
@@ -45,7 +45,7 @@ def drain(
     power off when their work is done, leaving a shutdown message that 'fleet show' reads.
     A draining VM no longer counts as the fleet's; 'fleet reap' and 'fleet maintain' terminate
     it once the deadline has passed. VMs without the agent are only terminated then. Asking a
-    VM again moves its deadline.
+    VM again can bring its deadline forward (its agent never moves one later).
 
     \b
     The shutdown message a VM leaves as it ends (HEPiX codes; 'fleet show' reads it back from

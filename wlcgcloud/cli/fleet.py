@@ -267,22 +267,7 @@ def _scale(
     profile = scaling.profile
     info(f"fleet {name} on profile {profile.name}: {len(scaling.alive)} instance(s), to become {count}.")
     if scaling.victims:
-        from wlcgcloud import drain
-
-        gently = [i for i in scaling.victims if deadline and i.state == "running" and drain.drainable(i)]
-        if gently:
-            by = (times.now() + (deadline or timedelta())).replace(microsecond=0)
-            info(f"{'Would ask' if dry_run else 'Asking'} {len(gently)} instance(s) with an agent to drain by "
-                 f"{times.stamp(by)} ('fleet reap' terminates them after it).")  # fmt: skip
-            for asked in [] if dry_run else drain.request([profile], gently, by):
-                if asked.error:
-                    warn(f"{asked.instance.id} was not asked to drain: {asked.error}", g)
-        rest = [i for i in scaling.victims if i not in gently]
-        if rest or not gently:
-            terminate_confirmed(ctx, g, rest, f"shrink fleet {name} to {count}", dry_run, [profile], CHANGE_COLUMNS)
-        else:
-            emit(ctx, [{**fleet.Terminated(i, None).to_dict(), "terminated": False, "draining": True}
-                       for i in gently], CHANGE_COLUMNS)  # fmt: skip
+        _shrink(ctx, g, scaling, f"shrink fleet {name} to {count}", dry_run, deadline)
         return
     if not scaling.more:
         info("Nothing to do.")
@@ -308,6 +293,43 @@ def _scale(
     data = result.to_dict()
     emit(ctx, data if g.output != "table" else data["instances"], COLUMNS)
     raise typer.Exit(result.exit_code())
+
+
+def _shrink(ctx: typer.Context, g: Any, scaling: Any, what: str, dry_run: bool, deadline: timedelta | None) -> None:
+    """Shrink: running VMs with an agent are asked to drain by the deadline, the others terminated; one
+    confirmation for both, nothing sent before it. Exits 0, 7 or the failures' class over both."""
+    from wlcgcloud import drain, fleet
+    from wlcgcloud.cli.common import confirm
+    from wlcgcloud.errors import partial_exit
+
+    gently = [i for i in scaling.victims if deadline and i.state == "running" and drain.drainable(i)]
+    rest = [i for i in scaling.victims if i not in gently]
+    by = (times.now() + (deadline or timedelta())).replace(microsecond=0)
+    asked: list[Any] = [drain.Drained(i, by) for i in gently]
+    if gently:
+        info(f"{'Would ask' if dry_run else 'To ask'}: {len(gently)} instance(s) with an agent to drain by "
+             f"{times.stamp(by)} ('fleet reap' terminates them after it):")  # fmt: skip
+        for inst in gently:
+            info(f"  {inst.id}  fleet {inst.fleet or '-'}  profile {inst.profile}  {inst.state}")
+        if not dry_run:
+            confirm(g, what + f": drain {len(gently)}" + (f", terminate {len(rest)}" if rest else ""))
+            g.yes = True  # asked once, for both
+            with working(g, f"Asking {len(gently)} instance(s) to drain ..."):
+                asked = drain.request([scaling.profile], gently, by)
+    for one in asked:
+        if one.error:
+            warn(f"{one.instance.id} was not asked to drain: {one.error}", g)
+    rows = [{**fleet.Terminated(a.instance, None).to_dict(), "terminated": False, "draining": a.error is None
+             and not dry_run, "drain_by": times.stamp(by), "error": a.error} for a in asked]  # fmt: skip
+    try:
+        terminate_confirmed(ctx, g, rest, what, dry_run, [scaling.profile], CHANGE_COLUMNS, also=rows)
+        code = 0
+    except typer.Exit as done:
+        code = done.exit_code
+    failed = [a.code for a in asked if a.error]
+    if failed:
+        code = partial_exit([*failed, *([code] if code else [])], len(asked) + len(rest))
+    raise typer.Exit(code)
 
 
 @app.command("reconcile")
@@ -370,6 +392,12 @@ def reap(
     now = times.now()
     overdue = [i for i in drain.overdue(gathered.instances, now) if i not in fleet.expired_leases([i], now)]
     victims = fleet.expired_leases(gathered.instances, now) + overdue
+    ended = [i for i in victims if i.state in ("stopped", "error")]
+    if ended and not dry_run:  # their word first: a console goes with its VM
+        from wlcgcloud.ledger import open_ledger
+
+        with open_ledger(g.config()) as ledger:
+            drain.read_reasons(profiles, ended, ledger)
     terminate_confirmed(ctx, g, victims, "past their lease or drain deadline", dry_run, profiles, CHANGE_COLUMNS)
     raise typer.Exit(gathered.exit_code())
 

@@ -104,7 +104,7 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
     report_failures(g, gathered.failures, gathered.asked)
     data = inst.to_dict()
     data["extra"] = {k: v for k, v in inst.extra.items() if v is not None}
-    if inst.state in ("stopped", "error", "terminated"):  # why it ended, in its own words (docs/vm-side.md)
+    if inst.state in ("stopped", "terminated"):  # why it ended, in its own words (docs/vm-side.md)
         from wlcgcloud import drain
         from wlcgcloud.ledger import open_ledger
         from wlcgcloud.shutdown import CODES

@@ -24,7 +24,7 @@ from wlcgcloud.errors import CloudError, PartialFailure, PolicyError, WlcgError
 from wlcgcloud.providers.answers import USER_DATA_LINE, NotTheApi, causes, clean, scrub, sent, why_unreachable
 from wlcgcloud.providers.waiting import call_with_timeout
 from wlcgcloud.secretstore import Secret
-from wlcgcloud.shutdown import ShutdownMessage, from_console
+from wlcgcloud.shutdown import CONSOLE_LINES, ShutdownMessage, from_console
 from wlcgcloud.times import stamp
 
 T = TypeVar("T")
@@ -116,9 +116,10 @@ class Instance:
 
     @property
     def drain_by(self) -> datetime | None:
-        """The deadline of a drain asked of it (wlcg:drain-by), None when none was (or it is no time)."""
+        """The deadline of a drain asked of it (wlcg:drain-by, as we write it and the agent reads it), None
+        when none was or it is not such a time (OpenNebula's VMs may write their USER_TEMPLATE)."""
         try:
-            return aware(datetime.fromisoformat(self.tags["wlcg:drain-by"].replace("Z", "+00:00")))
+            return datetime.strptime(self.tags["wlcg:drain-by"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         except (KeyError, ValueError):
             return None
 
@@ -420,7 +421,7 @@ class Provider(ABC):
 
     def shutdown_message(self, inst: Instance) -> ShutdownMessage | None:
         """The HEPiX shutdown message a VM that ended left (a line on its console), or None."""
-        return from_console(self.console_log(inst.id))
+        return from_console(self.console_log(inst.id, CONSOLE_LINES))
 
     @abstractmethod
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:

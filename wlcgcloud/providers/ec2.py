@@ -366,7 +366,15 @@ class EC2Provider(Provider):
                 self.call("tag instances", self.client.create_tags, Resources=batch, Tags=pairs)
                 outcomes += [Outcome(i) for i in batch]
             except WlcgError as exc:
-                outcomes += [Outcome.failed(i, exc) for i in batch]
+                cause = exc.__cause__  # all or none: one id ended meanwhile refuses the batch; ask id by id then
+                if (
+                    len(batch) > 1
+                    and isinstance(cause, botocore.exceptions.ClientError)
+                    and _code(cause) not in AUTH_CODES
+                ):
+                    outcomes += [o for one in batch for o in self.set_tags([one], tags)]
+                else:
+                    outcomes += [Outcome.failed(i, exc) for i in batch]
         return outcomes
 
     def usage(self, since: datetime, until: datetime) -> list[UsageRecord]:

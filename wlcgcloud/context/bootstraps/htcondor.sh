@@ -43,7 +43,7 @@ mkdir -p /etc/condor/config.d /etc/condor/tokens.d
   echo "SUSPEND = FALSE"
   echo "PREEMPT = FALSE"
   echo "KILL = FALSE"
-  echo "STARTER_JOB_ENVIRONMENT = \"MACHINEFEATURES=/run/wlcgcloud/machinefeatures\""
+  echo "STARTER_JOB_ENVIRONMENT = \"MACHINEFEATURES=/run/wlcgcloud/machinefeatures JOBOUTPUTS=/run/wlcgcloud/joboutputs\""
   echo "STARTD_HISTORY = \$(LOG)/startd_history"
   if [ "${SLOTS:-partitionable}" = static ]; then
     echo "NUM_SLOTS = \$(DETECTED_CPUS)"

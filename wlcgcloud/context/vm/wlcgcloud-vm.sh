@@ -29,6 +29,7 @@ R=${WLCGCLOUD_VM_ROOT:-}
 MD=${WLCGCLOUD_METADATA_URL:-http://169.254.169.254}
 CONSOLE=${WLCGCLOUD_CONSOLE:-$R/dev/console}
 MF_PATH=/run/wlcgcloud/machinefeatures # as the payload sees it
+JO_PATH=/run/wlcgcloud/joboutputs      # where any payload may leave its shutdown_message (sticky, world-writable)
 RUN=$R/run/wlcgcloud
 MF=$R$MF_PATH
 STATE=$RUN/vm
@@ -38,7 +39,8 @@ CODES=" 100 200 300 400 500 600 700 "
 
 log() {
   mkdir -p "${LOG%/*}" 2>/dev/null
-  printf '%s wlcgcloud-vm[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*" >>"$LOG" 2>/dev/null || true
+  # 0600: it holds what condor_off and the drain hook print
+  (umask 077 && printf '%s wlcgcloud-vm[%s]: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$$" "$*" >>"$LOG") 2>/dev/null || true
 }
 
 # Untrusted text made fit for a log line: printable ASCII, at most $1 characters.
@@ -86,7 +88,9 @@ try:
     v1 = json.load(sys.stdin).get("v1") or {}
 except Exception:
     v1 = {}
-print(v1.get("cloud_name") or v1.get("platform") or "")' 2>/dev/null)
+known = ("aws", "ec2", "openstack", "opennebula")
+# cloud_name first; a config drive calls itself "configdrive" there, its platform is "openstack"
+print(next((v for v in (v1.get("cloud_name"), v1.get("platform")) if v in known), ""))' 2>/dev/null)
   fi
   case "$name" in
     aws | ec2) echo ec2 ;;
@@ -280,13 +284,17 @@ cmd_boot() {
       log "ignored a malformed wlcg:hs06: $(shown 40 "$hs06")"
     fi
   fi
+  mkdir -p "$R$JO_PATH" && chmod 1777 "$R$JO_PATH"
   mkdir -p "$R/etc/profile.d"
-  put "$R/etc/profile.d/wlcgcloud-mjf.sh" "export MACHINEFEATURES=$MF_PATH"
-  local line found=""
-  if [ -r "$R/etc/environment" ]; then
-    while IFS= read -r line; do [ "$line" = "MACHINEFEATURES=$MF_PATH" ] && found=1; done <"$R/etc/environment"
-  fi
-  [ -n "$found" ] || printf 'MACHINEFEATURES=%s\n' "$MF_PATH" >>"$R/etc/environment"
+  put "$R/etc/profile.d/wlcgcloud-mjf.sh" "export MACHINEFEATURES=$MF_PATH JOBOUTPUTS=$JO_PATH"
+  local line wanted
+  for wanted in "MACHINEFEATURES=$MF_PATH" "JOBOUTPUTS=$JO_PATH"; do
+    local found=""
+    if [ -r "$R/etc/environment" ]; then
+      while IFS= read -r line; do [ "$line" = "$wanted" ] && found=1; done <"$R/etc/environment"
+    fi
+    [ -n "$found" ] || printf '%s\n' "$wanted" >>"$R/etc/environment"
+  done
   log "boot: machine features in $MF_PATH${lease:+, lease ends at $((booted + lease))}"
 }
 
@@ -357,6 +365,8 @@ drain_action() {
 
 cmd_tick() {
   local now value rc deadline seen shutdown
+  # /run is empty after a reboot: the machine features (and the lease, from the new boot) again
+  [ -e "$STATE/boot_time" ] || cmd_boot
   mkdir -p "$STATE" "$MF" || exit 1
   if [ -e "$STATE/stopped" ]; then
     poweroff_now
@@ -420,8 +430,10 @@ own_reason() {
 # The payload's own message, "NNN text", from the first file that holds one.
 payload_reason() {
   local file line
-  for file in "$RUN/shutdown_message" ${JOBOUTPUTS:+"$R$JOBOUTPUTS/shutdown_message"}; do
-    [ -r "$file" ] || continue
+  for file in "$RUN/shutdown_message" "$R$JO_PATH/shutdown_message" ${JOBOUTPUTS:+"$R$JOBOUTPUTS/shutdown_message"}; do
+    # Written by the payload, maybe in a directory anyone may write: a plain file only, never a link
+    # (a link to a secret would have its first line logged as malformed).
+    if [ ! -f "$file" ] || [ -L "$file" ]; then continue; fi
     line=$(head -c 4096 "$file" | head -n 1 | tr -d '\r')
     if [[ $line =~ ^([0-9]{3})([[:space:]](.*))?$ ]] && [[ $CODES == *" ${BASH_REMATCH[1]} "* ]]; then
       echo "$line"
