@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from wlcgcloud.ledger import FleetLocked, Ledger
+from wlcgcloud.ledger.schema import SCHEMA_VERSION
 
 from conftest import Run, World
 
@@ -53,7 +54,12 @@ def test_status_says_which_ledger_and_what_it_holds(run: Run, shared: str) -> No
     data = result.json()
     assert data["backend"] == ("postgresql" if shared.startswith("postgresql") else "sqlite")
     assert data["where"] == Ledger.shown(shared) and "?" not in data["where"]  # no query, so no sslrootcert path
-    assert (data["launches"], data["instances"], data["instances_not_ended"], data["schema_version"]) == (1, 2, 2, 6)
+    assert (data["launches"], data["instances"], data["instances_not_ended"], data["schema_version"]) == (
+        1,
+        2,
+        2,
+        SCHEMA_VERSION,
+    )
     table = run("ledger", "status")
     assert table.code == 0 and "schema_version" in table.out and data["backend"] in table.out
 
@@ -107,7 +113,10 @@ def test_export_then_import_twice_merges_once(run: Run, shared: str, world: Worl
     assert exported.code == 0 and "Wrote 2 record(s)" in exported.err, exported.err
     assert dump.stat().st_mode & 0o077 == 0
     lines = [json.loads(line) for line in dump.read_text().splitlines()]
-    assert lines[0]["wlcgcloud_ledger"] == 7 and [r["table"] for r in lines[1:]] == ["launches", "instances"]
+    assert lines[0]["wlcgcloud_ledger"] == SCHEMA_VERSION and [r["table"] for r in lines[1:]] == [
+        "launches",
+        "instances",
+    ]
     os.environ["WLCGCLOUD_LEDGER"] = shared
     first = run("ledger", "import", str(dump), "-o", "json")
     assert first.code == 0 and first.json() == {"launches_added": 1, "launches_known": 0, "instances": 1}, first.err
