@@ -1,7 +1,7 @@
 """The CLI edge: fast paths, global options anywhere, and exceptions turned into exit codes.
 
-Kept cheap on purpose: `--version` and shell completion are answered here before Typer, Rich
-or any cloud SDK is imported (start-up budget, see bench/startup.py).
+Kept cheap on purpose: `--version`, shell completion and help (wlcgcloud.fasthelp) are answered
+here before Typer, Rich or any cloud SDK is imported (start-up budget, see bench/startup.py).
 """
 
 from __future__ import annotations
@@ -80,6 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from wlcgcloud.completion import complete_from_environment
 
         return complete_from_environment()
+
+    if "--" not in args:
+        from wlcgcloud.fasthelp import answer
+
+        page = answer(args, GLOBAL_VALUE_OPTIONS, GLOBAL_FLAGS)
+        if page is not None:
+            sys.stdout.write(page)
+            return 0
 
     debug = "--debug" in before_dashdash
     try:

@@ -1,7 +1,7 @@
 """The man pages, the shell completion scripts and the completer's command tree, generated from the CLI.
 
     python -m wlcgcloud.manpage     # writes man/wlcgcloud.1, man/wlcgcloud-<command>.1, completions/*,
-                                    # wlcgcloud/cli/tree.json
+                                    # wlcgcloud/cli/tree.json and wlcgcloud/cli/help.json
 
 Never by hand: a test fails when any of them is stale. Not imported at run time: this is the one
 module below `wlcgcloud/` that walks the Typer app besides the CLI itself.
@@ -327,6 +327,41 @@ def tree_json() -> str:
     return json.dumps(build_tree(), indent=1, sort_keys=True) + "\n"
 
 
+def help_json() -> str:
+    """The text of cli/help.json: every visible command's --help as the CLI prints it at 80 columns."""
+    import contextlib
+    import io
+    import os
+
+    from wlcgcloud.cli import run
+    from wlcgcloud.fasthelp import COLUMNS
+
+    pages: dict[str, str] = {}
+    groups: list[str] = []
+
+    def walk(cmd: Any, path: tuple[str, ...]) -> None:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            run([*path, "--help"])
+        pages[" ".join(path)] = printed.getvalue()
+        commands = {name: sub for name, sub in (getattr(cmd, "commands", None) or {}).items() if not sub.hidden}
+        if commands:
+            groups.append(" ".join(path))
+        for name, sub in commands.items():
+            walk(sub, (*path, name))
+
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(COLUMNS)
+    try:
+        walk(_root(), ())
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
+    return json.dumps({"groups": sorted(groups), "pages": pages}, indent=0, sort_keys=True) + "\n"
+
+
 def completion_scripts() -> dict[str, str]:
     """completions/wlcgcloud.bash, _wlcgcloud (zsh) and wlcgcloud.fish, by file name."""
     from wlcgcloud.completion import SCRIPT_NAMES, SCRIPTS
@@ -348,8 +383,11 @@ def main() -> int:
     for name, text in scripts.items():
         (COMPLETIONS / name).write_text(text, encoding="utf-8")
     TREE.write_text(tree_json(), encoding="utf-8")
-    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages, {len(scripts)} completion scripts "
-          f"and {TREE.relative_to(ROOT)}", file=sys.stderr)  # fmt: skip
+    from wlcgcloud.fasthelp import HELP_PATH
+
+    HELP_PATH.write_text(help_json(), encoding="utf-8")
+    print(f"wrote {MAN.relative_to(ROOT)}, {len(pages)} command pages, {len(scripts)} completion scripts, "
+          f"{TREE.relative_to(ROOT)} and {HELP_PATH.relative_to(ROOT)}", file=sys.stderr)  # fmt: skip
     return 0
 
 
