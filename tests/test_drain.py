@@ -80,7 +80,7 @@ def test_drain_sets_what_each_vm_reads_and_a_draining_vm_no_longer_counts(
             asked = run("fleet", "drain", fleet, "--count", "1", "--deadline", "1h", "-o", "json")
             assert asked.code == 0, asked.err
             [row] = asked.json()  # type: ignore[misc]
-            assert row["drained"] and row["agent"] and row["id"] in ids, row
+            assert row["asked"] and row["agent"] and row["id"] in ids, row
             by = datetime.fromisoformat(row["drain_by"].replace("Z", "+00:00"))
             assert timedelta(minutes=59) < by - datetime.now(UTC) <= timedelta(hours=1), row
             # What the VM reads, through its cloud's own channel.
@@ -106,6 +106,8 @@ def test_drain_sets_what_each_vm_reads_and_a_draining_vm_no_longer_counts(
             # Asked again, the deadline moves; an id not of the fleet is a bad argument.
             again = run("fleet", "drain", fleet, row["id"], "--deadline", "10m", "-o", "json")
             assert again.code == 0 and again.json()[0]["drain_by"] < row["drain_by"], again.err  # type: ignore[index]
+            later = run("fleet", "drain", fleet, row["id"], "--deadline", "3h", "-o", "json")  # never later
+            assert later.json()[0]["drain_by"] == again.json()[0]["drain_by"], later.err  # type: ignore[index]
             assert run("fleet", "drain", fleet, "i-nothere", "--deadline", "10m").code == 2
     finally:
         for fleet in fleets.values():
@@ -121,7 +123,7 @@ def test_drain_without_count_or_ids_and_a_bad_deadline_are_usage_errors(
         assert "--count N" in run("fleet", "drain", fleet).err
         assert run("fleet", "drain", fleet, "-n", "1", "--deadline", "soon").code == 2
         dry = run("fleet", "drain", fleet, "-n", "1", "--dry-run", "-o", "json")
-        assert dry.code == 0 and "carry no agent" in dry.err and dry.json()[0]["drained"] is False, dry.err  # type: ignore[index]
+        assert dry.code == 0 and "carry no agent" in dry.err and dry.json()[0]["asked"] is False, dry.err  # type: ignore[index]
         tags = alive(run, fleet)
         assert len(tags["aws"]) == 1
         listed = run("instance", "list", "--fleet", fleet, "-o", "json").json()
@@ -159,9 +161,14 @@ def test_scale_down_drains_vms_with_an_agent_and_reap_ends_them_once_done(
         peer.set_state(int(draining[0]), POWEROFF, 0)  # one finished its work and powered itself off
         reaped = run("fleet", "reap", "-p", "one", "--yes", "-o", "json")
         assert reaped.code == 0 and [r["id"] for r in reaped.json()] == [draining[0]], reaped.err  # type: ignore[union-attr]
-        # --now drains nothing.
+        # Growing again counts the draining VM out: one more is launched.
+        grown = run("fleet", "scale", fleet, "-p", "one", "--count", "2", "--yes", "-o", "json")
+        assert grown.code == 0 and grown.json()["launched"] == 1, grown.err  # type: ignore[index,call-overload]
+        assert "1 more are draining" in grown.err
+        # --now drains nothing: the two that count go at once, the draining one stays to its deadline.
         now = run("fleet", "scale", fleet, "-p", "one", "--count", "0", "--now", "--yes", "-o", "json")
         assert now.code == 0 and all(r["terminated"] for r in now.json()), now.err  # type: ignore[union-attr]
+        assert len(now.json()) == 2 and draining[1] in alive(run, fleet)["one"]  # type: ignore[arg-type]
     finally:
         run("fleet", "terminate", fleet, "--yes")
 

@@ -50,7 +50,7 @@ class Drained:
         inst = self.instance
         return {
             "id": inst.id, "name": inst.name, "profile": inst.profile, "fleet": inst.fleet,
-            "drain_by": stamp(self.deadline), "agent": drainable(inst), "drained": self.error is None,
+            "drain_by": stamp(self.deadline), "agent": drainable(inst), "asked": self.error is None,
             "error": self.error,
         }  # fmt: skip
 
@@ -80,7 +80,10 @@ def choose(instances: Sequence[Instance], count: int | None, ids: Sequence[str])
         known = {i.id: i for i in alive}
         missing = [i for i in ids if i not in known]
         if missing:
-            raise UsageError(f"{missing[0]}: not a live instance of the fleet.", "See 'wlcgcloud fleet show FLEET'.")
+            fleet = next((i.fleet for i in instances if i.fleet), None) or "FLEET"
+            raise UsageError(
+                f"{missing[0]}: not a live instance of fleet {fleet}.", f"See 'wlcgcloud fleet show {fleet}'."
+            )
         return [known[i] for i in dict.fromkeys(ids)]
     if count is None:
         raise UsageError("say how many to drain (--count N) or which (INSTANCE...).")
@@ -90,22 +93,29 @@ def choose(instances: Sequence[Instance], count: int | None, ids: Sequence[str])
 
 
 def request(profiles: Sequence[Profile], victims: Sequence[Instance], deadline: datetime) -> list[Drained]:
-    """Ask `victims` to drain by `deadline`, each profile's in parallel; one line per VM."""
-    targets = by_profile(victims)
-    chosen = [p for p in profiles if p.name in targets]
-    value = {DRAIN_TAG: stamp(deadline)}
+    """Ask `victims` to drain by `deadline`, each profile's in parallel; one line per VM. A VM asked before
+    keeps an earlier deadline: its agent never moves one later."""
     results: list[Drained] = []
-    for answer in (
-        [] if not chosen else for_each_profile(chosen, lambda p: p.set_tags([i.id for i in targets[p.name]], value))
-    ):
-        batch = targets[answer.profile.name]
-        if answer.error is not None:
-            results += [Drained(i, deadline, answer.error.message, answer.error.exit_code) for i in batch]
-            continue
-        outcomes = {o.id: o for o in answer.value or []}
-        for inst in batch:
-            outcome = outcomes.get(inst.id, Outcome(inst.id, "no answer from the cloud", 6))
-            results.append(Drained(inst, deadline, outcome.error, outcome.exit_code or 6))
+    by_deadline: dict[datetime, list[Instance]] = {}
+    for inst in victims:
+        by_deadline.setdefault(min(deadline, inst.drain_by or deadline), []).append(inst)
+    for when, group in by_deadline.items():
+        targets = by_profile(group)
+        chosen = [p for p in profiles if p.name in targets]
+        value = {DRAIN_TAG: stamp(when)}
+
+        def ask(p: Provider, t: dict[str, list[Instance]] = targets, v: dict[str, str] = value) -> list[Outcome]:
+            return p.set_tags([i.id for i in t[p.name]], v)
+
+        for answer in for_each_profile(chosen, ask) if chosen else []:
+            batch = targets[answer.profile.name]
+            if answer.error is not None:
+                results += [Drained(i, when, answer.error.message, answer.error.exit_code) for i in batch]
+                continue
+            outcomes = {o.id: o for o in answer.value or []}
+            for inst in batch:
+                outcome = outcomes.get(inst.id, Outcome(inst.id, "no answer from the cloud", 6))
+                results.append(Drained(inst, when, outcome.error, outcome.exit_code or 6))
     return results
 
 

@@ -271,7 +271,7 @@ def run_plan(
             result.instances, result.found = list(have), {i.id for i in have}
             if have:
                 tell(p.name, "resumed", len(have), p.request.count)
-            if p.request.count > len(have):
+            if p.request.count > sum(1 for i in have if i.drain_by is None):  # draining: on its way out
                 _create_missing(p, plan.fleet, have, launch_id, ledger, result, tell)
         except WlcgError as exc:
             result.error = exc  # what was found or made before stays in the result and the ledger
@@ -295,8 +295,9 @@ def _create_missing(
     result: ProfileLaunched, tell: Progress,
 ) -> None:  # fmt: skip
     """Create what the profile still lacks of its count; each instance is recorded as soon as its id is known."""
-    missing = p.request.count - len(have)
-    tell(p.name, "launching", len(have), p.request.count)
+    counted = sum(1 for i in have if i.drain_by is None)  # a draining VM is no longer the fleet's
+    missing = p.request.count - counted
+    tell(p.name, "launching", counted, p.request.count)
     # Names continue after the ones an earlier attempt used (OpenNebula names each VM).
     pattern = re.compile(rf"{re.escape(fleet)}-(\d+)")
     numbers = [int(m[1]) for i in have if (m := pattern.fullmatch(i.name))]

@@ -455,7 +455,7 @@ def _create(
     listed_at, listed = listing
     going = {i.id for i, _ in doomed}
     # What the launch will count as there: not terminated before this cycle, and not terminated by it.
-    there = sum(1 for i in listed if i.state != "terminated" and i.id not in going)
+    there = sum(1 for i in listed if i.state != "terminated" and i.id not in going and i.drain_by is None)
     options = _options(spec, place.flavor, there + more, given)
     if dry_run:
         part.decisions.append(f"would create {more}")

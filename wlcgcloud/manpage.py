@@ -247,6 +247,7 @@ def _option_kinds() -> dict[str, Any]:
         "until": ["today", "this-month", "last-month", "7d", "30d"],
         "settings": "@setting",
         "state": list(STATES),
+        "deadline": ["30m", "1h", "2h", "6h", "1d"],
     }
 
 

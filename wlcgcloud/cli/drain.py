@@ -19,7 +19,7 @@ DRAIN_COLUMNS = [
     Column("profile", "PROFILE"),
     Column("drain_by", "DRAIN BY"),
     Column("agent", "AGENT"),
-    Column("drained", "ASKED"),
+    Column("asked", "ASKED"),
     Column("error", "ERROR"),
 ]
 
@@ -45,7 +45,7 @@ def drain(
     power off when their work is done, leaving a shutdown message that 'fleet show' reads.
     A draining VM no longer counts as the fleet's; 'fleet reap' and 'fleet maintain' terminate
     it once the deadline has passed. VMs without the agent are only terminated then. Asking a
-    VM again can bring its deadline forward (its agent never moves one later).
+    VM again can bring its deadline forward, never later (its agent would not take it).
 
     \b
     The shutdown message a VM leaves as it ends (HEPiX codes; 'fleet show' reads it back from
@@ -85,7 +85,7 @@ def drain(
         if dry_run or not victims:
             info(f"{'dry run: would ask' if dry_run else 'Nothing to ask:'} {len(victims)} instance(s) of fleet "
                  f"{name} to drain by {times.stamp(by)}.")  # fmt: skip
-            emit(ctx, [{**draining.Drained(i, by).to_dict(), "drained": False} for i in victims], DRAIN_COLUMNS)
+            emit(ctx, [{**draining.Drained(i, by).to_dict(), "asked": False} for i in victims], DRAIN_COLUMNS)
             raise typer.Exit(gathered.exit_code())
         with working(g, f"Asking {len(victims)} instance(s) to drain ..."):
             results = draining.request(profiles, victims, by)

@@ -66,6 +66,8 @@ CHANGE_COLUMNS = [
     Column("terminated", "TERMINATED"),
     Column("error", "ERROR"),
 ]
+SHRINK_COLUMNS = [*CHANGE_COLUMNS[:-1], Column("draining", "DRAINING"), Column("drain_by", "DRAIN BY"),
+                  CHANGE_COLUMNS[-1]]  # fmt: skip
 RECONCILE_COLUMNS = [
     Column("profile", "PROFILE"),
     Column("fleet", "FLEET"),
@@ -266,6 +268,10 @@ def _scale(
     scaling = fleet.scale_plan(profiles, name, count, instances, ledger)
     profile = scaling.profile
     info(f"fleet {name} on profile {profile.name}: {len(scaling.alive)} instance(s), to become {count}.")
+    draining = [i for i in instances if i.profile == profile.name and i.state != "terminated" and i.drain_by]
+    if draining:
+        info(f"{len(draining)} more are draining and no longer count ('fleet terminate' or 'instance terminate' "
+             "end them now).")  # fmt: skip
     if scaling.victims:
         _shrink(ctx, g, scaling, f"shrink fleet {name} to {count}", dry_run, deadline)
         return
@@ -320,12 +326,17 @@ def _shrink(ctx: typer.Context, g: Any, scaling: Any, what: str, dry_run: bool, 
         if one.error:
             warn(f"{one.instance.id} was not asked to drain: {one.error}", g)
     rows = [{**fleet.Terminated(a.instance, None).to_dict(), "terminated": False, "draining": a.error is None
-             and not dry_run, "drain_by": times.stamp(by), "error": a.error} for a in asked]  # fmt: skip
-    try:
-        terminate_confirmed(ctx, g, rest, what, dry_run, [scaling.profile], CHANGE_COLUMNS, also=rows)
-        code = 0
-    except typer.Exit as done:
-        code = done.exit_code
+             and not dry_run, "drain_by": times.stamp(a.deadline), "error": a.error} for a in asked]  # fmt: skip
+    code = 0
+    if rest:
+        try:
+            terminate_confirmed(ctx, g, rest, what, dry_run, [scaling.profile], SHRINK_COLUMNS, also=rows)
+        except typer.Exit as done:
+            code = done.exit_code
+    else:
+        taken = sum(1 for a in asked if not a.error)
+        info(f"{'dry run: would ask' if dry_run else 'Asked'} {taken} instance(s) to drain by {times.stamp(by)}.")
+        emit(ctx, rows, SHRINK_COLUMNS)
     failed = [a.code for a in asked if a.error]
     if failed:
         code = partial_exit([*failed, *([code] if code else [])], len(asked) + len(rest))
@@ -372,8 +383,9 @@ def reap(
     ctx: typer.Context,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be terminated; do nothing.")] = False,
 ) -> None:
-    """Terminate every instance past its fleet's lease (wlcg:lease-until), or past the deadline of a drain
-    asked of it (wlcg:drain-by, and 10 minutes for its own power-off), on every cloud (-p narrows).
+    """Terminate every instance past its fleet's lease (wlcg:lease-until), past the deadline of a drain
+    asked of it (wlcg:drain-by, and 10 minutes for its own power-off), or powered off after a drain,
+    on every cloud (-p narrows). The message a drained VM left is read first (its console goes with it).
 
     \b
     Examples:
