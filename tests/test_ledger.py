@@ -26,6 +26,7 @@ from wlcgcloud.errors import ConfigError
 from wlcgcloud.ledger import MIGRATIONS, SCHEMA_VERSION, FleetLocked, Ledger
 from wlcgcloud.ledger.schema import for_postgresql, statements
 from wlcgcloud.ledger.transfer import read_lines
+from wlcgcloud.times import stamp
 
 Raw = Callable[..., list[tuple[Any, ...]]]
 
@@ -95,7 +96,7 @@ def test_an_older_ledger_is_migrated_in_place_and_keeps_its_rows(backend: Any) -
     _version_1(backend)
     ledger = Ledger(backend.where)
     try:
-        assert ledger.version == SCHEMA_VERSION == 7
+        assert ledger.version == SCHEMA_VERSION == 8
         ledger.record_cycle(
             "f", "2026-11-01T10:00:00Z", [{"profile": "p", "backoff_level": 0, "fates": "[0, 1]"}]
         )  # v6
@@ -337,3 +338,121 @@ def test_an_export_file_is_read_with_bounds_and_checked_row_by_row(tmp_path: Pat
     ]:  # fmt: skip
         with pytest.raises(Exception, match=said.replace("(", r"\(").replace(")", r"\)")):
             read(bad)
+
+
+@pytest.mark.parametrize("by", [["fleet", "day"], ["day"], ["profile"], ["flavor", "image", "day"], ["instance"]])
+def test_usage_summed_in_the_ledger_equals_usage_summed_from_each_lifetime(
+    backend: Any, by: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ledger.sums (one SQL scan into buckets, split into days in Python) against the intervals path, on
+    lifetimes that cross midnights and the window's edges, end exactly at midnight, run for weeks, have
+    no recorded end (then they ran until last seen) or no vCPUs, and an instance the cloud still shows."""
+    import random
+    from datetime import timedelta
+
+    from wlcgcloud import usage
+    from wlcgcloud.ledger import sums
+
+    rng = random.Random(5)
+    since, until = datetime(2026, 10, 1, 6, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    now = datetime(2026, 10, 29, 12, 30, 15, 250000, tzinfo=UTC)  # the window reaches past now
+    rows = []
+    for n in range(600):
+        start = datetime(2026, 9, 25, tzinfo=UTC) + timedelta(seconds=int(rng.uniform(0, 40 * 86400)))
+        if n % 9 == 0:  # it ends exactly at a midnight
+            end = datetime.combine(start.date() + timedelta(days=rng.randint(1, 3)), datetime.min.time(), UTC)
+        else:
+            end = start + timedelta(seconds=int(rng.choice((rng.uniform(60, 40 * 3600), rng.uniform(0, 20 * 86400)))))
+        rows.append(SimpleNamespace(profile="aws", id=f"i-{n}", fleet=f"f{n % 5}", provider="ec2", name=f"vm{n}",
+                                    flavor=rng.choice(("m5.large", "c5.xlarge", None)), image=f"img-{n % 3}",
+                                    vcpus=None if n % 17 == 0 else rng.choice((2, 4)), memory_mb=8192,
+                                    tags={"wlcg:experiment": "atlas"}, launched_at=start, state="running"))  # fmt: skip
+        ends = None if n % 11 == 0 else end
+        last_seen = end
+        rows[-1].ends, rows[-1].last_seen = ends, last_seen
+    ledger = Ledger(backend.where)
+    try:
+        ledger.record_instances(rows)
+        for r in rows:  # the ends and last sightings, as the ledger would have learnt them
+            # Half as a v8 ledger writes them (text and epoch seconds), half as rows written before v8 (text only).
+            epochs = (
+                [None] * 3
+                if int(r.id[2:]) % 2
+                else [r.launched_at.timestamp(), r.ends.timestamp() if r.ends else None, r.last_seen.timestamp()]
+            )
+            backend.raw("UPDATE instances SET ended_at = ?, last_seen = ?, launched_epoch = ?, ended_epoch = ?,"
+                        " seen_epoch = ? WHERE id = ?",
+                        (stamp(r.ends) if r.ends else None, stamp(r.last_seen), *epochs, r.id))  # fmt: skip
+        seen = {"i-3"}  # the cloud still shows this one: its own interval counts, not the ledger's
+        lo, hi = since.timestamp(), min(until, now).timestamp()
+        groups = [g for g in by if g != "day"]
+        buckets = list(sums.buckets(ledger, "aws", lo, hi, groups, sorted(seen)))
+        intervals = usage._ledger_intervals("aws", ledger, seen, since, until)
+        assert (buckets and len(buckets) < len(intervals)) or by == ["instance"]
+        fast = usage.aggregate([], since, until, by, now, buckets)
+        for parts in (1, 3):  # SQLite scans in parts at once (one per core), their buckets added up
+            monkeypatch.setattr(sums, "PARTS", parts)
+            more = sums.buckets(ledger, "aws", lo, hi, groups, sorted(seen))
+            again = usage.aggregate([], since, until, by, now, more)
+            assert [r["instances"] for r in again[0]] == [r["instances"] for r in fast[0]], parts
+            assert abs(again[1]["core_hours"] - fast[1]["core_hours"]) < 1e-6 * fast[1]["core_hours"], parts
+        slow = usage.aggregate(intervals, since, until, by, now)
+        assert [r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in fast[0]] == [
+            r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in slow[0]]  # fmt: skip
+        for a, b in [*zip(fast[0], slow[0], strict=True), (fast[1], slow[1])]:
+            for k in ("wall_hours", "core_hours", "memory_gb_hours"):
+                assert abs(a[k] - b[k]) < 1e-6 * max(1.0, b[k]), (a, b, k)
+        assert fast[1]["instances"] == slow[1]["instances"] > 400
+        plain = sum(max(0.0, min((r.ends or r.last_seen).timestamp(), hi) - max(r.launched_at.timestamp(), lo))
+                    for r in rows if r.id not in seen)  # fmt: skip
+        assert abs(fast[1]["wall_hours"] - plain / 3600) < 1e-6 * fast[1]["wall_hours"]
+    finally:
+        ledger.close()
+
+
+def test_every_writer_keeps_an_instances_epoch_seconds_with_its_text(backend: Any) -> None:
+    """v8: launched_epoch, ended_epoch and seen_epoch say what launched_at, ended_at and last_seen say."""
+    from contextlib import contextmanager
+
+    from wlcgcloud.times import use_clock
+
+    @contextmanager
+    def at(moment: datetime) -> Iterator[None]:
+        use_clock(moment.timestamp)
+        try:
+            yield
+        finally:
+            use_clock(None)
+
+    def agree() -> list[tuple[Any, ...]]:
+        got = backend.raw("SELECT id, launched_at, launched_epoch, ended_at, ended_epoch, last_seen, seen_epoch"
+                          " FROM instances ORDER BY id")  # fmt: skip
+        for _, *pairs in got:
+            for text, epoch in zip(pairs[::2], pairs[1::2], strict=True):
+                assert (text is None) == (epoch is None), got
+                assert text is None or datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() == epoch, got
+        return got
+
+    ledger = Ledger(backend.where)
+    try:
+        with at(datetime(2026, 11, 5, 10, 0, 7, 900000, tzinfo=UTC)):
+            ledger.record_instances([_vm("i-1"), _vm("i-2")])
+        assert [r[4] for r in agree()] == [None, None]
+        with at(datetime(2026, 11, 5, 11, 0, 0, 500000, tzinfo=UTC)):
+            ledger.mark_ended("p", ["i-1"])
+            ledger.record_instances([_vm("i-2", "terminated")])
+        with at(datetime(2026, 11, 6, tzinfo=UTC)):  # later sightings change no end
+            ledger.mark_ended("p", ["i-1"])
+            ledger.record_instances([_vm("i-1", "terminated"), _vm("i-2", "terminated")])
+        ends = [r[3] for r in agree()]
+        assert ends == ["2026-11-05T11:00:00Z", "2026-11-05T11:00:00Z"]
+        exported = list(ledger.export())
+    finally:
+        ledger.close()
+    other = Ledger(backend.where)  # an import merges into the same rows: still in agreement
+    try:
+        other.absorb([{**r, "row": {**r["row"], "ended_at": "2027-01-01T00:00:00Z", "ended_epoch": 1.0}}
+                      if r["table"] == "instances" else r for r in exported])  # fmt: skip
+        assert [r[3] for r in agree()] == ends
+    finally:
+        other.close()

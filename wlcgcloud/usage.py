@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 from wlcgcloud.clouds import CLOUDS, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError, UsageError, WlcgError
+from wlcgcloud.ledger import sums
+from wlcgcloud.ledger.sums import Bucket
 from wlcgcloud.providers.base import UsageRecord
 from wlcgcloud.times import check_moment, parse_duration, shown, stamp
 
@@ -129,6 +131,7 @@ class Collected:
     """Everything the clouds and the ledger said about the window, with what went wrong."""
 
     intervals: list[Interval] = field(default_factory=list)
+    buckets: list[Bucket] = field(default_factory=list)  # the ledger's lifetimes summed in SQL (`summed_by`)
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asked: int = 0
@@ -156,8 +159,15 @@ def from_record(r: UsageRecord, known: Mapping[tuple[str, str], Mapping[str, Any
     )
 
 
-def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger) -> Collected:
-    """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all)."""
+def collect(
+    profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger,
+    summed_by: Sequence[str] | None = None, now: datetime | None = None,
+) -> Collected:  # fmt: skip
+    """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all).
+
+    With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
+    SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs.
+    """
     from wlcgcloud.providers import for_each_profile
 
     out = Collected(asked=len(profiles))
@@ -173,8 +183,13 @@ def collect(profiles: Sequence[Profile], since: datetime, until: datetime, ledge
         known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
         cloud = cloud_of(profile)
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
-        if cloud.forgets_ended:
+        if cloud.forgets_ended and summed_by is not None and len(seen) <= sums.MAX_EXCLUDED:
+            lo, hi = since.timestamp(), min(until, now or until).timestamp()
+            groups = [g for g in summed_by if g != "day"]
+            out.buckets += sums.buckets(ledger, profile.name, lo, hi, groups, sorted(seen))
+        elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
+        if cloud.forgets_ended:
             first = ledger.first_launch(profile.name)
             if first is None or first > stamp(since):
                 began = f"began {first}" if first else "holds nothing for it yet"
@@ -220,9 +235,17 @@ def end_messages(ledger: Ledger, intervals: Iterable[Interval]) -> dict[str, str
 # Aggregation
 
 
+def check_groups(by: Sequence[str]) -> None:
+    """A UsageError for a group `usage --by` does not know."""
+    unknown = [b for b in by if b not in GROUPS]
+    if unknown:
+        raise UsageError(f"--by {unknown[0]}: group by one of {', '.join(GROUPS)}.")
+
+
 def aggregate(
-    intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
+    buckets: Iterable[Bucket] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Rows grouped by `by`, and the total: instances, wall hours, core-hours, memory GB-hours.
 
     An interval counts only inside [since, min(until, now)); with `day` in `by` it is split at
@@ -231,9 +254,7 @@ def aggregate(
     until the end, one dictionary lookup per piece, and sets of instances only for the few
     instances that have several intervals (OpenNebula's history records).
     """
-    unknown = [b for b in by if b not in GROUPS]
-    if unknown:
-        raise UsageError(f"--by {unknown[0]}: group by one of {', '.join(GROUPS)}.")
+    check_groups(by)
     items = intervals if isinstance(intervals, list) else list(intervals)
     lo, hi = since.timestamp(), min(until, now).timestamp()
     split = "day" in by
@@ -292,6 +313,21 @@ def aggregate(
             row[1] += piece
             row[2] += piece * cores
             row[3] += piece * memory
+    for bucket in buckets:  # one interval per instance (the ledger's lifetimes), already clipped and grouped
+        base = bucket.key if len(others) > 1 else (bucket.key[0] if others else None)
+        inner = sums.setdefault(base, {})
+        once += bucket.n
+        total[0] += bucket.e - bucket.s
+        total[1] += bucket.ce - bucket.cs
+        total[2] += bucket.me - bucket.ms
+        for day, count, seconds, core_seconds, mb_seconds in _pieces(bucket, lo, split):
+            row = inner.get(day)
+            if row is None:
+                row = inner[day] = [0, 0.0, 0.0, 0.0, set()]
+            row[0] += count
+            row[1] += seconds
+            row[2] += core_seconds
+            row[3] += mb_seconds
     rows = []
     for base, days in sums.items():
         values = base if len(others) > 1 else (base,)
@@ -303,6 +339,26 @@ def aggregate(
             rows.append({b: named[b] for b in by} | figures)
     rows.sort(key=lambda r: tuple("" if r[b] is None else str(r[b]) for b in by))
     return rows, _figures(once + len(several), *total)
+
+
+def _pieces(bucket: Bucket, lo: float, split: bool) -> Iterator[tuple[int, int, float, float, float]]:
+    """A bucket's (day, instances, seconds, core-seconds, MB-seconds): its lifetimes start on day
+    `first` and end on day `last`, so each is `first`'s piece, whole days between, and `last`'s piece
+    (none for those ending at its midnight). Sums are linear in the times: a piece's sum is a sum."""
+    b = bucket
+    if not split:
+        yield 0, b.n, b.e - b.s, b.ce - b.cs, b.me - b.ms
+        return
+    if b.first == b.last:
+        yield b.first, b.n, b.e - b.s, b.ce - b.cs, b.me - b.ms
+        return
+    cut = (b.first + 1) * DAY - lo  # the first midnight, in the sums' time (seconds after the window's start)
+    yield b.first, b.n, b.n * cut - b.s, b.c * cut - b.cs, b.m * cut - b.ms
+    for day in range(b.first + 1, b.last):
+        yield day, b.n, b.n * DAY, b.c * DAY, b.m * DAY
+    if b.n > b.at_midnight:
+        cut = b.last * DAY - lo
+        yield b.last, b.n - b.at_midnight, b.e - b.n * cut, b.ce - b.c * cut, b.me - b.m * cut
 
 
 def _figures(instances: int, seconds: float, core_seconds: float, mb_seconds: float) -> dict[str, Any]:

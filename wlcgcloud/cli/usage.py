@@ -64,9 +64,12 @@ def usage(
     groups = [b.strip() for b in by.split(",") if b.strip()]
     if not groups:
         raise UsageError("--by needs at least one of " + ", ".join(usage_domain.GROUPS) + ".")
+    usage_domain.check_groups(groups)
     profiles = read_profiles(g)
     with open_ledger(g.config()) as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
-        collected = usage_domain.collect(profiles, start, end, ledger)
+        # Summed in the ledger, unless each interval is wanted: APEL records, -v's sources and messages.
+        summed = not (g.verbose or apel_dir is not None or g.output == "apel")
+        collected = usage_domain.collect(profiles, start, end, ledger, groups if summed else None, now)
         credentials = ledger.credentials()
         said = usage_domain.end_messages(ledger, collected.intervals) if g.verbose and "instance" in groups else {}
     report_failures(g, collected.failures, collected.asked)
@@ -90,7 +93,7 @@ def usage(
             for i in range(0, len(records), usage_domain.APEL_PER_MESSAGE):
                 sys.stdout.write(usage_domain.apel_message(records[i : i + usage_domain.APEL_PER_MESSAGE]))
             raise typer.Exit(exit_code)
-    rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now)
+    rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now, collected.buckets)
     if g.verbose:
         _sources(rows, collected.intervals, groups)
         for row in rows if said else ():  # -v --by instance: why each instance ended, in its own words
@@ -109,7 +112,7 @@ def usage(
             shown.append({groups[0]: "TOTAL", **_rounded(total)})
         emit(ctx, shown, columns)
         if chart and g.output == "table":
-            _chart(usage_domain.aggregate(collected.intervals, start, end, ["day"], now)[0])
+            _chart(usage_domain.aggregate(collected.intervals, start, end, ["day"], now, collected.buckets)[0])
     raise typer.Exit(exit_code)
 
 

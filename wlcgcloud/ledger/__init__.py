@@ -229,7 +229,8 @@ class Ledger:
 
     def record_instances(self, instances: Iterable[Any], launch_id: int | None = None) -> None:
         """Instances as a cloud reported them (our `Instance` objects); newer facts win, an end stays."""
-        now = _now()
+        moment = times.now()
+        now, now_s = stamp(moment), float(int(moment.timestamp()))  # the epoch of the very second written
         rows = []
         for i in instances:
             ended = now if i.state == "terminated" else None
@@ -239,6 +240,8 @@ class Ledger:
                 "experiment": i.tags.get("wlcg:experiment"),
                 "launched_at": stamp_or_none(i.launched_at),
                 "ended_at": ended, "last_state": i.state, "last_seen": now,
+                "launched_epoch": float(int(i.launched_at.timestamp())) if i.launched_at else None,
+                "ended_epoch": now_s if ended else None, "seen_epoch": now_s,
             })  # fmt: skip
         self._upsert_instances(rows)
 
@@ -261,13 +264,13 @@ class Ledger:
 
     def mark_ended(self, profile: str, instance_ids: Iterable[str], state: str = "terminated") -> None:
         """Instances we terminated, or that the clouds no longer know: their life ends now (if not before)."""
-        now = _now()
-        rows = [(now, state, profile, i) for i in instance_ids]
+        moment = times.now()
+        rows = [(float(int(moment.timestamp())), stamp(moment), state, profile, i) for i in instance_ids]
         if rows:
             with self._lock:
-                self.backend.many(
-                    "UPDATE instances SET ended_at = COALESCE(ended_at, ?), last_state = ?"
-                    " WHERE profile = ? AND id = ?",
+                self.backend.many(  # both see the row as it was: the epoch is set only with the text
+                    "UPDATE instances SET ended_epoch = CASE WHEN ended_at IS NULL THEN ? ELSE ended_epoch END,"
+                    " ended_at = COALESCE(ended_at, ?), last_state = ? WHERE profile = ? AND id = ?",
                     rows,
                 )
 
@@ -297,9 +300,9 @@ class Ledger:
 
         An instance gone without a recorded end ran at least until it was last seen.
         """
-        epoch = self.backend.epoch
+        start, stop = lifetime_sql(self.backend.epoch)
         query = f"""
-            SELECT id, provider, {epoch("launched_at")} AS start, {epoch("COALESCE(ended_at, last_seen)")} AS stop,
+            SELECT id, provider, {start} AS start, {stop} AS stop,
                    vcpus, memory_mb, flavor, image, fleet, experiment, name
             FROM instances
             WHERE profile = ? AND launched_at IS NOT NULL AND launched_at < ? AND COALESCE(ended_at, last_seen) > ?
@@ -307,6 +310,19 @@ class Ledger:
         bounds = (stamp(datetime.fromtimestamp(until, UTC)), stamp(datetime.fromtimestamp(since, UTC)))
         with self._lock:
             return list(self.backend.tuples(query, (profile, *bounds)))
+
+    def query_tuples(self, sql: str, params: Sequence[Any], parts: int = 1) -> list[tuple[Any, ...]]:
+        """The rows of a read-only query written by the ledger's own modules (ledger.sums). Its WHERE may end
+        `AND rowid BETWEEN ? AND ?` (bounds not in `params`): with `parts`, SQLite runs it in that many
+        parts at once; else, and on PostgreSQL (in parallel as it sees fit), it runs whole."""
+        from wlcgcloud.ledger.sqlite import SqliteBackend
+
+        if isinstance(self.backend, SqliteBackend) and parts > 1:
+            with self._lock:
+                return self.backend.tuples_by_parts(sql, params, parts)
+        sql = sql.replace("AND rowid BETWEEN ? AND ?", "")  # one part: all rows
+        with self._lock:
+            return list(self.backend.tuples(sql, params))
 
     def first_launch(self, profile: str) -> str | None:
         """When the ledger first saw an instance of `profile` start (its memory begins there)."""
@@ -518,9 +534,11 @@ def _is_database_error(exc: Exception) -> bool:
 
 _UPSERT_INSTANCE = """
     INSERT INTO instances (profile, id, fleet, launch_id, provider, name, flavor, vcpus, memory_mb,
-                           image, experiment, launched_at, ended_at, last_state, last_seen)
+                           image, experiment, launched_at, ended_at, last_state, last_seen,
+                           launched_epoch, ended_epoch, seen_epoch)
     VALUES (:profile, :id, :fleet, :launch_id, :provider, :name, :flavor, :vcpus, :memory_mb,
-            :image, :experiment, :launched_at, :ended_at, :last_state, :last_seen)
+            :image, :experiment, :launched_at, :ended_at, :last_state, :last_seen,
+            :launched_epoch, :ended_epoch, :seen_epoch)
     ON CONFLICT (profile, id) DO UPDATE SET
         fleet = COALESCE(excluded.fleet, instances.fleet),
         launch_id = COALESCE(instances.launch_id, excluded.launch_id),
@@ -529,10 +547,21 @@ _UPSERT_INSTANCE = """
         memory_mb = COALESCE(excluded.memory_mb, instances.memory_mb),
         image = COALESCE(excluded.image, instances.image),
         experiment = COALESCE(excluded.experiment, instances.experiment),
+        launched_epoch = CASE WHEN instances.launched_at IS NULL THEN excluded.launched_epoch
+                              ELSE instances.launched_epoch END,
         launched_at = COALESCE(instances.launched_at, excluded.launched_at),
+        ended_epoch = CASE WHEN instances.ended_at IS NULL THEN excluded.ended_epoch ELSE instances.ended_epoch END,
         ended_at = COALESCE(instances.ended_at, excluded.ended_at),
-        last_state = excluded.last_state, last_seen = excluded.last_seen
+        last_state = excluded.last_state, last_seen = excluded.last_seen, seen_epoch = excluded.seen_epoch
 """
+
+
+def lifetime_sql(epoch: Callable[[str], str]) -> tuple[str, str]:
+    """SQL for an instance's start and its end (or last sighting) in epoch seconds: the stored numbers,
+    else (rows written before v8) the text parsed, with the backend's `epoch`."""
+    return (f"COALESCE(launched_epoch, {epoch('launched_at')})",
+            f"COALESCE(ended_epoch, {epoch('ended_at')}, seen_epoch, {epoch('last_seen')})")  # fmt: skip
+
 
 _shared: dict[str, tuple[Ledger, int]] = {}
 _shared_lock = threading.Lock()

@@ -301,6 +301,18 @@ class PostgresBackend:
     def epoch(column: str) -> str:
         return f"CAST(EXTRACT(EPOCH FROM CAST({column} AS TIMESTAMPTZ)) AS DOUBLE PRECISION)"
 
+    @staticmethod
+    def greatest(a: str, b: str) -> str:
+        return f"GREATEST({a}, {b})"
+
+    @staticmethod
+    def least(a: str, b: str) -> str:
+        return f"LEAST({a}, {b})"
+
+    @staticmethod
+    def day_number(seconds: str) -> str:
+        return f"CAST(FLOOR({seconds} / 86400) AS BIGINT)"  # CAST alone rounds in PostgreSQL
+
     # Schema
 
     def version(self) -> int:

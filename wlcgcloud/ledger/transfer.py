@@ -25,7 +25,8 @@ LINE_SIZE = 64 * 1024  # one row of JSON: a launch's options are the largest par
 BATCH = 1000
 INSTANCE_COLUMNS = ("profile", "id", "fleet", "launch_id", "provider", "name", "flavor", "vcpus", "memory_mb", "image",
                     "experiment", "launched_at", "ended_at", "last_state", "last_seen",
-                    "end_code", "end_reason")  # fmt: skip
+                    "end_code", "end_reason", "launched_epoch", "ended_epoch", "seen_epoch")  # fmt: skip
+EPOCH_OF = {"launched_epoch": "launched_at", "ended_epoch": "ended_at", "seen_epoch": "last_seen"}
 REQUIRED = {
     "launches": ("id", "fleet", "profile", "provider", "request_token", "image", "cloud_image", "endorsement",
                  "flavor", "requested", "options", "created", "state"),
@@ -35,7 +36,13 @@ REQUIRED = {
 _MERGE_INSTANCE = (
     f"INSERT INTO instances ({', '.join(INSTANCE_COLUMNS)}) VALUES ({', '.join(':' + c for c in INSTANCE_COLUMNS)})"
     " ON CONFLICT (profile, id) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(instances.{c}, excluded.{c})" for c in INSTANCE_COLUMNS[2:])
+    + ", ".join(
+        # An epoch goes with its text: it is taken only where the text is (so a merge never splits them).
+        f"{c} = CASE WHEN instances.{EPOCH_OF[c]} IS NULL THEN excluded.{c} ELSE instances.{c} END"
+        if c in EPOCH_OF
+        else f"{c} = COALESCE(instances.{c}, excluded.{c})"
+        for c in INSTANCE_COLUMNS[2:]
+    )
 )
 
 
