@@ -48,8 +48,9 @@ TARGET_S = 2.0
 FLEETS = 200
 BATCH = 100_000
 SINCE, UNTIL = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)  # every interval lies inside
+# The columns filled, as the ledger writes them (schema v8: the times as text and as epoch seconds).
 COLUMNS = ("profile", "id", "fleet", "provider", "vcpus", "memory_mb", "launched_at", "ended_at", "last_seen",
-           "launched_epoch", "ended_epoch", "seen_epoch")  # as the ledger writes them (schema v8)
+           "launched_epoch", "ended_epoch", "seen_epoch")  # fmt: skip
 INSERT = f"INSERT INTO instances ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
