@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from wlcgcloud import atomic, bounded
+from wlcgcloud import bounded
 from wlcgcloud.paths import state_dir
 
 CACHE = "completion.json"
@@ -41,6 +41,8 @@ def remember(profile: str, names: dict[str, Any], complete: bool = False) -> Non
     listing): they replace what was cached. Otherwise they are added. A cache that cannot be
     written is skipped silently: it only ever makes completion poorer, never a command fail.
     """
+    from wlcgcloud import atomic  # writing only: the completer, which reads, does without tempfile
+
     unknown = set(names) - set(CACHED_KINDS)
     if unknown:
         raise ValueError(f"unknown completion cache kinds {sorted(unknown)}")

@@ -168,10 +168,33 @@ def collect(
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from wlcgcloud.providers import for_each_profile
 
     out = Collected(asked=len(profiles))
-    answers = for_each_profile(profiles, lambda p: p.usage(since, until))
+    lo, hi = since.timestamp(), min(until, now or until).timestamp()
+    groups = [g for g in summed_by or () if g != "day"]
+    summing: dict[str, Future[list[Bucket]]] = {}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sums") as pool:
+        # The ledger starts summing while the clouds are asked; what they still show is taken out after.
+        for p in profiles if summed_by is not None else ():
+            if cloud_of(p).forgets_ended:
+                summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, groups)
+        answers = for_each_profile(profiles, lambda p: p.usage(since, until))
+        _merge(answers, out, ledger, since, until, {name: f.result() for name, f in summing.items()}, lo, hi, groups)
+    return out
+
+
+def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> list[Bucket]:
+    return list(sums.buckets(ledger, profile, lo, hi, groups))
+
+
+def _merge(
+    answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
+    summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
+) -> None:  # fmt: skip
+    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets, or lifetimes."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -183,10 +206,8 @@ def collect(
         known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
         cloud = cloud_of(profile)
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
-        if cloud.forgets_ended and summed_by is not None and len(seen) <= sums.MAX_EXCLUDED:
-            lo, hi = since.timestamp(), min(until, now or until).timestamp()
-            groups = [g for g in summed_by if g != "day"]
-            out.buckets += sums.buckets(ledger, profile.name, lo, hi, groups, sorted(seen))
+        if profile.name in summed:
+            out.buckets += sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
         if cloud.forgets_ended:
@@ -195,7 +216,6 @@ def collect(
                 began = f"began {first}" if first else "holds nothing for it yet"
                 out.notes.append(f"profile '{profile.name}': {cloud.title} forgets terminated instances within "
                                  f"about an hour and the ledger {began}: use before that is missing.")  # fmt: skip
-    return out
 
 
 def _ledger_intervals(profile: str, ledger: Ledger, seen: set[str], since: datetime, until: datetime) -> list[Interval]:

@@ -302,6 +302,12 @@ class PostgresBackend:
         return f"CAST(EXTRACT(EPOCH FROM CAST({column} AS TIMESTAMPTZ)) AS DOUBLE PRECISION)"
 
     @staticmethod
+    def whole(table: str) -> str:
+        return table  # the planner chooses a sequential scan for a whole table itself
+
+    FENCE = " OFFSET 0"  # PostgreSQL's way to keep a subquery from being pulled up into the outer one
+
+    @staticmethod
     def greatest(a: str, b: str) -> str:
         return f"GREATEST({a}, {b})"
 

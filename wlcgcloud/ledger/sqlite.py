@@ -128,6 +128,15 @@ class SqliteBackend:
         return f"CAST(strftime('%s', {column}) AS REAL)"
 
     @staticmethod
+    def whole(table: str) -> str:
+        """A table read whole (or by rowid ranges): no index, whose lookups would cost a seek per row."""
+        return f"{table} NOT INDEXED"
+
+    # Ends a subquery so it is computed once per row, not copied into every use of its columns (SQLite
+    # flattens a plain subquery into the outer query: each SUM would evaluate the times again).
+    FENCE = " LIMIT -1"
+
+    @staticmethod
     def greatest(a: str, b: str) -> str:
         return f"max({a}, {b})"  # SQLite's max() of several arguments is the scalar one
 

@@ -13,8 +13,9 @@ the backend (`epoch`, `greatest`, `least`, `day_number`).
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ DAY = 86400
 COLUMNS = {"profile": "profile", "fleet": "fleet", "experiment": "experiment", "flavor": "flavor",
            "image": "image", "instance": "id"}  # fmt: skip
 PARTS = max(1, min(4, os.cpu_count() or 1))  # SQLite: the scan in this many parts at once, one core each
-MAX_EXCLUDED = 20_000  # ids a query may leave out (what the cloud reports itself); more: read lifetimes instead
 
 
 @dataclass(frozen=True)
@@ -48,19 +48,16 @@ class Bucket:
     at_midnight: int  # of them, how many end exactly at the start of day `last` (no piece of that day)
 
 
-def buckets(
-    ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str], exclude: Collection[str]
-) -> Iterator[Bucket]:
+def buckets(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> Iterator[Bucket]:
     """The buckets of `profile`'s lifetimes inside [lo, hi) (epoch seconds), grouped by `groups` (keys of
-    COLUMNS), leaving out the instances `exclude` names. An instance gone without a recorded end ran
-    at least until it was last seen (as `Ledger.lifetimes`)."""
+    COLUMNS). An instance gone without a recorded end ran at least until it was last seen (as
+    `Ledger.lifetimes`). Instances the cloud still reports itself are taken out with `without`."""
     from wlcgcloud.ledger import lifetime_sql
 
     b = ledger.backend
     start, stop = lifetime_sql(b.epoch)
     keys = [COLUMNS[g] for g in groups]
     picked = "".join(f"{k}, " for k in keys)
-    left_out = f" AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
     # Placeholders in the order they appear in the text: the middle query's, the inner query's, its WHERE's.
     sql = f"""
         SELECT {picked}d0, d1, COUNT(*), SUM(s), SUM(e), SUM(c), SUM(c * s), SUM(c * e), SUM(m), SUM(m * s),
@@ -70,14 +67,14 @@ def buckets(
             FROM (
                 SELECT {picked}COALESCE(vcpus, 0) AS c, COALESCE(memory_mb, 0) AS m,
                        {b.greatest(start, "?")} - ? AS s, {b.least(stop, "?")} - ? AS e
-                FROM instances
-                WHERE profile = ? AND {start} < ? AND {stop} > ?{left_out} AND rowid BETWEEN ? AND ?
+                FROM {b.whole("instances")}
+                WHERE profile = ? AND {start} < ? AND {stop} > ? AND rowid BETWEEN ? AND ?{b.FENCE}
             ) clipped
             WHERE e > s
         ) dated
         GROUP BY d0, d1{"".join(f", {k}" for k in keys)}
     """  # the day numbers first: SQLite's sorter compares integers faster than text
-    params: list[Any] = [lo, lo, lo, lo, lo, hi, lo, profile, hi, lo, *exclude]
+    params: list[Any] = [lo, lo, lo, lo, lo, hi, lo, profile, hi, lo]
     width = len(keys)
     merged: dict[tuple[Any, ...], list[Any]] = {}  # the parts' buckets of one (key, first, last), added up
     cut = width + 2
@@ -93,3 +90,36 @@ def buckets(
         yield Bucket(tuple(ident[:width]), int(ident[width]), int(ident[width + 1]), int(v[0]), float(v[1]),
                      float(v[2]), float(v[3]), float(v[4]), float(v[5]), float(v[6]), float(v[7]), float(v[8]),
                      int(v[9]))  # fmt: skip
+
+
+def without(found: Iterable[Bucket], rows: Iterable[Mapping[str, Any]], lo: float, hi: float,
+            groups: Sequence[str]) -> list[Bucket]:  # fmt: skip
+    """`found` less the lifetimes of `rows` (the ledger's rows of instances the cloud still reports, whose
+    own figures count instead), each taken out of its bucket exactly as the SQL of `buckets` put it in.
+    So the ledger's sums can start before the cloud has answered."""
+    index = {(b.key, b.first, b.last): b for b in found}
+    for r in rows:
+        start = _seconds(r.get("launched_epoch"), r.get("launched_at"))
+        stop = _seconds(r.get("ended_epoch"), r.get("ended_at"))
+        stop = stop if stop is not None else _seconds(r.get("seen_epoch"), r.get("last_seen"))
+        if start is None or stop is None or not (start < hi and stop > lo):
+            continue
+        s, e = max(start, lo), min(stop, hi)
+        if e <= s:
+            continue
+        first, last = int(s // DAY), int(e // DAY)
+        ident = (tuple(r.get(COLUMNS[g]) for g in groups), first, last)
+        b = index.get(ident)
+        if b is None:
+            continue
+        c, m, s, e = float(r.get("vcpus") or 0), float(r.get("memory_mb") or 0), s - lo, e - lo
+        index[ident] = replace(b, n=b.n - 1, s=b.s - s, e=b.e - e, c=b.c - c, cs=b.cs - c * s, ce=b.ce - c * e,
+                               m=b.m - m, ms=b.ms - m * s, me=b.me - m * e,
+                               at_midnight=b.at_midnight - (e == last * DAY - lo))  # fmt: skip
+    return [b for b in index.values() if b.n > 0]
+
+
+def _seconds(epoch: Any, text: Any) -> float | None:
+    if epoch is not None:
+        return float(epoch)
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if isinstance(text, str) else None
