@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 import xmlrpc.client
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,12 @@ def launched(run: Run, profile: str, fleet: str, count: int, *extra: str) -> lis
                  "--credential", "none", "-o", "json", *extra)  # fmt: skip
     assert result.code == 0, result.err
     return [i["id"] for i in result.json()["instances"]]  # type: ignore[index,call-overload]
+
+
+def terminated(run: Run, fleets: Iterable[str]) -> None:
+    """The test's fleets, gone again: the peers are the session's."""
+    for fleet in fleets:
+        run("fleet", "terminate", fleet, "--yes")
 
 
 def one_vm(peer: Any, vm_id: str) -> str:
@@ -110,8 +117,7 @@ def test_drain_sets_what_each_vm_reads_and_a_draining_vm_no_longer_counts(
             assert later.json()[0]["drain_by"] == again.json()[0]["drain_by"], later.err  # type: ignore[index]
             assert run("fleet", "drain", fleet, "i-nothere", "--deadline", "10m").code == 2
     finally:
-        for fleet in fleets.values():
-            run("fleet", "terminate", fleet, "--yes")
+        terminated(run, fleets.values())
 
 
 def test_drain_without_count_or_ids_and_a_bad_deadline_are_usage_errors(
@@ -222,8 +228,7 @@ def test_the_shutdown_message_of_an_ended_vm_is_read_back_on_each_cloud(
         assert said[ids["osk"]] is None
         assert "ENDED SAYING" in run("usage", "--since", "2d", "--by", "instance", "-v").out
     finally:
-        for fleet in fleets.values():
-            run("fleet", "terminate", fleet, "--yes")
+        terminated(run, fleets.values())
 
 
 def test_maintain_backs_off_on_300_and_500_with_the_reason_and_not_on_200(
