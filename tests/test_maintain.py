@@ -468,7 +468,10 @@ def test_an_experiment_out_of_work_backs_off_however_many_vms_a_cycle_makes() ->
     from datetime import UTC, datetime, timedelta
 
     from wlcgcloud.cycle_state import ProfileCycle
-    from wlcgcloud.maintain import _judge
+    from wlcgcloud.maintain import _fizzled, _judge
+
+    def judged(lives: dict[str, float]) -> dict[str, bool]:  # no message: each VM's lifetime decides
+        return {i: _fizzled(lived, None, 600.0) for i, lived in lives.items()}
 
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
@@ -478,11 +481,12 @@ def test_an_experiment_out_of_work_backs_off_however_many_vms_a_cycle_makes() ->
     part = ProfileCycle("aws", last_cycle=stamp(now - timedelta(minutes=5)))
     rows = [row(n, 8) for n in range(20)] + [row(n, 3) for n in range(20, 40)]  # the batch before, and the last
     lives = {f"vm-{n}": 8 * 60.0 for n in range(20)}  # the batch before ended by itself at 8 minutes
-    assert _judge(part, lives, {}, rows, 600.0, now.timestamp()) == 1.0 and part.fates == [1] * 10
+    assert _judge(part, lives, judged(lives), rows, 600.0, now.timestamp()) == 1.0 and part.fates == [1] * 10
     # Pilots that found work: VMs made 10-15 minutes ago that still run are fates too, and outweigh two fizzles.
     busy = ProfileCycle("aws", last_cycle=stamp(now - timedelta(minutes=5)))
     rows = [row(n, 12) for n in range(18)] + [row(18, 8), row(19, 8)]
-    assert _judge(busy, {"vm-18": 480.0, "vm-19": 480.0}, {}, rows, 600.0, now.timestamp()) == 0.2
+    two = {"vm-18": 480.0, "vm-19": 480.0}
+    assert _judge(busy, two, judged(two), rows, 600.0, now.timestamp()) == 0.2
     # A VM the maintainer itself ended young (retired: its ended_at is in the ledger) is no fate at all.
     retired = ProfileCycle("aws", last_cycle=stamp(now - timedelta(minutes=5)))
     gone = {**row(0, 12), "ended_at": stamp(now - timedelta(minutes=11))}

@@ -103,8 +103,9 @@ def carried(profile: str, row: Mapping[str, Any] | None) -> ProfileCycle:
         part.last_cycle = row.get("cycle")
         fates = json.loads(row.get("fates") or "[]")
         part.fates = [int(f) for f in fates if f in (0, 1)] if isinstance(fates, list) else []
-        part.judged_by = judgement(row).get("rule")
-        said = judgement(row).get("said")
+        last = judgement(row)
+        part.judged_by = last.get("rule")
+        said = last.get("said")
         part.said = Counter({str(k): int(v) for k, v in said.items()}) if isinstance(said, dict) else Counter()
     return part
 

@@ -107,7 +107,7 @@ def request(profiles: Sequence[Profile], victims: Sequence[Instance], deadline: 
         def ask(p: Provider, t: dict[str, list[Instance]] = targets, v: dict[str, str] = value) -> list[Outcome]:
             return p.set_tags([i.id for i in t[p.name]], v)
 
-        for answer in for_each_profile(chosen, ask) if chosen else []:
+        for answer in for_each_profile(chosen, ask):
             batch = targets[answer.profile.name]
             if answer.error is not None:
                 results += [Drained(i, when, answer.error.message, answer.error.exit_code) for i in batch]
@@ -140,7 +140,7 @@ def read_reasons(profiles: Sequence[Profile], ended: Iterable[Instance], ledger:
             else:
                 todo.setdefault(name, []).append(inst)
     chosen = [p for p in profiles if p.name in todo]
-    for answer in [] if not chosen else for_each_profile(chosen, lambda p: _read(p, todo[p.name][:READS])):
+    for answer in for_each_profile(chosen, lambda p: _read(p, todo[p.name][:READS])):
         found = answer.value or {}
         out.update(found)
         ledger.record_end_reasons(answer.profile.name, {i: (m.code, m.text) for i, m in found.items()})

@@ -285,8 +285,9 @@ def _look_at(
         part.said = Counter(str(m) for m in messages.values())
         part.judged_by = "lifetimes" if not messages else "messages" if len(messages) == len(lives) else "both"
     failed = [(i, m) for i, m in messages.items() if m.verdict == "failure"]
-    fizzled = sum(1 for i, lived in lives.items() if _fizzled(lived, messages.get(i), young))
-    share = _judge(part, lives, messages, rows.values(), young, now)
+    verdicts = {i: _fizzled(lived, messages.get(i), young) for i, lived in lives.items()}
+    fizzled = sum(verdicts.values())
+    share = _judge(part, lives, verdicts, rows.values(), young, now)
     if failed:  # the site, the grid or a ban: one VM saying so is enough, whatever the others did
         _back_off(part, spec, now, f"{len(failed)} VM(s) ended saying {failed[-1][1]} ({failed[-1][0]})")
         part.decisions.append(f"backing off: {part.backoff_reason}")
@@ -316,7 +317,7 @@ def _fizzled(lived: float, message: ShutdownMessage | None, young: float) -> boo
 
 
 def _judge(
-    part: ProfileCycle, lives: Mapping[str, float], messages: Mapping[str, ShutdownMessage],
+    part: ProfileCycle, lives: Mapping[str, float], fizzled: Mapping[str, bool],
     rows: Iterable[Mapping[str, Any]], young: float, now: float,
 ) -> float:  # fmt: skip
     """Add the fates learnt this cycle to the profile's window and give the share of fizzles in it.
@@ -326,8 +327,9 @@ def _judge(
     (retired, surplus, stuck) have no fate. So an experiment out of work, whose new VMs all fizzle,
     backs its profiles off however many are made a cycle, while a few idle pilots among many busy
     ones do not; early in a fleet's life, fizzles are known before anything has lived `young`.
-    A VM's own message overrules its lifetime (docs/vm-side.md): 100 and 200 are fine however young,
-    300 to 699 fizzled however old (an old VM that worked is counted twice: it worked, then no more).
+    `fizzled` says of each VM that ended this cycle whether it fizzled (`_fizzled`): its own message
+    overrules its lifetime (docs/vm-side.md), 100 and 200 fine however young, 300 to 699 fizzled
+    however old (an old VM that worked is counted twice: it worked, then no more).
     """
     cutoff = now - young
     since = _epoch(part.last_cycle) - young if part.last_cycle else None
@@ -335,10 +337,8 @@ def _judge(
                          and (since is None or _epoch(r["launched_at"]) > since) and _epoch(r["launched_at"]) <= cutoff
                          and lives.get(r["id"], young) >= young and not _ended_young(r, young))  # fmt: skip
     part.fates += [0] * len(came_of_age[-FIZZLE_WINDOW:])
-    part.fates += [1] * sum(1 for i, lived in lives.items() if _fizzled(lived, messages.get(i), young))
-    part.fates += [0] * sum(
-        1 for i, lived in lives.items() if lived < young and not _fizzled(lived, messages.get(i), young)
-    )
+    part.fates += [1] * sum(fizzled.values())
+    part.fates += [0] * sum(1 for i, lived in lives.items() if lived < young and not fizzled[i])
     part.fates = part.fates[-FIZZLE_WINDOW:]
     return sum(part.fates) / len(part.fates) if part.fates else 0.0
 
@@ -426,9 +426,7 @@ def _terminate(
             part.drained[_kind_of(reasons[inst.id])] += 1
             verb = "would drain" if dry_run else "drain"
             part.decisions.append(f"{verb} {inst.id} ({reasons[inst.id]}) by {stamp(deadline)}")
-    if dry_run:
-        return
-    if not why:
+    if dry_run or not why:
         return
     targets_by_profile = {name: [i for i, _ in victims if i.id in why] for name, victims in doomed.items() if victims}
     for result in fleets.terminate(profiles, targets_by_profile, ledger):
@@ -510,7 +508,7 @@ def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
     out = []
     for place in spec.places:
         row = dict(rows.get(place.profile) or {})
-        until = row.get("backoff_until")
+        until, last = row.get("backoff_until"), judgement(row)
         out.append({
             "profile": place.profile, "target": row.get("target"), "running": row.get("running"),
             "starting": row.get("starting"), "ended": json.loads(row.get("ended") or "{}"),
@@ -518,7 +516,6 @@ def status(spec: FleetSpec, ledger: Ledger) -> list[dict[str, Any]]:
             "backoff_until": stamp(datetime.fromtimestamp(until, UTC)) if until and until > now else None,
             "backoff_reason": row.get("backoff_reason") if until and until > now else None, "error": row.get("error"),
             "last_cycle": row.get("cycle"), "decisions": json.loads(row.get("decisions") or "[]"),
-            "draining": judgement(row).get("draining", 0), "judged_by": judgement(row).get("rule"),
-            "said": judgement(row).get("said", {}),
+            "draining": last.get("draining", 0), "judged_by": last.get("rule"), "said": last.get("said", {}),
         })  # fmt: skip
     return out

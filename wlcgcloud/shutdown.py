@@ -51,6 +51,10 @@ class ShutdownMessage:
     def __str__(self) -> str:
         return f"{self.code} {self.text}"
 
+    def to_dict(self) -> dict[str, object]:
+        """As `fleet show` and `instance show` give it: the code, the VM's text, what the code means."""
+        return {"code": self.code, "text": self.text, "meaning": CODES[self.code]}
+
 
 def from_console(text: str | bytes) -> ShutdownMessage | None:
     """The last shutdown line in (the last 64 KB of) a console log, or None."""

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from wlcgcloud.clouds import CLOUDS, cloud_of
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError, UsageError, WlcgError
-from wlcgcloud.ledger import sums
+from wlcgcloud.ledger import sums as ledger_sums
 from wlcgcloud.ledger.sums import Bucket
 from wlcgcloud.providers.base import UsageRecord
+from wlcgcloud.shutdown import parse_stored
 from wlcgcloud.times import check_moment, parse_duration, shown, stamp
 
 if TYPE_CHECKING:
@@ -187,7 +188,7 @@ def collect(
 
 
 def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> list[Bucket]:
-    return list(sums.buckets(ledger, profile, lo, hi, groups))
+    return list(ledger_sums.buckets(ledger, profile, lo, hi, groups))
 
 
 def _merge(
@@ -207,7 +208,7 @@ def _merge(
         cloud = cloud_of(profile)
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
         if profile.name in summed:
-            out.buckets += sums.without(summed[profile.name], known.values(), lo, hi, groups)
+            out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
         if cloud.forgets_ended:
@@ -248,8 +249,8 @@ def end_messages(ledger: Ledger, intervals: Iterable[Interval]) -> dict[str, str
     by_profile: dict[str, set[str]] = {}
     for iv in intervals:
         by_profile.setdefault(iv.profile, set()).add(iv.instance)
-    return {r["id"]: f"{r['end_code']} {r['end_reason']}" for name, ids in by_profile.items()
-            for r in ledger.instances(profile=name, ids=sorted(ids)) if r.get("end_code")}  # fmt: skip
+    rows = (r for name, ids in by_profile.items() for r in ledger.instances(profile=name, ids=sorted(ids)))
+    return {r["id"]: str(said) for r in rows if (said := parse_stored(r.get("end_code"), r.get("end_reason")))}
 
 
 # Aggregation

@@ -147,11 +147,8 @@ def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Fleet nam
     raise typer.Exit(gathered.exit_code())
 
 
-def _said(message: ShutdownMessage | None) -> dict[str, Any] | None:
-    """A shutdown message as `fleet show` gives it: code, the VM's text, what the code means."""
-    from wlcgcloud.shutdown import CODES
-
-    return {"code": message.code, "text": message.text, "meaning": CODES[message.code]} if message else None
+def _said(message: ShutdownMessage | None) -> dict[str, object] | None:
+    return message.to_dict() if message else None
 
 
 def _shown(inst: Instance, now: datetime) -> dict[str, Any]:
@@ -402,8 +399,8 @@ def reap(
     from wlcgcloud import drain
 
     now = times.now()
-    overdue = [i for i in drain.overdue(gathered.instances, now) if i not in fleet.expired_leases([i], now)]
-    victims = fleet.expired_leases(gathered.instances, now) + overdue
+    expired = fleet.expired_leases(gathered.instances, now)
+    victims = expired + [i for i in drain.overdue(gathered.instances, now) if i not in expired]
     ended = [i for i in victims if i.state in ("stopped", "error")]
     if ended and not dry_run:  # their word first: a console goes with its VM
         from wlcgcloud.ledger import open_ledger

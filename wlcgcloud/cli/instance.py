@@ -107,11 +107,10 @@ def show(ctx: typer.Context, instance_id: Annotated[str, typer.Argument(help="In
     if inst.state in ("stopped", "terminated"):  # why it ended, in its own words (docs/vm-side.md)
         from wlcgcloud import drain
         from wlcgcloud.ledger import open_ledger
-        from wlcgcloud.shutdown import CODES
 
         with open_ledger(g.config()) as ledger:
             said = drain.read_reasons(profiles, [inst], ledger).get(inst.id)
-        data["said"] = {"code": said.code, "text": said.text, "meaning": CODES[said.code]} if said else None
+        data["said"] = said.to_dict() if said else None
     emit(ctx, data if g.output != "table" else _as_rows(data))
 
 

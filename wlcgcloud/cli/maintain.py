@@ -147,10 +147,9 @@ def maintain(
     config = g.config()
     profiles = {s.fleet: [config.profile(name) for name in s.profiles()] for s in read}
     from_env = {k.removeprefix(SETTING_PREFIX): v for k, v in os.environ.items() if k.startswith(SETTING_PREFIX)}
-    given = RunTime({**parse_settings([f"{k}={v}" for k, v in from_env.items()]),
-                                 **parse_settings(settings or [])},
-                                proxy.expanduser() if proxy else None,
-                                token_file.expanduser() if token_file else None)  # fmt: skip
+    given = RunTime({**parse_settings([f"{k}={v}" for k, v in from_env.items()]), **parse_settings(settings or [])},
+                    proxy.expanduser() if proxy else None,
+                    token_file.expanduser() if token_file else None)  # fmt: skip
     for one in read:  # what would make every creation fail is said now, once, not as a back-off every cycle
         maintaining.check_run_time(one, given)
     stop = threading.Event()

@@ -42,8 +42,8 @@ def usage(
     instance that crosses the window's edges is clipped to it; --by day splits at UTC midnight.
     EC2 has no usage API: its figures come from the instances it shows and the ledger's memory.
     -v says where each row's numbers came from, and with --by instance the shutdown message each
-    instance left as it ended (see 'fleet drain'), where one was read. -o apel prints APEL v0.4 records; --apel-dir
-    queues them for the APEL SSM sender, only for profiles with publish_apel = true.
+    instance left as it ended (see 'fleet drain'), where one was read. -o apel prints APEL v0.4
+    records; --apel-dir queues them for the APEL SSM sender, only for profiles with publish_apel = true.
 
     \b
     Examples:

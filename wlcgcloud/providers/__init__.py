@@ -114,7 +114,7 @@ def for_each_profile(
         except WlcgError as exc:
             return ProfileAnswer(profile, error=exc)
 
-    if len(profiles) == 1:
-        return [one(profiles[0])]
+    if len(profiles) <= 1:
+        return [one(p) for p in profiles]
     with ThreadPoolExecutor(max_workers=min(workers, len(profiles)), thread_name_prefix="profile") as pool:
         return list(pool.map(one, profiles))
