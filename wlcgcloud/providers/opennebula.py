@@ -121,8 +121,10 @@ class OpenNebulaProvider(Provider):
         self.one = pyone.OneServer(p.get("endpoint"), session=session, timeout=None, https_verify=ca or True)
         # pyone posts with requests and no timeout (its `timeout` only sets the process-wide
         # socket default, which requests ignores): give this client a transport with the
-        # profile's own, so a stalled oned never holds a thread for good.
-        self.one._ServerProxy__transport = _TimedTransport(p.timeout, ca or True, str(p.get("endpoint")))
+        # profile's own, so a stalled oned never holds a thread for good. A second longer than the
+        # call's deadline (`Provider.call`): the deadline is what a user is told of, and with equal
+        # times the socket's ReadTimeout won the race now and then on a loaded machine.
+        self.one._ServerProxy__transport = _TimedTransport(p.timeout + 1, ca or True, str(p.get("endpoint")))
         self.hide(session)  # an answer may quote the request, whose first argument is the session
         self._templates: dict[str, Any] | None = None
         self._me: str | None = None
