@@ -46,6 +46,46 @@ def test_json_yaml_csv_table_carry_the_same_rows() -> None:
     assert "\x1b[" not in table
 
 
+def _random_json(rng: Any, depth: int = 0) -> Any:
+    """A value of the kinds listings hold, nested, with the strings and numbers JSON is particular about."""
+    from datetime import UTC, datetime
+
+    scalars = [None, True, False, 0, -5, 2**70, 1.5, 0.1, 1e-300, float("nan"), float("inf"), -float("inf"), "",
+               'é\n"\\\x00}, {"', '},\n      {"', "\u2028", datetime(2026, 1, 1, tzinfo=UTC), (1, "a")]  # fmt: skip
+    pick = rng.random()
+    if depth > 3 or pick < 0.45:
+        return rng.choice(scalars)
+    if pick < 0.6:  # a listing: rows of plain values, with the odd one that is not a row
+        rows = [{"id": rng.choice(scalars[:14]), "n": rng.choice(scalars[:14])}, {"z": 1}, {}, [1], {"a": {"b": 2}}]
+        return [rng.choice(rows) for _ in range(rng.randint(0, 12))]
+    if pick < 0.8:
+        keys = ["a", "ü", "k k", "", '}, {"']
+        return {rng.choice(keys) + str(i): _random_json(rng, depth + 1) for i in range(rng.randint(0, 4))}
+    return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+
+
+@pytest.mark.parametrize("c_encoder", [True, False])
+def test_json_is_written_in_pieces_with_the_same_text(c_encoder: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o json` writes rows through json's C encoder in chunks; the text is exactly json.dumps(indent=2)'s."""
+    import json.encoder
+    import random
+
+    from wlcgcloud.output import to_json, write_json
+
+    if not c_encoder:
+        monkeypatch.setattr(json.encoder, "c_make_encoder", None)  # as on a Python without json's C part
+    rng = random.Random(11)
+    for _ in range(3000):
+        value = _random_json(rng)
+        buf = io.StringIO()
+        write_json(value, buf)
+        assert buf.getvalue() == to_json(value) + "\n"
+    many = [{"instance": f"i-{n}", "hours": n / 7, "said": None} for n in range(12_001)]  # several chunks
+    buf = io.StringIO()
+    write_json({"rows": many, "total": {"n": 1}}, buf)
+    assert buf.getvalue() == to_json({"rows": many, "total": {"n": 1}}) + "\n"
+
+
 def test_query_applies_to_the_json_form_in_every_format() -> None:
     assert rendered("json", query="[?state=='running'].id") == '[\n  "i-1"\n]\n'
     assert rendered("table", query="[0].vcpus") == "4\n"

@@ -88,6 +88,79 @@ def to_json(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, default=str)
 
 
+def write_json(data: Any, out: TextIO) -> None:
+    """`to_json(data)` and a newline, written in pieces: a listing of a million rows becomes neither one
+    Python string nor work for Python's pure-Python indenting encoder (several seconds per million rows).
+
+    Rows (dicts of str, int, float, bool and None in a list) go through json's C encoder in chunks, with
+    the indentation of their items as its item separator; the text is the same as `to_json`'s (a test
+    compares them). Anything else is written by `to_json`, its lines indented to where it stands.
+    """
+    pieces: list[str] = []
+    _json_value(data, 0, pieces, out)
+    pieces.append("\n")
+    out.write("".join(pieces))
+
+
+def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
+    inner = "\n" + "  " * (level + 1)
+    if isinstance(value, dict) and value and all(type(k) is str for k in value):
+        for n, (key, item) in enumerate(value.items()):
+            pieces.append(("{" if n == 0 else ",") + inner + _encode_str(key) + ": ")
+            _json_value(item, level + 1, pieces, out)
+        pieces.append("\n" + "  " * level + "}")
+    elif isinstance(value, list) and value:
+        rows = _Rows(level + 1)
+        for item in value:
+            if type(item) is dict and item and set(map(type, item)) == _STR and set(map(type, item.values())) <= _PLAIN:
+                rows.chunk.append(item)
+                if len(rows.chunk) == 5000:
+                    rows.flush(pieces, out)
+                continue
+            rows.flush(pieces, out)
+            pieces.append(("," if rows.started else "[") + inner)
+            rows.started = True
+            _json_value(item, level + 1, pieces, out)
+        rows.flush(pieces, out)
+        pieces.append("\n" + "  " * level + "]")
+    else:
+        pieces.append(to_json(value).replace("\n", "\n" + "  " * level))
+
+
+class _Rows:
+    """Consecutive rows of a list, encoded at once by json's C encoder with the indentation of their items as
+    its item separator: `[{"a": 1,<items>"b": 2},<items>{"a": ...}]`. Rows are then told apart by
+    `},<items>{"`, which no encoded string holds (its quotes are escaped), and given lines for their braces."""
+
+    def __init__(self, level: int) -> None:
+        self.chunk: list[dict[str, Any]] = []
+        self.started = False  # whether the list's "[" is written
+        self.outer, items = "\n" + "  " * level, "\n" + "  " * (level + 1)
+        make = getattr(json.encoder, "c_make_encoder", None)  # None on a Python without json's C part
+        self.encode = make(None, str, _encode_str, None, ": ", "," + items, False, False, True) if make else None
+        self.between = ("}," + items + '{"', self.outer + "}," + self.outer + "{" + items + '"')
+        self.first = self.outer + "{" + items
+
+    def flush(self, pieces: list[str], out: TextIO) -> None:
+        if not self.chunk:
+            return
+        pieces.append("," if self.started else "[")
+        self.started = True
+        if self.encode is None:
+            pieces.append(",".join(self.outer + to_json(row).replace("\n", self.outer) for row in self.chunk))
+        else:
+            text = "".join(self.encode(self.chunk, 0))
+            pieces.append(self.first + text[2:-2].replace(*self.between) + self.outer + "}")
+        self.chunk.clear()
+        out.write("".join(pieces))
+        pieces.clear()
+
+
+_encode_str: Any = json.encoder.encode_basestring  # the C one, as json.dumps uses with ensure_ascii=False
+_STR = {str}
+_PLAIN = {str, int, float, bool, type(None)}
+
+
 def cell(value: Any) -> str:
     """How one value reads in a table or CSV cell: control characters from a cloud reply shown escaped."""
     if value is None:
@@ -131,7 +204,7 @@ def render(
     if query:
         data, columns = apply_query(data, query), None  # the query reshapes: columns follow the result
     if fmt == "json":
-        out.write(to_json(data) + "\n")
+        write_json(data, out)
     elif fmt == "yaml":
         import yaml
 
