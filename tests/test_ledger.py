@@ -340,13 +340,17 @@ def test_an_export_file_is_read_with_bounds_and_checked_row_by_row(tmp_path: Pat
             read(bad)
 
 
-@pytest.mark.parametrize("by", [["fleet", "day"], ["day"], ["profile"], ["flavor", "image", "day"], ["instance"]])
+@pytest.mark.parametrize(
+    "by",
+    [["fleet", "day"], ["day"], ["profile"], ["flavor", "image", "day"], ["instance"], ["day", "fleet", "instance"]],
+)
 def test_usage_summed_in_the_ledger_equals_usage_summed_from_each_lifetime(
     backend: Any, by: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """ledger.sums (one SQL scan into buckets, split into days in Python) against the intervals path, on
     lifetimes that cross midnights and the window's edges, end exactly at midnight, run for weeks, have
-    no recorded end (then they ran until last seen) or no vCPUs, and an instance the cloud still shows."""
+    no recorded end (then they ran until last seen) or no vCPUs, and an instance the cloud still shows.
+    Grouped by instance, the command takes each lifetime clipped in SQL (`sums.lifetimes`) instead."""
     import random
     from datetime import timedelta
 
@@ -398,6 +402,17 @@ def test_usage_summed_in_the_ledger_equals_usage_summed_from_each_lifetime(
             assert [r["instances"] for r in again[0]] == [r["instances"] for r in fast[0]], parts
             assert abs(again[1]["core_hours"] - fast[1]["core_hours"]) < 1e-6 * fast[1]["core_hours"], parts
         slow = usage.aggregate(intervals, since, until, by, now)
+        if "instance" in by:
+            for parts in (1, 2):
+                monkeypatch.setattr(sums, "PARTS", parts)
+                at = groups.index("instance")
+                clipped = [life for life in sums.lifetimes(ledger, "aws", lo, hi, groups) if life[at] not in seen]
+                each = usage.aggregate([], since, until, by, now, lifetimes=clipped)
+                assert len(each[0]) == len(slow[0]) and each[1]["instances"] == slow[1]["instances"]
+                assert [list(r.items())[: len(by)] for r in each[0]] == [list(r.items())[: len(by)] for r in slow[0]]
+                for a, b in [*zip(each[0], slow[0], strict=True), (each[1], slow[1])]:
+                    assert a.keys() == b.keys() and a["instances"] == b["instances"]
+                    assert all(abs(a[k] - b[k]) < 1e-9 * max(1.0, b[k]) for k in ("wall_hours", "core_hours"))
         assert [r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in fast[0]] == [
             r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in slow[0]]  # fmt: skip
         for a, b in [*zip(fast[0], slow[0], strict=True), (fast[1], slow[1])]:

@@ -112,7 +112,8 @@ def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
     elif isinstance(value, list) and value:
         rows = _Rows(level + 1)
         for item in value:
-            if type(item) is dict and item and set(map(type, item)) == _STR and set(map(type, item.values())) <= _PLAIN:
+            # (Keys need no check: the C encoder turns them into strings just as json.dumps does.)
+            if type(item) is dict and item and set(map(type, item.values())) <= _PLAIN:
                 rows.chunk.append(item)
                 if len(rows.chunk) == 5000:
                     rows.flush(pieces, out)
@@ -157,7 +158,6 @@ class _Rows:
 
 
 _encode_str: Any = json.encoder.encode_basestring  # the C one, as json.dumps uses with ensure_ascii=False
-_STR = {str}
 _PLAIN = {str, int, float, bool, type(None)}
 
 

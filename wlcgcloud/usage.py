@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
@@ -133,6 +134,7 @@ class Collected:
 
     intervals: list[Interval] = field(default_factory=list)
     buckets: list[Bucket] = field(default_factory=list)  # the ledger's lifetimes summed in SQL (`summed_by`)
+    lifetimes: list[tuple[Any, ...]] = field(default_factory=list)  # or each clipped (`summed_by` an instance)
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asked: int = 0
@@ -167,7 +169,8 @@ def collect(
     """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all).
 
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
-    SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs.
+    SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
+    by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`): a row each.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -176,12 +179,13 @@ def collect(
     out = Collected(asked=len(profiles))
     lo, hi = since.timestamp(), min(until, now or until).timestamp()
     groups = [g for g in summed_by or () if g != "day"]
-    summing: dict[str, Future[list[Bucket]]] = {}
+    summing: dict[str, Future[list[Any]]] = {}
+    read = ledger_sums.lifetimes if "instance" in groups else _summed
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sums") as pool:
         # The ledger starts summing while the clouds are asked; what they still show is taken out after.
         for p in profiles if summed_by is not None else ():
             if cloud_of(p).forgets_ended:
-                summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, groups)
+                summing[p.name] = pool.submit(read, ledger, p.name, lo, hi, groups)
         answers = for_each_profile(profiles, lambda p: p.usage(since, until))
         _merge(answers, out, ledger, since, until, {name: f.result() for name, f in summing.items()}, lo, hi, groups)
     return out
@@ -193,9 +197,10 @@ def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 
 def _merge(
     answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
-    summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
+    summed: Mapping[str, list[Any]], lo: float, hi: float, groups: Sequence[str],
 ) -> None:  # fmt: skip
-    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets, or lifetimes."""
+    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (or clipped
+    lifetimes, by instance), or intervals."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -207,7 +212,10 @@ def _merge(
         known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
         cloud = cloud_of(profile)
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
-        if profile.name in summed:
+        if profile.name in summed and "instance" in groups:
+            at = groups.index("instance")
+            out.lifetimes += [life for life in summed[profile.name] if life[at] not in seen]
+        elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
@@ -265,15 +273,16 @@ def check_groups(by: Sequence[str]) -> None:
 
 def aggregate(
     intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
-    buckets: Iterable[Bucket] = (),
+    buckets: Iterable[Bucket] = (), lifetimes: Iterable[tuple[Any, ...]] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Rows grouped by `by`, and the total: instances, wall hours, core-hours, memory GB-hours.
 
     An interval counts only inside [since, min(until, now)); with `day` in `by` it is split at
-    UTC midnights. `instances` counts distinct instances in a row. Written for speed (a million
-    intervals in about a second or two): plain arithmetic on epoch seconds, days as day numbers
-    until the end, one dictionary lookup per piece, and sets of instances only for the few
-    instances that have several intervals (OpenNebula's history records).
+    UTC midnights. `instances` counts distinct instances in a row. Besides the clouds' intervals come
+    the ledger's lifetimes, summed (`buckets`) or, grouped by instance, each clipped (`lifetimes`:
+    the values of `by` but the day, vCPUs, MiB, start, end). Written for speed (a million lifetimes in
+    seconds): plain arithmetic on epoch seconds, days as day numbers until the end, and sets of
+    instances only for the few instances that have several intervals (OpenNebula's history records).
     """
     check_groups(by)
     items = intervals if isinstance(intervals, list) else list(intervals)
@@ -288,78 +297,123 @@ def aggregate(
     counts = Counter(identity(iv) for iv in items if iv.provider in several_per_instance)
     repeated = {ident for ident, n in counts.items() if n > 1}
     # A row: [intervals of instances seen once, seconds, core-seconds, MB-seconds, instances seen more than once]
-    sums: dict[Any, dict[int, list[Any]]] = {}  # group key (without the day) -> day number -> row
+    sums: dict[tuple[Any, int], list[Any]] = {}  # (group key without the day, day number) -> row
     total = [0.0, 0.0, 0.0]
     once, several = 0, set()  # the total's instances: intervals of single-interval instances, and the others
-    for iv in items:
-        start = iv.start if iv.start > lo else lo
-        end = iv.end
-        if end is None or end > hi:
-            end = hi
-        if end <= start:
-            continue
-        base = getter(iv)
-        cores, memory = iv.vcpus, iv.memory_mb
-        many = identity(iv) if repeated and identity(iv) in repeated else None
-        seconds = end - start
-        if many is None:
-            once += 1
-        else:
-            several.add(many)
-        total[0] += seconds
-        total[1] += seconds * cores
-        total[2] += seconds * memory
-        inner = sums.get(base)
-        if inner is None:
-            inner = sums[base] = {}
-        if not split:
-            pieces: Iterable[tuple[int, float]] = ((0, seconds),)
-        else:
-            day = int(start // DAY)
-            last = int(end // DAY) if end % DAY else int(end // DAY) - 1
-            if day == last:
-                pieces = ((day, seconds),)
-            else:
-                pieces = [(day, (day + 1) * DAY - start)]
-                pieces += [(middle, DAY) for middle in range(day + 1, last)]
-                pieces.append((last, end - last * DAY))
-        for day, piece in pieces:  # inlined: this loop is the whole cost of a big aggregation
-            row = inner.get(day)
-            if row is None:
-                row = inner[day] = [0, 0.0, 0.0, 0.0, set()]
+    with _collector_paused():  # millions of new rows, none in a cycle: the collector would rescan them all
+        for iv in items:
+            start = iv.start if iv.start > lo else lo
+            end = iv.end
+            if end is None or end > hi:
+                end = hi
+            if end <= start:
+                continue
+            many = identity(iv) if repeated and identity(iv) in repeated else None
             if many is None:
-                row[0] += 1
+                once += 1
             else:
-                row[4].add(many)
-            row[1] += piece
-            row[2] += piece * cores
-            row[3] += piece * memory
-    for bucket in buckets:  # one interval per instance (the ledger's lifetimes), already clipped and grouped
-        base = bucket.key if len(others) > 1 else (bucket.key[0] if others else None)
-        inner = sums.setdefault(base, {})
-        once += bucket.n
-        total[0] += bucket.e - bucket.s
-        total[1] += bucket.ce - bucket.cs
-        total[2] += bucket.me - bucket.ms
-        for day, count, seconds, core_seconds, mb_seconds in _pieces(bucket, lo, split):
-            row = inner.get(day)
-            if row is None:
-                row = inner[day] = [0, 0.0, 0.0, 0.0, set()]
-            row[0] += count
-            row[1] += seconds
-            row[2] += core_seconds
-            row[3] += mb_seconds
+                several.add(many)
+            _add(sums, getter(iv), start, end, iv.vcpus, iv.memory_mb, many, split, total)
+        width = len(others)
+        for life in lifetimes:  # clipped in SQL already
+            once += 1
+            base = life[:width] if width > 1 else (life[0] if width else None)
+            _add(sums, base, life[-2], life[-1], life[-4], life[-3], None, split, total)
+        for bucket in buckets:  # the ledger's lifetimes, already clipped and grouped
+            base = bucket.key if width > 1 else (bucket.key[0] if others else None)
+            once += bucket.n
+            total[0] += bucket.e - bucket.s
+            total[1] += bucket.ce - bucket.cs
+            total[2] += bucket.me - bucket.ms
+            for day, count, seconds, core_seconds, mb_seconds in _pieces(bucket, lo, split):
+                row = sums.get((base, day))
+                if row is None:
+                    row = sums[base, day] = [0, 0.0, 0.0, 0.0, None]
+                row[0] += count
+                row[1] += seconds
+                row[2] += core_seconds
+                row[3] += mb_seconds
+        rows = _rows(sums, by, others, split)
+    return rows, _figures(once + len(several), total[0], total[1], total[2])
+
+
+def draining(items: list[Any]) -> Iterator[Any]:
+    """The items of a list, taken out of it as they are yielded (last first): a million lifetimes by
+    instance are freed as `aggregate` sums them, not after it made their rows."""
+    while items:
+        yield items.pop()
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _add(
+    sums: dict[tuple[Any, int], list[Any]], base: Any, start: float, end: float, cores: int, memory: int,
+    many: Any, split: bool, total: list[float],
+) -> None:  # fmt: skip
+    """One interval, clipped, into its group's row, or its days' rows (`split`), and into the total."""
+    seconds = end - start
+    total[0] += seconds
+    total[1] += seconds * cores
+    total[2] += seconds * memory
+    if not split:
+        pieces: Iterable[tuple[int, float]] = ((0, seconds),)
+    else:
+        day = int(start // DAY)
+        last = int(end // DAY) if end % DAY else int(end // DAY) - 1
+        if day == last:
+            pieces = ((day, seconds),)
+        else:
+            pieces = [(day, (day + 1) * DAY - start)]
+            pieces += [(middle, DAY) for middle in range(day + 1, last)]
+            pieces.append((last, end - last * DAY))
+    for day, piece in pieces:
+        row = sums.get((base, day))
+        if row is None:
+            row = sums[base, day] = [0, 0.0, 0.0, 0.0, None]
+        if many is None:
+            row[0] += 1
+        elif row[4] is None:
+            row[4] = {many}
+        else:
+            row[4].add(many)
+        row[1] += piece
+        row[2] += piece * cores
+        row[3] += piece * memory
+
+
+def _rows(
+    sums: dict[tuple[Any, int], list[Any]], by: Sequence[str], others: Sequence[str], split: bool
+) -> list[dict[str, Any]]:
+    """The rows of `aggregate`, in the order of their groups' values; `sums` is emptied as they are made."""
     rows = []
-    for base, days in sums.items():
-        values = base if len(others) > 1 else (base,)
-        named: dict[str, Any] = dict(zip(others, values, strict=True)) if others else {}
-        for day, value in days.items():
-            if split:
-                named["day"] = datetime.fromtimestamp(day * DAY, UTC).strftime("%Y-%m-%d")
-            figures = _figures(value[0] + len(value[4]), value[1], value[2], value[3])
-            rows.append({b: named[b] for b in by} | figures)
-    rows.sort(key=lambda r: tuple("" if r[b] is None else str(r[b]) for b in by))
-    return rows, _figures(once + len(several), *total)
+    day_names: dict[int, str] = {}
+    while sums:
+        (base, day), value = sums.popitem()
+        row = dict(zip(others, base, strict=True)) if len(others) > 1 else {others[0]: base} if others else {}
+        if split:
+            name = day_names.get(day)
+            if name is None:
+                name = day_names[day] = datetime.fromtimestamp(day * DAY, UTC).strftime("%Y-%m-%d")
+            row["day"] = name
+            if by[-1] != "day":  # the day is not the last group: the row's keys in the order of --by
+                row = {b: row[b] for b in by}
+        rows.append(_figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row))
+    if len(by) == 1:  # as below, without a tuple per row (a million rows by instance)
+        rows.sort(key=lambda r, b=by[0]: "" if r[b] is None else str(r[b]))  # type: ignore[misc]
+    else:
+        rows.sort(key=lambda r: tuple("" if r[b] is None else str(r[b]) for b in by))
+    return rows
 
 
 def _pieces(bucket: Bucket, lo: float, split: bool) -> Iterator[tuple[int, int, float, float, float]]:
@@ -382,13 +436,16 @@ def _pieces(bucket: Bucket, lo: float, split: bool) -> Iterator[tuple[int, int, 
         yield b.last, b.n - b.at_midnight, b.e - b.n * cut, b.ce - b.c * cut, b.me - b.m * cut
 
 
-def _figures(instances: int, seconds: float, core_seconds: float, mb_seconds: float) -> dict[str, Any]:
-    return {
-        "instances": instances,
-        "wall_hours": seconds / 3600,
-        "core_hours": core_seconds / 3600,
-        "memory_gb_hours": mb_seconds / 3600 / 1024,
-    }
+def _figures(
+    instances: int, seconds: float, core_seconds: float, mb_seconds: float, row: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The figures of a row (added to `row`, after its groups' values), or of the total."""
+    out = {} if row is None else row
+    out["instances"] = instances
+    out["wall_hours"] = seconds / 3600
+    out["core_hours"] = core_seconds / 3600
+    out["memory_gb_hours"] = mb_seconds / 3600 / 1024
+    return out
 
 
 _FIELDS = {"profile": "profile", "fleet": "fleet", "experiment": "experiment", "flavor": "flavor",

@@ -93,7 +93,13 @@ def usage(
             for i in range(0, len(records), usage_domain.APEL_PER_MESSAGE):
                 sys.stdout.write(usage_domain.apel_message(records[i : i + usage_domain.APEL_PER_MESSAGE]))
             raise typer.Exit(exit_code)
-    rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now, collected.buckets)
+    days = None
+    if chart and g.output == "table":
+        days = usage_domain.aggregate(
+            collected.intervals, start, end, ["day"], now, collected.buckets, collected.lifetimes
+        )[0]
+    lifetimes = usage_domain.draining(collected.lifetimes)  # a million by instance: freed as they are summed
+    rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now, collected.buckets, lifetimes)
     if g.verbose:
         _sources(rows, collected.intervals, groups)
         for row in rows if said else ():  # -v --by instance: why each instance ended, in its own words
@@ -111,8 +117,8 @@ def usage(
         if g.output == "table":
             shown.append({groups[0]: "TOTAL", **_rounded(total)})
         emit(ctx, shown, columns)
-        if chart and g.output == "table":
-            _chart(usage_domain.aggregate(collected.intervals, start, end, ["day"], now, collected.buckets)[0])
+        if days is not None:
+            _chart(days)
     raise typer.Exit(exit_code)
 
 

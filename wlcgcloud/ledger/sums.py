@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -27,11 +26,10 @@ COLUMNS = {"profile": "profile", "fleet": "fleet", "experiment": "experiment", "
 PARTS = max(1, min(4, os.cpu_count() or 1))  # SQLite: the scan in this many parts at once, one core each
 
 
-@dataclass(frozen=True)
-class Bucket:
+class Bucket(NamedTuple):
     """Lifetimes of one group that start on day `first` and end on day `last` (UTC day numbers), clipped to
     the window; sums of their starts `s` and ends `e` in seconds after the window's start, of vCPUs `c`
-    and memory `m` (MiB), and of those times each."""
+    and memory `m` (MiB), and of those times each. (A tuple: `--by instance` makes one per lifetime.)"""
 
     key: tuple[Any, ...]  # the values of the groups asked for, day aside, in their order
     first: int
@@ -52,33 +50,24 @@ def buckets(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
     """The buckets of `profile`'s lifetimes inside [lo, hi) (epoch seconds), grouped by `groups` (keys of
     COLUMNS). An instance gone without a recorded end ran at least until it was last seen (as
     `Ledger.lifetimes`). Instances the cloud still reports itself are taken out with `without`."""
-    from wlcgcloud.ledger import lifetime_sql
-
     b = ledger.backend
-    start, stop = lifetime_sql(b.epoch)
     keys = [COLUMNS[g] for g in groups]
     picked = "".join(f"{k}, " for k in keys)
-    # Placeholders in the order they appear in the text: the middle query's, the inner query's, its WHERE's.
+    # Placeholders in the order they appear in the text: the outer query's, the middle one's, the clipped ones.
     sql = f"""
         SELECT {picked}d0, d1, COUNT(*), SUM(s), SUM(e), SUM(c), SUM(c * s), SUM(c * e), SUM(m), SUM(m * s),
                SUM(m * e), SUM(CASE WHEN e = d1 * {DAY} - ? THEN 1 ELSE 0 END)
         FROM (
             SELECT {picked}c, m, s, e, {b.day_number("(s + ?)")} AS d0, {b.day_number("(e + ?)")} AS d1
-            FROM (
-                SELECT {picked}COALESCE(vcpus, 0) AS c, COALESCE(memory_mb, 0) AS m,
-                       {b.greatest(start, "?")} - ? AS s, {b.least(stop, "?")} - ? AS e
-                FROM {b.whole("instances")}
-                WHERE profile = ? AND {start} < ? AND {stop} > ? AND rowid BETWEEN ? AND ?{b.FENCE}
-            ) clipped
+            FROM ({_clipped(ledger, keys)}) clipped
             WHERE e > s
         ) dated
         GROUP BY d0, d1{"".join(f", {k}" for k in keys)}
     """  # the day numbers first: SQLite's sorter compares integers faster than text
-    params: list[Any] = [lo, lo, lo, lo, lo, hi, lo, profile, hi, lo]
     width = len(keys)
     merged: dict[tuple[Any, ...], list[Any]] = {}  # the parts' buckets of one (key, first, last), added up
     cut = width + 2
-    for row in ledger.query_tuples(sql, params, parts=PARTS):
+    for row in ledger.query_tuples(sql, [lo, lo, lo, *_clipped_params(profile, lo, hi, lo)], parts=PARTS):
         ident = row[:cut]
         known = merged.get(ident)
         if known is None:
@@ -86,10 +75,37 @@ def buckets(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
         else:  # the same group and days in another part
             for k, value in enumerate(row[cut:]):
                 known[k] += value
-    for ident, v in merged.items():
-        yield Bucket(tuple(ident[:width]), int(ident[width]), int(ident[width + 1]), int(v[0]), float(v[1]),
-                     float(v[2]), float(v[3]), float(v[4]), float(v[5]), float(v[6]), float(v[7]), float(v[8]),
-                     int(v[9]))  # fmt: skip
+    for ident, v in merged.items():  # PostgreSQL's sums of integers are numeric (Decimal)
+        s, e, c, cs, ce, m, ms, me = map(float, v[1:9])
+        yield Bucket((*ident[:width],), int(ident[width]), int(ident[width + 1]), int(v[0]), s, e, c, cs, ce, m, ms,
+                     me, int(v[9]))  # fmt: skip
+
+
+def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Each of `profile`'s lifetimes inside [lo, hi), clipped to it: (the values of `groups`, vCPUs, memory
+    MiB, start, end), times in epoch seconds. For groups with `instance` in them, where a lifetime is a row of
+    its own and summing would only copy; rows of instances the cloud still reports are the caller's to drop."""
+    keys = [COLUMNS[g] for g in groups]
+    sql = f"SELECT * FROM ({_clipped(ledger, keys)}) clipped WHERE e > s"
+    return ledger.query_tuples(sql, _clipped_params(profile, lo, hi, 0.0), parts=PARTS)
+
+
+def _clipped(ledger: Ledger, keys: Sequence[str]) -> str:
+    """SQL for the lifetimes of a profile that meet a window, clipped to it: the `keys` columns, then `c`
+    (vCPUs), `m` (MiB), `s` and `e` (seconds after an origin), each row's times computed once (fenced)."""
+    from wlcgcloud.ledger import lifetime_sql
+
+    b = ledger.backend
+    start, stop = lifetime_sql(b.epoch)
+    return f"""
+        SELECT {"".join(f"{k}, " for k in keys)}COALESCE(vcpus, 0) AS c, COALESCE(memory_mb, 0) AS m,
+               {b.greatest(start, "?")} - ? AS s, {b.least(stop, "?")} - ? AS e
+        FROM {b.whole("instances")}
+        WHERE profile = ? AND {start} < ? AND {stop} > ? AND rowid BETWEEN ? AND ?{b.FENCE}"""
+
+
+def _clipped_params(profile: str, lo: float, hi: float, origin: float) -> list[Any]:
+    return [lo, origin, hi, origin, profile, hi, lo]
 
 
 def without(found: Iterable[Bucket], rows: Iterable[Mapping[str, Any]], lo: float, hi: float,
@@ -113,7 +129,7 @@ def without(found: Iterable[Bucket], rows: Iterable[Mapping[str, Any]], lo: floa
         if b is None:
             continue
         c, m, s, e = float(r.get("vcpus") or 0), float(r.get("memory_mb") or 0), s - lo, e - lo
-        index[ident] = replace(b, n=b.n - 1, s=b.s - s, e=b.e - e, c=b.c - c, cs=b.cs - c * s, ce=b.ce - c * e,
+        index[ident] = b._replace(n=b.n - 1, s=b.s - s, e=b.e - e, c=b.c - c, cs=b.cs - c * s, ce=b.ce - c * e,
                                m=b.m - m, ms=b.ms - m * s, me=b.me - m * e,
                                at_midnight=b.at_midnight - (e == last * DAY - lo))  # fmt: skip
     return [b for b in index.values() if b.n > 0]

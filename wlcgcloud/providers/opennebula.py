@@ -318,30 +318,28 @@ class OpenNebulaProvider(Provider):
         pool = self.rpc("list virtual networks", self.one.vnpool.info, ALL_VISIBLE, -1, -1)
         return [(str(n.ID), str(n.NAME)) for n in pool.VNET or []]
 
-    def _pool(self, search: str | None) -> list[Any]:
-        vms: list[Any] = []
+    def _pool(self, search: str | None, flavors: bool = False) -> list[Instance]:
+        """The VMs, each page made Instances as it comes: pyone keeps a page's whole XML tree while one
+        of its objects lives (`flavors`: the templates are read after the first page, to name them)."""
+        found: dict[int, Instance] = {}
         start = 0
         while True:  # LIMIT start,PAGE: end < -1 means "page size -end from offset start"
-            args: list[Any] = [OWN_AND_GROUP, start, -PAGE, ANY_BUT_DONE]
-            if search:
-                args.append(search)
-            page = self.rpc("list VMs", self.one.vmpool.infoextended, *args)
-            got = list(page.VM or [])
-            vms.extend(got)
+            args: list[Any] = [OWN_AND_GROUP, start, -PAGE, ANY_BUT_DONE, *([search] if search else [])]
+            got = list(self.rpc("list VMs", self.one.vmpool.infoextended, *args).VM or [])
+            if flavors and not start:
+                with contextlib.suppress(WlcgError):
+                    self.templates()  # names the flavor of each VM; without it the template id stands in
+            # Pages are offsets over a newest-first list: a VM made meanwhile shifts them down (one
+            # VM comes twice), one finished shifts them up (the overlap keeps the VM that would have
+            # slipped between two pages).
+            found.update((int(vm.ID), self._instance(vm)) for vm in got)
             if len(got) < PAGE:
-                # Pages are offsets over a newest-first list: a VM made meanwhile shifts them
-                # down (one VM comes twice), one finished shifts them up (the overlap keeps the
-                # VM that would have slipped between two pages).
-                return list({int(vm.ID): vm for vm in vms}.values())
+                return list(found.values())
             start += PAGE - OVERLAP
 
     def instances(self, fleet: str | None = None, everything: bool = False) -> list[Instance]:
         attr = one_attribute(FLEET_TAG)
-        search = f"VM.USER_TEMPLATE.{attr}={fleet}" if fleet else None
-        vms = self._pool(search)
-        with contextlib.suppress(WlcgError):
-            self.templates()  # names the flavor of each VM; without it the template id stands in
-        found = [self._instance(vm) for vm in vms]
+        found = self._pool(f"VM.USER_TEMPLATE.{attr}={fleet}" if fleet else None, flavors=True)
         if fleet:
             return [i for i in found if i.fleet == fleet]  # the search matches "contains"
         return found if everything else [i for i in found if i.fleet]
@@ -509,8 +507,7 @@ class OpenNebulaProvider(Provider):
 
     def _made_by(self, token: str) -> list[Instance]:
         attr = one_attribute("wlcg:request")
-        return [i for i in (self._instance(vm) for vm in self._pool(f"VM.USER_TEMPLATE.{attr}={token}"))
-                if i.tags.get("wlcg:request") == token]  # fmt: skip
+        return [i for i in self._pool(f"VM.USER_TEMPLATE.{attr}={token}") if i.tags.get("wlcg:request") == token]
 
     def _extra_template(self, request: LaunchRequest, template: Any) -> str:
         body = template.TEMPLATE or {}
