@@ -464,14 +464,23 @@ def apel_records(
     A running VM is reported `started` with its totals so far; it is sent again later with
     larger ones (APEL keys records on VMUUID and month). Only v0.4 keys, none empty.
     """
+    with _collector_paused():  # a month of a big fleet is half a million records, none in a cycle
+        return _apel_records(intervals, profiles, since, until, now, version, credentials or {})
+
+
+def _apel_records(
+    intervals: Iterable[Interval], profiles: Mapping[str, Profile], since: datetime, until: datetime, now: datetime,
+    version: str, credentials: Mapping[tuple[str, str], Mapping[str, Any]],
+) -> list[dict[str, str]]:  # fmt: skip
     lo, hi = since.timestamp(), min(until, now).timestamp()
+    months = _month_starts(lo, hi)
     merged: dict[tuple[str, str, str], dict[str, Any]] = {}
     for iv in intervals:
         start = max(iv.start, lo)
         end = min(iv.end if iv.end is not None else hi, hi)
         if end <= start:
             continue
-        for month, a, b in _months(start, end):
+        for month, a, b in _months(start, end, months):
             key = (iv.profile, iv.instance, month)
             entry = merged.setdefault(key, {"iv": iv, "wall": 0.0, "first": iv.start, "ended": iv.end})
             entry["wall"] += b - a
@@ -504,7 +513,7 @@ def apel_records(
             "ImageId": first.image,
             "CloudType": f"wlcgcloud/{version} ({_title(first.provider)})",
         }
-        credential = (credentials or {}).get((profile_name, instance), {})
+        credential = credentials.get((profile_name, instance), {})
         record["GlobalUserName"] = credential.get("subject")
         record["FQAN"] = credential.get("fqan")
         if first.flavor and first.flavor in benchmarks and benchmarks.get("type"):
@@ -531,15 +540,28 @@ def _title(provider: str) -> str:
     return CLOUDS[provider].title if provider in CLOUDS else provider
 
 
-def _months(start: float, end: float) -> list[tuple[str, float, float]]:
+def _month_starts(lo: float, hi: float) -> tuple[list[float], list[str]]:
+    """The starts (epoch seconds) and names (2026-11) of the UTC months that meet [lo, hi]."""
+    first = datetime.fromtimestamp(lo, UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    starts, names = [], []
+    while first.timestamp() <= hi:
+        starts.append(first.timestamp())
+        names.append(first.strftime("%Y-%m"))
+        first = _next_month(first)
+    return starts, names
+
+
+def _months(start: float, end: float, months: tuple[list[float], list[str]]) -> list[tuple[str, float, float]]:
+    """[start, end) cut at the months' starts (`_month_starts` of a window holding it): (month, from, to)."""
+    from bisect import bisect_right
+
+    starts, names = months
+    at = bisect_right(starts, start) - 1
     out = []
-    a = start
-    while a < end:
-        moment = datetime.fromtimestamp(a, UTC)
-        first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        b = min(_next_month(first).timestamp(), end)
-        out.append((moment.strftime("%Y-%m"), a, b))
-        a = b
+    while start < end:
+        stop = starts[at + 1] if at + 1 < len(starts) and starts[at + 1] < end else end
+        out.append((names[at], start, stop))
+        start, at = stop, at + 1
     return out
 
 
