@@ -6,7 +6,7 @@
 
 launch: `wlcgcloud launch -n 200` on a fresh moto EC2 endpoint, as a fresh process, against a
   fresh Python process that imports boto3, makes the client and calls run_instances(MinCount=200)
-  with the same tags. Target: wall-time ratio <= 1.3.
+  with the same tags. Target (issue 19): wall-time ratio <= 1.15.
 list:   `wlcgcloud fleet list` over EC2 (moto), OpenNebula (the XML-RPC peer) and OpenStack (the
   real peer; it must be up) against the same three listings done one after another by the raw
   SDKs in one fresh process, and against `aws ec2 describe-instances` + `openstack server list`
@@ -101,17 +101,27 @@ def bench_launch(args: argparse.Namespace) -> int:
                                 "access_key_id": moto.access_key, "flavor": "m5.large", "experiment": "atlas"}},
                        {"aws": moto.secret_key})  # fmt: skip
         ours, raw = [], []
-        for n in range(args.runs):
-            ours.append(timed([WLCGCLOUD, "launch", "ami-03cf127a", "--allow-unendorsed", "--credential", "none",
-                               "-p", "aws", "-n", str(args.count), "--fleet", f"bench-ours-{n}", "-o", "json"],
-                              world.env))  # fmt: skip
-            raw.append(timed([PYTHON, "-c", RAW_LAUNCH, moto.url, moto.access_key, moto.secret_key,
-                              str(args.count), f"bench-raw-{n}"], world.env))  # fmt: skip
+
+        def run_ours(n: int | str) -> float:
+            return timed([WLCGCLOUD, "launch", "ami-03cf127a", "--allow-unendorsed", "--credential", "none",
+                          "-p", "aws", "-n", str(args.count), "--fleet", f"bench-ours-{n}", "-o", "json"],
+                         world.env)  # fmt: skip
+
+        def run_raw(n: int | str) -> float:
+            return timed([PYTHON, "-c", RAW_LAUNCH, moto.url, moto.access_key, moto.secret_key,
+                          str(args.count), f"bench-raw-{n}"], world.env)  # fmt: skip
+
+        run_ours("warm-up")  # untimed: moto builds its region on the first call
+        for n in range(args.runs):  # each goes first every other time: moto slows as it holds more instances
+            first, second = (run_ours, run_raw) if n % 2 == 0 else (run_raw, run_ours)
+            times = {first: first(n), second: second(n)}
+            ours.append(times[run_ours])
+            raw.append(times[run_raw])
         ratio = statistics.median(ours) / statistics.median(raw)
         print(f"launch {args.count} on EC2 (moto), median of {args.runs}:")
         print(f"  wlcgcloud launch: {statistics.median(ours):.2f} s   raw boto3 run_instances: "
-              f"{statistics.median(raw):.2f} s   ratio {ratio:.2f} (target <= 1.3)")  # fmt: skip
-        return 0 if ratio <= 1.3 else 1
+              f"{statistics.median(raw):.2f} s   ratio {ratio:.2f} (target <= 1.15)")  # fmt: skip
+        return 0 if ratio <= 1.15 else 1
     finally:
         moto.stop()
 

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from wlcgcloud import bounded, times
 from wlcgcloud.config import GRID_CA_DIR, atomic_write
-from wlcgcloud.endorsement import smime
 from wlcgcloud.endorsement.imagelist import EndorsedImage, ImageList, parse, version_key
 from wlcgcloud.errors import CloudError, ConfigError, PolicyError, UsageError
 from wlcgcloud.paths import state_dir
 from wlcgcloud.times import stamp
 
 if TYPE_CHECKING:
+    from wlcgcloud.endorsement import smime
     from wlcgcloud.providers.base import Provider
 
 CLOCK_SKEW = timedelta(minutes=5)  # a list "created" this little in the future is a clock, not a lie
@@ -90,6 +90,8 @@ def find(name_or_identifier: str) -> Subscription:
 
 def stored_list(sub: Subscription) -> ImageList:
     """The last good list of a subscription (re-read from its signed file, not re-verified)."""
+    from wlcgcloud.endorsement import smime  # cryptography's x509 and email: ~75 ms, not for every launch
+
     content, _ = smime.parts(sub.signed_list)
     return parse(content)
 
@@ -185,6 +187,8 @@ def check(
     now: datetime | None = None,
 ) -> tuple[ImageList, smime.Verified]:
     """Every check of formats.md §1 on a signed list; a PolicyError (exit 5) with the first that fails."""
+    from wlcgcloud.endorsement import smime
+
     now = now or times.now()
     verified = smime.verify(signed, anchors)
     image_list = parse(verified.content)
@@ -262,6 +266,8 @@ def subscribe(
     existing = {s.identifier: s for s in subscriptions()}
     # Which list this is, is read before verifying only to find an existing subscription to it;
     # `check` then verifies everything, against that subscription's own constraints.
+    from wlcgcloud.endorsement import smime
+
     try:
         previous = existing.get(parse(smime.parts(signed)[0]).identifier)
     except PolicyError:
