@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -120,6 +121,14 @@ def bench_launch(args: argparse.Namespace) -> int:
                           str(args.count), f"bench-raw-{n}"], world.env)  # fmt: skip
 
         sides = {"raw": raw, "sqlite": ours(world.env)} | ({"postgresql": ours(on_pg)} if server else {})
+        aws = shutil.which("aws")
+        if aws:  # the AWS CLI's own run-instances, the same tags, for the README's side by side
+            cli_env = dict(world.env, AWS_ACCESS_KEY_ID=moto.access_key, AWS_SECRET_ACCESS_KEY=moto.secret_key,
+                           AWS_DEFAULT_REGION="eu-west-1")  # fmt: skip
+            tags = "ResourceType=instance,Tags=[{Key=wlcg:fleet,Value=aws-cli},{Key=wlcg:profile,Value=aws}]"
+            sides["aws"] = lambda n: timed([aws, "ec2", "run-instances", "--endpoint-url", moto.url, "--image-id",
+                                            "ami-03cf127a", "--instance-type", "m5.large", "--count", str(args.count),
+                                            "--tag-specifications", tags, "--output", "json"], cli_env)  # fmt: skip
         for side in sides.values():
             side("warm-up")  # untimed: moto builds its region on the first call, the ledger its tables
         figures: dict[str, list[float]] = {name: [] for name in sides}
@@ -134,6 +143,9 @@ def bench_launch(args: argparse.Namespace) -> int:
         print(f"  wlcgcloud launch, SQLite ledger:         {median['sqlite']:.2f} s   "
               f"{ratio:.2f}x raw (target <= 1.15)")  # fmt: skip
         ok = ratio <= 1.15
+        if "aws" in median:
+            label = f"aws ec2 run-instances --count {args.count}:"
+            print(f"  {label:<41}{median['aws']:.2f} s   {median['aws'] / median['raw']:.2f}x raw")
         if "postgresql" in median:
             extra = median["postgresql"] / median["sqlite"] - 1
             print(f"  wlcgcloud launch, PostgreSQL ledger:     {median['postgresql']:.2f} s   "
