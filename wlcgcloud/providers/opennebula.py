@@ -70,6 +70,8 @@ REGISTER_TIMEOUT = 3600  # seconds for the datastore to fetch and copy an image
 REGISTER_POLL = 2.0
 ATTRIBUTES = {one_attribute(tag): tag for tag in TAG_KEYS}
 NOT_PROCESSED = (429, 503)  # HTTP answers that say the call was not carried out (retried by `rpc`)
+# pyone's objects form cycles and keep their lxml node (for errors' line numbers): a page's XML stayed till gc ran
+pyone.bindings.supbind.SaveElementTreeNode = False
 
 
 class _TimedTransport(pyone.server_xrpc.RequestsTransport):  # type: ignore[misc]
