@@ -329,8 +329,6 @@ def _our_config(
     now: datetime | None,
 ) -> Part | None:
     """Our cloud-config part: the credential file, its environment, the bootstrap's settings, the lease."""
-    import yaml
-
     files: list[dict[str, Any]] = []
     described: list[dict[str, Any]] = []
     if credential is not None:
@@ -376,6 +374,8 @@ def _our_config(
                                   "message": "wlcgcloud: the fleet's lease has ended"}  # fmt: skip
     if not config:
         return None
+    import yaml  # only with something to write: ~15 ms
+
     body = "#cloud-config\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=1 << 20)
     message = _text_part(body.encode(), "cloud-config", "wlcgcloud.cfg", merge=True)
     shown: dict[str, Any] = {"write_files": described} if described else {}
