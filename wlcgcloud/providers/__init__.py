@@ -51,7 +51,7 @@ _reused_lock = threading.Lock()
 @contextlib.contextmanager
 def reusing() -> Iterator[None]:
     """Within it, `connect` gives the same provider again for the same profile: a maintainer cycling for
-    weeks logs in to Keystone and builds its boto3 client once an hour, not twice a cycle. A changed
+    weeks logs in to Keystone and builds its EC2 client once an hour, not twice a cycle. A changed
     secret (a rotated key, a renewed OIDC token) replaces the provider at once."""
     global _reused
     with _reused_lock:

@@ -1,7 +1,9 @@
-"""Amazon EC2 and EC2-compatible clouds, through boto3.
+"""Amazon EC2 and EC2-compatible clouds, through boto3's core, botocore.
 
-Imported only when an EC2 profile is used (boto3 costs ~200 ms to import). Throttling and
-transient errors are retried by botocore's `standard` mode; `Provider.call` bounds the whole.
+Imported only when an EC2 profile is used. The clients are botocore's, made by a botocore session:
+a boto3 session makes the very same clients, but `import boto3` also imports s3transfer for its S3
+customisations (~70 ms of every EC2 command, which uses none of them). Throttling and transient
+errors are retried by botocore's `standard` mode; `Provider.call` bounds the whole.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import boto3
 import botocore.config
 import botocore.exceptions
 import botocore.parsers
+import botocore.session
 
 from wlcgcloud import __version__
 from wlcgcloud.clouds import CLOUDS
@@ -109,12 +111,8 @@ class EC2Provider(Provider):
             )
         token = os.environ.get("AWS_SESSION_TOKEN") if not p.get("access_key_id") else None
         self.hide(token)
-        session = boto3.session.Session(
-            aws_access_key_id=access_key,
-            aws_secret_access_key=self.secret.value,
-            aws_session_token=token,
-            region_name=p.get("region"),
-        )
+        session = botocore.session.Session()
+        session.set_credentials(access_key, self.secret.value, token)
         config = botocore.config.Config(
             connect_timeout=p.timeout,
             read_timeout=p.timeout,
@@ -122,7 +120,9 @@ class EC2Provider(Provider):
             user_agent_appid=f"wlcgcloud-{__version__}",
         )
         verify: str | bool | None = p.get("ca_bundle")
-        self.client = session.client("ec2", endpoint_url=p.get("endpoint_url"), config=config, verify=verify)
+        self.client = session.create_client(
+            "ec2", region_name=p.get("region"), endpoint_url=p.get("endpoint_url"), config=config, verify=verify
+        )
         self.client.meta.events.register("before-parse.ec2", _check_answer)
         self._session, self._config, self._verify = session, config, verify
         self._ebs: Any = None
@@ -499,9 +499,10 @@ class EC2Provider(Provider):
     def ebs(self) -> Any:
         """The EBS direct APIs' client, for `image register` (made when first needed: ~90 ms)."""
         if self._ebs is None:
-            self._ebs = self._session.client(
-                "ebs", endpoint_url=self.profile.get("endpoint_url"), config=self._config, verify=self._verify
-            )
+            self._ebs = self._session.create_client(
+                "ebs", region_name=self.profile.get("region"), endpoint_url=self.profile.get("endpoint_url"),
+                config=self._config, verify=self._verify,
+            )  # fmt: skip
         return self._ebs
 
     def upload_image(self, upload: ImageUpload, advance: Callable[[int], None] | None = None) -> Image:
