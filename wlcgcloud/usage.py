@@ -16,6 +16,7 @@ UTC midnights.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -410,7 +411,8 @@ def _rows(
                 row = {b: row[b] for b in by}
         rows.append(_figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row))
     if len(by) == 1:  # as below, without a tuple per row (a million rows by instance)
-        rows.sort(key=lambda r, b=by[0]: "" if r[b] is None else str(r[b]))  # type: ignore[misc]
+        only = by[0]
+        rows.sort(key=lambda r: "" if r[only] is None else str(r[only]))
     else:
         rows.sort(key=lambda r: tuple("" if r[b] is None else str(r[b]) for b in by))
     return rows
@@ -553,8 +555,6 @@ def _month_starts(lo: float, hi: float) -> tuple[list[float], list[str]]:
 
 def _months(start: float, end: float, months: tuple[list[float], list[str]]) -> list[tuple[str, float, float]]:
     """[start, end) cut at the months' starts (`_month_starts` of a window holding it): (month, from, to)."""
-    from bisect import bisect_right
-
     starts, names = months
     at = bisect_right(starts, start) - 1
     out = []
