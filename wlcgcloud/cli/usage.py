@@ -53,7 +53,7 @@ def usage(
       wlcgcloud usage --since this-month -o apel -p aws-atlas
       wlcgcloud usage --since last-month --until this-month --apel-dir /var/spool/apel/outgoing
     """
-    from wlcgcloud import __version__
+    from wlcgcloud import __version__, apel
     from wlcgcloud import usage as usage_domain  # `usage` is this command's own name
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import stamp
@@ -80,18 +80,18 @@ def usage(
     if apel_dir is not None or g.output == "apel":
         chosen = collected.intervals
         if apel_dir is not None:
-            chosen, left_out = usage_domain.to_publish(chosen, profiles)
+            chosen, left_out = apel.to_publish(chosen, profiles)
             for line in left_out:
                 info(line)
-        records = usage_domain.apel_records(chosen, by_name, start, end, now, __version__, credentials)
+        records = apel.records(chosen, by_name, start, end, now, __version__, credentials)
         if apel_dir is not None:
-            names = usage_domain.write_apel_queue(str(apel_dir), records)
+            names = apel.write_queue(str(apel_dir), records)
             info(f"queued {len(records)} APEL record(s) in {len(names)} message(s) in {apel_dir}.")
         if g.output == "apel":
             if not records:
                 info("No usage in the window: no APEL records.")
-            for i in range(0, len(records), usage_domain.APEL_PER_MESSAGE):
-                sys.stdout.write(usage_domain.apel_message(records[i : i + usage_domain.APEL_PER_MESSAGE]))
+            for i in range(0, len(records), apel.PER_MESSAGE):
+                sys.stdout.write(apel.message(records[i : i + apel.PER_MESSAGE]))
             raise typer.Exit(exit_code)
     days = None
     if chart and g.output == "table":
