@@ -413,6 +413,21 @@ def test_usage_summed_in_the_ledger_equals_usage_summed_from_each_lifetime(
                 for a, b in [*zip(each[0], slow[0], strict=True), (each[1], slow[1])]:
                     assert a.keys() == b.keys() and a["instances"] == b["instances"]
                     assert all(abs(a[k] - b[k]) < 1e-9 * max(1.0, b[k]) for k in ("wall_hours", "core_hours"))
+            if "day" not in by:  # -o json makes these rows as it writes them: the same rows, with the clouds' own
+                twice = clipped[len(clipped) // 2][0]  # an instance the ledger has, that a cloud reports too
+                cloud = [usage.Interval("aws", "ec2", "i-3", lo + 60, lo + 7200, 4, 8192, fleet="f3"),
+                         usage.Interval("other", "ec2", twice, lo, lo + 3600, 2, 4096),
+                         usage.Interval("aws", "ec2", "zz", lo, None, 1, 1024)]  # fmt: skip
+                listed = usage.aggregate(cloud, since, until, by, now, lifetimes=list(clipped))
+                made, total = usage.streamed(cloud, since, until, by, now, clipped)
+                streamed = list(made)
+                assert not clipped  # each lifetime was taken out of the list as its row was made
+                assert [list(r.items())[: len(by)] for r in streamed] == [
+                    list(r.items())[: len(by)] for r in listed[0]]  # fmt: skip
+                for a, b in [*zip(streamed, listed[0], strict=True), (total, listed[1])]:
+                    assert a.keys() == b.keys() and a["instances"] == b["instances"]
+                    assert all(abs(a[k] - b[k]) < 1e-9 * max(1.0, b[k]) for k in ("wall_hours", "memory_gb_hours"))
+                assert [r["instances"] for r in streamed if r["instance"] == twice] == [2]
         assert [r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in fast[0]] == [
             r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in slow[0]]  # fmt: skip
         for a, b in [*zip(fast[0], slow[0], strict=True), (fast[1], slow[1])]:

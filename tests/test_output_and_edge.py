@@ -70,7 +70,7 @@ def test_json_is_written_in_pieces_with_the_same_text(c_encoder: bool, monkeypat
     import json.encoder
     import random
 
-    from wlcgcloud.output import to_json, write_json
+    from wlcgcloud.output import Streamed, to_json, write_json
 
     if not c_encoder:
         monkeypatch.setattr(json.encoder, "c_make_encoder", None)  # as on a Python without json's C part
@@ -84,6 +84,11 @@ def test_json_is_written_in_pieces_with_the_same_text(c_encoder: bool, monkeypat
     buf = io.StringIO()
     write_json({"rows": many, "total": {"n": 1}}, buf)
     assert buf.getvalue() == to_json({"rows": many, "total": {"n": 1}}) + "\n"
+    # Rows made as they are written (usage --by instance) read the same; every other format gets a list.
+    for rows in (many, [], [{"a": 1}, [2], {"b": {"c": 3}}]):
+        assert rendered("json", {"rows": Streamed(iter(rows)), "n": 1}) == to_json({"rows": rows, "n": 1}) + "\n"
+        assert yaml.safe_load(rendered("yaml", {"rows": Streamed(iter(rows))})) == {"rows": rows}
+    assert json.loads(rendered("json", {"rows": Streamed(iter(many))}, query="rows[1].instance")) == "i-1"
 
 
 def test_query_applies_to_the_json_form_in_every_format() -> None:

@@ -173,6 +173,41 @@ def test_ec2_usage_from_the_ledger_with_apel_queue(
     assert ec2a == [3600, 5400]  # October's hour, November's hour and a half
 
 
+def test_usage_by_instance_is_the_same_made_as_written(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
+    """`--by instance -o json` makes each row as it writes it (a million need not exist at once): the same
+    document as the rows built first (what `--query` and every other format get), an id two profiles
+    share one row with both, and the window's edges clipping."""
+    write_profiles(world, {"aws": ec2_profile(moto_ec2), "quiet": ec2_profile(moto_ec2)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_QUIET", moto_ec2.secret_key)
+    Ledger(world.state / "ledger.sqlite").close()
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    gone = [
+        ("aws", "i-000000000000000b1", "f1", "2026-09-30T22:00:00Z", "2026-10-01T02:00:00Z"),  # crosses the start
+        ("aws", "i-000000000000000a2", None, "2026-10-02T00:00:00Z", "2026-10-02T06:30:00Z"),
+        ("quiet", "i-000000000000000a2", None, "2026-10-03T00:00:00Z", "2026-10-03T01:00:00Z"),  # the same id
+        ("quiet", "i-000000000000000c3", "f1", "2026-10-31T23:00:00Z", "2026-11-01T05:00:00Z"),
+    ]  # crosses the end
+    for profile, ident, fleet, start, end in gone:
+        db.execute("INSERT INTO instances (profile, id, fleet, provider, vcpus, memory_mb, launched_at, ended_at,"
+                   " last_state, last_seen) VALUES (?, ?, ?, 'ec2', 2, 4096, ?, ?, 'terminated', ?)",
+                   (profile, ident, fleet, start, end, end))  # fmt: skip
+    db.commit()
+    db.close()
+    window = ("usage", "--since", "2026-10-01", "--until", "2026-10-31")
+    for by in ("instance", "fleet,instance"):
+        made = run(*window, "--by", by, "-o", "json")
+        built = run(*window, "--by", by, "-o", "json", "--query", "@")
+        assert made.code == built.code == 0, made.err + built.err
+        assert made.json() == built.json()
+        rows = {r["instance"]: r for r in made.json()["rows"]}  # type: ignore[index,call-overload]
+        assert near(rows["i-000000000000000b1"]["wall_hours"], 2.0) and near(
+            rows["i-000000000000000c3"]["wall_hours"], 1.0
+        )
+        assert rows["i-000000000000000a2"]["instances"] == 2 and near(rows["i-000000000000000a2"]["core_hours"], 15.0)
+    assert run(*window, "--by", "instance", "-o", "csv").out.count("i-000000000000000") == 3
+
+
 def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
     write_profiles(world, {"aws": ec2_profile(moto_ec2, site_name="AWS-ATLAS", publish_apel=True)})
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)

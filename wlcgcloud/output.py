@@ -10,7 +10,7 @@ import io
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -109,9 +109,9 @@ def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
             pieces.append(("{" if n == 0 else ",") + inner + _encode_str(key) + ": ")
             _json_value(item, level + 1, pieces, out)
         pieces.append("\n" + "  " * level + "}")
-    elif isinstance(value, list) and value:
+    elif isinstance(value, list | Streamed) and (value or isinstance(value, Streamed)):
         rows = _Rows(level + 1)
-        for item in value:
+        for item in value.rows if isinstance(value, Streamed) else value:
             # (Keys need no check: the C encoder turns them into strings just as json.dumps does.)
             if type(item) is dict and item and set(map(type, item.values())) <= _PLAIN:
                 rows.chunk.append(item)
@@ -123,9 +123,26 @@ def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
             rows.started = True
             _json_value(item, level + 1, pieces, out)
         rows.flush(pieces, out)
-        pieces.append("\n" + "  " * level + "]")
+        pieces.append("\n" + "  " * level + "]" if rows.started else "[]")
     else:
         pieces.append(to_json(value).replace("\n", "\n" + "  " * level))
+
+
+class Streamed:
+    """Rows made as they are written, for `-o json` (a million rows by instance need not all exist at once).
+    Every other format, and `--query`, gets them as a list."""
+
+    def __init__(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows = rows
+
+
+def _listed(data: Any) -> Any:
+    """`data` with its Streamed rows (at the top, or a key's value) made a list."""
+    if isinstance(data, Streamed):
+        return list(data.rows)
+    if isinstance(data, dict):
+        return {k: list(v.rows) if isinstance(v, Streamed) else v for k, v in data.items()}
+    return data
 
 
 class _Rows:
@@ -201,6 +218,8 @@ def render(
     the columns are taken from the result instead.
     """
     out = stream or sys.stdout
+    if query or fmt != "json":
+        data = _listed(data)
     if query:
         data, columns = apply_query(data, query), None  # the query reshapes: columns follow the result
     if fmt == "json":

@@ -278,6 +278,66 @@ def aggregate(
     instances only for the few instances that have several intervals (OpenNebula's history records).
     """
     check_groups(by)
+    others = [b for b in by if b != "day"]
+    with collector_paused():  # millions of new rows, none in a cycle: the collector would rescan them all
+        sums, total, instances = _accumulate(intervals, since, until, by, now, buckets, lifetimes)
+        return _rows(sums, by, others, "day" in by), _figures(instances, *total)
+
+
+def streamed(
+    intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
+    lifetimes: list[tuple[Any, ...]],
+) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """`aggregate` grouped by instance and not by day, where each lifetime is a row of its own, with the
+    rows made as they are used: the lifetimes are sorted in place and each is taken out of the list as
+    its row is made (a million rows by instance never exist at once). The same rows, in the same order,
+    merged with the rows of the clouds' own intervals; a row of two lifetimes (one id in two profiles)
+    is one row as in `aggregate` when its lifetimes are neighbours in that order."""
+    check_groups(by)
+    if "instance" not in by or "day" in by:
+        raise ValueError("streamed: grouped by instance, and not by day")
+    width = len(by)
+    with collector_paused():
+        sums, total, instances = _accumulate(intervals, since, until, by, now)
+        for life in lifetimes:  # the total, as `aggregate` adds it up
+            cut = life[-1] - life[-2]
+            total = [total[0] + cut, total[1] + cut * life[-4], total[2] + cut * life[-3]]
+    order = _order(by)
+    cloud = sorted(((base, value) for (base, _), value in sums.items()), key=lambda kv: order(kv[0]), reverse=True)
+    lifetimes.sort(key=lambda life: order(life[0] if width == 1 else life[:width]), reverse=True)
+
+    def named(base: Any, value: list[Any]) -> dict[str, Any]:
+        row = dict(zip(by, base, strict=True)) if width > 1 else {by[0]: base}
+        return _figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        while lifetimes:
+            life = lifetimes.pop()
+            base = life[0] if width == 1 else life[:width]
+            while cloud and order(cloud[-1][0]) < order(base):
+                yield named(*cloud.pop())
+            cut = life[-1] - life[-2]
+            value = [1, cut, cut * life[-4], cut * life[-3], None]
+            while lifetimes and (lifetimes[-1][0] if width == 1 else lifetimes[-1][:width]) == base:
+                more = lifetimes.pop()
+                cut = more[-1] - more[-2]
+                value = [value[0] + 1, value[1] + cut, value[2] + cut * more[-4], value[3] + cut * more[-3], None]
+            if cloud and cloud[-1][0] == base:
+                known = cloud.pop()[1]
+                value = [known[0] + value[0], known[1] + value[1], known[2] + value[2], known[3] + value[3], known[4]]
+            yield named(base, value)
+        while cloud:
+            yield named(*cloud.pop())
+
+    return rows(), _figures(instances + len(lifetimes), *total)
+
+
+def _accumulate(
+    intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
+    buckets: Iterable[Bucket] = (), lifetimes: Iterable[tuple[Any, ...]] = (),
+) -> tuple[dict[tuple[Any, int], list[Any]], list[float], int]:  # fmt: skip
+    """The sums of `aggregate`, by (group key without the day, day number); the total's seconds,
+    core-seconds and MB-seconds; its instances."""
     items = intervals if isinstance(intervals, list) else list(intervals)
     lo, hi = since.timestamp(), min(until, now).timestamp()
     split = "day" in by
@@ -290,44 +350,50 @@ def aggregate(
     counts = Counter(identity(iv) for iv in items if iv.provider in several_per_instance)
     repeated = {ident for ident, n in counts.items() if n > 1}
     # A row: [intervals of instances seen once, seconds, core-seconds, MB-seconds, instances seen more than once]
-    sums: dict[tuple[Any, int], list[Any]] = {}  # (group key without the day, day number) -> row
+    sums: dict[tuple[Any, int], list[Any]] = {}
     total = [0.0, 0.0, 0.0]
     once, several = 0, set()  # the total's instances: intervals of single-interval instances, and the others
-    with collector_paused():  # millions of new rows, none in a cycle: the collector would rescan them all
-        for iv in items:
-            start = iv.start if iv.start > lo else lo
-            end = iv.end
-            if end is None or end > hi:
-                end = hi
-            if end <= start:
-                continue
-            many = identity(iv) if repeated and identity(iv) in repeated else None
-            if many is None:
-                once += 1
-            else:
-                several.add(many)
-            _add(sums, getter(iv), start, end, iv.vcpus, iv.memory_mb, many, split, total)
-        width = len(others)
-        for life in lifetimes:  # clipped in SQL already
+    for iv in items:
+        start = iv.start if iv.start > lo else lo
+        end = iv.end
+        if end is None or end > hi:
+            end = hi
+        if end <= start:
+            continue
+        many = identity(iv) if repeated and identity(iv) in repeated else None
+        if many is None:
             once += 1
-            base = life[:width] if width > 1 else (life[0] if width else None)
-            _add(sums, base, life[-2], life[-1], life[-4], life[-3], None, split, total)
-        for bucket in buckets:  # the ledger's lifetimes, already clipped and grouped
-            base = bucket.key if width > 1 else (bucket.key[0] if others else None)
-            once += bucket.n
-            total[0] += bucket.e - bucket.s
-            total[1] += bucket.ce - bucket.cs
-            total[2] += bucket.me - bucket.ms
-            for day, count, seconds, core_seconds, mb_seconds in _pieces(bucket, lo, split):
-                row = sums.get((base, day))
-                if row is None:
-                    row = sums[base, day] = [0, 0.0, 0.0, 0.0, None]
-                row[0] += count
-                row[1] += seconds
-                row[2] += core_seconds
-                row[3] += mb_seconds
-        rows = _rows(sums, by, others, split)
-    return rows, _figures(once + len(several), total[0], total[1], total[2])
+        else:
+            several.add(many)
+        _add(sums, getter(iv), start, end, iv.vcpus, iv.memory_mb, many, split, total)
+    width = len(others)
+    for life in lifetimes:  # clipped in SQL already
+        once += 1
+        base = life[:width] if width > 1 else (life[0] if width else None)
+        _add(sums, base, life[-2], life[-1], life[-4], life[-3], None, split, total)
+    for bucket in buckets:  # the ledger's lifetimes, already clipped and grouped
+        base = bucket.key if width > 1 else (bucket.key[0] if others else None)
+        once += bucket.n
+        total[0] += bucket.e - bucket.s
+        total[1] += bucket.ce - bucket.cs
+        total[2] += bucket.me - bucket.ms
+        for day, count, seconds, core_seconds, mb_seconds in _pieces(bucket, lo, split):
+            row = sums.get((base, day))
+            if row is None:
+                row = sums[base, day] = [0, 0.0, 0.0, 0.0, None]
+            row[0] += count
+            row[1] += seconds
+            row[2] += core_seconds
+            row[3] += mb_seconds
+    return sums, total, once + len(several)
+
+
+def _order(by: Sequence[str]) -> Callable[[Any], Any]:
+    """How rows are ordered: by their groups' values, in the order of `by`, None as the empty text; here
+    of a group key without the day (one value, or a tuple of them)."""
+    if len(by) == 1:
+        return lambda value: "" if value is None else str(value)
+    return lambda values: tuple("" if v is None else str(v) for v in values)
 
 
 def draining(items: list[Any]) -> Iterator[Any]:
@@ -401,12 +467,13 @@ def _rows(
             row["day"] = name
             if by[-1] != "day":  # the day is not the last group: the row's keys in the order of --by
                 row = {b: row[b] for b in by}
-        rows.append(_figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row))
-    if len(by) == 1:  # as below, without a tuple per row (a million rows by instance)
+        rows.append(_figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row))
+    order = _order(by)
+    if len(by) == 1:  # without a tuple per row (a million rows by instance)
         only = by[0]
-        rows.sort(key=lambda r: "" if r[only] is None else str(r[only]))
+        rows.sort(key=lambda r: order(r[only]))
     else:
-        rows.sort(key=lambda r: tuple("" if r[b] is None else str(r[b]) for b in by))
+        rows.sort(key=lambda r: order([r[b] for b in by]))
     return rows
 
 
@@ -431,7 +498,7 @@ def _pieces(bucket: Bucket, lo: float, split: bool) -> Iterator[tuple[int, int, 
 
 
 def _figures(
-    instances: int, seconds: float, core_seconds: float, mb_seconds: float, row: dict[str, Any] | None = None
+    instances: int, seconds: float, core_seconds: float, mb_seconds: float, *, row: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The figures of a row (added to `row`, after its groups' values), or of the total."""
     out = {} if row is None else row
