@@ -127,7 +127,9 @@ class Collected:
 
     intervals: list[Interval] = field(default_factory=list)
     buckets: list[Bucket] = field(default_factory=list)  # the ledger's lifetimes summed in SQL (`summed_by`)
-    lifetimes: list[tuple[Any, ...]] = field(default_factory=list)  # or each clipped (`summed_by` an instance)
+    # Or, grouped by instance: each lifetime clipped, a stream per profile in the rows' order, and their total.
+    lifetimes: list[Iterable[tuple[Any, ...]]] = field(default_factory=list)
+    totals: list[Bucket] = field(default_factory=list)
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asked: int = 0
@@ -163,7 +165,8 @@ def collect(
 
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
-    by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`): a row each.
+    by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`), a row each, read as
+    they are wanted, with their total summed in SQL.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -172,13 +175,13 @@ def collect(
     out = Collected(asked=len(profiles))
     lo, hi = since.timestamp(), min(until, now or until).timestamp()
     groups = [g for g in summed_by or () if g != "day"]
-    summing: dict[str, Future[list[Any]]] = {}
-    read = ledger_sums.lifetimes if "instance" in groups else _summed
+    summing: dict[str, Future[list[Bucket]]] = {}
+    summed_groups = [] if "instance" in groups else groups  # by instance: the buckets are the total only
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sums") as pool:
         # The ledger starts summing while the clouds are asked; what they still show is taken out after.
         for p in profiles if summed_by is not None else ():
             if cloud_of(p).forgets_ended:
-                summing[p.name] = pool.submit(read, ledger, p.name, lo, hi, groups)
+                summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, summed_groups)
         answers = for_each_profile(profiles, lambda p: p.usage(since, until))
         _merge(answers, out, ledger, since, until, {name: f.result() for name, f in summing.items()}, lo, hi, groups)
     return out
@@ -190,10 +193,10 @@ def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 
 def _merge(
     answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
-    summed: Mapping[str, list[Any]], lo: float, hi: float, groups: Sequence[str],
+    summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
 ) -> None:  # fmt: skip
-    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (or clipped
-    lifetimes, by instance), or intervals."""
+    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (by
+    instance: their total, and a stream of the clipped lifetimes), or intervals."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -207,7 +210,9 @@ def _merge(
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
         if profile.name in summed and "instance" in groups:
             at = groups.index("instance")
-            out.lifetimes += [life for life in summed[profile.name] if life[at] not in seen]
+            lives = ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups)
+            out.lifetimes.append(life for life in lives if life[at] not in seen)
+            out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended:
@@ -286,50 +291,58 @@ def aggregate(
 
 def streamed(
     intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
-    lifetimes: list[tuple[Any, ...]],
+    lifetimes: Iterable[Iterable[tuple[Any, ...]]], totals: Iterable[Bucket],
 ) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """`aggregate` grouped by instance and not by day, where each lifetime is a row of its own, with the
-    rows made as they are used: the lifetimes are sorted in place and each is taken out of the list as
-    its row is made (a million rows by instance never exist at once). The same rows, in the same order,
-    merged with the rows of the clouds' own intervals; a row of two lifetimes (one id in two profiles)
-    is one row as in `aggregate` when its lifetimes are neighbours in that order."""
+    rows made as they are used from the lifetimes' streams (`Collected.lifetimes`, each in the rows'
+    order), merged with the rows of the clouds' own intervals: a million rows or lifetimes never all
+    held. The total comes from `totals` (the lifetimes summed in SQL). The same rows, in the same order;
+    a row of two lifetimes (one id in two profiles) is one row, as in `aggregate`."""
     check_groups(by)
     if "instance" not in by or "day" in by:
         raise ValueError("streamed: grouped by instance, and not by day")
+    import heapq
+
     width = len(by)
     with collector_paused():
         sums, total, instances = _accumulate(intervals, since, until, by, now)
-        for life in lifetimes:  # the total, as `aggregate` adds it up
-            cut = life[-1] - life[-2]
-            total = [total[0] + cut, total[1] + cut * life[-4], total[2] + cut * life[-3]]
+    for b in totals:
+        instances += b.n
+        total = [total[0] + b.e - b.s, total[1] + b.ce - b.cs, total[2] + b.me - b.ms]
     order = _order(by)
     cloud = sorted(((base, value) for (base, _), value in sums.items()), key=lambda kv: order(kv[0]), reverse=True)
-    lifetimes.sort(key=lambda life: order(life[0] if width == 1 else life[:width]), reverse=True)
+
+    def group_of(life: tuple[Any, ...]) -> Any:
+        return life[0] if width == 1 else life[:width]
 
     def named(base: Any, value: list[Any]) -> dict[str, Any]:
         row = dict(zip(by, base, strict=True)) if width > 1 else {by[0]: base}
         return _figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row)
 
+    def row_of(base: Any, value: list[Any]) -> Iterator[dict[str, Any]]:
+        while cloud and order(cloud[-1][0]) < order(base):  # the clouds' rows that come first
+            yield named(*cloud.pop())
+        if cloud and cloud[-1][0] == base:
+            known = cloud.pop()[1]
+            value = [known[0] + value[0], known[1] + value[1], known[2] + value[2], known[3] + value[3], known[4]]
+        yield named(base, value)
+
     def rows() -> Iterator[dict[str, Any]]:
-        while lifetimes:
-            life = lifetimes.pop()
-            base = life[0] if width == 1 else life[:width]
-            while cloud and order(cloud[-1][0]) < order(base):
-                yield named(*cloud.pop())
+        base, value = None, None
+        for life in heapq.merge(*lifetimes, key=lambda life: order(group_of(life))):
             cut = life[-1] - life[-2]
-            value = [1, cut, cut * life[-4], cut * life[-3], None]
-            while lifetimes and (lifetimes[-1][0] if width == 1 else lifetimes[-1][:width]) == base:
-                more = lifetimes.pop()
-                cut = more[-1] - more[-2]
-                value = [value[0] + 1, value[1] + cut, value[2] + cut * more[-4], value[3] + cut * more[-3], None]
-            if cloud and cloud[-1][0] == base:
-                known = cloud.pop()[1]
-                value = [known[0] + value[0], known[1] + value[1], known[2] + value[2], known[3] + value[3], known[4]]
-            yield named(base, value)
+            if value is not None and group_of(life) == base:  # one id in two profiles: one row
+                value = [value[0] + 1, value[1] + cut, value[2] + cut * life[-4], value[3] + cut * life[-3], None]
+                continue
+            if value is not None:
+                yield from row_of(base, value)
+            base, value = group_of(life), [1, cut, cut * life[-4], cut * life[-3], None]
+        if value is not None:
+            yield from row_of(base, value)
         while cloud:
             yield named(*cloud.pop())
 
-    return rows(), _figures(instances + len(lifetimes), *total)
+    return rows(), _figures(instances, *total)
 
 
 def _accumulate(

@@ -96,15 +96,15 @@ def usage(
     head = {"since": stamp(start), "until": stamp(end), "by": groups}
     if g.output == "json" and not g.query and "day" not in groups and collected.lifetimes:
         # A row per lifetime by instance: each made as it is written, a million never all at once.
-        rows_made, total = usage_domain.streamed(collected.intervals, start, end, groups, now, collected.lifetimes)
-        emit(ctx, {**head, "rows": Streamed(rows_made), "total": total})
+        made = usage_domain.streamed(collected.intervals, start, end, groups, now, collected.lifetimes,
+                                     collected.totals)  # fmt: skip
+        emit(ctx, {**head, "rows": Streamed(made[0]), "total": made[1]})
         raise typer.Exit(exit_code)
+    every = [life for lives in collected.lifetimes for life in lives]  # any other output holds them (by instance)
     days = None
     if chart and g.output == "table":
-        days = usage_domain.aggregate(
-            collected.intervals, start, end, ["day"], now, collected.buckets, collected.lifetimes
-        )[0]
-    lifetimes = usage_domain.draining(collected.lifetimes)  # a million by instance: freed as they are summed
+        days = usage_domain.aggregate(collected.intervals, start, end, ["day"], now, collected.buckets, every)[0]
+    lifetimes = usage_domain.draining(every)  # freed as they are summed
     rows, total = usage_domain.aggregate(collected.intervals, start, end, groups, now, collected.buckets, lifetimes)
     if g.verbose:
         _sources(rows, collected.intervals, groups)

@@ -306,6 +306,7 @@ class PostgresBackend:
         return table  # the planner chooses a sequential scan for a whole table itself
 
     FENCE = " OFFSET 0"  # PostgreSQL's way to keep a subquery from being pulled up into the outer one
+    BYTEWISE = ' COLLATE "C"'  # text ordered by its bytes (UTF-8: by code point, as Python compares str)
 
     @staticmethod
     def greatest(a: str, b: str) -> str:

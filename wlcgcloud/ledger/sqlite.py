@@ -67,6 +67,15 @@ class SqliteBackend:
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         yield from self.db.execute(sql, params)
 
+    def stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a read-only query as they are wanted, on a read-only connection of its own, made and
+        closed in the thread that reads them: a million rows in order, never all held."""
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        try:
+            yield from db.execute(sql, params)
+        finally:
+            db.close()
+
     def tuples_by_parts(self, sql: str, params: Sequence[Any], parts: int) -> list[tuple[Any, ...]]:
         """`sql`, whose last two placeholders bound the instances' rowid (`rowid BETWEEN ? AND ?`), over
         `parts` ranges at once, each on a read-only connection of its own: SQLite runs a query on one
@@ -135,6 +144,7 @@ class SqliteBackend:
     # Ends a subquery so it is computed once per row, not copied into every use of its columns (SQLite
     # flattens a plain subquery into the outer query: each SUM would evaluate the times again).
     FENCE = " LIMIT -1"
+    BYTEWISE = ""  # text compares as bytes unless a column says otherwise (BINARY): as Python compares str
 
     @staticmethod
     def greatest(a: str, b: str) -> str:

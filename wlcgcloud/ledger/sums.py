@@ -81,13 +81,16 @@ def buckets(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
                      me, int(v[9]))  # fmt: skip
 
 
-def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> list[tuple[Any, ...]]:
+def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> Iterable[tuple[Any, ...]]:
     """Each of `profile`'s lifetimes inside [lo, hi), clipped to it: (the values of `groups`, vCPUs, memory
-    MiB, start, end), times in epoch seconds. For groups with `instance` in them, where a lifetime is a row of
-    its own and summing would only copy; rows of instances the cloud still reports are the caller's to drop."""
+    MiB, start, end), times in epoch seconds, in the order of usage's rows (the groups' values compared
+    as bytes, NULL as the empty text); on SQLite read as they are wanted. For groups with `instance` in
+    them, where a lifetime is a row of its own and summing would only copy (a million are never all held);
+    rows of instances the cloud still reports are the caller's to drop."""
     keys = [COLUMNS[g] for g in groups]
-    sql = f"SELECT * FROM ({_clipped(ledger, keys)}) clipped WHERE e > s"
-    return ledger.query_tuples(sql, _clipped_params(profile, lo, hi, 0.0), parts=PARTS)
+    order = ", ".join(f"COALESCE({k}, ''){ledger.backend.BYTEWISE}" for k in keys)
+    sql = f"SELECT * FROM ({_clipped(ledger, keys)}) clipped WHERE e > s ORDER BY {order}"
+    return ledger.query_tuples(sql, _clipped_params(profile, lo, hi, 0.0), streamed=True)
 
 
 def _clipped(ledger: Ledger, keys: Sequence[str]) -> str:
