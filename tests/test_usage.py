@@ -208,6 +208,37 @@ def test_usage_by_instance_is_the_same_made_as_written(run: Run, world: World, m
     assert run(*window, "--by", "instance", "-o", "csv").out.count("i-000000000000000") == 3
 
 
+def test_usage_by_instance_counts_what_a_cloud_still_shows_once(
+    run: Run, world: World, moto_ec2: Any, monkeypatch: Any
+) -> None:
+    """By instance, the ledger's lifetime of an instance its cloud still reports gives way to the cloud's
+    own figures, profile by profile (each profile's ledger rows are left out by what its own cloud shows)."""
+    write_profiles(world, {"aws": ec2_profile(moto_ec2), "east": ec2_profile(moto_ec2, region="us-east-1")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_EAST", moto_ec2.secret_key)
+    client = moto_ec2.client()
+    [shown] = client.run_instances(ImageId="ami-03cf127a", InstanceType="m5.large", MinCount=1, MaxCount=1)["Instances"]
+    try:
+        Ledger(world.state / "ledger.sqlite").close()
+        db = sqlite3.connect(world.state / "ledger.sqlite")
+        hours_ago = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - h * 3600)) for h in (5, 1)]
+        for profile, ident in (("aws", shown["InstanceId"]), ("east", "i-00000000000000e51")):
+            db.execute("INSERT INTO instances (profile, id, provider, vcpus, memory_mb, launched_at, last_state,"
+                       " last_seen) VALUES (?, ?, 'ec2', 2, 4096, ?, 'running', ?)",
+                       (profile, ident, *hours_ago))  # fmt: skip
+        db.commit()
+        db.close()
+        for output in (("-o", "json"), ("-o", "json", "--query", "@")):  # as written, and built first
+            result = run("usage", "--since", "1d", "--by", "instance", *output)
+            assert result.code == 0, result.err
+            rows = {r["instance"]: r for r in result.json()["rows"]}  # type: ignore[index,call-overload]
+            assert rows[shown["InstanceId"]]["instances"] == 1  # the cloud's, not also the ledger's 4 hours
+            assert rows[shown["InstanceId"]]["wall_hours"] < 1.0
+            assert near(rows["i-00000000000000e51"]["wall_hours"], 4.0)
+    finally:
+        client.terminate_instances(InstanceIds=[shown["InstanceId"]])
+
+
 def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
     write_profiles(world, {"aws": ec2_profile(moto_ec2, site_name="AWS-ATLAS", publish_apel=True)})
     monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)

@@ -210,8 +210,7 @@ def _merge(
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
         if profile.name in summed and "instance" in groups:
             at = groups.index("instance")
-            lives = ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups)
-            out.lifetimes.append(life for life in lives if life[at] not in seen)
+            out.lifetimes.append(_unseen(ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups), at, seen))
             out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
@@ -223,6 +222,11 @@ def _merge(
                 began = f"began {first}" if first else "holds nothing for it yet"
                 out.notes.append(f"profile '{profile.name}': {cloud.title} forgets terminated instances within "
                                  f"about an hour and the ledger {began}: use before that is missing.")  # fmt: skip
+
+
+def _unseen(lives: Iterable[tuple[Any, ...]], at: int, seen: set[str]) -> Iterator[tuple[Any, ...]]:
+    """The lifetimes whose instance (at `at`) the cloud no longer reports: its own figures count instead."""
+    return (life for life in lives if life[at] not in seen)
 
 
 def _ledger_intervals(profile: str, ledger: Ledger, seen: set[str], since: datetime, until: datetime) -> list[Interval]:
