@@ -320,8 +320,7 @@ def streamed(
         return life[0] if width == 1 else life[:width]
 
     def named(base: Any, value: list[Any]) -> dict[str, Any]:
-        row = dict(zip(by, base, strict=True)) if width > 1 else {by[0]: base}
-        return _figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row)
+        return _summed_row(_keyed(by, base), value)
 
     def row_of(base: Any, value: list[Any]) -> Iterator[dict[str, Any]]:
         while cloud and order(cloud[-1][0]) < order(base):  # the clouds' rows that come first
@@ -476,7 +475,7 @@ def _rows(
     day_names: dict[int, str] = {}
     while sums:
         (base, day), value = sums.popitem()
-        row = dict(zip(others, base, strict=True)) if len(others) > 1 else {others[0]: base} if others else {}
+        row = _keyed(others, base)
         if split:
             name = day_names.get(day)
             if name is None:
@@ -484,7 +483,7 @@ def _rows(
             row["day"] = name
             if by[-1] != "day":  # the day is not the last group: the row's keys in the order of --by
                 row = {b: row[b] for b in by}
-        rows.append(_figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row))
+        rows.append(_summed_row(row, value))
     order = _order(by)
     if len(by) == 1:  # without a tuple per row (a million rows by instance)
         only = by[0]
@@ -492,6 +491,16 @@ def _rows(
     else:
         rows.sort(key=lambda r: order([r[b] for b in by]))
     return rows
+
+
+def _keyed(names: Sequence[str], base: Any) -> dict[str, Any]:
+    """A row's groups from a group key: one value for one name, a tuple of them for several."""
+    return dict(zip(names, base, strict=True)) if len(names) > 1 else {names[0]: base} if names else {}
+
+
+def _summed_row(row: dict[str, Any], value: list[Any]) -> dict[str, Any]:
+    """`row` with the figures of a sum (`_add`'s list: its instances are those seen once plus the set)."""
+    return _figures(value[0] + (len(value[4]) if value[4] else 0), value[1], value[2], value[3], row=row)
 
 
 def _pieces(bucket: Bucket, lo: float, split: bool) -> Iterator[tuple[int, int, float, float, float]]:

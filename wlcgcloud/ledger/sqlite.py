@@ -67,10 +67,14 @@ class SqliteBackend:
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         yield from self.db.execute(sql, params)
 
+    def _read_only(self) -> sqlite3.Connection:
+        """A connection of its own that only reads, for the thread that makes it (sqlite3's rule)."""
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+
     def stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """The rows of a read-only query as they are wanted, on a read-only connection of its own, made and
         closed in the thread that reads them: a million rows in order, never all held."""
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        db = self._read_only()
         try:
             yield from db.execute(sql, params)
         finally:
@@ -89,7 +93,7 @@ class SqliteBackend:
         ranges = [(low + k * step, low + (k + 1) * step - 1) for k in range(parts)]
 
         def part(bounds: tuple[int, int]) -> list[tuple[Any, ...]]:
-            db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+            db = self._read_only()
             try:
                 return db.execute(sql, [*params, *bounds]).fetchall()
             finally:
