@@ -48,6 +48,7 @@ TARGET_S = 2.0
 FLEETS = 200
 BATCH = 100_000
 SINCE, UNTIL = datetime(2026, 9, 1, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)  # every interval lies inside
+APEL_SINCE, APEL_UNTIL = "2026-10-01", "2026-11-01"  # `-o apel`'s window: October, and 1 November (a whole day)
 # The columns filled, as the ledger writes them (schema v8: the times as text and as epoch seconds).
 COLUMNS = ("profile", "id", "fleet", "provider", "vcpus", "memory_mb", "launched_at", "ended_at", "last_seen",
            "launched_epoch", "ended_epoch", "seen_epoch")  # fmt: skip
@@ -65,6 +66,7 @@ class Figures:
     by_instance: float = 0.0
     by_instance_mb: float | None = None
     apel_month: float = 0.0
+    apel_mb: float | None = None
     bare: float = 0.0
     peak_mb: float | None = None
     rows: int = 0
@@ -127,7 +129,7 @@ def in_process(ledger: Any, runs: int, figures: Figures) -> tuple[int, float]:
     return len(fast), fast_total["core_hours"]
 
 
-def command_line(env: dict[str, str], runs: int, figures: Figures, expected: tuple[int, float]) -> None:
+def command_line(env: dict[str, str], runs: int, figures: Figures, expected: tuple[int, float], records: int) -> None:
     """`wlcgcloud usage` as a fresh process, against `python -c pass` in the same runs."""
     from fleets import PYTHON, WLCGCLOUD
 
@@ -154,8 +156,29 @@ def command_line(env: dict[str, str], runs: int, figures: Figures, expected: tup
     figures.by_instance = statistics.median(t[0] for t in timed)
     known_peaks = [t[1] for t in timed if t[1] is not None]
     figures.by_instance_mb = max(known_peaks) / 1024 if known_peaks else None
-    month = [WLCGCLOUD, "usage", "--since", "2026-10-01", "--until", "2026-11-01", "-o", "apel"]
-    figures.apel_month = _timed(month, env, None)[0]
+    month = [WLCGCLOUD, "usage", "--since", APEL_SINCE, "--until", APEL_UNTIL, "-o", "apel"]
+    timed = [_timed(month, env, gnu_time) for _ in range(runs)]
+    for _, _, out in timed:
+        printed = out.count("\n%%\n")  # a record's end: its own line (no value holds a line end)
+        if printed != records:
+            raise SystemExit(f"{figures.backend}: -o apel printed {printed} records, not {records}")
+    figures.apel_month = statistics.median(t[0] for t in timed)
+    known_peaks = [t[1] for t in timed if t[1] is not None]
+    figures.apel_mb = max(known_peaks) / 1024 if known_peaks else None
+
+
+def apel_records(rows: list[tuple[Any, ...]]) -> int:
+    """How many APEL records `usage -o apel` over APEL_SINCE..APEL_UNTIL must print: one per instance and UTC
+    month it ran in, inside the window (--until a date: to the end of that day)."""
+    lo = datetime.fromisoformat(APEL_SINCE + "T00:00:00+00:00").timestamp()
+    hi = datetime.fromisoformat(APEL_UNTIL + "T00:00:00+00:00").timestamp() + 86400
+    cuts = [datetime(2026, month, 1, tzinfo=UTC).timestamp() for month in range(9, 13)]
+    count = 0
+    for row in rows:
+        start, end = max(row[9], lo), min(row[10], hi)
+        if end > start:
+            count += 1 + sum(1 for cut in cuts if start < cut < end)
+    return count
 
 
 def _timed(argv: list[str], env: dict[str, str], gnu_time: str | None) -> tuple[float, int | None, str]:
@@ -207,7 +230,7 @@ def run_backend(backend: str, rows: list[tuple[Any, ...]], moto: Any, runs: int,
             expected = in_process(ledger, runs, figures)
         finally:
             ledger.close()
-        command_line(world.env, runs, figures, expected)
+        command_line(world.env, runs, figures, expected, apel_records(rows))
         if keep is not None and backend == "sqlite":
             keep_world(Path(where), keep)
     finally:
@@ -257,14 +280,14 @@ def report(all_figures: list[Figures], n: int, runs: int) -> None:
     print(f"\nwlcgcloud usage --by fleet,day -o json over {n:,} EC2 ledger intervals "
           f"({_z(SINCE.timestamp())} .. {_z(UNTIL.timestamp())}), median of {runs}:")  # fmt: skip
     head = ("backend", "fill s", "command s", "x python", "peak MB", "summed s", "before: read+agg s",
-            "--by instance s", "its peak MB", "apel 1 month s")  # fmt: skip
+            "--by instance s", "its peak MB", "apel 1 month s", "its peak MB")  # fmt: skip
     print("  " + "".join(f"{h:>{max(10, len(h) + 2)}}" for h in head))
     for f in all_figures:
         peak = f"{f.peak_mb:.0f}" if f.peak_mb is not None else "n/a"
         its_peak = f"{f.by_instance_mb:.0f}" if f.by_instance_mb is not None else "n/a"
         cells = (f.backend, f"{f.fill:.1f}", f"{f.command:.2f}", f"{f.command / f.bare:.0f}", peak, f"{f.summed:.2f}",
                  f"{f.read:.1f}+{f.aggregate:.1f}", f"{f.by_instance:.2f}", its_peak,
-                 f"{f.apel_month:.2f}")  # fmt: skip
+                 f"{f.apel_month:.2f}", f"{f.apel_mb:.0f}" if f.apel_mb is not None else "n/a")  # fmt: skip
         print("  " + "".join(f"{c:>{max(10, len(h) + 2)}}" for c, h in zip(cells, head, strict=True)))
     first = all_figures[0]
     print(f"  {first.rows} rows (fleet x day), {first.core_hours:,.0f} core-hours; target: the command <= {TARGET_S} s "

@@ -168,7 +168,6 @@ def test_instances_keep_their_first_launch_start_and_end_while_newer_facts_win(b
         ledger.record_instances([_vm("1", state="terminated")])
         ledger.mark_ended("p", ["1"], state="unknown")
         assert ledger.instances(ids=["1"])[0]["ended_at"] == ended  # an end, once known, stays
-        assert ledger.credentials()[("p", "1")] == {"subject": "/DC=ch/CN=pilot", "fqan": "/atlas"}
         assert ledger.first_launch("p") == "2026-11-01T10:00:00Z" and ledger.first_launch("q") is None
         assert [r["id"] for r in ledger.instances(fleet="f", profile="p")] == ["1", "2"]
     finally:
@@ -489,3 +488,87 @@ def test_every_writer_keeps_an_instances_epoch_seconds_with_its_text(backend: An
         assert [r[3] for r in agree()] == ends
     finally:
         other.close()
+
+
+def test_apel_records_made_in_the_ledger_equal_those_made_from_each_interval(backend: Any) -> None:
+    """A record's text is one SQL expression (`apel._record_sql`), made where the pieces are: over the
+    ledger's lifetimes cut at the months in SQL (`sums.months`, a month of a big fleet) and over the clouds'
+    intervals merged in Python (`sums.pieces`). Both give the same records, in order, for lifetimes across
+    month ends and the window's edges, names and images empty or missing or with line ends in them, the
+    credentials their launches forwarded, rows written before v8, and an instance the cloud still shows."""
+    import random
+
+    from wlcgcloud import apel, usage
+    from wlcgcloud.config import Profile
+    from wlcgcloud.ledger import sums
+
+    rng = random.Random(11)
+    since, until = datetime(2026, 9, 28, 12, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
+    now = datetime(2026, 11, 20, tzinfo=UTC)
+    ledger = Ledger(backend.where)
+    try:
+        launches = [None, ledger.record_intent({**FIELDS, "credential_subject": "/DC=ch/CN=pilot\nFQAN: /forged",
+                                                "credential_fqan": "/atlas/Role=pilot"}),
+                    ledger.record_intent({**FIELDS, "credential_subject": "/DC=ch/CN=other"}),
+                    ledger.record_intent({**FIELDS, "credential_fqan": "/cms"})]  # fmt: skip
+        rows = []
+        for n in range(240):
+            start = datetime(2026, 9, 20, tzinfo=UTC) + timedelta(seconds=int(rng.uniform(0, 50 * 86400)))
+            end = start + timedelta(seconds=int(rng.uniform(60, 20 * 86400)))
+            rows.append(SimpleNamespace(
+                profile="aws", id=f"i-{n:04d}", fleet="f", provider=("ec2", "opennebula", "nimbus")[n % 3],
+                name=(None, "", f"vm{n}", "two\nlines\r", "VMUUID: x")[n % 5], flavor=("m5.large", None)[n % 2],
+                image=(f"img-{n % 4}", None, "")[n % 3], vcpus=(None, 0, 4)[n % 3], memory_mb=(8192, None)[n % 2],
+                tags={}, launched_at=start, state="running", end=end))  # fmt: skip
+        for r in rows:
+            ledger.record_instances([r], launches[int(r.id[2:]) % 4])
+        for r in rows:  # half as a v8 ledger writes them (text and epoch seconds), half as older rows (text only)
+            epochs = [None] * 3 if int(r.id[2:]) % 2 else [r.launched_at.timestamp(), r.end.timestamp(), None]
+            backend.raw("UPDATE instances SET ended_at = ?, last_seen = ?, launched_epoch = ?, ended_epoch = ?,"
+                        " seen_epoch = ? WHERE id = ?", (stamp(r.end), stamp(r.end), *epochs, r.id))  # fmt: skip
+        months = apel.spans(since, until, now)
+        assert [m[2] for m in months] == ["2026-09", "2026-10", "2026-11"]
+        profile = Profile("aws", "ec2", {"site_name": "SITE\nX", "compute_service": "svc",
+                                         "benchmarks": {"type": "HEPscore23", "m5.large": 41.5}})  # fmt: skip
+        record, params = apel._record_sql(ledger.backend, profile, "9.9")
+        seen = {"i-0007"}  # the cloud still shows it: its own intervals count instead
+        made = [piece for piece in sums.months(ledger, "aws", months, record, params) if piece[0] not in seen]
+        intervals = usage._ledger_intervals("aws", ledger, seen, since, until)
+        each = sums.pieces(ledger, "aws", apel._cloud_pieces(intervals, months)["aws"], record, params)
+        assert len(made) > 200 and made == each
+        assert [piece[:2] for piece in made] == sorted(piece[:2] for piece in made)
+        by_id = {r.id: r for r in rows}
+        for ident, month, text in made:
+            assert text.endswith("\n%%\n") and text.count("\n") == len(text.splitlines())  # only \n ends lines
+            fields = dict(line.split(": ", 1) for line in text.splitlines()[:-1])
+            assert len(fields) == len(text.splitlines()) - 1  # no key twice: no value made lines of its own
+            assert [k for k in apel.KEYS if k in fields] == list(fields)  # in the order of v0.4's keys
+            r = by_id[ident]
+            lo, hi = next(span[:2] for span in months if span[0] == month)
+            wall = min(r.end.timestamp(), hi) - max(r.launched_at.timestamp(), lo)
+            assert fields["VMUUID"] == ident and fields["SiteName"] == "SITE X" and fields["Status"] == "completed"
+            assert fields["WallDuration"] == str(int(wall)) and fields["EndTime"] == str(int(r.end.timestamp()))
+            assert fields.get("CpuCount") == ("4" if r.vcpus else None)
+            assert fields.get("MachineName") == (r.name.replace("\n", " ").replace("\r", " ") if r.name else None)
+            assert ("Benchmark" in fields) == (r.flavor == "m5.large")
+            launch = int(ident[2:]) % 4
+            subjects = {1: "/DC=ch/CN=pilot FQAN: /forged", 2: "/DC=ch/CN=other"}
+            assert fields.get("GlobalUserName") == subjects.get(launch)
+            assert fields.get("FQAN") == ("/atlas/Role=pilot" if launch == 1 else None)  # none without a subject
+            assert fields["CloudType"] == {"ec2": "wlcgcloud/9.9 (EC2)", "opennebula": "wlcgcloud/9.9 (OpenNebula)",
+                                           "nimbus": "wlcgcloud/9.9 (nimbus)"}[r.provider]  # fmt: skip
+        # An instance of several intervals (OpenNebula's history records) is one record a month: their sums.
+        lo = datetime(2026, 10, 5, tzinfo=UTC).timestamp()
+        one = [usage.Interval("aws", "opennebula", "7", lo + 7200, lo + 9000, 2, 2048, name="a"),
+               usage.Interval("aws", "opennebula", "7", lo, lo + 3600, 2, 2048, name="b"),
+               usage.Interval("aws", "opennebula", "7", lo + 86400, None, 2, 2048)]  # fmt: skip
+        october, november = sums.pieces(ledger, "aws", apel._cloud_pieces(one, months)["aws"], record, params)
+        fields = dict(line.split(": ", 1) for line in october[2].splitlines()[:-1])
+        assert fields["Status"] == "started" and "EndTime" not in fields and fields["MachineName"] == "a"
+        running = months[1][1] - (lo + 86400)  # the third, still running, to the month's end
+        assert fields["StartTime"] == str(int(lo)) and fields["WallDuration"] == str(int(1800 + 3600 + running))
+        fields = dict(line.split(": ", 1) for line in november[2].splitlines()[:-1])  # on, to the window's end
+        assert fields["StartTime"] == str(int(lo + 86400))
+        assert fields["WallDuration"] == str(int(months[2][1] - months[2][0]))
+    finally:
+        ledger.close()

@@ -257,6 +257,40 @@ def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2
     assert [len(m) for m in messages] == [100, 100, 50]
 
 
+def test_apel_values_from_a_cloud_cannot_add_lines(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
+    """A VM's name is anybody's text: with a line end in it, it must not make a record's line of its own (a
+    forged FQAN, a second VMUUID). Through both ways a record is made: a running VM the cloud reports, and
+    one only the ledger remembers."""
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, site_name="AWS-ATLAS")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    client = moto_ec2.client()
+    forged = "vm\nFQAN: /atlas/Role=production\r\nVMUUID: i-forged"
+    [shown] = client.run_instances(
+        ImageId="ami-03cf127a", InstanceType="m5.large", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": forged}]}],
+    )["Instances"]  # fmt: skip
+    try:
+        Ledger(world.state / "ledger.sqlite").close()
+        db = sqlite3.connect(world.state / "ledger.sqlite")
+        hours_ago = [time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - h * 3600)) for h in (5, 1)]
+        db.execute("INSERT INTO instances (profile, id, provider, name, vcpus, memory_mb, launched_at, ended_at,"
+                   " last_state, last_seen) VALUES ('aws', 'i-00000000000000e52', 'ec2', ?, 2, 4096, ?, ?,"
+                   " 'terminated', ?)", (forged, hours_ago[0], hours_ago[1], hours_ago[1]))  # fmt: skip
+        db.commit()
+        db.close()
+        printed = run("usage", "--since", "1d", "-o", "apel")
+        assert printed.code == 0, printed.err
+        [records] = parse_apel(printed.out)
+        mine = {r["VMUUID"]: r for r in records if r["VMUUID"] in (shown["InstanceId"], "i-00000000000000e52")}
+        forged_lines = [line for line in printed.out.splitlines() if line.startswith(("FQAN", "VMUUID: i-f"))]
+        assert len(mine) == 2 and not forged_lines
+        for record in mine.values():  # (XML, EC2's wire, makes the name's CR LF one LF)
+            assert re.fullmatch(r"vm FQAN: /atlas/Role=production {1,2}VMUUID: i-forged", record["MachineName"])
+        assert mine[shown["InstanceId"]]["Status"] == "started" and mine["i-00000000000000e52"]["Status"] == "completed"
+    finally:
+        client.terminate_instances(InstanceIds=[shown["InstanceId"]])
+
+
 # --------------------------------------------------------------------------- OpenStack: Nova's own accounting
 
 

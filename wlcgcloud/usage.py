@@ -130,6 +130,9 @@ class Collected:
     # Or, grouped by instance: each lifetime clipped, a stream per profile in the rows' order, and their total.
     lifetimes: list[Iterable[tuple[Any, ...]]] = field(default_factory=list)
     totals: list[Bucket] = field(default_factory=list)
+    # Or, for APEL records, read later by `apel.messages`: the profiles whose lifetimes are wanted, each
+    # with the ids its cloud still reports (their own figures count instead).
+    forgotten: dict[str, set[str]] = field(default_factory=dict)
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asked: int = 0
@@ -160,13 +163,15 @@ def from_record(r: UsageRecord, known: Mapping[tuple[str, str], Mapping[str, Any
 def collect(
     profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger,
     summed_by: Sequence[str] | None = None, now: datetime | None = None,
+    apel: bool = False,
 ) -> Collected:  # fmt: skip
     """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all).
 
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
     by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`), a row each, read as
-    they are wanted, with their total summed in SQL.
+    they are wanted, with their total summed in SQL. With `apel`, it is left for `apel.messages` to read,
+    cut at the months (`Collected.forgotten`).
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -183,7 +188,8 @@ def collect(
             if cloud_of(p).forgets_ended:
                 summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, summed_groups)
         answers = for_each_profile(profiles, lambda p: p.usage(since, until))
-        _merge(answers, out, ledger, since, until, {name: f.result() for name, f in summing.items()}, lo, hi, groups)
+        summed = {name: f.result() for name, f in summing.items()}
+        _merge(answers, out, ledger, since, until, summed, lo, hi, groups, apel)
     return out
 
 
@@ -194,9 +200,10 @@ def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 def _merge(
     answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
     summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
+    apel: bool,
 ) -> None:  # fmt: skip
     """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (by
-    instance: their total, and a stream of the clipped lifetimes), or intervals."""
+    instance: their total, and a stream of the clipped lifetimes), what APEL reads later, or intervals."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -214,6 +221,8 @@ def _merge(
             out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
+        elif cloud.forgets_ended and apel:
+            out.forgotten[profile.name] = seen
         elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
         if cloud.forgets_ended:

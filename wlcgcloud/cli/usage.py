@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,7 +54,6 @@ def usage(
       wlcgcloud usage --since this-month -o apel -p aws-atlas
       wlcgcloud usage --since last-month --until this-month --apel-dir /var/spool/apel/outgoing
     """
-    from wlcgcloud import __version__, apel
     from wlcgcloud import usage as usage_domain  # `usage` is this command's own name
     from wlcgcloud.ledger import open_ledger
     from wlcgcloud.times import stamp
@@ -66,33 +66,22 @@ def usage(
         raise UsageError("--by needs at least one of " + ", ".join(usage_domain.GROUPS) + ".")
     usage_domain.check_groups(groups)
     profiles = read_profiles(g)
-    with open_ledger(g.config()) as ledger, working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
-        # Summed in the ledger, unless each interval is wanted: APEL records, -v's sources and messages.
-        summed = not (g.verbose or apel_dir is not None or g.output == "apel")
-        collected = usage_domain.collect(profiles, start, end, ledger, groups if summed else None, now)
-        credentials = ledger.credentials()
-        said = usage_domain.end_messages(ledger, collected.intervals) if g.verbose and "instance" in groups else {}
-    report_failures(g, collected.failures, collected.asked)
-    for line in notes + collected.notes:
-        warn(line, g)
+    apel_wanted = apel_dir is not None or g.output == "apel"
+    with open_ledger(g.config()) as ledger:  # open while APEL records are written: they are read as they go
+        with working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
+            # Summed in the ledger, unless each interval is wanted: -v's sources and messages, and APEL's.
+            summed = not (g.verbose or apel_wanted)
+            collected = usage_domain.collect(profiles, start, end, ledger, groups if summed else None, now,
+                                             apel_wanted)  # fmt: skip
+            said = usage_domain.end_messages(ledger, collected.intervals) if g.verbose and "instance" in groups else {}
+        report_failures(g, collected.failures, collected.asked)
+        for line in notes + collected.notes:
+            warn(line, g)
+        if apel_wanted:
+            _apel(g, ledger, profiles, collected, (start, end, now), apel_dir)
     exit_code = 7 if collected.failures else 0
-    by_name = {p.name: p for p in profiles}
-    if apel_dir is not None or g.output == "apel":
-        chosen = collected.intervals
-        if apel_dir is not None:
-            chosen, left_out = apel.to_publish(chosen, profiles)
-            for line in left_out:
-                info(line)
-        records = apel.records(chosen, by_name, start, end, now, __version__, credentials)
-        if apel_dir is not None:
-            names = apel.write_queue(str(apel_dir), records)
-            info(f"queued {len(records)} APEL record(s) in {len(names)} message(s) in {apel_dir}.")
-        if g.output == "apel":
-            if not records:
-                info("No usage in the window: no APEL records.")
-            for i in range(0, len(records), apel.PER_MESSAGE):
-                sys.stdout.write(apel.message(records[i : i + apel.PER_MESSAGE]))
-            raise typer.Exit(exit_code)
+    if apel_wanted:
+        raise typer.Exit(exit_code)
     head = {"since": stamp(start), "until": stamp(end), "by": groups}
     if g.output == "json" and not g.query and "day" not in groups and collected.lifetimes:
         # A row per lifetime by instance: each made as it is written, a million never all at once.
@@ -126,6 +115,38 @@ def usage(
         if days is not None:
             _chart(days)
     raise typer.Exit(exit_code)
+
+
+def _apel(
+    g: Any, ledger: Any, profiles: list[Any], collected: Any, window: tuple[datetime, datetime, datetime],
+    apel_dir: Path | None,
+) -> None:  # fmt: skip
+    """APEL records, each written as it is made: printed (-o apel), queued (--apel-dir: only the profiles
+    with publish_apel), or both."""
+    from wlcgcloud import __version__, apel
+
+    chosen = profiles
+    queue = None
+    if apel_dir is not None:
+        chosen, left_out = apel.to_publish(profiles)
+        for line in left_out:
+            info(line)
+        queue = apel.queue(str(apel_dir))
+    by_name = {p.name: p for p in chosen}
+    months = apel.spans(*window)
+    records = messages = 0
+    for message, held in apel.messages(ledger, collected.intervals, collected.forgotten, by_name, months,
+                                       __version__):  # fmt: skip
+        records += held
+        messages += 1
+        if queue is not None:
+            queue(message)
+        if g.output == "apel":
+            sys.stdout.write(message)
+    if queue is not None:
+        info(f"queued {records} APEL record(s) in {messages} message(s) in {apel_dir}.")
+    if g.output == "apel" and not records:
+        info("No usage in the window: no APEL records.")
 
 
 def _rounded(row: dict[str, Any]) -> dict[str, Any]:

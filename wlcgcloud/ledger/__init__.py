@@ -285,15 +285,6 @@ class Ledger:
                     rows,
                 )
 
-    def credentials(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """For each instance the ledger knows, the identity of the credential its launch forwarded."""
-        query = """
-            SELECT i.profile, i.id, l.credential_subject AS subject, l.credential_fqan AS fqan
-            FROM instances i JOIN launches l ON i.launch_id = l.id
-            WHERE l.credential_subject IS NOT NULL
-        """
-        return {(r["profile"], r["id"]): {"subject": r["subject"], "fqan": r["fqan"]} for r in self._rows(query)}
-
     def lifetimes(self, profile: str, since: float, until: float) -> list[tuple[Any, ...]]:
         """(id, provider, start, end, vcpus, memory_mb, flavor, image, fleet, experiment, name) of the
         profile's instances that ran inside [since, until), times in epoch seconds.

@@ -320,6 +320,10 @@ class PostgresBackend:
     def day_number(seconds: str) -> str:
         return f"CAST(FLOOR({seconds} / 86400) AS BIGINT)"  # CAST alone rounds in PostgreSQL
 
+    @staticmethod
+    def integral(number: str) -> str:
+        return f"CAST(TRUNC({number}) AS BIGINT)"
+
     # Schema
 
     def version(self) -> int:

@@ -163,6 +163,11 @@ class SqliteBackend:
         """The UTC day of epoch seconds (never negative here: CAST truncates, as floor would)."""
         return f"CAST({seconds} / 86400 AS INTEGER)"
 
+    @staticmethod
+    def integral(number: str) -> str:
+        """A number's whole part, as an integer (toward zero, as Python's int())."""
+        return f"CAST({number} AS INTEGER)"
+
     # Schema
 
     def version(self) -> int:

@@ -93,6 +93,78 @@ def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequen
     return ledger.query_tuples(sql, _clipped_params(profile, lo, hi, 0.0), streamed=True)
 
 
+# A piece: an instance's use in one month (APEL writes a record of each), as the columns a record's SQL reads.
+PIECE = ("id", "month", "name", "first", "ended", "wall", "c", "m", "image", "provider", "flavor")
+PIECE_TYPES = ("TEXT", "DOUBLE PRECISION", "TEXT", "DOUBLE PRECISION", "DOUBLE PRECISION", "DOUBLE PRECISION",
+               "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT")  # fmt: skip
+
+
+def months(
+    ledger: Ledger, profile: str, spans: Sequence[tuple[float, float, str]], record: str, params: Sequence[Any]
+) -> Iterable[tuple[str, float, str]]:
+    """Each of `profile`'s lifetimes cut at the months of `spans` ((from, to, name) in order: the months
+    a window meets, each clipped to it), as the text the SQL expression `record` (with `params`) makes of
+    each piece: (id, the month's `from`, text). `record` reads the columns PIECE of a table `p`, and
+    `p.subject` and `p.fqan` (the credential the launch forwarded); `first` and `ended` are the lifetime's
+    own, not clipped; `wall` is its seconds in the month. Ordered by id (as bytes) and month; on SQLite
+    read as they are wanted: a month of a big fleet is half a million pieces, never all held."""
+    from wlcgcloud.ledger import lifetime_sql
+
+    if not spans:
+        return ()
+    b = ledger.backend
+    start, stop = lifetime_sql(b.epoch)
+    # Every lifetime is read once (the whole table, as `_clipped`), then met with the few months (a CROSS
+    # JOIN keeps that order of the loops on SQLite); VALUES' columns are column1.. in both dialects. The
+    # pieces are sorted before their text is made, so the sorter moves small rows; the outer query only
+    # adds a column, which both engines do in the order they read (APEL does not need the order: its
+    # records are keyed by id and month; it keeps the output the same from run to run).
+    sql = f"""
+        SELECT p.id, p.month, {record} FROM (
+            SELECT i.id, m.column1 AS month, i.name, i.s AS first, i.e AS ended,
+                   {b.least("i.e", "m.column2")} - {b.greatest("i.s", "m.column1")} AS wall, i.c, i.m, i.image,
+                   i.provider, i.flavor, {_CREDENTIAL}
+            FROM (SELECT id, name, {start} AS s, {stop} AS e, COALESCE(vcpus, 0) AS c, COALESCE(memory_mb, 0) AS m,
+                         image, provider, flavor, launch_id
+                  FROM {b.whole("instances")} WHERE profile = ? AND {start} < ? AND {stop} > ?{b.FENCE}) i
+            CROSS JOIN (VALUES {", ".join("(?, ?)" for _ in spans)}) AS m
+            LEFT JOIN launches l ON l.id = i.launch_id
+            WHERE i.s < m.column2 AND i.e > m.column1 AND i.e > i.s
+            ORDER BY i.id{b.BYTEWISE}, m.column1{b.FENCE}
+        ) p"""
+    bounds = [value for span in spans for value in span[:2]]
+    return ledger.query_tuples(sql, [*params, profile, spans[-1][1], spans[0][0], *bounds], streamed=True)
+
+
+def pieces(
+    ledger: Ledger, profile: str, rows: Sequence[tuple[Any, ...]], record: str, params: Sequence[Any]
+) -> list[tuple[str, float, str]]:
+    """Pieces made elsewhere (the clouds' own intervals, as tuples in PIECE's order) as `months` gives the
+    ledger's: (id, month, the text of `record`), with the credential the ledger knows for each id, ordered."""
+    b = ledger.backend
+    out: list[tuple[str, float, str]] = []
+    for at in range(0, len(rows), 50):  # SQLite's variable limit: at most 11 a row, and the record's
+        chunk = rows[at : at + 50]
+        values = ", ".join("(" + ", ".join("?" * len(PIECE)) + ")" for _ in chunk)
+        columns = ", ".join(f"CAST(v.column{k + 1} AS {t}) AS {name}"
+                            for k, (name, t) in enumerate(zip(PIECE, PIECE_TYPES, strict=True)))  # fmt: skip
+        sql = f"""
+            SELECT p.id, p.month, {record} FROM (
+                SELECT {columns}, {_CREDENTIAL}
+                FROM (VALUES {values}) AS v
+                LEFT JOIN instances i ON i.profile = ? AND i.id = CAST(v.column1 AS TEXT)
+                LEFT JOIN launches l ON l.id = i.launch_id
+            ) p
+            ORDER BY p.id{b.BYTEWISE}, p.month"""
+        out += ledger.query_tuples(sql, [*params, *(value for row in chunk for value in row), profile])
+    out.sort(key=lambda piece: (piece[0], piece[1]))
+    return out
+
+
+_CREDENTIAL = ("l.credential_subject AS subject, "
+               "CASE WHEN l.credential_subject IS NOT NULL THEN l.credential_fqan END AS fqan")  # fmt: skip
+
+
 def _clipped(ledger: Ledger, keys: Sequence[str]) -> str:
     """SQL for the lifetimes of a profile that meet a window, clipped to it: the `keys` columns, then `c`
     (vCPUs), `m` (MiB), `s` and `e` (seconds after an origin), each row's times computed once (fenced)."""
