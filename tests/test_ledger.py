@@ -572,3 +572,23 @@ def test_apel_records_made_in_the_ledger_equal_those_made_from_each_interval(bac
         assert fields["WallDuration"] == str(int(months[2][1] - months[2][0]))
     finally:
         ledger.close()
+
+
+def test_a_streamed_query_is_read_as_it_goes_on_a_connection_of_its_own(backend: Any) -> None:
+    """`query_tuples(streamed=True)` (a month of APEL pieces, a million lifetimes by instance) holds no list:
+    its rows come as they are read, on a connection of its own, so the ledger's own connection takes other
+    statements meanwhile and two streams are read in turn; a stream sees the ledger as its query began."""
+    ledger = Ledger(backend.where)
+    try:
+        ledger.record_instances([_vm(f"{n:04d}") for n in range(2500)])
+        query = "SELECT id FROM instances WHERE profile = ? ORDER BY id"
+        first = ledger.query_tuples(query, ["p"], streamed=True)
+        assert not isinstance(first, list)
+        rows = iter(first)
+        assert next(rows) == ("0000",)
+        ledger.record_instances([_vm("9999")])  # the ledger's connection is free while the stream is half read
+        second = list(ledger.query_tuples(query, ["p"], streamed=True))
+        assert len(second) == 2501 and second[-1] == ("9999",)
+        assert [r[0] for r in rows] == [f"{n:04d}" for n in range(1, 2500)]  # as the query began, in order
+    finally:
+        ledger.close()

@@ -305,15 +305,15 @@ class Ledger:
     def query_tuples(self, sql: str, params: Sequence[Any], parts: int = 1, streamed: bool = False) -> Iterable[Any]:
         """The rows of a read-only query written by the ledger's own modules (ledger.sums). Its WHERE may end
         `AND rowid BETWEEN ? AND ?` (bounds not in `params`): with `parts`, SQLite runs it in that many
-        parts at once; else, and on PostgreSQL (in parallel as it sees fit), it runs whole. `streamed`:
-        SQLite reads the rows as they are wanted, on a connection of its own (PostgreSQL's come whole)."""
+        parts at once; else, and on PostgreSQL (in parallel as it sees fit), it runs whole. `streamed`: the
+        rows are read as they are wanted, on a connection of its own."""
         from wlcgcloud.ledger.sqlite import SqliteBackend
 
         if isinstance(self.backend, SqliteBackend) and parts > 1 and not streamed:
             with self._lock:
                 return self.backend.tuples_by_parts(sql, params, parts)
         sql = sql.replace("AND rowid BETWEEN ? AND ?", "")  # one part: all rows
-        if streamed and isinstance(self.backend, SqliteBackend):
+        if streamed:
             return self.backend.stream(sql, params)
         with self._lock:
             return list(self.backend.tuples(sql, params))

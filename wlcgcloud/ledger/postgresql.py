@@ -38,6 +38,7 @@ LOCK_SPACE = 0x574C4347  # "WLCG": the first key of every fleet's advisory lock 
 MIGRATION_KEY = 0
 CONNECT_TIMEOUT = 10  # seconds
 RECONNECT_FOR = 60.0  # seconds a lost connection is tried again before the command fails
+STREAM_CHUNK = 1000  # rows a streamed query's chunk holds (libpq 17's chunked mode)
 INSTALL_HINT = (
     "Install the PostgreSQL driver into wlcgcloud's environment: pipx inject wlcgcloud 'psycopg[binary]' "
     "(or, in its venv, pip install 'psycopg[binary]'; from a clone, pip install '.[postgresql]')."
@@ -273,6 +274,24 @@ class PostgresBackend:
                 return list(cursor.stream(translated(sql), params or None))
 
         yield from self._call(fetch)
+
+    def stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+        """The rows of a read-only query as they are wanted, on a connection of its own, closed when they are
+        all read: the ledger's connection stays free, and several streams can be read in turn; a million
+        rows in order, never all held. A connection lost midway is an error (rows were already used)."""
+        from psycopg.rows import tuple_row
+
+        psycopg = self._psycopg
+        db = self._connect()
+        try:
+            with db.cursor(row_factory=tuple_row) as cursor:
+                # libpq 17 sends rows in chunks; before, one at a time
+                size = STREAM_CHUNK if psycopg.pq.version() >= 170000 else 1
+                yield from cursor.stream(translated(sql), params or None, size=size)
+        except psycopg.Error as exc:
+            raise self.unusable(exc) from None
+        finally:
+            db.close()
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> None:
         self._call(lambda: self.db.execute(translated(sql), params or None))
