@@ -720,6 +720,28 @@ def test_a_hostile_ledger_import_is_exit_2_and_imports_nothing(run: Run, world: 
     assert isinstance(status, dict) and (status["launches"], status["instances"]) == (0, 0)
 
 
+@pytest.mark.parametrize("column", ["id", "name", "fleet"])
+def test_a_ledger_row_that_is_not_utf8_is_the_ledgers_exit_3_not_a_bug(run: Run, world: World, column: str) -> None:
+    """Another tool, or a disk, wrote bytes that are not UTF-8 into the SQLite ledger: a command that reads
+    them says which ledger failed and how to check it, in one line, and exits 3 (it was "internal error")."""
+    import sqlite3
+
+    from wlcgcloud.ledger import Ledger
+
+    Ledger(world.state / "ledger.sqlite").close()
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    values = {"id": "'i-1'", "name": "'vm'", "fleet": "'f'"} | {column: "CAST(x'69ff2d31' AS TEXT)"}
+    db.execute("INSERT INTO instances (profile, id, name, fleet, provider, launched_at, last_seen, launched_epoch,"
+               f" seen_epoch) VALUES ('p', {values['id']}, {values['name']}, {values['fleet']}, 'ec2',"
+               " '2026-11-01T00:00:00Z', '2026-11-01T05:00:00Z', 1793491200, 1793509200)")  # fmt: skip
+    db.commit()
+    db.close()
+    result = run("ledger", "export", "-")
+    refused(result, 3, "PRAGMA integrity_check")
+    assert "ledger.sqlite failed (Could not decode to UTF-8" in result.err
+    assert run("ledger", "status").code == 0  # what does not read that text still works
+
+
 @pytest.mark.parametrize("case", ["soon", "", "-5m", "99999999999999999999d"])
 def test_a_hostile_wait_lock_is_exit_2(run: Run, world: World, case: str) -> None:
     refused(run("--wait-lock", case, "fleet", "terminate", "f", "--yes"), 2, "--wait-lock")

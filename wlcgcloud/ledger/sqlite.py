@@ -44,6 +44,18 @@ class SqliteBackend:
     def unusable(self, exc: Exception) -> ConfigError:
         return ConfigError(f"the ledger {self.path} cannot be used ({exc}).", _HINT)
 
+    @contextlib.contextmanager
+    def _failing(self) -> Iterator[None]:
+        """A statement's database error (a row it cannot decode, a full disk, a lock held too long) as the
+        ledger's own one-line error, not as a bug."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise ConfigError(
+                f"the ledger {self.path} failed ({exc}).",
+                f"Check it with: sqlite3 {self.path} 'PRAGMA integrity_check'. Nothing more was written.",
+            ) from None
+
     def close(self) -> None:
         for fd in self._lock_files.values():
             os.close(fd)
@@ -53,19 +65,22 @@ class SqliteBackend:
     # Statements
 
     def rows(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        cursor = self.db.execute(sql, params)
-        names = [d[0] for d in cursor.description or ()]
-        return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
+        with self._failing():
+            cursor = self.db.execute(sql, params)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in cursor.fetchall()]
 
     def iter_rows(self, sql: str) -> Iterator[dict[str, Any]]:
         """Rows one at a time, for reading a whole table without holding it in memory."""
-        cursor = self.db.execute(sql)
-        names = [d[0] for d in cursor.description or ()]
-        for row in cursor:
-            yield dict(zip(names, row, strict=True))
+        with self._failing():
+            cursor = self.db.execute(sql)
+            names = [d[0] for d in cursor.description or ()]
+            for row in cursor:
+                yield dict(zip(names, row, strict=True))
 
     def tuples(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        yield from self.db.execute(sql, params)
+        with self._failing():
+            yield from self.db.execute(sql, params)
 
     def _read_only(self) -> sqlite3.Connection:
         """A connection of its own that only reads, for the thread that makes it (sqlite3's rule)."""
@@ -74,11 +89,12 @@ class SqliteBackend:
     def stream(self, sql: str, params: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
         """The rows of a read-only query as they are wanted, on a read-only connection of its own, made and
         closed in the thread that reads them: a million rows in order, never all held."""
-        db = self._read_only()
-        try:
-            yield from db.execute(sql, params)
-        finally:
-            db.close()
+        with self._failing():
+            db = self._read_only()
+            try:
+                yield from db.execute(sql, params)
+            finally:
+                db.close()
 
     def tuples_by_parts(self, sql: str, params: Sequence[Any], parts: int) -> list[tuple[Any, ...]]:
         """`sql`, whose last two placeholders bound the instances' rowid (`rowid BETWEEN ? AND ?`), over
@@ -93,25 +109,28 @@ class SqliteBackend:
         ranges = [(low + k * step, low + (k + 1) * step - 1) for k in range(parts)]
 
         def part(bounds: tuple[int, int]) -> list[tuple[Any, ...]]:
-            db = self._read_only()
-            try:
-                return db.execute(sql, [*params, *bounds]).fetchall()
-            finally:
-                db.close()
+            with self._failing():
+                db = self._read_only()
+                try:
+                    return db.execute(sql, [*params, *bounds]).fetchall()
+                finally:
+                    db.close()
 
         with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="ledger-part") as pool:
             return [row for rows in pool.map(part, ranges) for row in rows]
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> None:
-        self.db.execute(sql, params)
+        with self._failing():
+            self.db.execute(sql, params)
 
     def insert(self, sql: str, params: dict[str, Any]) -> int:
         """Run an INSERT into launches; the new row's id."""
-        return int(self.db.execute(sql, params).lastrowid or 0)
+        with self._failing():
+            return int(self.db.execute(sql, params).lastrowid or 0)
 
     def many(self, sql: str, rows: Sequence[Any]) -> None:
         """One statement over many rows, in one transaction."""
-        with self.transaction():
+        with self.transaction(), self._failing():
             self.db.executemany(sql, rows)
 
     @contextlib.contextmanager
@@ -124,7 +143,8 @@ class SqliteBackend:
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        with self._failing():
+            self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
             yield
@@ -133,7 +153,12 @@ class SqliteBackend:
             raise
         finally:
             self._depth = 0
-        self.db.execute("COMMIT")
+        with self._failing():
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                self.db.rollback()  # a commit that failed (a full disk) leaves nothing half written, nor open
+                raise
 
     @staticmethod
     def epoch(column: str) -> str:
