@@ -56,15 +56,16 @@ def spans(since: datetime, until: datetime, now: datetime) -> list[tuple[float, 
 
 
 def messages(
-    ledger: Ledger, intervals: Iterable[Interval], forgotten: Mapping[str, set[str]],
+    ledger: Ledger, intervals: Iterable[Interval], from_ledger: Mapping[str, set[str]],
     profiles: Mapping[str, Profile], months: Sequence[tuple[float, float, str]], version: str,
 ) -> Iterator[tuple[str, int]]:  # fmt: skip
     """The APEL cloud messages of `profiles`' records, each with how many records it holds: the v0.4
     header, then at most 100 records, one per instance and month in the order of profile, instance and
-    month; each message made as it is wanted (the ledger open).
+    month; each message made as it is wanted (the ledger's own pieces read on connections of their own).
 
-    From the clouds' `intervals`, and, for each profile in `forgotten` (what `usage.collect` gives for
-    a cloud that forgets ended instances), the ledger's lifetimes but those of the ids it holds. A running
+    From the clouds' `intervals`, and, for each profile in `from_ledger` (what `usage.collect` gives for
+    a cloud that forgets ended instances), the ledger's lifetimes but those of the ids its cloud still
+    reports. A running
     VM is reported `started` with its totals so far; it is sent again later with larger ones (APEL keys
     records on VMUUID and month). Only v0.4 keys, none empty. A profile with records but no site_name is
     a ConfigError before any message is made.
@@ -76,8 +77,8 @@ def messages(
         record, params = _record_sql(ledger.backend, profiles[name], version)
         made = ledger_sums.pieces(ledger, name, cloud.get(name, []), record, params)
         found: Iterable[tuple[str, float, str]] = made
-        if name in forgotten:
-            left_out = forgotten[name]
+        if name in from_ledger:
+            left_out = from_ledger[name]
             kept = ledger_sums.months(ledger, name, months, record, params)
             kept = (piece for piece in kept if piece[0] not in left_out) if left_out else kept
             found = heapq.merge(made, kept, key=_ORDER) if made else kept

@@ -132,7 +132,7 @@ class Collected:
     totals: list[Bucket] = field(default_factory=list)
     # Or, for APEL records, read later by `apel.messages`: the profiles whose lifetimes are wanted, each
     # with the ids its cloud still reports (their own figures count instead).
-    forgotten: dict[str, set[str]] = field(default_factory=dict)
+    from_ledger: dict[str, set[str]] = field(default_factory=dict)
     failures: list[tuple[str, WlcgError]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     asked: int = 0
@@ -171,7 +171,7 @@ def collect(
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
     by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`), a row each, read as
     they are wanted, with their total summed in SQL. With `apel`, it is left for `apel.messages` to read,
-    cut at the months (`Collected.forgotten`).
+    cut at the months (`Collected.from_ledger`).
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -222,7 +222,7 @@ def _merge(
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended and apel:
-            out.forgotten[profile.name] = seen
+            out.from_ledger[profile.name] = seen
         elif cloud.forgets_ended:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
         if cloud.forgets_ended:

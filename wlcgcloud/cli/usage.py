@@ -67,7 +67,7 @@ def usage(
     usage_domain.check_groups(groups)
     profiles = read_profiles(g)
     apel_wanted = apel_dir is not None or g.output == "apel"
-    with open_ledger(g.config()) as ledger:  # open while APEL records are written: they are read as they go
+    with open_ledger(g.config()) as ledger:  # open while APEL records are made: it writes their text
         with working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
             # Summed in the ledger, unless each interval is wanted: -v's sources and messages, and APEL's.
             summed = not (g.verbose or apel_wanted)
@@ -135,7 +135,7 @@ def _apel(
     by_name = {p.name: p for p in chosen}
     months = apel.spans(*window)
     records = messages = 0
-    for message, held in apel.messages(ledger, collected.intervals, collected.forgotten, by_name, months,
+    for message, held in apel.messages(ledger, collected.intervals, collected.from_ledger, by_name, months,
                                        __version__):  # fmt: skip
         records += held
         messages += 1
