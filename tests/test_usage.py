@@ -160,9 +160,11 @@ def test_ec2_usage_from_the_ledger_with_apel_queue(
     assert old.code == 0 and "EC2 forgets terminated instances" in old.err
 
     queue = world.root / "apel-queue"
-    queued = run("usage", "--since", "2026-10-01", "--until", "2026-11-01", "--apel-dir", str(queue))
+    queued = run("usage", "--since", "2026-10-01", "--until", "2026-11-01", "--apel-dir", str(queue), "-o", "json")
     assert queued.code == 0, queued.err
     assert "profile 'quiet': publish_apel is not set" in queued.err
+    # --apel-dir queues, then prints the summary as without it: both lifetimes, from the ledger
+    assert near(queued.json()["total"]["core_hours"], 4 * 2.5 + 4 * 6)  # type: ignore[index,call-overload]
     files = [p for p in queue.rglob("*") if p.is_file()]
     assert len(files) == 1 and re.fullmatch(r"[0-9a-f]{14}", files[0].name)  # a dirq element, as ssmsend reads
     [records] = parse_apel(files[0].read_text())

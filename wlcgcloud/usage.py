@@ -163,15 +163,15 @@ def from_record(r: UsageRecord, known: Mapping[tuple[str, str], Mapping[str, Any
 def collect(
     profiles: Sequence[Profile], since: datetime, until: datetime, ledger: Ledger,
     summed_by: Sequence[str] | None = None, now: datetime | None = None,
-    apel: bool = False,
+    apel: bool = False, summary: bool = True,
 ) -> Collected:  # fmt: skip
     """Intervals of every profile in parallel, merged with the ledger's memory (EC2) and tags (all).
 
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
     by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`), a row each, read as
-    they are wanted, with their total summed in SQL. With `apel`, it is left for `apel.messages` to read,
-    cut at the months (`Collected.from_ledger`).
+    they are wanted, with their total summed in SQL. With `apel`, it is also left for `apel.messages`
+    to read, cut at the months (`Collected.from_ledger`); without `summary`, only that.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -184,12 +184,12 @@ def collect(
     summed_groups = [] if "instance" in groups else groups  # by instance: the buckets are the total only
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sums") as pool:
         # The ledger starts summing while the clouds are asked; what they still show is taken out after.
-        for p in profiles if summed_by is not None else ():
+        for p in profiles if summed_by is not None and summary else ():
             if cloud_of(p).forgets_ended:
                 summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, summed_groups)
         answers = for_each_profile(profiles, lambda p: p.usage(since, until))
         summed = {name: f.result() for name, f in summing.items()}
-        _merge(answers, out, ledger, since, until, summed, lo, hi, groups, apel)
+        _merge(answers, out, ledger, since, until, summed, lo, hi, groups, apel, summary)
     return out
 
 
@@ -200,10 +200,10 @@ def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 def _merge(
     answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
     summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
-    apel: bool,
+    apel: bool, summary: bool,
 ) -> None:  # fmt: skip
     """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (by
-    instance: their total, and a stream of the clipped lifetimes), what APEL reads later, or intervals."""
+    instance: their total, and a stream of the clipped lifetimes), or intervals; and what APEL reads later."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -215,15 +215,15 @@ def _merge(
         known = {(profile.name, r["id"]): r for r in ledger.instances(profile=profile.name, ids=seen)}
         cloud = cloud_of(profile)
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
+        if cloud.forgets_ended and apel:
+            out.from_ledger[profile.name] = seen
         if profile.name in summed and "instance" in groups:
             at = groups.index("instance")
             out.lifetimes.append(_unseen(ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups), at, seen))
             out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
-        elif cloud.forgets_ended and apel:
-            out.from_ledger[profile.name] = seen
-        elif cloud.forgets_ended:
+        elif cloud.forgets_ended and summary:
             out.intervals += _ledger_intervals(profile.name, ledger, seen, since, until)
         if cloud.forgets_ended:
             first = ledger.first_launch(profile.name)

@@ -69,10 +69,11 @@ def usage(
     apel_wanted = apel_dir is not None or g.output == "apel"
     with open_ledger(g.config()) as ledger:  # open while APEL records are made: it writes their text
         with working(g, f"Reading usage from {len(profiles)} profile(s) ..."):
-            # Summed in the ledger, unless each interval is wanted: -v's sources and messages, and APEL's.
-            summed = not (g.verbose or apel_wanted)
-            collected = usage_domain.collect(profiles, start, end, ledger, groups if summed else None, now,
-                                             apel_wanted)  # fmt: skip
+            # Summed in the ledger, unless each interval is wanted: -v's sources and messages. -o apel prints
+            # no summary (--apel-dir does, after queueing).
+            summed_by = None if g.verbose else groups
+            collected = usage_domain.collect(profiles, start, end, ledger, summed_by, now, apel=apel_wanted,
+                                             summary=g.output != "apel")  # fmt: skip
             said = usage_domain.end_messages(ledger, collected.intervals) if g.verbose and "instance" in groups else {}
         report_failures(g, collected.failures, collected.asked)
         for line in notes + collected.notes:
@@ -80,7 +81,7 @@ def usage(
         if apel_wanted:
             _apel(g, ledger, profiles, collected, (start, end, now), apel_dir)
     exit_code = 7 if collected.failures else 0
-    if apel_wanted:
+    if g.output == "apel":
         raise typer.Exit(exit_code)
     head = {"since": stamp(start), "until": stamp(end), "by": groups}
     if g.output == "json" and not g.query and "day" not in groups and collected.lifetimes:

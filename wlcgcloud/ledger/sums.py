@@ -106,8 +106,9 @@ def months(
     a window meets, each clipped to it), as the text the SQL expression `record` (with `params`) makes of
     each piece: (id, the month's `from`, text). `record` reads the columns PIECE of a table `p`, and
     `p.subject` and `p.fqan` (the credential the launch forwarded); `first` and `ended` are the lifetime's
-    own, not clipped; `wall` is its seconds in the month. Ordered by id (as bytes) and month; on SQLite
-    read as they are wanted: a month of a big fleet is half a million pieces, never all held."""
+    own, not clipped; `wall` is its seconds in the month. Ordered by id (as bytes) and month; read as they
+    are wanted, on a connection of their own: a month of a big fleet is half a million pieces, never all
+    held."""
     from wlcgcloud.ledger import lifetime_sql
 
     if not spans:
@@ -141,7 +142,6 @@ def pieces(
 ) -> list[tuple[str, float, str]]:
     """Pieces made elsewhere (the clouds' own intervals, as tuples in PIECE's order) as `months` gives the
     ledger's: (id, month, the text of `record`), with the credential the ledger knows for each id, ordered."""
-    b = ledger.backend
     out: list[tuple[str, float, str]] = []
     for at in range(0, len(rows), 50):  # SQLite's variable limit: at most 11 a row, and the record's
         chunk = rows[at : at + 50]
@@ -154,10 +154,9 @@ def pieces(
                 FROM (VALUES {values}) AS v
                 LEFT JOIN instances i ON i.profile = ? AND i.id = CAST(v.column1 AS TEXT)
                 LEFT JOIN launches l ON l.id = i.launch_id
-            ) p
-            ORDER BY p.id{b.BYTEWISE}, p.month"""
+            ) p"""
         out += ledger.query_tuples(sql, [*params, *(value for row in chunk for value in row), profile])
-    out.sort(key=lambda piece: (piece[0], piece[1]))
+    out.sort(key=lambda piece: (piece[0], piece[1]))  # as `months` orders them: Python compares text by code point
     return out
 
 
