@@ -259,6 +259,35 @@ def test_apel_messages_hold_at_most_100_records(run: Run, world: World, moto_ec2
     assert [len(m) for m in messages] == [100, 100, 50]
 
 
+def test_apel_needs_the_site_name_before_it_writes_anything(
+    run: Run, world: World, moto_ec2: Any, monkeypatch: Any
+) -> None:
+    """A profile with records but no site_name (APEL's SiteName, mandatory) stops -o apel before its first
+    message, whatever other profiles come first; a profile without records needs none."""
+    write_profiles(world, {"a-site": ec2_profile(moto_ec2, site_name="AWS-ATLAS"), "b-none": ec2_profile(moto_ec2)})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_A_SITE", moto_ec2.secret_key)
+    monkeypatch.setenv("WLCGCLOUD_SECRET_B_NONE", moto_ec2.secret_key)
+    Ledger(world.state / "ledger.sqlite").close()
+    db = sqlite3.connect(world.state / "ledger.sqlite")
+    for profile in ("a-site", "b-none"):
+        db.execute("INSERT INTO instances (profile, id, provider, vcpus, memory_mb, launched_at, ended_at, last_seen)"
+                   " VALUES (?, 'i-00000000000000a51', 'ec2', 1, 1024, '2026-09-10T00:00:00Z', '2026-09-10T01:00:00Z',"
+                   " '2026-09-10T01:00:00Z')", (profile,))  # fmt: skip
+    db.commit()
+    db.close()
+    window = ("usage", "--since", "2026-09-01", "--until", "2026-09-30", "-o", "apel")
+    refused = run(*window)
+    assert refused.code == 3 and refused.out == "", refused.err
+    errors = [line for line in refused.err.splitlines() if line.startswith("error:")]
+    assert errors == [refused.err.splitlines()[-1]] and "Traceback" not in refused.err  # (after the warnings)
+    assert errors[0].startswith("error: profile 'b-none': APEL records need site_name")
+    assert "--site-name NAME" in refused.err
+    alone = run(*window, "-p", "a-site")
+    assert alone.code == 0 and [len(m) for m in parse_apel(alone.out)] == [1], alone.err
+    empty = run("usage", "--since", "2026-10-01", "--until", "2026-10-30", "-o", "apel", "-p", "b-none")
+    assert empty.code == 0 and empty.out == "" and "no APEL records" in empty.err
+
+
 def test_apel_values_from_a_cloud_cannot_add_lines(run: Run, world: World, moto_ec2: Any, monkeypatch: Any) -> None:
     """A VM's name is anybody's text: with a line end in it, it must not make a record's line of its own (a
     forged FQAN, a second VMUUID). Through both ways a record is made: a running VM the cloud reports, and
