@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from wlcgcloud.cli.common import changing, emit, globals_of, info, warn, working
+from wlcgcloud.context.credentials import KINDS
 from wlcgcloud.errors import UsageError
 from wlcgcloud.output import Column
 
 if TYPE_CHECKING:
     from wlcgcloud.launch_plan import LaunchPlan
 
-CREDENTIALS = ("auto", "x509", "token", "none")
+CREDENTIALS = KINDS  # --credential's choices: the kinds the credentials module knows
 COLUMNS = [
     Column("id", "ID"),
     Column("name", "NAME"),
