@@ -23,7 +23,7 @@ from wlcgcloud.clouds import CLOUDS
 from wlcgcloud.config import Profile
 from wlcgcloud.errors import ConfigError
 from wlcgcloud.ledger import sums as ledger_sums
-from wlcgcloud.usage import Interval, collector_paused, next_month
+from wlcgcloud.usage import Interval, collector_paused, next_month, unseen
 
 if TYPE_CHECKING:
     from wlcgcloud.ledger import Ledger
@@ -65,10 +65,9 @@ def messages(
 
     From the clouds' `intervals`, and, for each profile in `from_ledger` (what `usage.collect` gives for
     a cloud that forgets ended instances), the ledger's lifetimes but those of the ids its cloud still
-    reports. A running
-    VM is reported `started` with its totals so far; it is sent again later with larger ones (APEL keys
-    records on VMUUID and month). Only v0.4 keys, none empty. A profile with records but no site_name is
-    a ConfigError before any message is made.
+    reports. A running VM is reported `started` with its totals so far; it is sent again later with larger
+    ones (APEL keys records on VMUUID and month). Only v0.4 keys, none empty. A profile with records but no
+    site_name is a ConfigError before any message is made.
     """
     with collector_paused():
         cloud = _cloud_pieces((iv for iv in intervals if iv.profile in profiles), months)
@@ -78,9 +77,7 @@ def messages(
         made = ledger_sums.pieces(ledger, name, cloud.get(name, []), record, params)
         found: Iterable[tuple[str, float, str]] = made
         if name in from_ledger:
-            left_out = from_ledger[name]
-            kept = ledger_sums.months(ledger, name, months, record, params)
-            kept = (piece for piece in kept if piece[0] not in left_out) if left_out else kept
+            kept = unseen(ledger_sums.months(ledger, name, months, record, params), 0, from_ledger[name])
             found = heapq.merge(made, kept, key=_ORDER) if made else kept
         pieces = iter(found)
         if not profiles[name].get("site_name"):

@@ -219,7 +219,7 @@ def _merge(
             out.from_ledger[profile.name] = seen
         if profile.name in summed and "instance" in groups:
             at = groups.index("instance")
-            out.lifetimes.append(_unseen(ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups), at, seen))
+            out.lifetimes.append(unseen(ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups), at, seen))
             out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
@@ -233,9 +233,10 @@ def _merge(
                                  f"about an hour and the ledger {began}: use before that is missing.")  # fmt: skip
 
 
-def _unseen(lives: Iterable[tuple[Any, ...]], at: int, seen: set[str]) -> Iterator[tuple[Any, ...]]:
-    """The lifetimes whose instance (at `at`) the cloud no longer reports: its own figures count instead."""
-    return (life for life in lives if life[at] not in seen)
+def unseen(lives: Iterable[tuple[Any, ...]], at: int, seen: set[str]) -> Iterator[tuple[Any, ...]]:
+    """The ledger's rows (lifetimes, APEL pieces) whose instance (at `at`) the cloud no longer reports: its
+    own figures count instead. (Nothing to leave out: the rows as they come, with no step per row.)"""
+    return (life for life in lives if life[at] not in seen) if seen else iter(lives)
 
 
 def _ledger_intervals(profile: str, ledger: Ledger, seen: set[str], since: datetime, until: datetime) -> list[Interval]:

@@ -84,7 +84,7 @@ def buckets(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence[str]) -> Iterable[tuple[Any, ...]]:
     """Each of `profile`'s lifetimes inside [lo, hi), clipped to it: (the values of `groups`, vCPUs, memory
     MiB, start, end), times in epoch seconds, in the order of usage's rows (the groups' values compared
-    as bytes, NULL as the empty text); on SQLite read as they are wanted. For groups with `instance` in
+    as bytes, NULL as the empty text), read as they are wanted. For groups with `instance` in
     them, where a lifetime is a row of its own and summing would only copy (a million are never all held);
     rows of instances the cloud still reports are the caller's to drop."""
     keys = [COLUMNS[g] for g in groups]
@@ -143,11 +143,11 @@ def pieces(
     """Pieces made elsewhere (the clouds' own intervals, as tuples in PIECE's order) as `months` gives the
     ledger's: (id, month, the text of `record`), with the credential the ledger knows for each id, ordered."""
     out: list[tuple[str, float, str]] = []
+    columns = ", ".join(f"CAST(v.column{k + 1} AS {t}) AS {name}"
+                        for k, (name, t) in enumerate(zip(PIECE, PIECE_TYPES, strict=True)))  # fmt: skip
     for at in range(0, len(rows), 50):  # SQLite's variable limit: at most 11 a row, and the record's
         chunk = rows[at : at + 50]
         values = ", ".join("(" + ", ".join("?" * len(PIECE)) + ")" for _ in chunk)
-        columns = ", ".join(f"CAST(v.column{k + 1} AS {t}) AS {name}"
-                            for k, (name, t) in enumerate(zip(PIECE, PIECE_TYPES, strict=True)))  # fmt: skip
         sql = f"""
             SELECT p.id, p.month, {record} FROM (
                 SELECT {columns}, {_CREDENTIAL}
