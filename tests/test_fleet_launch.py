@@ -116,6 +116,36 @@ def test_a_rerun_resumes_the_fleet_without_duplicates(
     assert all(ended[i] for i in ids)  # `instance terminate` records the ends in the ledger too
 
 
+def test_a_launch_writes_each_instance_it_makes_to_the_ledger_once(
+    run: Run, world: World, endorsed: dict[str, Any], moto_ec2: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As soon as the ids are known, and not a second time when the call returns (on a PostgreSQL ledger a
+    launch of 200 wrote 400 rows). A spy around the ledger's own method: every row still goes to SQLite."""
+    from collections import Counter
+
+    from wlcgcloud.ledger import Ledger
+
+    write_profiles(world, {"aws": ec2_profile(moto_ec2, flavor="m5.large", experiment="atlas")})
+    monkeypatch.setenv("WLCGCLOUD_SECRET_AWS", moto_ec2.secret_key)
+    own_marked_ami(moto_ec2.client(), endorsed["first"])
+    written: Counter[str] = Counter()
+    record = Ledger.record_instances
+
+    def counted(self: Ledger, instances: Any, launch_id: int | None = None) -> None:
+        instances = list(instances)
+        written.update(i.id for i in instances)
+        record(self, instances, launch_id)
+
+    monkeypatch.setattr(Ledger, "record_instances", counted)
+    result = run("launch", endorsed["first"], "-p", "aws", "--credential", "none", "--fleet", "once", "-n", "4",
+                 "-o", "json")  # fmt: skip
+    assert result.code == 0, result.err
+    ids = {i["id"] for i in result.json()["instances"]}  # type: ignore[index,call-overload]
+    assert len(ids) == 4 and written == Counter(dict.fromkeys(ids, 1))
+    rows = [r for r in ledger_rows(world, "instances") if r["fleet"] == "once"]
+    assert {r["id"] for r in rows} == ids and all(r["launch_id"] and r["vcpus"] == 2 for r in rows)
+
+
 def test_quota_exhausted_midway_is_a_partial_launch_and_rollback_undoes_it(
     run: Run, world: World, one_world: dict[str, Any]
 ) -> None:

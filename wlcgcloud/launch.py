@@ -328,7 +328,8 @@ def _create_missing(
         if ledger.lock_lost(fleet) is None:
             raise
         made, result.error = list(seen.values()), exc
-    ledger.record_instances(made, launch_id)
+    # What `record` wrote as the ids came is not written again (a second write of 200 rows, for nothing).
+    ledger.record_instances([i for i in made if seen.get(i.id) is not i], launch_id)
     result.instances += made
     tell(p.name, "launched", len(made), missing)
 
