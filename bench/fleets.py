@@ -8,7 +8,7 @@ launch: `wlcgcloud launch -n 200` on a fresh moto EC2 endpoint, as a fresh proce
   fresh Python process that imports boto3, makes the client and calls run_instances(MinCount=200)
   with the same tags, each side going first in turn; and the same launch on a PostgreSQL ledger (a
   server started for the run; --no-postgresql skips it). Targets (issue 19): <= 1.15x raw boto3,
-  and the PostgreSQL ledger adds <= 5 % to the SQLite one.
+  and the PostgreSQL ledger adds <= 5 % to the SQLite one (the median of each round's own ratio).
 list:   `wlcgcloud fleet list` over EC2 (moto), OpenNebula (the XML-RPC peer) and OpenStack (the
   real peer; it must be up) against the same three listings done one after another by the raw
   SDKs in one fresh process, and against `aws ec2 describe-instances` + `openstack server list`
@@ -159,10 +159,13 @@ def bench_launch(args: argparse.Namespace) -> int:
             print(f"  {label:<41}{median['aws']:.2f} s   {median['aws'] / median['raw']:.2f}x raw")
         if "postgresql" in median:
             extra = median["postgresql"] / median["sqlite"] - 1
+            # Each round's own ratio, then their median: the two launches of a round ran seconds apart,
+            # while the medians taken apart may come from rounds the shared machine ran at other speeds.
+            paired = statistics.median(pg / lite for pg, lite in zip(figures["postgresql"], figures["sqlite"])) - 1
             print(f"  wlcgcloud launch, PostgreSQL ledger:     {median['postgresql']:.2f} s   "
-                  f"{median['postgresql'] / median['raw']:.2f}x raw, {extra:+.1%} on SQLite "
-                  "(target <= +5%)")  # fmt: skip
-            ok = ok and extra <= 0.05
+                  f"{median['postgresql'] / median['raw']:.2f}x raw, {extra:+.1%} on SQLite; "
+                  f"{paired:+.1%} as the median of each round's ratio (target <= +5%)")  # fmt: skip
+            ok = ok and paired <= 0.05
         return 0 if ok else 1
     finally:
         moto.stop()
