@@ -161,7 +161,8 @@ def bench_launch(args: argparse.Namespace) -> int:
             extra = median["postgresql"] / median["sqlite"] - 1
             # Each round's own ratio, then their median: the two launches of a round ran seconds apart,
             # while the medians taken apart may come from rounds the shared machine ran at other speeds.
-            paired = statistics.median(pg / lite for pg, lite in zip(figures["postgresql"], figures["sqlite"])) - 1
+            rounds = zip(figures["postgresql"], figures["sqlite"], strict=True)
+            paired = statistics.median(pg / lite for pg, lite in rounds) - 1
             print(f"  wlcgcloud launch, PostgreSQL ledger:     {median['postgresql']:.2f} s   "
                   f"{median['postgresql'] / median['raw']:.2f}x raw, {extra:+.1%} on SQLite; "
                   f"{paired:+.1%} as the median of each round's ratio (target <= +5%)")  # fmt: skip

@@ -127,9 +127,8 @@ class Collected:
 
     intervals: list[Interval] = field(default_factory=list)
     buckets: list[Bucket] = field(default_factory=list)  # the ledger's lifetimes summed in SQL (`summed_by`)
-    # Or, grouped by instance: each lifetime clipped, a stream per profile in the rows' order, and their total.
+    # Or, grouped by instance: each lifetime clipped, a stream per profile in the rows' order.
     lifetimes: list[Iterable[tuple[Any, ...]]] = field(default_factory=list)
-    totals: list[Bucket] = field(default_factory=list)
     # Or, for APEL records, read later by `apel.messages`: the profiles whose lifetimes are wanted, each
     # with the ids its cloud still reports (their own figures count instead).
     from_ledger: dict[str, set[str]] = field(default_factory=dict)
@@ -170,7 +169,7 @@ def collect(
     With `summed_by` (the groups of `aggregate`), the ledger's memory comes as buckets summed in
     SQL, up to `now`, instead of one interval per lifetime: what a year of a big fleet needs. Grouped
     by instance, it comes as plain tuples clipped in SQL (`ledger.sums.lifetimes`), a row each, read as
-    they are wanted, with their total summed in SQL. With `apel`, it is also left for `apel.messages`
+    they are wanted. With `apel`, it is also left for `apel.messages`
     to read, cut at the months (`Collected.from_ledger`); without `summary`, only that.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
@@ -181,15 +180,15 @@ def collect(
     lo, hi = since.timestamp(), min(until, now or until).timestamp()
     groups = [g for g in summed_by or () if g != "day"]
     summing: dict[str, Future[list[Bucket]]] = {}
-    summed_groups = [] if "instance" in groups else groups  # by instance: the buckets are the total only
+    each = summed_by is not None and summary and "instance" in groups  # by instance: a lifetime is a row
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-sums") as pool:
         # The ledger starts summing while the clouds are asked; what they still show is taken out after.
-        for p in profiles if summed_by is not None and summary else ():
+        for p in profiles if summed_by is not None and summary and not each else ():
             if cloud_of(p).forgets_ended:
-                summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, summed_groups)
+                summing[p.name] = pool.submit(_summed, ledger, p.name, lo, hi, groups)
         answers = for_each_profile(profiles, lambda p: p.usage(since, until))
         summed = {name: f.result() for name, f in summing.items()}
-        _merge(answers, out, ledger, since, until, summed, lo, hi, groups, apel, summary)
+        _merge(answers, out, ledger, since, until, summed, lo, hi, groups, apel, summary, each)
     return out
 
 
@@ -200,10 +199,10 @@ def _summed(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequence
 def _merge(
     answers: Sequence[Any], out: Collected, ledger: Ledger, since: datetime, until: datetime,
     summed: Mapping[str, list[Bucket]], lo: float, hi: float, groups: Sequence[str],
-    apel: bool, summary: bool,
+    apel: bool, summary: bool, each: bool,
 ) -> None:  # fmt: skip
-    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets (by
-    instance: their total, and a stream of the clipped lifetimes), or intervals; and what APEL reads later."""
+    """Each cloud's answer, with the ledger's memory of what the cloud forgot: `summed` buckets, or (`each`:
+    by instance) a stream of the clipped lifetimes, or intervals; and what APEL reads later."""
     for answer in answers:
         profile = answer.profile
         if answer.error is not None:
@@ -217,10 +216,9 @@ def _merge(
         out.intervals += [from_record(record, known, cloud.usage_source) for record in records]
         if cloud.forgets_ended and apel:
             out.from_ledger[profile.name] = seen
-        if profile.name in summed and "instance" in groups:
+        if each and cloud.forgets_ended:
             at = groups.index("instance")
             out.lifetimes.append(unseen(ledger_sums.lifetimes(ledger, profile.name, lo, hi, groups), at, seen))
-            out.totals += ledger_sums.without(summed[profile.name], known.values(), lo, hi, [])
         elif profile.name in summed:
             out.buckets += ledger_sums.without(summed[profile.name], known.values(), lo, hi, groups)
         elif cloud.forgets_ended and summary:
@@ -305,13 +303,14 @@ def aggregate(
 
 def streamed(
     intervals: Iterable[Interval], since: datetime, until: datetime, by: Sequence[str], now: datetime,
-    lifetimes: Iterable[Iterable[tuple[Any, ...]]], totals: Iterable[Bucket],
+    lifetimes: Sequence[Iterable[tuple[Any, ...]]],
 ) -> tuple[Iterator[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """`aggregate` grouped by instance and not by day, where each lifetime is a row of its own, with the
     rows made as they are used from the lifetimes' streams (`Collected.lifetimes`, each in the rows'
     order), merged with the rows of the clouds' own intervals: a million rows or lifetimes never all
-    held. The total comes from `totals` (the lifetimes summed in SQL). The same rows, in the same order;
-    a row of two lifetimes (one id in two profiles) is one row, as in `aggregate`."""
+    held. The same rows, in the same order; a row of two lifetimes (one id in two profiles) is one row,
+    as in `aggregate`. The total is summed as the rows are made: it is whole once they are all read (so
+    it is written after them), and the ledger is not read a second time for it."""
     check_groups(by)
     if "instance" not in by or "day" in by:
         raise ValueError("streamed: grouped by instance, and not by day")
@@ -320,9 +319,7 @@ def streamed(
     width = len(by)
     with collector_paused():
         sums, total, instances = _accumulate(intervals, since, until, by, now)
-    for b in totals:
-        instances += b.n
-        total = [total[0] + b.e - b.s, total[1] + b.ce - b.cs, total[2] + b.me - b.ms]
+    summary = _figures(instances, *total)
     order = _order(by)
     cloud = sorted(((base, value) for (base, _), value in sums.items()), key=lambda kv: order(kv[0]), reverse=True)
 
@@ -341,21 +338,26 @@ def streamed(
         yield named(base, value)
 
     def rows() -> Iterator[dict[str, Any]]:
+        merged = heapq.merge(*lifetimes, key=lambda life: order(group_of(life))) if len(lifetimes) > 1 else lifetimes[0]
+        n, seconds, cores, memory = 0, 0.0, 0.0, 0.0  # the lifetimes' part of the total
         base, value = None, None
-        for life in heapq.merge(*lifetimes, key=lambda life: order(group_of(life))):
-            cut = life[-1] - life[-2]
-            if value is not None and group_of(life) == base:  # one id in two profiles: one row
-                value = [value[0] + 1, value[1] + cut, value[2] + cut * life[-4], value[3] + cut * life[-3], None]
+        for life in merged:
+            key, cut = group_of(life), life[-1] - life[-2]
+            c, m = cut * life[-4], cut * life[-3]
+            n, seconds, cores, memory = n + 1, seconds + cut, cores + c, memory + m
+            if value is not None and key == base:  # one id in two profiles: one row
+                value = [value[0] + 1, value[1] + cut, value[2] + c, value[3] + m, None]
                 continue
             if value is not None:
-                yield from row_of(base, value)
-            base, value = group_of(life), [1, cut, cut * life[-4], cut * life[-3], None]
+                yield from row_of(base, value) if cloud else (named(base, value),)
+            base, value = key, [1, cut, c, m, None]
         if value is not None:
             yield from row_of(base, value)
         while cloud:
             yield named(*cloud.pop())
+        _figures(instances + n, total[0] + seconds, total[1] + cores, total[2] + memory, row=summary)
 
-    return rows(), _figures(instances, *total)
+    return rows(), summary
 
 
 def _accumulate(

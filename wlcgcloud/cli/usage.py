@@ -86,9 +86,8 @@ def usage(
     head = {"since": stamp(start), "until": stamp(end), "by": groups}
     if g.output == "json" and not g.query and "day" not in groups and collected.lifetimes:
         # A row per lifetime by instance: each made as it is written, a million never all at once.
-        made = usage_domain.streamed(collected.intervals, start, end, groups, now, collected.lifetimes,
-                                     collected.totals)  # fmt: skip
-        emit(ctx, {**head, "rows": Streamed(made[0]), "total": made[1]})
+        made, summed = usage_domain.streamed(collected.intervals, start, end, groups, now, collected.lifetimes)
+        emit(ctx, {**head, "rows": Streamed(made), "total": summed})  # the total is whole once the rows are written
         raise typer.Exit(exit_code)
     every = [life for lives in collected.lifetimes for life in lives]  # any other output holds them (by instance)
     days = None
