@@ -428,6 +428,11 @@ def test_usage_summed_in_the_ledger_equals_usage_summed_from_each_lifetime(
                     assert a.keys() == b.keys() and a["instances"] == b["instances"]
                     assert all(abs(a[k] - b[k]) < 1e-9 * max(1.0, b[k]) for k in ("wall_hours", "memory_gb_hours"))
                 assert [r["instances"] for r in streamed if r["instance"] == twice] == [2]
+                made, total = usage.streamed([], since, until, by, now, [iter(clipped)])  # one profile, no cloud
+                alone = usage.aggregate([], since, until, by, now, lifetimes=list(clipped))
+                assert list(made) == alone[0] and total.keys() == alone[1].keys()
+                assert total["instances"] == alone[1]["instances"] == len(clipped)
+                assert all(abs(total[k] - alone[1][k]) < 1e-9 * alone[1][k] for k in ("wall_hours", "core_hours"))
         assert [r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in fast[0]] == [
             r | {k: 0 for k in ("wall_hours", "core_hours", "memory_gb_hours")} for r in slow[0]]  # fmt: skip
         for a, b in [*zip(fast[0], slow[0], strict=True), (fast[1], slow[1])]:

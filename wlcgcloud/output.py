@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TextIO
 
 from wlcgcloud import bounded
@@ -111,17 +112,21 @@ def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
         pieces.append("\n" + "  " * level + "}")
     elif isinstance(value, list | Streamed) and (value or isinstance(value, Streamed)):
         rows = _Rows(level + 1)
-        for item in value.rows if isinstance(value, Streamed) else value:
+        items = iter(value.rows if isinstance(value, Streamed) else value)
+        while batch := list(islice(items, 5000)):
             # (Keys need no check: the C encoder turns them into strings just as json.dumps does.)
-            if type(item) is dict and item and set(map(type, item.values())) <= _PLAIN:
-                rows.chunk.append(item)
-                if len(rows.chunk) == 5000:
-                    rows.flush(pieces, out)
+            if all(type(item) is dict and item and _PLAIN.issuperset(map(type, item.values())) for item in batch):
+                rows.chunk += batch  # the common case: a batch of plain rows, at once
+                rows.flush(pieces, out)
                 continue
-            rows.flush(pieces, out)
-            pieces.append(("," if rows.started else "[") + inner)
-            rows.started = True
-            _json_value(item, level + 1, pieces, out)
+            for item in batch:
+                if type(item) is dict and item and _PLAIN.issuperset(map(type, item.values())):
+                    rows.chunk.append(item)
+                    continue
+                rows.flush(pieces, out)
+                pieces.append(("," if rows.started else "[") + inner)
+                rows.started = True
+                _json_value(item, level + 1, pieces, out)
         rows.flush(pieces, out)
         pieces.append("\n" + "  " * level + "]" if rows.started else "[]")
     else:

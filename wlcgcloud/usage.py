@@ -337,6 +337,15 @@ def streamed(
             value = [known[0] + value[0], known[1] + value[1], known[2] + value[2], known[3] + value[3], known[4]]
         yield named(base, value)
 
+    def alone() -> Iterator[dict[str, Any]]:  # one profile's lifetimes, and no cloud's rows: a row each
+        n, seconds, cores, memory = 0, 0.0, 0.0, 0.0
+        for life in lifetimes[0]:
+            cut = life[-1] - life[-2]
+            c, m = cut * life[-4], cut * life[-3]
+            n, seconds, cores, memory = n + 1, seconds + cut, cores + c, memory + m
+            yield _figures(1, cut, c, m, row=_keyed(by, group_of(life)))
+        _figures(instances + n, total[0] + seconds, total[1] + cores, total[2] + memory, row=summary)
+
     def rows() -> Iterator[dict[str, Any]]:
         merged = heapq.merge(*lifetimes, key=lambda life: order(group_of(life))) if len(lifetimes) > 1 else lifetimes[0]
         n, seconds, cores, memory = 0, 0.0, 0.0, 0.0  # the lifetimes' part of the total
@@ -357,7 +366,9 @@ def streamed(
             yield named(*cloud.pop())
         _figures(instances + n, total[0] + seconds, total[1] + cores, total[2] + memory, row=summary)
 
-    return rows(), summary
+    # A profile's lifetimes are of distinct instances (the ledger's key): only several profiles, or the clouds'
+    # own rows, can add to a row.
+    return alone() if len(lifetimes) == 1 and not cloud else rows(), summary
 
 
 def _accumulate(
