@@ -80,7 +80,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    from wlcgcloud import apel, usage
+    from wlcgcloud import __version__, apel, usage
     from wlcgcloud.config import Profile
     from wlcgcloud.ledger import Ledger, sums
 
@@ -107,7 +107,7 @@ def main() -> int:
                             args.runs)  # fmt: skip
 
         profile = Profile("aws", "ec2", {"site_name": "BENCH-SITE"})
-        record, params = apel._record_sql(ledger.backend, profile, "0.1.0")
+        record, params = apel._record_sql(ledger.backend, profile, __version__)
         # The command's window: `--until` a date is the end of that day (bench/usage.py asks 1 November whole).
         first, last = (
             datetime.fromisoformat(d).replace(tzinfo=UTC) for d in (usage_bench.APEL_SINCE, usage_bench.APEL_UNTIL)

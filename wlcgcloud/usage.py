@@ -358,7 +358,7 @@ def streamed(
                 value = [value[0] + 1, value[1] + cut, value[2] + c, value[3] + m, None]
                 continue
             if value is not None:
-                yield from row_of(base, value) if cloud else (named(base, value),)
+                yield from row_of(base, value)
             base, value = key, [1, cut, c, m, None]
         if value is not None:
             yield from row_of(base, value)
