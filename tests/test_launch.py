@@ -89,7 +89,8 @@ def forwarded(sent: bytes) -> bytes:
         if part.get_content_type() == "text/cloud-config" and part["Merge-Type"]:
             config = yaml.safe_load(part.get_payload(decode=True))  # type: ignore[arg-type]
             [entry] = [f for f in config["write_files"] if f["path"].startswith("/run/wlcgcloud/x509up")]
-            return base64.b64decode(entry["content"])
+            assert entry["encoding"] == "gz+b64"
+            return gzip.decompress(base64.b64decode(entry["content"]))
     raise AssertionError("no wlcgcloud cloud-config part")
 
 
