@@ -95,11 +95,16 @@ def forwarded(sent: bytes) -> bytes:
 
 
 def secret_pieces(proxy: Path) -> list[str]:
-    """Every base64 line of the proxy's PEM blocks (certificates and key), and the file as base64 in pieces."""
+    """Every base64 line of the proxy's PEM blocks (certificates and key), and the file in pieces as base64
+    and as the gzipped base64 our cloud-config carries."""
+    from wlcgcloud.context.vmagent import packed
+
     pem = proxy.read_text()
     lines = [line for line in pem.splitlines() if line and not line.startswith("-----") and len(line) >= 40]
-    whole = base64.b64encode(proxy.read_bytes()).decode()
-    return lines + [whole[i : i + 48] for i in range(0, len(whole) - 48, 48)]
+    pieces = []
+    for whole in (base64.b64encode(proxy.read_bytes()).decode(), packed(proxy.read_bytes())):
+        pieces += [whole[i : i + 48] for i in range(0, len(whole) - 48, 48)]
+    return lines + pieces
 
 
 def scan(texts: list[str], root: Path, pieces: list[str]) -> list[str]:
