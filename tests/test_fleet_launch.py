@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import re
 import socket
@@ -15,6 +14,8 @@ from typing import Any
 import pytest
 from peers.opennebula import DEFAULT_WORLD, OpenNebulaPeer
 from peers.proxies import make_token
+
+from wlcgcloud.context.vmagent import packed
 
 from conftest import Run, World, create_instances, ec2_profile, one_profile, own_marked_ami, write_profiles
 
@@ -201,7 +202,7 @@ def test_spread_divides_by_free_quota_and_wait_waits_for_running(
     assert rendered.code == 0, rendered.err
     for name in ("small", "big"):
         data = (world.root / f"ud.{name}").read_bytes()
-        assert (world.root / f"ud.{name}").stat().st_mode & 0o777 == 0o600 and base64.b64encode(token) in data
+        assert (world.root / f"ud.{name}").stat().st_mode & 0o777 == 0o600 and packed(token).encode() in data
     assert not target.exists() and token.decode() not in rendered.out + rendered.err
 
 
