@@ -16,7 +16,6 @@ import heapq
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from wlcgcloud.clouds import CLOUDS
@@ -37,7 +36,6 @@ KEYS = (
 PER_MESSAGE = 100
 HEADER = "APEL-cloud-message: v0.4\n"
 NL = "\n"
-_ORDER = itemgetter(0, 1)  # pieces by id, then month
 
 
 def spans(since: datetime, until: datetime, now: datetime) -> list[tuple[float, float, str]]:
@@ -78,7 +76,7 @@ def messages(
         found: Iterable[tuple[str, float, str]] = made
         if name in from_ledger:
             kept = unseen(ledger_sums.months(ledger, name, months, record, params), 0, from_ledger[name])
-            found = heapq.merge(made, kept, key=_ORDER) if made else kept
+            found = heapq.merge(made, kept, key=ledger_sums.ORDER) if made else kept
         pieces = iter(found)
         if not profiles[name].get("site_name"):
             if next(pieces, None) is None:

@@ -115,12 +115,12 @@ def _json_value(value: Any, level: int, pieces: list[str], out: TextIO) -> None:
         items = iter(value.rows if isinstance(value, Streamed) else value)
         while batch := list(islice(items, 5000)):
             # (Keys need no check: the C encoder turns them into strings just as json.dumps does.)
-            if all(type(item) is dict and item and _PLAIN.issuperset(map(type, item.values())) for item in batch):
+            if all(map(_plain, batch)):
                 rows.chunk += batch  # the common case: a batch of plain rows, at once
                 rows.flush(pieces, out)
                 continue
             for item in batch:
-                if type(item) is dict and item and _PLAIN.issuperset(map(type, item.values())):
+                if _plain(item):
                     rows.chunk.append(item)
                     continue
                 rows.flush(pieces, out)
@@ -181,6 +181,11 @@ class _Rows:
 
 _encode_str: Any = json.encoder.encode_basestring  # the C one, as json.dumps uses with ensure_ascii=False
 _PLAIN = {str, int, float, bool, type(None)}
+
+
+def _plain(item: Any) -> bool:
+    """A row the C encoder writes as `to_json` would: a dict, not empty, of plain values only."""
+    return type(item) is dict and bool(item) and _PLAIN.issuperset(map(type, item.values()))
 
 
 def cell(value: Any) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def lifetimes(ledger: Ledger, profile: str, lo: float, hi: float, groups: Sequen
 PIECE = ("id", "month", "name", "first", "ended", "wall", "c", "m", "image", "provider", "flavor")
 PIECE_TYPES = ("TEXT", "DOUBLE PRECISION", "TEXT", "DOUBLE PRECISION", "DOUBLE PRECISION", "DOUBLE PRECISION",
                "BIGINT", "BIGINT", "TEXT", "TEXT", "TEXT")  # fmt: skip
+ORDER = itemgetter(0, 1)  # the order of (id, month, text) pieces, as `months` gives them
 
 
 def months(
@@ -156,7 +158,7 @@ def pieces(
                 LEFT JOIN launches l ON l.id = i.launch_id
             ) p"""
         out += ledger.query_tuples(sql, [*params, *(value for row in chunk for value in row), profile])
-    out.sort(key=lambda piece: (piece[0], piece[1]))  # as `months` orders them: Python compares text by code point
+    out.sort(key=ORDER)  # as `months` orders them: Python compares text by code point
     return out
 
 
